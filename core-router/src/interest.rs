@@ -73,7 +73,10 @@ impl ShardSet {
     /// Number of shards in the set.
     #[inline]
     pub fn len(&self) -> usize {
-        self.bits.iter().map(|word| word.count_ones() as usize).sum()
+        self.bits
+            .iter()
+            .map(|word| word.count_ones() as usize)
+            .sum()
     }
 
     /// Adds every shard of `other`.
@@ -278,7 +281,7 @@ impl InterestIndex {
         let Some(last) = self.versions.get_mut(origin) else {
             return false;
         };
-        if delta.version < *last {
+        if delta.version <= *last {
             return false;
         }
         *last = delta.version;
@@ -323,10 +326,7 @@ impl InterestIndex {
 
     /// Last version applied from `origin` (0 if none, or if `origin` is out of range).
     pub fn version(&self, origin: u16) -> u64 {
-        self.versions
-            .get(usize::from(origin))
-            .copied()
-            .unwrap_or(0)
+        self.versions.get(usize::from(origin)).copied().unwrap_or(0)
     }
 
     /// Drops everything learned from `origin` and resets its version to 0, so that its
@@ -370,13 +370,19 @@ mod tests {
         assert_eq!(s.len(), 7);
         assert!(s.contains(63) && s.contains(64) && s.contains(255));
         assert!(!s.contains(2) && !s.contains(256) && !s.contains(usize::MAX));
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![0, 1, 63, 64, 127, 200, 255]);
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![0, 1, 63, 64, 127, 200, 255]
+        );
         s.remove(64);
         s.remove(64);
         assert!(!s.contains(64));
         let mut t = set(&[5, 64]);
         t.union_with(&s);
-        assert_eq!(t.iter().collect::<Vec<_>>(), vec![0, 1, 5, 63, 64, 127, 200, 255]);
+        assert_eq!(
+            t.iter().collect::<Vec<_>>(),
+            vec![0, 1, 5, 63, 64, 127, 200, 255]
+        );
         assert_eq!(ShardSet::default(), ShardSet::new());
     }
 
@@ -413,7 +419,13 @@ mod tests {
     fn index_matches_and_unions() {
         let mut index = InterestIndex::new();
         let mut locals: Vec<_> = (0..3).map(LocalInterest::new).collect();
-        let subs = [(0, "a/b"), (1, "a/+"), (2, "#"), (1, "$SYS/#"), (0, "a/b/#")];
+        let subs = [
+            (0, "a/b"),
+            (1, "a/+"),
+            (2, "#"),
+            (1, "$SYS/#"),
+            (0, "a/b/#"),
+        ];
         for (origin, filter) in subs {
             let delta = locals[origin].subscribe(filter).expect("first");
             assert!(index.apply(&delta));

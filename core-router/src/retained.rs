@@ -87,14 +87,12 @@ impl<M> RetainedStore<M> {
         // First walk: find the deepest node on the path that must stay (the root, or one holding
         // a message or another branch), and take the message.
         let mut keep_depth = 0;
-        let mut depth = 0;
         let mut node = &mut self.root;
-        for level in topic.split('/') {
+        for (depth, level) in topic.split('/').enumerate() {
             if depth > 0 && (node.msg.is_some() || node.children.len() > 1) {
                 keep_depth = depth;
             }
             node = node.children.get_mut(level)?;
-            depth += 1;
         }
         let msg = node.msg.take()?;
         self.len -= 1;
@@ -160,7 +158,12 @@ impl<M> RetainedStore<M> {
 }
 
 /// Matches the remaining filter levels `rest` (`None`: none left) below `node`.
-fn match_from<M>(mut node: &Node<M>, mut rest: Option<&str>, mut at_root: bool, f: &mut impl FnMut(&M)) {
+fn match_from<M>(
+    mut node: &Node<M>,
+    mut rest: Option<&str>,
+    mut at_root: bool,
+    f: &mut impl FnMut(&M),
+) {
     loop {
         let Some(levels) = rest else {
             if let Some(msg) = &node.msg {
@@ -285,7 +288,10 @@ mod tests {
         }
         assert_eq!(matched(&store, "sport/#").len(), 5);
         assert!(!matched(&store, "#").contains(&"$SYS"));
-        assert_eq!(matched(&store, "$SYS/#"), vec!["$SYS", "$SYS/monitor/Clients"]);
+        assert_eq!(
+            matched(&store, "$SYS/#"),
+            vec!["$SYS", "$SYS/monitor/Clients"]
+        );
     }
 
     #[test]

@@ -189,7 +189,17 @@ mod tests {
 
     #[test]
     fn filters() {
-        for ok in ["#", "+", "+/+", "a/+/c", "a/#", "/#", "+/", "$SYS/#", "sport/tennis/+"] {
+        for ok in [
+            "#",
+            "+",
+            "+/+",
+            "a/+/c",
+            "a/#",
+            "/#",
+            "+/",
+            "$SYS/#",
+            "sport/tennis/+",
+        ] {
             assert_eq!(validate_topic_filter(ok), Ok(()), "{ok}");
         }
         assert_eq!(
@@ -218,7 +228,13 @@ mod tests {
         );
         assert_eq!(parse_shared("a/b"), None);
         assert_eq!(validate_topic_filter("$share/g/#"), Ok(()));
-        for bad in ["$share/g", "$share//a", "$share/g/", "$share/g+/a", "$share/g/a#"] {
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/g/",
+            "$share/g+/a",
+            "$share/g/a#",
+        ] {
             assert_eq!(
                 validate_topic_filter(bad),
                 Err(TopicError::InvalidSharedSubscription),
@@ -229,11 +245,20 @@ mod tests {
 
     #[test]
     fn matching_follows_the_spec_examples() {
-        assert!(filter_matches("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(filter_matches("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
+        assert!(filter_matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1"
+        ));
+        assert!(filter_matches(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(filter_matches("sport/#", "sport"));
         assert!(filter_matches("sport/tennis/+", "sport/tennis/player1"));
-        assert!(!filter_matches("sport/tennis/+", "sport/tennis/player1/ranking"));
+        assert!(!filter_matches(
+            "sport/tennis/+",
+            "sport/tennis/player1/ranking"
+        ));
         assert!(!filter_matches("sport/+", "sport"));
         assert!(filter_matches("sport/+", "sport/"));
         assert!(filter_matches("+/+", "/finance"));

@@ -70,6 +70,8 @@ pub(crate) fn edges(filter: &str) -> impl Iterator<Item = Edge<'_>> {
 }
 
 /// Children keyed by level: a list while there are few, a hash map beyond that.
+// The map is boxed so that the common list case keeps every node small.
+#[allow(clippy::box_collection)]
 pub(crate) enum Children<N> {
     Few(Vec<(Box<str>, N)>),
     Many(Box<HashMap<Box<str>, N>>),
@@ -355,7 +357,11 @@ impl<S: Slot> LevelTrie<S> {
 
     /// Applies `f` to the slot of exactly `filter` if it exists, then prunes the nodes that
     /// became empty. Returns `f`'s result and whether the slot is empty afterwards.
-    pub(crate) fn update<R>(&mut self, filter: &str, f: impl FnOnce(&mut S) -> R) -> Option<(R, bool)> {
+    pub(crate) fn update<R>(
+        &mut self,
+        filter: &str,
+        f: impl FnOnce(&mut S) -> R,
+    ) -> Option<(R, bool)> {
         // Pass 1: apply. Borrowing rules make it simplest to walk again for the pruning instead
         // of keeping a stack of parents; the path is short and already in cache.
         let mut node = &mut self.root;
@@ -471,17 +477,15 @@ fn match_from<S: Slot>(mut node: &Node<S>, mut rest: Option<&str>, f: &mut impl 
 
 /// The subscribers of one filter: inline for one, a list for a few, hashed beyond that so a
 /// filter with 100k subscribers still inserts and removes in O(1).
+// Boxed map: see `Children`.
+#[allow(clippy::box_collection)]
+#[derive(Default)]
 pub(crate) enum Subscribers<K, V> {
+    #[default]
     Empty,
     One(K, V),
     Few(Vec<(K, V)>),
     Many(Box<HashMap<K, V>>),
-}
-
-impl<K, V> Default for Subscribers<K, V> {
-    fn default() -> Self {
-        Subscribers::Empty
-    }
 }
 
 impl<K, V> Slot for Subscribers<K, V> {
@@ -700,7 +704,10 @@ impl<K: Eq + Hash + Clone, V> SubscriptionTrie<K, V> {
     /// The subscribers of exactly `filter` (for UNSUBSCRIBE bookkeeping and diagnostics), in no
     /// particular order.
     pub fn subscribers_of(&self, filter: &str) -> impl Iterator<Item = (&K, &V)> {
-        self.trie.slot(filter).into_iter().flat_map(Subscribers::iter)
+        self.trie
+            .slot(filter)
+            .into_iter()
+            .flat_map(Subscribers::iter)
     }
 
     /// Number of trie nodes including the root (diagnostics: it is 1 for an empty trie, which
@@ -715,7 +722,10 @@ mod tests {
     use super::*;
     use crate::topic::filter_matches;
 
-    fn matches(trie: &SubscriptionTrie<u32, &'static str>, topic: &str) -> Vec<(u32, &'static str)> {
+    fn matches(
+        trie: &SubscriptionTrie<u32, &'static str>,
+        topic: &str,
+    ) -> Vec<(u32, &'static str)> {
         let mut out = Vec::new();
         trie.for_each_match(topic, |k, v| out.push((*k, *v)));
         out.sort();
@@ -733,8 +743,14 @@ mod tests {
     #[test]
     fn spec_examples() {
         assert!(single("sport/tennis/player1/#", "sport/tennis/player1"));
-        assert!(single("sport/tennis/player1/#", "sport/tennis/player1/ranking"));
-        assert!(single("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon"));
+        assert!(single(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/ranking"
+        ));
+        assert!(single(
+            "sport/tennis/player1/#",
+            "sport/tennis/player1/score/wimbledon"
+        ));
         assert!(single("sport/#", "sport"));
         assert!(single("#", "sport/tennis"));
         assert!(single("sport/tennis/+", "sport/tennis/player1"));
@@ -801,7 +817,17 @@ mod tests {
     #[test]
     fn removal_prunes_to_baseline() {
         let mut trie = SubscriptionTrie::new();
-        let filters = ["a/b/c", "a/b", "a/+/c", "a/#", "#", "+", "/", "a/b/c/d/e", "+/+/+/#"];
+        let filters = [
+            "a/b/c",
+            "a/b",
+            "a/+/c",
+            "a/#",
+            "#",
+            "+",
+            "/",
+            "a/b/c/d/e",
+            "+/+/+/#",
+        ];
         for (i, f) in filters.iter().enumerate() {
             trie.insert(f, i as u32, "v");
         }

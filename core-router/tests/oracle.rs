@@ -20,7 +20,10 @@ const TOPIC_EXTRA: &[&str] = &["", "$SYS", "a", "b", "c", "$x"];
 
 fn filter_strategy(levels: &'static [&'static str]) -> impl Strategy<Value = String> {
     let level = prop_oneof![4 => select(levels), 1 => Just("+")];
-    (prop::collection::vec(level, 0..4), prop::bool::weighted(0.25))
+    (
+        prop::collection::vec(level, 0..4),
+        prop::bool::weighted(0.25),
+    )
         .prop_map(|(mut levels, hash)| {
             if hash || levels.is_empty() {
                 levels.push("#");
@@ -58,9 +61,15 @@ fn topics_near(pool: &[String]) -> Vec<String> {
     out
 }
 
+/// 256 cases by default so the file runs in well under a second; `PROPTEST_CASES` raises it for
+/// a deeper run.
 fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(256);
     ProptestConfig {
-        cases: 256,
+        cases,
         ..ProptestConfig::default()
     }
 }

@@ -11,7 +11,9 @@ use super::{write_frame, PacketType, ProtocolVersion, ReasonCode, ReasonContext}
 fn decode_reason(r: &mut Reader, context: ReasonContext) -> Result<ReasonCode, DecodeError> {
     ReasonCode::from_u8(r.u8("reason code")?)
         .filter(|reason| reason.allowed_in(context))
-        .ok_or(DecodeError::Malformed("reason code not valid for this packet"))
+        .ok_or(DecodeError::Malformed(
+            "reason code not valid for this packet",
+        ))
 }
 
 /// The shared body of PUBACK, PUBREC, PUBREL and PUBCOMP.
@@ -113,7 +115,11 @@ impl Disconnect {
         Ok(disconnect)
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let with_props = version.is_v5() && !self.properties.is_empty();
         let with_reason = version.is_v5() && (with_props || self.reason != ReasonCode::Success);
         let body_len = usize::from(with_reason)

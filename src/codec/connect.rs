@@ -129,7 +129,11 @@ impl Connect {
 
     fn body_len(&self) -> usize {
         let v5 = self.protocol.is_v5();
-        let name_len = if self.protocol == ProtocolVersion::V3_1 { 6 } else { 4 };
+        let name_len = if self.protocol == ProtocolVersion::V3_1 {
+            6
+        } else {
+            4
+        };
         let mut len = 2 + name_len + 1 + 1 + 2;
         if v5 {
             len += self.properties.encoded_len();
@@ -234,7 +238,9 @@ impl ConnAck {
         };
         let session_present = flags & 1 != 0;
         if session_present && reason != ReasonCode::Success {
-            return Err(DecodeError::Protocol("session present on a refused connection"));
+            return Err(DecodeError::Protocol(
+                "session present on a refused connection",
+            ));
         }
         Ok(ConnAck {
             session_present,
@@ -243,11 +249,17 @@ impl ConnAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         let v5 = version.is_v5();
         let body_len = 2 + if v5 { self.properties.encoded_len() } else { 0 };
         write_frame(out, PacketType::ConnAck.first_byte(0), body_len, |out| {
-            out.put_u8(u8::from(self.session_present && self.reason == ReasonCode::Success));
+            out.put_u8(u8::from(
+                self.session_present && self.reason == ReasonCode::Success,
+            ));
             if v5 {
                 out.put_u8(self.reason.as_u8());
                 self.properties.encode(out)

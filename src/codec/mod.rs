@@ -158,9 +158,15 @@ impl Packet {
             PacketType::Connect => Packet::Connect(Box::new(Connect::decode(r)?)),
             PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(r, version)?),
             PacketType::Publish => Packet::Publish(Publish::decode(flags, r, version)?),
-            PacketType::PubAck => Packet::PubAck(Ack::decode(r, version, ReasonContext::PubAckOrRec)?),
-            PacketType::PubRec => Packet::PubRec(Ack::decode(r, version, ReasonContext::PubAckOrRec)?),
-            PacketType::PubRel => Packet::PubRel(Ack::decode(r, version, ReasonContext::PubRelOrComp)?),
+            PacketType::PubAck => {
+                Packet::PubAck(Ack::decode(r, version, ReasonContext::PubAckOrRec)?)
+            }
+            PacketType::PubRec => {
+                Packet::PubRec(Ack::decode(r, version, ReasonContext::PubAckOrRec)?)
+            }
+            PacketType::PubRel => {
+                Packet::PubRel(Ack::decode(r, version, ReasonContext::PubRelOrComp)?)
+            }
             PacketType::PubComp => {
                 Packet::PubComp(Ack::decode(r, version, ReasonContext::PubRelOrComp)?)
             }
@@ -253,3 +259,6 @@ pub(crate) fn write_frame(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod proptests;

@@ -201,7 +201,9 @@ impl Properties {
             let allowed = allowed_contexts(identifier)
                 .ok_or(DecodeError::Malformed("unknown property identifier"))?;
             if allowed & context.bit() == 0 {
-                return Err(DecodeError::Malformed("property not allowed in this packet"));
+                return Err(DecodeError::Malformed(
+                    "property not allowed in this packet",
+                ));
             }
             props.decode_one(identifier, &mut block)?;
         }
@@ -214,7 +216,9 @@ impl Properties {
             id::PAYLOAD_FORMAT_INDICATOR => {
                 let value = r.u8(V)?;
                 if value > 1 {
-                    return Err(DecodeError::Protocol("payload format indicator other than 0 or 1"));
+                    return Err(DecodeError::Protocol(
+                        "payload format indicator other than 0 or 1",
+                    ));
                 }
                 set_once(&mut self.payload_format_indicator, value)
             }
@@ -304,7 +308,8 @@ impl Properties {
 
     /// Bytes of the properties themselves, without the length prefix.
     pub fn body_len(&self) -> usize {
-        let str_len = |s: &Option<MqttStr>| s.as_ref().map_or(0, |s| 1 + prefixed_len(s.as_bytes()));
+        let str_len =
+            |s: &Option<MqttStr>| s.as_ref().map_or(0, |s| 1 + prefixed_len(s.as_bytes()));
         let bin_len = |b: &Option<Bytes>| b.as_ref().map_or(0, |b| 1 + prefixed_len(b));
         let fixed = |present: bool, size: usize| if present { 1 + size } else { 0 };
         fixed(self.payload_format_indicator.is_some(), 1)
@@ -390,25 +395,47 @@ impl Properties {
             out.put_u8(id::PAYLOAD_FORMAT_INDICATOR);
             out.put_u8(value);
         }
-        put_u32(out, id::MESSAGE_EXPIRY_INTERVAL, self.message_expiry_interval);
+        put_u32(
+            out,
+            id::MESSAGE_EXPIRY_INTERVAL,
+            self.message_expiry_interval,
+        );
         put_str(out, id::CONTENT_TYPE, &self.content_type)?;
         put_str(out, id::RESPONSE_TOPIC, &self.response_topic)?;
         put_bin(out, id::CORRELATION_DATA, &self.correlation_data)?;
         for &value in &self.subscription_identifiers {
             if value == 0 || value > MAX_SUBSCRIPTION_IDENTIFIER {
-                return Err(EncodeError::InvalidValue("subscription identifier out of range"));
+                return Err(EncodeError::InvalidValue(
+                    "subscription identifier out of range",
+                ));
             }
             out.put_u8(id::SUBSCRIPTION_IDENTIFIER);
             write_varint(out, value)?;
         }
-        put_u32(out, id::SESSION_EXPIRY_INTERVAL, self.session_expiry_interval);
-        put_str(out, id::ASSIGNED_CLIENT_IDENTIFIER, &self.assigned_client_identifier)?;
+        put_u32(
+            out,
+            id::SESSION_EXPIRY_INTERVAL,
+            self.session_expiry_interval,
+        );
+        put_str(
+            out,
+            id::ASSIGNED_CLIENT_IDENTIFIER,
+            &self.assigned_client_identifier,
+        )?;
         put_u16(out, id::SERVER_KEEP_ALIVE, self.server_keep_alive);
         put_str(out, id::AUTHENTICATION_METHOD, &self.authentication_method)?;
         put_bin(out, id::AUTHENTICATION_DATA, &self.authentication_data)?;
-        put_bool(out, id::REQUEST_PROBLEM_INFORMATION, self.request_problem_information);
+        put_bool(
+            out,
+            id::REQUEST_PROBLEM_INFORMATION,
+            self.request_problem_information,
+        );
         put_u32(out, id::WILL_DELAY_INTERVAL, self.will_delay_interval);
-        put_bool(out, id::REQUEST_RESPONSE_INFORMATION, self.request_response_information);
+        put_bool(
+            out,
+            id::REQUEST_RESPONSE_INFORMATION,
+            self.request_response_information,
+        );
         put_str(out, id::RESPONSE_INFORMATION, &self.response_information)?;
         put_str(out, id::SERVER_REFERENCE, &self.server_reference)?;
         put_str(out, id::REASON_STRING, &self.reason_string)?;
@@ -426,9 +453,21 @@ impl Properties {
             write_str(out, value)?;
         }
         put_u32(out, id::MAXIMUM_PACKET_SIZE, self.maximum_packet_size);
-        put_bool(out, id::WILDCARD_SUBSCRIPTION_AVAILABLE, self.wildcard_subscription_available);
-        put_bool(out, id::SUBSCRIPTION_IDENTIFIER_AVAILABLE, self.subscription_identifier_available);
-        put_bool(out, id::SHARED_SUBSCRIPTION_AVAILABLE, self.shared_subscription_available);
+        put_bool(
+            out,
+            id::WILDCARD_SUBSCRIPTION_AVAILABLE,
+            self.wildcard_subscription_available,
+        );
+        put_bool(
+            out,
+            id::SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+            self.subscription_identifier_available,
+        );
+        put_bool(
+            out,
+            id::SHARED_SUBSCRIPTION_AVAILABLE,
+            self.shared_subscription_available,
+        );
         Ok(())
     }
 }
@@ -469,10 +508,19 @@ mod tests {
     #[test]
     fn user_properties_repeat_in_order() {
         let bytes = [14, 0x26, 0, 1, b'a', 0, 1, b'2', 0x26, 0, 1, b'a', 0, 0, 0];
-        assert!(decode(&bytes, PropertyContext::Connect).is_err(), "declared 14, holds 13");
-        let bytes = [14, 0x26, 0, 1, b'a', 0, 1, b'2', 0x26, 0, 1, b'a', 0, 1, b'1'];
+        assert!(
+            decode(&bytes, PropertyContext::Connect).is_err(),
+            "declared 14, holds 13"
+        );
+        let bytes = [
+            14, 0x26, 0, 1, b'a', 0, 1, b'2', 0x26, 0, 1, b'a', 0, 1, b'1',
+        ];
         let props = decode(&bytes, PropertyContext::Connect).unwrap();
-        let values: Vec<_> = props.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let values: Vec<_> = props
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         assert_eq!(values, [("a", "2"), ("a", "1")]);
         let mut out = BytesMut::new();
         props.encode(&mut out).unwrap();
@@ -488,7 +536,9 @@ mod tests {
         );
         let bytes = [4, 0x0b, 1, 0x0b, 2];
         assert_eq!(
-            decode(&bytes, PropertyContext::Publish).unwrap().subscription_identifiers,
+            decode(&bytes, PropertyContext::Publish)
+                .unwrap()
+                .subscription_identifiers,
             vec![1, 2]
         );
     }

@@ -41,8 +41,13 @@ pub(crate) fn publish_flags(dup: bool, qos: QoS, retain: bool) -> u8 {
 }
 
 impl Publish {
-    pub(crate) fn decode(flags: u8, r: &mut Reader, version: ProtocolVersion) -> Result<Self, DecodeError> {
-        let qos = QoS::from_u8((flags >> 1) & 0b11).ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
+    pub(crate) fn decode(
+        flags: u8,
+        r: &mut Reader,
+        version: ProtocolVersion,
+    ) -> Result<Self, DecodeError> {
+        let qos = QoS::from_u8((flags >> 1) & 0b11)
+            .ok_or(DecodeError::Malformed("PUBLISH with QoS 3"))?;
         let dup = flags & DUP_FLAG != 0;
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::Malformed("DUP set on a QoS 0 PUBLISH"));
@@ -64,7 +69,8 @@ impl Publish {
         };
         let aliased = properties.topic_alias.is_some();
         if !(topic.is_empty() && aliased) {
-            core_router::topic::validate_topic_name(&topic).map_err(DecodeError::TopicNameInvalid)?;
+            core_router::topic::validate_topic_name(&topic)
+                .map_err(DecodeError::TopicNameInvalid)?;
         }
         Ok(Publish {
             dup,
@@ -91,12 +97,18 @@ impl Publish {
 
     pub(crate) fn check(&self) -> Result<(), EncodeError> {
         if self.qos != QoS::AtMostOnce && self.packet_id == 0 {
-            return Err(EncodeError::InvalidValue("packet identifier 0 with QoS > 0"));
+            return Err(EncodeError::InvalidValue(
+                "packet identifier 0 with QoS > 0",
+            ));
         }
         Ok(())
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         self.check()?;
         let first = PacketType::Publish.first_byte(publish_flags(self.dup, self.qos, self.retain));
         write_frame(out, first, self.body_len(version), |out| {

@@ -206,7 +206,9 @@ impl ReasonCode {
                     | SubscriptionIdentifiersNotSupported
                     | WildcardSubscriptionsNotSupported
             ),
-            ReasonContext::Auth => matches!(self, Success | ContinueAuthentication | ReAuthenticate),
+            ReasonContext::Auth => {
+                matches!(self, Success | ContinueAuthentication | ReAuthenticate)
+            }
         }
     }
 
@@ -245,6 +247,8 @@ impl ReasonCode {
     }
 }
 
+// The variants come from a macro, where `#[default]` cannot be put on one of them.
+#[allow(clippy::derivable_impls)]
 impl Default for ReasonCode {
     fn default() -> Self {
         ReasonCode::Success

@@ -121,7 +121,9 @@ impl Subscribe {
         let properties = if version.is_v5() {
             let properties = Properties::decode(r, PropertyContext::Subscribe)?;
             if properties.subscription_identifiers.len() > 1 {
-                return Err(DecodeError::Protocol("more than one subscription identifier"));
+                return Err(DecodeError::Protocol(
+                    "more than one subscription identifier",
+                ));
             }
             properties
         } else {
@@ -146,10 +148,16 @@ impl Subscribe {
         })
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         check_packet_id(self.packet_id)?;
         if self.filters.is_empty() {
-            return Err(EncodeError::InvalidValue("SUBSCRIBE without a topic filter"));
+            return Err(EncodeError::InvalidValue(
+                "SUBSCRIBE without a topic filter",
+            ));
         }
         let mut body_len = 2 + self
             .filters
@@ -213,7 +221,11 @@ impl SubAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         check_packet_id(self.packet_id)?;
         let mut body_len = 2 + self.reasons.len();
         if version.is_v5() {
@@ -269,10 +281,16 @@ impl Unsubscribe {
         })
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         check_packet_id(self.packet_id)?;
         if self.filters.is_empty() {
-            return Err(EncodeError::InvalidValue("UNSUBSCRIBE without a topic filter"));
+            return Err(EncodeError::InvalidValue(
+                "UNSUBSCRIBE without a topic filter",
+            ));
         }
         let mut body_len = 2 + self
             .filters
@@ -282,16 +300,21 @@ impl Unsubscribe {
         if version.is_v5() {
             body_len += self.properties.encoded_len();
         }
-        write_frame(out, PacketType::Unsubscribe.first_byte(0), body_len, |out| {
-            out.put_u16(self.packet_id);
-            if version.is_v5() {
-                self.properties.encode(out)?;
-            }
-            for filter in &self.filters {
-                write_str(out, filter)?;
-            }
-            Ok(())
-        })
+        write_frame(
+            out,
+            PacketType::Unsubscribe.first_byte(0),
+            body_len,
+            |out| {
+                out.put_u16(self.packet_id);
+                if version.is_v5() {
+                    self.properties.encode(out)?;
+                }
+                for filter in &self.filters {
+                    write_str(out, filter)?;
+                }
+                Ok(())
+            },
+        )
     }
 }
 
@@ -330,7 +353,11 @@ impl UnsubAck {
         })
     }
 
-    pub(crate) fn encode(&self, version: ProtocolVersion, out: &mut BytesMut) -> Result<(), EncodeError> {
+    pub(crate) fn encode(
+        &self,
+        version: ProtocolVersion,
+        out: &mut BytesMut,
+    ) -> Result<(), EncodeError> {
         check_packet_id(self.packet_id)?;
         let body_len = if version.is_v5() {
             2 + self.properties.encoded_len() + self.reasons.len()

@@ -52,14 +52,19 @@ fn connect_v31_uses_mqisdp() {
         0x10, 0x10, 0x00, 0x06, b'M', b'Q', b'I', b's', b'd', b'p', 0x03, 0x00, 0x00, 0x0a, 0x00,
         0x02, b'i', b'd',
     ];
-    let Packet::Connect(connect) = decode_all(&bytes, ProtocolVersion::V3_1_1).unwrap().unwrap()
+    let Packet::Connect(connect) = decode_all(&bytes, ProtocolVersion::V3_1_1)
+        .unwrap()
+        .unwrap()
     else {
         panic!("not a CONNECT")
     };
     assert_eq!(connect.protocol, ProtocolVersion::V3_1);
     assert!(!connect.clean_start);
     assert_eq!(connect.client_id, "id");
-    assert_eq!(encode(&Packet::Connect(connect), ProtocolVersion::V3_1), bytes);
+    assert_eq!(
+        encode(&Packet::Connect(connect), ProtocolVersion::V3_1),
+        bytes
+    );
 }
 
 #[test]
@@ -78,7 +83,9 @@ fn connect_v5_with_properties_will_and_credentials() {
         0x00, 0x01, b'u', // user name
         0x00, 0x01, b'p', // password
     ];
-    let Packet::Connect(connect) = decode_all(&bytes, ProtocolVersion::V3_1_1).unwrap().unwrap()
+    let Packet::Connect(connect) = decode_all(&bytes, ProtocolVersion::V3_1_1)
+        .unwrap()
+        .unwrap()
     else {
         panic!("not a CONNECT")
     };
@@ -92,7 +99,10 @@ fn connect_v5_with_properties_will_and_credentials() {
     assert_eq!(will.properties.will_delay_interval, Some(5));
     assert_eq!(connect.username.as_deref(), Some("u"));
     assert_eq!(connect.password.as_deref(), Some(&b"p"[..]));
-    assert_eq!(encode(&Packet::Connect(connect), ProtocolVersion::V5), bytes);
+    assert_eq!(
+        encode(&Packet::Connect(connect), ProtocolVersion::V5),
+        bytes
+    );
 }
 
 #[test]
@@ -151,11 +161,15 @@ fn connack_both_versions() {
             ..Default::default()
         }),
     );
-    let mut properties = Properties::default();
-    properties.receive_maximum = Some(10);
-    properties.assigned_client_identifier = Some(MqttStr::from("x"));
+    let properties = Properties {
+        receive_maximum: Some(10),
+        assigned_client_identifier: Some(MqttStr::from("x")),
+        ..Default::default()
+    };
     check_exact(
-        &[0x20, 0x0a, 0x00, 0x00, 0x07, 0x12, 0x00, 0x01, b'x', 0x21, 0x00, 0x0a],
+        &[
+            0x20, 0x0a, 0x00, 0x00, 0x07, 0x12, 0x00, 0x01, b'x', 0x21, 0x00, 0x0a,
+        ],
         ProtocolVersion::V5,
         Packet::ConnAck(ConnAck {
             session_present: false,
@@ -185,7 +199,10 @@ fn publish_qos1_v311_and_zero_copy() {
     // The topic and payload point into the read buffer.
     assert_eq!(publish.topic.as_bytes().as_ptr() as usize, base + 4);
     assert_eq!(publish.payload.as_ptr() as usize, base + 9);
-    assert_eq!(encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1), bytes);
+    assert_eq!(
+        encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1),
+        bytes
+    );
 }
 
 #[test]
@@ -214,7 +231,10 @@ fn publish_v5_empty_payload_and_flags() {
 fn publish_errors() {
     // QoS 3.
     assert!(matches!(
-        decode_all(&[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01], ProtocolVersion::V3_1_1),
+        decode_all(
+            &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+            ProtocolVersion::V3_1_1
+        ),
         Err(DecodeError::Malformed(_))
     ));
     // Wildcards in a topic name.
@@ -232,12 +252,18 @@ fn publish_errors() {
     );
     // Invalid UTF-8 in the topic.
     assert!(matches!(
-        decode_all(&[0x30, 0x04, 0x00, 0x02, 0xc0, 0xaf], ProtocolVersion::V3_1_1),
+        decode_all(
+            &[0x30, 0x04, 0x00, 0x02, 0xc0, 0xaf],
+            ProtocolVersion::V3_1_1
+        ),
         Err(DecodeError::Malformed(_))
     ));
     // Packet identifier 0 with QoS 1.
     assert_eq!(
-        decode_all(&[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00], ProtocolVersion::V3_1_1),
+        decode_all(
+            &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00],
+            ProtocolVersion::V3_1_1
+        ),
         Err(DecodeError::Protocol("packet identifier 0"))
     );
     // DUP on QoS 0.
@@ -254,7 +280,11 @@ fn acks() {
         (0x62, Packet::PubRel(Ack::new(10))),
         (0x70, Packet::PubComp(Ack::new(10))),
     ] {
-        check_exact(&[first, 0x02, 0x00, 0x0a], ProtocolVersion::V3_1_1, packet.clone());
+        check_exact(
+            &[first, 0x02, 0x00, 0x0a],
+            ProtocolVersion::V3_1_1,
+            packet.clone(),
+        );
         // MQTT 5.0 short form: reason and properties omitted means success.
         check_exact(&[first, 0x02, 0x00, 0x0a], ProtocolVersion::V5, packet);
     }
@@ -286,13 +316,20 @@ fn subscribe_family() {
         Packet::Subscribe(Subscribe {
             packet_id: 1,
             properties: Properties::default(),
-            filters: vec![(MqttStr::from("a/+"), SubscriptionOptions::with_qos(QoS::AtLeastOnce))],
+            filters: vec![(
+                MqttStr::from("a/+"),
+                SubscriptionOptions::with_qos(QoS::AtLeastOnce),
+            )],
         }),
     );
-    let mut properties = Properties::default();
-    properties.subscription_identifiers = vec![7];
+    let properties = Properties {
+        subscription_identifiers: vec![7],
+        ..Default::default()
+    };
     check_exact(
-        &[0x82, 0x09, 0x00, 0x01, 0x02, 0x0b, 0x07, 0x00, 0x01, b'#', 0x2e],
+        &[
+            0x82, 0x09, 0x00, 0x01, 0x02, 0x0b, 0x07, 0x00, 0x01, b'#', 0x2e,
+        ],
         ProtocolVersion::V5,
         Packet::Subscribe(Subscribe {
             packet_id: 1,
@@ -309,9 +346,17 @@ fn subscribe_family() {
         }),
     );
     // v5 option bits are reserved in 3.1.1.
-    assert!(decode_all(&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x05], ProtocolVersion::V3_1_1).is_err());
+    assert!(decode_all(
+        &[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'#', 0x05],
+        ProtocolVersion::V3_1_1
+    )
+    .is_err());
     // Retain handling 3.
-    assert!(decode_all(&[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'#', 0x30], ProtocolVersion::V5).is_err());
+    assert!(decode_all(
+        &[0x82, 0x07, 0x00, 0x01, 0x00, 0x00, 0x01, b'#', 0x30],
+        ProtocolVersion::V5
+    )
+    .is_err());
     // No topic filter at all.
     assert_eq!(
         decode_all(&[0x82, 0x02, 0x00, 0x01], ProtocolVersion::V3_1_1),
@@ -319,9 +364,12 @@ fn subscribe_family() {
     );
     // A misplaced wildcard.
     assert_eq!(
-        decode_all(&[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'#', 0x00], ProtocolVersion::V3_1_1)
-            .unwrap_err()
-            .reason_code(),
+        decode_all(
+            &[0x82, 0x07, 0x00, 0x01, 0x00, 0x02, b'a', b'#', 0x00],
+            ProtocolVersion::V3_1_1
+        )
+        .unwrap_err()
+        .reason_code(),
         ReasonCode::TopicFilterInvalid
     );
     // No local on a shared subscription.
@@ -394,8 +442,10 @@ fn ping_disconnect_auth() {
         ProtocolVersion::V5,
         Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver)),
     );
-    let mut properties = Properties::default();
-    properties.session_expiry_interval = Some(0);
+    let properties = Properties {
+        session_expiry_interval: Some(0),
+        ..Default::default()
+    };
     check_exact(
         &[0xe0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x00],
         ProtocolVersion::V5,
@@ -404,9 +454,15 @@ fn ping_disconnect_auth() {
             properties,
         }),
     );
-    check_exact(&[0xf0, 0x00], ProtocolVersion::V5, Packet::Auth(Auth::default()));
-    let mut properties = Properties::default();
-    properties.authentication_method = Some(MqttStr::from("k"));
+    check_exact(
+        &[0xf0, 0x00],
+        ProtocolVersion::V5,
+        Packet::Auth(Auth::default()),
+    );
+    let properties = Properties {
+        authentication_method: Some(MqttStr::from("k")),
+        ..Default::default()
+    };
     check_exact(
         &[0xf0, 0x06, 0x18, 0x04, 0x15, 0x00, 0x01, b'k'],
         ProtocolVersion::V5,
@@ -433,7 +489,10 @@ fn fixed_header_rules() {
     assert!(decode_all(&[0x80, 0x02, 0x00, 0x01], ProtocolVersion::V3_1_1).is_err());
     // Remaining length with a fifth byte.
     assert!(matches!(
-        decode_all(&[0x30, 0xff, 0xff, 0xff, 0xff, 0x01], ProtocolVersion::V3_1_1),
+        decode_all(
+            &[0x30, 0xff, 0xff, 0xff, 0xff, 0x01],
+            ProtocolVersion::V3_1_1
+        ),
         Err(DecodeError::Malformed(_))
     ));
 }
@@ -443,13 +502,23 @@ fn incomplete_frames_consume_nothing() {
     let bytes = [0x32, 0x08, 0x00, 0x03, b'a', b'/', b'b', 0x00, 0x0a, b'x'];
     for cut in 0..bytes.len() {
         let mut buf = BytesMut::from(&bytes[..cut]);
-        assert_eq!(decode(&mut buf, ProtocolVersion::V3_1_1, MAX), Ok(None), "cut {cut}");
+        assert_eq!(
+            decode(&mut buf, ProtocolVersion::V3_1_1, MAX),
+            Ok(None),
+            "cut {cut}"
+        );
         assert_eq!(buf.len(), cut);
     }
     // Two frames back to back come out one at a time.
     let mut buf = BytesMut::from(&[0xc0, 0x00, 0xd0, 0x00, 0xc0][..]);
-    assert_eq!(decode(&mut buf, ProtocolVersion::V3_1_1, MAX), Ok(Some(Packet::PingReq)));
-    assert_eq!(decode(&mut buf, ProtocolVersion::V3_1_1, MAX), Ok(Some(Packet::PingResp)));
+    assert_eq!(
+        decode(&mut buf, ProtocolVersion::V3_1_1, MAX),
+        Ok(Some(Packet::PingReq))
+    );
+    assert_eq!(
+        decode(&mut buf, ProtocolVersion::V3_1_1, MAX),
+        Ok(Some(Packet::PingResp))
+    );
     assert_eq!(decode(&mut buf, ProtocolVersion::V3_1_1, MAX), Ok(None));
     assert_eq!(buf.len(), 1);
 }
@@ -467,7 +536,10 @@ fn maximum_packet_size_is_checked_from_the_fixed_header() {
     );
     // Exactly at the limit is fine.
     let mut buf = BytesMut::from(&[0xc0, 0x00][..]);
-    assert_eq!(decode(&mut buf, ProtocolVersion::V3_1_1, 2), Ok(Some(Packet::PingReq)));
+    assert_eq!(
+        decode(&mut buf, ProtocolVersion::V3_1_1, 2),
+        Ok(Some(Packet::PingReq))
+    );
     let mut buf = BytesMut::from(&[0xc0, 0x00][..]);
     assert!(decode(&mut buf, ProtocolVersion::V3_1_1, 1).is_err());
 }
@@ -485,7 +557,9 @@ fn maximum_remaining_length_round_trips() {
         .encode(ProtocolVersion::V3_1_1, &mut out)
         .unwrap();
     assert_eq!(&out[..5], &[0x30, 0xff, 0xff, 0xff, 0x7f]);
-    let decoded = decode(&mut out, ProtocolVersion::V3_1_1, usize::MAX).unwrap().unwrap();
+    let decoded = decode(&mut out, ProtocolVersion::V3_1_1, usize::MAX)
+        .unwrap()
+        .unwrap();
     assert_eq!(decoded, Packet::Publish(publish.clone()));
     // One byte more does not fit a remaining length.
     let mut too_big = publish;
@@ -497,9 +571,11 @@ fn maximum_remaining_length_round_trips() {
 
 #[test]
 fn encoded_publish_matches_the_plain_encoder() {
-    let mut properties = Properties::default();
-    properties.message_expiry_interval = Some(30);
-    properties.user_properties = vec![(MqttStr::from("k"), MqttStr::from("v"))];
+    let properties = Properties {
+        message_expiry_interval: Some(30),
+        user_properties: vec![(MqttStr::from("k"), MqttStr::from("v"))],
+        ..Default::default()
+    };
     let publish = Publish {
         topic: MqttStr::from("t/1"),
         payload: Bytes::from_static(b"hello"),
@@ -542,11 +618,17 @@ fn v5_fields_are_dropped_for_v311() {
         reason: ReasonCode::NotAuthorized,
         properties: Properties::default(),
     });
-    assert_eq!(encode(&nack, ProtocolVersion::V3_1_1), [0x40, 0x02, 0x00, 0x03]);
+    assert_eq!(
+        encode(&nack, ProtocolVersion::V3_1_1),
+        [0x40, 0x02, 0x00, 0x03]
+    );
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         reason: ReasonCode::BadUserNameOrPassword,
         properties: Properties::default(),
     });
-    assert_eq!(encode(&connack, ProtocolVersion::V3_1_1), [0x20, 0x02, 0x00, 0x04]);
+    assert_eq!(
+        encode(&connack, ProtocolVersion::V3_1_1),
+        [0x20, 0x02, 0x00, 0x04]
+    );
 }

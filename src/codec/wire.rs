@@ -22,7 +22,9 @@ pub fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
         }
     }
     if buf.len() >= 4 {
-        Err(DecodeError::Malformed("variable byte integer longer than 4 bytes"))
+        Err(DecodeError::Malformed(
+            "variable byte integer longer than 4 bytes",
+        ))
     } else {
         Ok(None)
     }

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The whole test suite: what README calls "run all tests" and what CI runs after fmt and clippy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== sans-I/O check: the codec and session build without the glommio runtime"
+cargo check -p shardmq --lib --no-default-features
+
+echo "== workspace tests (unit, property, integration against the real broker)"
+cargo test --workspace
+
+echo "== benches and the fuzz target still build"
+cargo bench --workspace --no-run
+cargo check --manifest-path fuzz/Cargo.toml
