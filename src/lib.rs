@@ -9,3 +9,4 @@
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod codec;
+pub mod session;

@@ -1,0 +1,109 @@
+//! An application message as the broker routes it, and the per-publish encoding cache.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{EncodedPublish, MqttStr, Properties, ProtocolVersion, Publish, QoS};
+
+/// A published message, shared (`Arc`) by every shard and subscriber it reaches. The payload is
+/// a slice of the buffer it was read into: it is never copied per subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Topic name (never an alias: aliases are resolved on the way in).
+    pub topic: MqttStr,
+    /// Payload.
+    pub payload: Bytes,
+    /// QoS it was published with.
+    pub qos: QoS,
+    /// Retain flag it was published with.
+    pub retain: bool,
+    /// PUBLISH properties to forward (MQTT 5.0); topic alias and subscription ids removed.
+    pub properties: Properties,
+    /// Client id of the publisher (for MQTT 5.0 no-local).
+    pub publisher: MqttStr,
+}
+
+impl Message {
+    /// The PUBLISH a subscriber receives (packet id and DUP filled in at write time).
+    pub fn to_publish(&self, qos: QoS, retain: bool) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: self.topic.clone(),
+            packet_id: 0,
+            properties: self.properties.clone(),
+            payload: self.payload.clone(),
+        }
+    }
+
+    /// Encodes the message for one subscriber (the slow path: retransmission, queue drain).
+    pub fn encode_to(
+        &self,
+        out: &mut BytesMut,
+        version: ProtocolVersion,
+        qos: QoS,
+        retain: bool,
+        packet_id: u16,
+        dup: bool,
+    ) {
+        if let Ok(encoded) =
+            EncodedPublish::new(&self.to_publish(qos, retain), version, qos, retain)
+        {
+            encoded.write_to(out, packet_id, dup);
+        }
+    }
+}
+
+/// Encodings of one message, one per (protocol version, QoS, retain) layout, built on first use:
+/// a fan-out to thousands of subscribers serialises the message at most 18 times.
+#[derive(Debug, Default)]
+pub struct EncodeCache {
+    for_message: Option<Arc<Message>>,
+    layouts: [Option<EncodedPublish>; 18],
+}
+
+impl EncodeCache {
+    /// Forgets everything (call before each new message).
+    pub fn clear(&mut self) {
+        self.for_message = None;
+        for slot in &mut self.layouts {
+            *slot = None;
+        }
+    }
+
+    /// The encoding of `message` for a layout.
+    pub fn get(
+        &mut self,
+        message: &Arc<Message>,
+        version: ProtocolVersion,
+        qos: QoS,
+        retain: bool,
+    ) -> &EncodedPublish {
+        // Holding the Arc (not a pointer) rules out a freed message's address being reused.
+        if !self
+            .for_message
+            .as_ref()
+            .is_some_and(|current| Arc::ptr_eq(current, message))
+        {
+            self.clear();
+            self.for_message = Some(Arc::clone(message));
+        }
+        let version_index = match version {
+            ProtocolVersion::V3_1 => 0,
+            ProtocolVersion::V3_1_1 => 1,
+            ProtocolVersion::V5 => 2,
+        };
+        let index = version_index * 6 + (qos as usize) * 2 + usize::from(retain);
+        self.layouts[index].get_or_insert_with(|| {
+            EncodedPublish::new(&message.to_publish(qos, retain), version, qos, retain)
+                // A message that decoded within the size limits always re-encodes; an empty
+                // PUBLISH is the harmless fallback should that ever not hold.
+                .unwrap_or_else(|_| {
+                    EncodedPublish::new(&Publish::default(), version, QoS::AtMostOnce, false)
+                        .expect("empty PUBLISH encodes")
+                })
+        })
+    }
+}
