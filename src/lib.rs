@@ -4,9 +4,18 @@
 //!
 //! ## Layout
 //! - [`codec`]: sans-I/O, zero-copy encoder/decoder for every packet of every protocol version.
-//!   Builds without the `runtime` feature (no glommio, no sockets).
+//! - [`session`]: sans-I/O per-client session state machine (in-flight window, queues, QoS 2).
 //! - `core-router` (separate crate): topic trie, replicated interest index, retained store.
+//! - [`broker`] and [`config`] (feature `runtime`): the glommio shard runtime, listeners and
+//!   cross-shard wiring.
+//!
+//! The codec and the session build without the `runtime` feature: no glommio, no sockets.
 #![warn(missing_docs, missing_debug_implementations)]
 
 pub mod codec;
 pub mod session;
+
+#[cfg(feature = "runtime")]
+pub mod broker;
+#[cfg(feature = "runtime")]
+pub mod config;

@@ -1,0 +1,1326 @@
+//! One shard's state and protocol logic. A shard is single-threaded: its connection tasks, mesh
+//! tasks and timer share it through `Rc<RefCell<Shard>>` and never hold the borrow across an
+//! `.await`.
+//!
+//! Ownership rules:
+//! - A connection lives on the shard that accepted it; its session lives on the same shard.
+//! - Every client id has a *home* shard (`hash(id) % shards`) that records which shard owns the
+//!   id's session and arbitrates takeovers, so two racing CONNECTs resolve to exactly one owner.
+//! - Retained messages for a topic are serialised by the topic's owner shard and replicated to
+//!   every shard, so every replica applies updates of one topic in the same order.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use core_router::interest::{InterestIndex, LocalInterest};
+use core_router::retained::RetainedStore;
+use core_router::topic;
+use core_router::trie::SubscriptionTrie;
+use slab::Slab;
+
+use super::mesh::ShardMsg;
+use crate::codec::{
+    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
+    ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
+    Unsubscribe,
+};
+use crate::config::Config;
+use crate::session::{EncodeCache, Message, Session, SessionLimits};
+
+/// Process-wide state shared by all shards.
+#[derive(Debug, Default)]
+pub struct Global {
+    /// Set to stop the broker.
+    pub shutdown: AtomicBool,
+    /// Open client connections, all shards.
+    pub connections: AtomicUsize,
+}
+
+/// Outbox length (messages) past which a shard stops reading client sockets.
+const OUTBOX_HIGH_WATER: usize = 64 * 1024;
+/// Outbox length under which reading resumes.
+const OUTBOX_LOW_WATER: usize = 16 * 1024;
+/// Size of the shard's socket read buffer.
+const SCRATCH_SIZE: usize = 64 * 1024;
+/// Idle output buffers bigger than this are released rather than kept for reuse.
+const IDLE_OUT_CAPACITY: usize = 4 * 1024;
+
+/// Why a connection is being closed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Kill {
+    /// Reason (sent in a DISCONNECT to MQTT 5.0 clients when `notify` is set).
+    pub reason: ReasonCode,
+    /// The client sent DISCONNECT: no will.
+    pub graceful: bool,
+}
+
+#[derive(Debug)]
+enum ConnState {
+    AwaitConnect,
+    Claiming,
+    Active {
+        session: usize,
+    },
+    /// Session taken over by another connection; nothing left to clean up.
+    Detached,
+}
+
+/// A network connection's state on its shard.
+#[derive(Debug)]
+pub struct Conn {
+    serial: u64,
+    state: ConnState,
+    protocol: ProtocolVersion,
+    keep_alive: u16,
+    last_seen: u32,
+    out: BytesMut,
+    leftover: BytesMut,
+    waker: Option<Waker>,
+    kill: Option<Kill>,
+    reprocess: bool,
+}
+
+#[derive(Debug)]
+struct SessionEntry {
+    session: Session,
+    conn: Option<usize>,
+    token: u64,
+    offline_since: Option<u32>,
+}
+
+#[derive(Debug)]
+struct PendingClaim {
+    conn: Option<usize>,
+    connect: Box<Connect>,
+    assigned_id: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Owner {
+    shard: u16,
+    token: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum WheelEntry {
+    Conn { index: usize, serial: u64 },
+    Session { index: usize, token: u64 },
+}
+
+/// What a connection task learns from polling its socket.
+#[derive(Debug)]
+pub enum ConnEvent {
+    /// Bytes arrived (or buffered bytes must be processed again).
+    Data(BytesMut),
+    /// The connection is over; `graceful` when the client sent DISCONNECT.
+    Closed,
+}
+
+/// Counters for operators and tests.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ShardStats {
+    /// PUBLISH packets received from clients.
+    pub publishes_in: u64,
+    /// Messages forwarded to other shards.
+    pub forwarded: u64,
+    /// Messages dropped at a queue bound.
+    pub dropped_queue_full: u64,
+    /// QoS 0 messages dropped for offline or slow clients.
+    pub dropped_qos0: u64,
+}
+
+/// A shard: its connections, sessions, subscriptions, replicas and outboxes.
+#[derive(Debug)]
+pub struct Shard {
+    /// This shard's index (its position in the mesh).
+    pub id: usize,
+    shards: usize,
+    config: Rc<Config>,
+    limits: SessionLimits,
+    global: Arc<Global>,
+    started: Instant,
+    now: u32,
+    next_serial: u64,
+    conns: Slab<Conn>,
+    sessions: Slab<SessionEntry>,
+    by_client_id: HashMap<MqttStr, usize>,
+    subscriptions: SubscriptionTrie<usize, SubscriptionOptions>,
+    local_interest: LocalInterest,
+    interest: InterestIndex,
+    retained: RetainedStore<Arc<Message>>,
+    registry: HashMap<MqttStr, Owner>,
+    pending_claims: HashMap<u64, PendingClaim>,
+    outbox: Vec<VecDeque<ShardMsg>>,
+    outbox_wakers: Vec<Option<Waker>>,
+    local_inbox: VecDeque<ShardMsg>,
+    backpressured: bool,
+    paused_readers: Vec<Waker>,
+    scratch: Box<[u8]>,
+    matches: Vec<(usize, SubscriptionOptions)>,
+    cache: EncodeCache,
+    wheel: BTreeMap<u32, Vec<WheelEntry>>,
+    /// Counters.
+    pub stats: ShardStats,
+}
+
+fn stable_hash(bytes: &[u8]) -> u64 {
+    // SipHash with fixed keys: every shard of the process computes the same value.
+    let mut hasher = DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl Shard {
+    /// A shard with no connections yet.
+    pub fn new(id: usize, shards: usize, config: Rc<Config>, global: Arc<Global>) -> Self {
+        let limits = SessionLimits {
+            max_inflight: config.max_inflight,
+            max_queued_messages: config.max_queued_messages,
+            max_queued_bytes: config.max_queued_bytes,
+        };
+        Shard {
+            id,
+            shards,
+            limits,
+            global,
+            started: Instant::now(),
+            now: 0,
+            next_serial: 1,
+            conns: Slab::new(),
+            sessions: Slab::new(),
+            by_client_id: HashMap::new(),
+            subscriptions: SubscriptionTrie::new(),
+            local_interest: LocalInterest::new(id as u16),
+            interest: InterestIndex::new(),
+            retained: RetainedStore::new(),
+            registry: HashMap::new(),
+            pending_claims: HashMap::new(),
+            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            outbox_wakers: (0..shards).map(|_| None).collect(),
+            local_inbox: VecDeque::new(),
+            backpressured: false,
+            paused_readers: Vec::new(),
+            scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+            matches: Vec::new(),
+            cache: EncodeCache::default(),
+            wheel: BTreeMap::new(),
+            stats: ShardStats::default(),
+            config,
+        }
+    }
+
+    fn home_shard(&self, client_id: &str) -> usize {
+        (stable_hash(client_id.as_bytes()) % self.shards as u64) as usize
+    }
+
+    fn topic_owner(&self, topic: &str) -> usize {
+        (stable_hash(topic.as_bytes()).rotate_left(17) % self.shards as u64) as usize
+    }
+
+    fn next_serial(&mut self) -> u64 {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        serial
+    }
+
+    fn new_token(&mut self) -> u64 {
+        ((self.id as u64) << 48) | self.next_serial()
+    }
+
+    // ----- cross-shard plumbing -------------------------------------------------------------
+
+    fn send(&mut self, shard: usize, message: ShardMsg) {
+        if shard == self.id {
+            self.local_inbox.push_back(message);
+            return;
+        }
+        self.outbox[shard].push_back(message);
+        if let Some(waker) = self.outbox_wakers[shard].take() {
+            waker.wake();
+        }
+        if self.outbox[shard].len() > OUTBOX_HIGH_WATER && !self.backpressured {
+            tracing::debug!(shard = self.id, peer = shard, "cross-shard backpressure on");
+            self.backpressured = true;
+        }
+    }
+
+    fn broadcast(&mut self, make: impl Fn() -> ShardMsg) {
+        for shard in 0..self.shards {
+            if shard != self.id {
+                self.send(shard, make());
+            }
+        }
+    }
+
+    /// Hands the pump for `peer` its next batch, or registers its waker.
+    pub fn take_outbox_batch(
+        &mut self,
+        peer: usize,
+        max: usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Vec<ShardMsg>> {
+        let queue = &mut self.outbox[peer];
+        if queue.is_empty() {
+            self.outbox_wakers[peer] = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+        let take = queue.len().min(max);
+        Poll::Ready(queue.drain(..take).collect())
+    }
+
+    /// Resumes socket reads once every outbox is under the low-water mark.
+    pub fn relieve_backpressure(&mut self) {
+        if self.backpressured && self.outbox.iter().all(|q| q.len() < OUTBOX_LOW_WATER) {
+            tracing::debug!(shard = self.id, "cross-shard backpressure off");
+            self.backpressured = false;
+            for waker in self.paused_readers.drain(..) {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Processes messages this shard sent to itself (claims and retained updates it owns).
+    pub fn drain_local_inbox(&mut self) {
+        while let Some(message) = self.local_inbox.pop_front() {
+            self.handle_mesh(message);
+        }
+    }
+
+    /// Applies one message from a peer (or from this shard to itself).
+    pub fn handle_mesh(&mut self, message: ShardMsg) {
+        match message {
+            ShardMsg::Publish(message) => self.route_local(&message),
+            ShardMsg::Interest(delta) => {
+                self.interest.apply(&delta);
+            }
+            ShardMsg::RetainUpdate { topic, message } => {
+                self.apply_retained(&topic, message.clone());
+                self.broadcast(|| ShardMsg::RetainApply {
+                    topic: topic.clone(),
+                    message: message.clone(),
+                });
+            }
+            ShardMsg::RetainApply { topic, message } => self.apply_retained(&topic, message),
+            ShardMsg::Claim {
+                client_id,
+                token,
+                shard,
+                clean_start,
+            } => self.on_claim(client_id, token, shard, clean_start),
+            ShardMsg::TakeOver {
+                client_id,
+                old_token,
+                new_shard,
+                new_token,
+                clean_start,
+            } => self.on_takeover(client_id, old_token, new_shard, new_token, clean_start),
+            ShardMsg::Granted { token, session } => self.on_granted(token, session),
+            ShardMsg::Release { client_id, token } => {
+                if self
+                    .registry
+                    .get(&client_id)
+                    .is_some_and(|o| o.token == token)
+                {
+                    self.registry.remove(&client_id);
+                }
+            }
+        }
+    }
+
+    // ----- connections ------------------------------------------------------------------------
+
+    /// Registers a freshly accepted connection; `None` if a connection limit refuses it.
+    pub fn register_conn(&mut self) -> Option<usize> {
+        let max_total = self.config.max_connections;
+        let max_here = self.config.max_connections_per_shard;
+        if max_here != 0 && self.conns.len() >= max_here {
+            return None;
+        }
+        let total = self.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
+        if max_total != 0 && total > max_total {
+            self.global.connections.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        let serial = self.next_serial();
+        let index = self.conns.insert(Conn {
+            serial,
+            state: ConnState::AwaitConnect,
+            protocol: ProtocolVersion::V3_1_1,
+            keep_alive: 0,
+            last_seen: self.now,
+            out: BytesMut::new(),
+            leftover: BytesMut::new(),
+            waker: None,
+            kill: None,
+            reprocess: false,
+        });
+        let deadline = self.now + u32::from(self.config.connect_timeout.max(1));
+        self.wheel
+            .entry(deadline)
+            .or_default()
+            .push(WheelEntry::Conn { index, serial });
+        Some(index)
+    }
+
+    fn wake_conn(&mut self, index: usize) {
+        if let Some(conn) = self.conns.get_mut(index) {
+            if let Some(waker) = conn.waker.take() {
+                waker.wake();
+            }
+        }
+    }
+
+    fn kill_conn(&mut self, index: usize, reason: ReasonCode, graceful: bool) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        if conn.kill.is_some() {
+            return;
+        }
+        if !graceful && conn.protocol.is_v5() && matches!(conn.state, ConnState::Active { .. }) {
+            let _ =
+                Packet::Disconnect(Disconnect::new(reason)).encode(conn.protocol, &mut conn.out);
+        }
+        conn.kill = Some(Kill { reason, graceful });
+        self.wake_conn(index);
+    }
+
+    /// Drives one connection's socket: flushes output, reads input, registers for wake-ups.
+    /// Called from the connection task's `poll_fn`; the shard borrow ends when it returns.
+    pub fn poll_conn<S>(
+        &mut self,
+        index: usize,
+        stream: &mut S,
+        cx: &mut Context<'_>,
+    ) -> Poll<ConnEvent>
+    where
+        S: futures_lite::io::AsyncRead + futures_lite::io::AsyncWrite + Unpin,
+    {
+        use std::pin::Pin;
+        let Some(conn) = self.conns.get_mut(index) else {
+            return Poll::Ready(ConnEvent::Closed);
+        };
+        while !conn.out.is_empty() {
+            match Pin::new(&mut *stream).poll_write(cx, &conn.out) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(ConnEvent::Closed),
+                Poll::Ready(Ok(written)) => {
+                    let _ = conn.out.split_to(written);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if conn.out.is_empty() {
+            // Messages queued while the client was a slow consumer go out once it has caught up.
+            if let ConnState::Active { session } = conn.state {
+                let entry = &mut self.sessions[session].session;
+                if entry.queued_len() > 0 && entry.fill_window(&mut conn.out) > 0 {
+                    cx.waker().wake_by_ref();
+                }
+            }
+        }
+        if conn.out.is_empty() && conn.out.capacity() > IDLE_OUT_CAPACITY {
+            conn.out = BytesMut::new();
+        }
+        if conn.kill.is_some() {
+            // One flush attempt for a pending DISCONNECT, then close: a peer that does not read
+            // must not keep the connection alive.
+            return Poll::Ready(ConnEvent::Closed);
+        }
+        if conn.reprocess {
+            conn.reprocess = false;
+            return Poll::Ready(ConnEvent::Data(BytesMut::new()));
+        }
+        let reading = !matches!(conn.state, ConnState::Claiming);
+        if reading && self.backpressured {
+            self.paused_readers.push(cx.waker().clone());
+        } else if reading {
+            match Pin::new(&mut *stream).poll_read(cx, &mut self.scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(ConnEvent::Closed),
+                Poll::Ready(Ok(read)) => {
+                    return Poll::Ready(ConnEvent::Data(BytesMut::from(&self.scratch[..read])));
+                }
+                Poll::Pending => {}
+            }
+        }
+        let conn = &mut self.conns[index];
+        if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            conn.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// Decodes and handles everything complete in `data` (after any leftover partial frame).
+    pub fn on_data(&mut self, index: usize, data: BytesMut) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let mut buf = if conn.leftover.is_empty() {
+            data
+        } else {
+            let mut buf = std::mem::take(&mut conn.leftover);
+            buf.extend_from_slice(&data);
+            buf
+        };
+        let max = self.config.max_packet_size as usize;
+        loop {
+            let conn = &mut self.conns[index];
+            if conn.kill.is_some() || matches!(conn.state, ConnState::Claiming) {
+                break;
+            }
+            match decode(&mut buf, conn.protocol, max) {
+                Ok(Some(packet)) => {
+                    conn.last_seen = self.now;
+                    self.handle_packet(index, packet);
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    self.on_decode_error(index, error);
+                    break;
+                }
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(index) {
+            if conn.kill.is_none() && !buf.is_empty() {
+                // Keep only the partial frame, in memory of its own, so it does not pin the
+                // whole read buffer.
+                conn.leftover = BytesMut::from(&buf[..]);
+            }
+        }
+    }
+
+    fn on_decode_error(&mut self, index: usize, error: DecodeError) {
+        let conn = &mut self.conns[index];
+        tracing::debug!(shard = self.id, conn = index, %error, "closing connection on bad input");
+        if matches!(conn.state, ConnState::AwaitConnect) {
+            if let DecodeError::UnsupportedProtocolVersion(level) = error {
+                // The client's protocol is unknown: answer in 3.1.1 form (return code 1), as
+                // MQTT 3.1.1 §3.1.2.2 requires; a 5.0-capable client reads it too.
+                let version = if level == 5 {
+                    ProtocolVersion::V5
+                } else {
+                    ProtocolVersion::V3_1_1
+                };
+                let connack = ConnAck {
+                    reason: ReasonCode::UnsupportedProtocolVersion,
+                    ..Default::default()
+                };
+                let _ = Packet::ConnAck(connack).encode(version, &mut conn.out);
+            }
+            conn.kill = Some(Kill {
+                reason: error.reason_code(),
+                graceful: false,
+            });
+            return;
+        }
+        self.kill_conn(index, error.reason_code(), false);
+    }
+
+    /// The connection task ended: publish the will unless the client disconnected properly,
+    /// end or park the session, free the connection.
+    pub fn on_conn_closed(&mut self, index: usize) {
+        if !self.conns.contains(index) {
+            return;
+        }
+        let conn = self.conns.remove(index);
+        self.global.connections.fetch_sub(1, Ordering::Relaxed);
+        let graceful = conn.kill.is_some_and(|k| k.graceful);
+        match conn.state {
+            ConnState::AwaitConnect | ConnState::Detached => {}
+            ConnState::Claiming => {
+                for claim in self.pending_claims.values_mut() {
+                    if claim.conn == Some(index) {
+                        claim.conn = None;
+                    }
+                }
+            }
+            ConnState::Active { session } => {
+                let Some(entry) = self.sessions.get_mut(session) else {
+                    return;
+                };
+                entry.conn = None;
+                let will = entry.session.will.take();
+                let client_id = entry.session.client_id.clone();
+                if !graceful {
+                    if let Some(will) = will {
+                        self.publish_will(&client_id, will);
+                    }
+                }
+                if self.sessions[session].session.clean {
+                    self.end_session(session);
+                } else {
+                    self.park_session(session);
+                }
+            }
+        }
+        self.drain_local_inbox();
+    }
+
+    fn park_session(&mut self, session: usize) {
+        let now = self.now;
+        let entry = &mut self.sessions[session];
+        entry.offline_since = Some(now);
+        let token = entry.token;
+        if let Some(expiry) = self.config.persistent_session_expiry {
+            let deadline = now.saturating_add(u32::try_from(expiry).unwrap_or(u32::MAX));
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Session {
+                    index: session,
+                    token,
+                });
+        }
+    }
+
+    /// Removes a session from this shard: its subscriptions, its registry entry.
+    fn end_session(&mut self, session: usize) {
+        let entry = self.sessions.remove(session);
+        self.by_client_id.remove(&entry.session.client_id);
+        for filter in entry.session.subscriptions.keys() {
+            self.remove_subscription(session, filter);
+        }
+        let home = self.home_shard(&entry.session.client_id);
+        self.send(
+            home,
+            ShardMsg::Release {
+                client_id: entry.session.client_id,
+                token: entry.token,
+            },
+        );
+    }
+
+    /// Takes a session off this shard to hand it to another connection.
+    fn extract_session(&mut self, session: usize) -> Session {
+        let entry = self.sessions.remove(session);
+        self.by_client_id.remove(&entry.session.client_id);
+        for filter in entry.session.subscriptions.keys() {
+            self.remove_subscription(session, filter);
+        }
+        entry.session
+    }
+
+    // ----- timers -----------------------------------------------------------------------------
+
+    /// Advances the shard clock: keep-alive and CONNECT timeouts, session expiry. Called a few
+    /// times a second; the wheel holds one entry per connection, not one timer each.
+    pub fn tick(&mut self) {
+        self.now = self.started.elapsed().as_secs() as u32;
+        while let Some(entry) = self.wheel.first_entry() {
+            if *entry.key() > self.now {
+                break;
+            }
+            for item in entry.remove() {
+                match item {
+                    WheelEntry::Conn { index, serial } => self.check_keep_alive(index, serial),
+                    WheelEntry::Session { index, token } => self.check_session_expiry(index, token),
+                }
+            }
+        }
+        self.drain_local_inbox();
+    }
+
+    fn check_keep_alive(&mut self, index: usize, serial: u64) {
+        let Some(conn) = self.conns.get(index) else {
+            return;
+        };
+        if conn.serial != serial || conn.kill.is_some() {
+            return;
+        }
+        let deadline = match conn.state {
+            ConnState::AwaitConnect | ConnState::Claiming => {
+                tracing::debug!(shard = self.id, conn = index, "no CONNECT in time");
+                self.kill_conn(index, ReasonCode::MaximumConnectTime, false);
+                return;
+            }
+            ConnState::Detached => return,
+            ConnState::Active { .. } if conn.keep_alive == 0 => return,
+            // MQTT: close after one and a half keep-alive periods without a packet.
+            ConnState::Active { .. } => {
+                conn.last_seen + (u32::from(conn.keep_alive) * 3).div_ceil(2)
+            }
+        };
+        if deadline <= self.now {
+            tracing::debug!(shard = self.id, conn = index, "keep-alive timeout");
+            self.kill_conn(index, ReasonCode::KeepAliveTimeout, false);
+        } else {
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Conn { index, serial });
+        }
+    }
+
+    fn check_session_expiry(&mut self, index: usize, token: u64) {
+        let Some(entry) = self.sessions.get(index) else {
+            return;
+        };
+        if entry.token != token || entry.conn.is_some() {
+            return;
+        }
+        let expiry = self.config.persistent_session_expiry.unwrap_or(u64::MAX);
+        let since = entry.offline_since.unwrap_or(self.now);
+        if u64::from(self.now - since) >= expiry {
+            tracing::debug!(shard = self.id, client = %entry.session.client_id, "session expired");
+            self.end_session(index);
+        }
+    }
+
+    /// Closes every connection (server shutting down): wills fire as the spec says.
+    pub fn shutdown_all(&mut self) {
+        let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
+        for index in indices {
+            self.kill_conn(index, ReasonCode::ServerShuttingDown, false);
+        }
+    }
+
+    // ----- packets ----------------------------------------------------------------------------
+
+    fn write(&mut self, index: usize, packet: Packet) {
+        if let Some(conn) = self.conns.get_mut(index) {
+            let was_empty = conn.out.is_empty();
+            if let Err(error) = packet.encode(conn.protocol, &mut conn.out) {
+                tracing::warn!(%error, "failed to encode a packet");
+            }
+            if was_empty {
+                self.wake_conn(index);
+            }
+        }
+    }
+
+    fn session_of(&self, index: usize) -> Option<usize> {
+        match self.conns.get(index)?.state {
+            ConnState::Active { session } => Some(session),
+            _ => None,
+        }
+    }
+
+    fn handle_packet(&mut self, index: usize, packet: Packet) {
+        let Some(session) = self.session_of(index) else {
+            match packet {
+                Packet::Connect(connect)
+                    if matches!(self.conns[index].state, ConnState::AwaitConnect) =>
+                {
+                    self.on_connect(index, connect)
+                }
+                _ => {
+                    tracing::debug!(shard = self.id, conn = index, "first packet is not CONNECT");
+                    self.kill_conn(index, ReasonCode::ProtocolError, false);
+                }
+            }
+            return;
+        };
+        match packet {
+            Packet::Publish(publish) => self.on_publish(index, session, publish),
+            Packet::PubAck(ack) => self.on_ack(index, session, AckKind::Ack, ack),
+            Packet::PubRec(ack) => self.on_ack(index, session, AckKind::Rec, ack),
+            Packet::PubComp(ack) => self.on_ack(index, session, AckKind::Comp, ack),
+            Packet::PubRel(ack) => {
+                let known = self.sessions[session].session.on_pubrel(ack.packet_id);
+                let mut complete = Ack::new(ack.packet_id);
+                if !known {
+                    complete.reason = ReasonCode::PacketIdentifierNotFound;
+                }
+                self.write(index, Packet::PubComp(complete));
+            }
+            Packet::Subscribe(subscribe) => self.on_subscribe(index, session, subscribe),
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(index, session, unsubscribe),
+            Packet::PingReq => self.write(index, Packet::PingResp),
+            Packet::Disconnect(disconnect) => {
+                if disconnect.reason == ReasonCode::DisconnectWithWill {
+                    self.kill_conn(index, ReasonCode::Success, false);
+                    if let Some(conn) = self.conns.get_mut(index) {
+                        conn.out.clear();
+                    }
+                } else {
+                    self.sessions[session].session.will = None;
+                    self.kill_conn(index, ReasonCode::Success, true);
+                }
+            }
+            Packet::Connect(_) => {
+                tracing::debug!(shard = self.id, conn = index, "second CONNECT");
+                self.kill_conn(index, ReasonCode::ProtocolError, false);
+            }
+            // AUTH without an authentication method, and packets only a server sends.
+            Packet::Auth(_)
+            | Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp => self.kill_conn(index, ReasonCode::ProtocolError, false),
+        }
+    }
+
+    fn on_connect(&mut self, index: usize, mut connect: Box<Connect>) {
+        let protocol = connect.protocol;
+        {
+            let conn = &mut self.conns[index];
+            conn.protocol = protocol;
+            conn.keep_alive = connect.keep_alive;
+        }
+        let refuse = |shard: &mut Shard, reason: ReasonCode| {
+            let connack = ConnAck {
+                reason,
+                ..Default::default()
+            };
+            let conn = &mut shard.conns[index];
+            let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
+            conn.kill = Some(Kill {
+                reason,
+                graceful: false,
+            });
+            shard.wake_conn(index);
+        };
+        if connect.properties.authentication_method.is_some() {
+            return refuse(self, ReasonCode::BadAuthenticationMethod);
+        }
+        let mut assigned_id = false;
+        if connect.client_id.is_empty() {
+            if !connect.clean_start && !protocol.is_v5() {
+                return refuse(self, ReasonCode::ClientIdentifierNotValid);
+            }
+            let serial = self.next_serial();
+            let nanos = self.started.elapsed().as_nanos() as u64;
+            connect.client_id = MqttStr::from(format!("shardmq-{}-{serial:x}-{nanos:x}", self.id));
+            assigned_id = true;
+        }
+        if let Some(will) = &connect.will {
+            if topic::check_limits(
+                &will.topic,
+                self.config.max_topic_length,
+                self.config.max_topic_levels,
+            )
+            .is_err()
+                || will.topic.starts_with("$SYS")
+            {
+                return refuse(self, ReasonCode::TopicNameInvalid);
+            }
+        }
+        let token = self.new_token();
+        let home = self.home_shard(&connect.client_id);
+        let claim = ShardMsg::Claim {
+            client_id: connect.client_id.clone(),
+            token,
+            shard: self.id as u16,
+            clean_start: connect.clean_start,
+        };
+        self.conns[index].state = ConnState::Claiming;
+        self.pending_claims.insert(
+            token,
+            PendingClaim {
+                conn: Some(index),
+                connect,
+                assigned_id,
+            },
+        );
+        self.send(home, claim);
+    }
+
+    /// Home-shard role: record the new owner; ask the previous one (if any) to hand over.
+    fn on_claim(&mut self, client_id: MqttStr, token: u64, shard: u16, clean_start: bool) {
+        let previous = self
+            .registry
+            .insert(client_id.clone(), Owner { shard, token });
+        match previous {
+            None => self.send(
+                usize::from(shard),
+                ShardMsg::Granted {
+                    token,
+                    session: None,
+                },
+            ),
+            Some(old) => self.send(
+                usize::from(old.shard),
+                ShardMsg::TakeOver {
+                    client_id,
+                    old_token: old.token,
+                    new_shard: shard,
+                    new_token: token,
+                    clean_start,
+                },
+            ),
+        }
+    }
+
+    /// Owner role: close the current connection of `client_id` and hand its session over.
+    fn on_takeover(
+        &mut self,
+        client_id: MqttStr,
+        old_token: u64,
+        new_shard: u16,
+        new_token: u64,
+        clean_start: bool,
+    ) {
+        let session = match self.by_client_id.get(&client_id) {
+            Some(&session) if self.sessions[session].token == old_token => Some(session),
+            _ => None,
+        };
+        let moved = session.map(|session| {
+            if let Some(conn) = self.sessions[session].conn.take() {
+                tracing::debug!(shard = self.id, client = %client_id, "session taken over");
+                // The old connection is closed without DISCONNECT from its client: its will fires.
+                if let Some(will) = self.sessions[session].session.will.take() {
+                    self.publish_will(&client_id, will);
+                }
+                self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
+                if let Some(conn) = self.conns.get_mut(conn) {
+                    conn.state = ConnState::Detached;
+                }
+            }
+            self.extract_session(session)
+        });
+        let session = match moved {
+            Some(session) if !clean_start && !session.clean => Some(Box::new(session)),
+            _ => None,
+        };
+        self.send(
+            usize::from(new_shard),
+            ShardMsg::Granted {
+                token: new_token,
+                session,
+            },
+        );
+    }
+
+    /// Claimant role: the id is ours; finish the CONNECT.
+    fn on_granted(&mut self, token: u64, previous: Option<Box<Session>>) {
+        let Some(claim) = self.pending_claims.remove(&token) else {
+            return;
+        };
+        let connect = claim.connect;
+        let Some(index) = claim.conn.filter(|&c| self.conns.contains(c)) else {
+            // The client left while we waited. Keep a persistent session it had; otherwise
+            // release the id.
+            match previous {
+                Some(session) if !connect.clean_start => {
+                    let mut session = *session;
+                    session.will = None;
+                    let slot = self.install_session(session, token);
+                    self.park_session(slot);
+                }
+                _ => {
+                    let home = self.home_shard(&connect.client_id);
+                    self.send(
+                        home,
+                        ShardMsg::Release {
+                            client_id: connect.client_id,
+                            token,
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        let protocol = connect.protocol;
+        let session_present = previous.is_some() && !connect.clean_start;
+        let mut session = match previous {
+            Some(session) if !connect.clean_start => {
+                let mut session = *session;
+                session.protocol = protocol;
+                session.set_limits(self.limits);
+                session
+            }
+            _ => Session::new(
+                connect.client_id.clone(),
+                protocol,
+                connect.clean_start,
+                self.limits,
+            ),
+        };
+        session.clean = connect.clean_start;
+        session.will = connect.will;
+        let slot = self.install_session(session, token);
+        self.sessions[slot].conn = Some(index);
+        let mut properties = Properties::default();
+        if protocol.is_v5() {
+            if claim.assigned_id {
+                properties.assigned_client_identifier = Some(connect.client_id.clone());
+            }
+            properties.maximum_packet_size = Some(self.config.max_packet_size);
+            properties.shared_subscription_available = Some(false);
+            properties.receive_maximum = Some(u16::MAX);
+        }
+        let connack = ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        };
+        let serial;
+        {
+            let conn = &mut self.conns[index];
+            conn.state = ConnState::Active { session: slot };
+            conn.last_seen = self.now;
+            conn.reprocess = !conn.leftover.is_empty();
+            serial = conn.serial;
+            let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
+            if session_present {
+                self.sessions[slot].session.resume(&mut conn.out);
+            }
+        }
+        if connect.keep_alive > 0 {
+            let deadline = self.now + (u32::from(connect.keep_alive) * 3).div_ceil(2);
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Conn { index, serial });
+        }
+        tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
+        self.wake_conn(index);
+    }
+
+    fn install_session(&mut self, session: Session, token: u64) -> usize {
+        let client_id = session.client_id.clone();
+        let filters: Vec<(MqttStr, SubscriptionOptions)> = session
+            .subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        let slot = self.sessions.insert(SessionEntry {
+            session,
+            conn: None,
+            token,
+            offline_since: None,
+        });
+        if let Some(stale) = self.by_client_id.insert(client_id, slot) {
+            // Cannot happen while the home shard arbitrates; never leave two sessions indexed.
+            tracing::warn!(shard = self.id, "replacing a session index entry");
+            let _ = stale;
+        }
+        for (filter, options) in filters {
+            self.add_subscription(slot, &filter, options);
+        }
+        slot
+    }
+
+    fn add_subscription(&mut self, session: usize, filter: &str, options: SubscriptionOptions) {
+        if self
+            .subscriptions
+            .insert(filter, session, options)
+            .is_none()
+        {
+            if let Some(delta) = self.local_interest.subscribe(filter) {
+                self.interest.apply(&delta);
+                self.broadcast(|| ShardMsg::Interest(delta.clone()));
+            }
+        }
+    }
+
+    fn remove_subscription(&mut self, session: usize, filter: &str) {
+        if self.subscriptions.remove(filter, &session).is_some() {
+            if let Some(delta) = self.local_interest.unsubscribe(filter) {
+                self.interest.apply(&delta);
+                self.broadcast(|| ShardMsg::Interest(delta.clone()));
+            }
+        }
+    }
+
+    fn topic_within_limits(&self, topic: &str) -> bool {
+        topic::check_limits(
+            topic,
+            self.config.max_topic_length,
+            self.config.max_topic_levels,
+        )
+        .is_ok()
+    }
+
+    fn on_publish(&mut self, index: usize, session: usize, mut publish: Publish) {
+        self.stats.publishes_in += 1;
+        let protocol = self.conns[index].protocol;
+        if publish.properties.topic_alias.is_some() {
+            // We advertise no topic aliases (maximum 0): any alias exceeds it (MQTT 5.0 §3.3.2.3.4).
+            return self.kill_conn(index, ReasonCode::TopicAliasInvalid, false);
+        }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return self.kill_conn(index, ReasonCode::ProtocolError, false);
+        }
+        if !self.topic_within_limits(&publish.topic) {
+            return self.kill_conn(index, ReasonCode::TopicNameInvalid, false);
+        }
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        // `$SYS/...` belongs to the broker: clients may not publish there.
+        let refused = publish.topic.starts_with("$SYS");
+        let route = match qos {
+            QoS::ExactlyOnce => {
+                self.sessions[session].session.on_incoming_qos2(packet_id) && !refused
+            }
+            _ => !refused,
+        };
+        if refused {
+            tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
+        }
+        if route {
+            let properties = std::mem::take(&mut publish.properties);
+            let message = Arc::new(Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos,
+                retain: publish.retain,
+                properties,
+                publisher: self.sessions[session].session.client_id.clone(),
+            });
+            self.route_publish(message);
+        }
+        let reason = if refused && protocol.is_v5() {
+            ReasonCode::NotAuthorized
+        } else {
+            ReasonCode::Success
+        };
+        let ack = Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        };
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.write(index, Packet::PubAck(ack)),
+            QoS::ExactlyOnce => self.write(index, Packet::PubRec(ack)),
+        }
+    }
+
+    fn on_ack(&mut self, index: usize, session: usize, kind: AckKind, ack: Ack) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let was_empty = conn.out.is_empty();
+        let entry = &mut self.sessions[session].session;
+        let result = match kind {
+            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out),
+            AckKind::Rec => entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out),
+            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out),
+        };
+        if result.is_err() {
+            return self.kill_conn(index, ReasonCode::ProtocolError, false);
+        }
+        if was_empty && !self.conns[index].out.is_empty() {
+            self.wake_conn(index);
+        }
+    }
+
+    fn on_subscribe(&mut self, index: usize, session: usize, subscribe: Subscribe) {
+        let protocol = self.conns[index].protocol;
+        let mut reasons = Vec::with_capacity(subscribe.filters.len());
+        let mut retained_for = Vec::new();
+        for (filter, options) in subscribe.filters {
+            if !self.topic_within_limits(&filter) {
+                reasons.push(ReasonCode::TopicFilterInvalid);
+                continue;
+            }
+            if topic::parse_shared(&filter).is_some() {
+                // Shared subscriptions need group-wide member selection across shards; until
+                // that lands they are refused rather than delivered to every member.
+                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
+                continue;
+            }
+            let existed = self.sessions[session]
+                .session
+                .subscriptions
+                .insert(filter.clone(), options)
+                .is_some();
+            self.subscriptions.insert(&filter, session, options);
+            if !existed {
+                if let Some(delta) = self.local_interest.subscribe(&filter) {
+                    self.interest.apply(&delta);
+                    self.broadcast(|| ShardMsg::Interest(delta.clone()));
+                }
+            }
+            reasons.push(match options.qos {
+                QoS::AtMostOnce => ReasonCode::Success,
+                QoS::AtLeastOnce => ReasonCode::GrantedQos1,
+                QoS::ExactlyOnce => ReasonCode::GrantedQos2,
+            });
+            let send_retained = match options.retain_handling {
+                crate::codec::RetainHandling::SendOnSubscribe => true,
+                crate::codec::RetainHandling::SendIfNew => !existed,
+                crate::codec::RetainHandling::DoNotSend => false,
+            };
+            if send_retained || !protocol.is_v5() {
+                retained_for.push((filter, options));
+            }
+        }
+        self.write(
+            index,
+            Packet::SubAck(SubAck {
+                packet_id: subscribe.packet_id,
+                properties: Properties::default(),
+                reasons,
+            }),
+        );
+        for (filter, options) in retained_for {
+            let mut found = Vec::new();
+            self.retained
+                .for_each_match(&filter, |message| found.push(Arc::clone(message)));
+            for message in found {
+                let qos = message.qos.min(options.qos);
+                self.deliver_to(session, &message, qos, true);
+            }
+        }
+    }
+
+    fn on_unsubscribe(&mut self, index: usize, session: usize, unsubscribe: Unsubscribe) {
+        let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        for filter in &unsubscribe.filters {
+            let existed = self.sessions[session]
+                .session
+                .subscriptions
+                .remove(filter)
+                .is_some();
+            if existed {
+                self.remove_subscription(session, filter);
+                reasons.push(ReasonCode::Success);
+            } else {
+                reasons.push(ReasonCode::NoSubscriptionExisted);
+            }
+        }
+        self.write(
+            index,
+            Packet::UnsubAck(UnsubAck {
+                packet_id: unsubscribe.packet_id,
+                properties: Properties::default(),
+                reasons,
+            }),
+        );
+    }
+
+    // ----- routing ----------------------------------------------------------------------------
+
+    fn publish_will(&mut self, client_id: &MqttStr, will: LastWill) {
+        let properties = Properties {
+            payload_format_indicator: will.properties.payload_format_indicator,
+            message_expiry_interval: will.properties.message_expiry_interval,
+            content_type: will.properties.content_type,
+            response_topic: will.properties.response_topic,
+            correlation_data: will.properties.correlation_data,
+            user_properties: will.properties.user_properties,
+            ..Properties::default()
+        };
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            publisher: client_id.clone(),
+        });
+        tracing::debug!(shard = self.id, client = %client_id, topic = %message.topic, "publishing will");
+        self.route_publish(message);
+    }
+
+    /// Routes a message published on this shard: retained store, local subscribers, and one
+    /// forward per other interested shard.
+    fn route_publish(&mut self, message: Arc<Message>) {
+        if message.retain {
+            let owned = if message.payload.is_empty() {
+                None
+            } else {
+                // Retained messages live long: give them memory of their own instead of a slice
+                // that pins the whole read buffer.
+                Some(Arc::new(Message {
+                    topic: MqttStr::from(message.topic.as_str()),
+                    payload: Bytes::copy_from_slice(&message.payload),
+                    ..(*message).clone()
+                }))
+            };
+            let owner = self.topic_owner(&message.topic);
+            self.send(
+                owner,
+                ShardMsg::RetainUpdate {
+                    topic: message.topic.clone(),
+                    message: owned,
+                },
+            );
+        }
+        self.route_local(&message);
+        let shards = self.interest.shards_for(&message.topic);
+        for shard in shards.iter() {
+            if shard != self.id && shard < self.shards {
+                self.stats.forwarded += 1;
+                self.send(shard, ShardMsg::Publish(Arc::clone(&message)));
+            }
+        }
+    }
+
+    fn apply_retained(&mut self, topic: &str, message: Option<Arc<Message>>) {
+        match message {
+            Some(message) => {
+                self.retained.set(topic, message);
+            }
+            None => {
+                self.retained.remove(topic);
+            }
+        }
+    }
+
+    /// Delivers to this shard's subscribers: once per session, at the highest granted QoS of its
+    /// matching subscriptions.
+    fn route_local(&mut self, message: &Arc<Message>) {
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(&message.topic, |&session, options| {
+                matches.push((session, *options))
+            });
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|&(session, _)| session);
+            matches.dedup_by(|later, kept| {
+                if later.0 == kept.0 {
+                    kept.1.qos = kept.1.qos.max(later.1.qos);
+                    kept.1.retain_as_published |= later.1.retain_as_published;
+                    kept.1.no_local &= later.1.no_local;
+                    true
+                } else {
+                    false
+                }
+            });
+        }
+        for &(session, options) in &matches {
+            if options.no_local && self.sessions[session].session.client_id == message.publisher {
+                continue;
+            }
+            let qos = message.qos.min(options.qos);
+            let retain = options.retain_as_published && message.retain;
+            self.deliver_to(session, message, qos, retain);
+        }
+        self.matches = matches;
+    }
+
+    fn deliver_to(&mut self, session: usize, message: &Arc<Message>, qos: QoS, retain: bool) {
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let max_buffer = self.config.max_write_buffer;
+        let conn = entry
+            .conn
+            .and_then(|index| self.conns.get_mut(index).map(|c| (index, c)));
+        let (out, index, was_empty) = match conn {
+            Some((index, conn)) if conn.kill.is_none() && conn.out.len() < max_buffer => {
+                let was_empty = conn.out.is_empty();
+                (Some(&mut conn.out), Some(index), was_empty)
+            }
+            _ => (None, None, false),
+        };
+        let before = (entry.session.dropped_queue_full, entry.session.dropped_qos0);
+        entry
+            .session
+            .deliver(message, qos, retain, out, &mut self.cache);
+        self.stats.dropped_queue_full += entry.session.dropped_queue_full - before.0;
+        self.stats.dropped_qos0 += entry.session.dropped_qos0 - before.1;
+        if let Some(index) = index {
+            if was_empty {
+                self.wake_conn(index);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AckKind {
+    Ack,
+    Rec,
+    Comp,
+}
