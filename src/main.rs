@@ -6,6 +6,7 @@ use clap::Parser;
 use shardmq::broker;
 use shardmq::config::{Config, Flags};
 
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -340,7 +340,10 @@ impl Config {
         if !(args.duration > 0.0 && args.warmup >= 0.0 && args.drain >= 0.0) {
             return Err("--duration must be > 0, --warmup and --drain >= 0".into());
         }
-        let threads = args.threads.unwrap_or_else(crate::sys::available_cpus).max(1);
+        let threads = args
+            .threads
+            .unwrap_or_else(crate::sys::available_cpus)
+            .max(1);
         let conn_rate = args.conn_rate.unwrap_or(if scenario == Scenario::Conn {
             1000.0
         } else {
@@ -465,7 +468,9 @@ impl Config {
     /// How many subscribers each published message should reach.
     pub fn expected_multiplier(&self) -> u64 {
         match (self.scenario, self.mode) {
-            (Scenario::Fanout, _) | (Scenario::Fanin, Some(FaninMode::Wildcard)) => self.subs as u64,
+            (Scenario::Fanout, _) | (Scenario::Fanin, Some(FaninMode::Wildcard)) => {
+                self.subs as u64
+            }
             (Scenario::Conn, _) => 0,
             _ => 1,
         }

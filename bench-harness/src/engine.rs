@@ -252,9 +252,11 @@ impl Engine {
     fn setup(&mut self) {
         let cfg = self.core.cfg.clone();
         let start = mono_ns();
-        let deadline = start + ((cfg.connect_timeout_s + 30.0) * 1e9) as u64
+        let deadline = start
+            + ((cfg.connect_timeout_s + 30.0) * 1e9) as u64
             + if cfg.conn_rate > 0.0 {
-                (self.plans.len() as f64 / split_rate(cfg.conn_rate, cfg.workers * self.thread_count)
+                (self.plans.len() as f64
+                    / split_rate(cfg.conn_rate, cfg.workers * self.thread_count)
                     * 1e9) as u64
             } else {
                 // Unpaced: allow 1000 connections per second per thread at the least.
@@ -298,7 +300,9 @@ impl Engine {
                     for idx in next..self.plans.len() {
                         self.conns[idx].state = State::Failed;
                         self.core.counts.conn_failed += 1;
-                        self.core.errors.add("set-up deadline passed before connecting");
+                        self.core
+                            .errors
+                            .add("set-up deadline passed before connecting");
                     }
                     next = self.plans.len();
                 }
@@ -753,8 +757,7 @@ fn read(core: &mut Core, conn: &mut Conn, idx: usize, scratch: &mut [u8], now: u
                 }
             }
         }
-        if conn.rbuf.is_empty() && conn.rbuf.capacity() > 4096 && matches!(conn.role, Role::Idle)
-        {
+        if conn.rbuf.is_empty() && conn.rbuf.capacity() > 4096 && matches!(conn.role, Role::Idle) {
             conn.rbuf = BytesMut::new();
         }
         if n < scratch.len() {
@@ -813,11 +816,7 @@ fn on_packet(core: &mut Core, conn: &mut Conn, idx: usize, packet: Packet, now: 
         }
         (State::AwaitSubAck, Packet::SubAck(ack)) => {
             if let Some(bad) = ack.reasons.iter().find(|r| r.is_error()) {
-                fail(
-                    core,
-                    conn,
-                    format!("SUBACK refused: {}", bad.description()),
-                );
+                fail(core, conn, format!("SUBACK refused: {}", bad.description()));
                 return;
             }
             if ack.reasons.iter().any(|r| (r.as_u8()) < core.qos as u8) {
@@ -933,7 +932,8 @@ fn on_publish(core: &mut Core, conn: &mut Conn, idx: usize, publish: &Publish, n
 fn complete(core: &mut Core, conn: &mut Conn, idx: usize, packet_id: u16, stage: u8, now: u64) {
     core.last_rx_ns = now;
     let Role::Pub(p) = &mut conn.role else {
-        core.errors.add("acknowledgement on a subscriber connection");
+        core.errors
+            .add("acknowledgement on a subscriber connection");
         return;
     };
     let slot = usize::from(packet_id).wrapping_sub(1);
@@ -1053,7 +1053,10 @@ fn produce(
 
 /// Ends a connection: set-up failure or loss of an established one.
 fn fail(core: &mut Core, conn: &mut Conn, reason: impl Into<String>) {
-    if matches!(conn.state, State::Failed | State::Closed | State::NotStarted) {
+    if matches!(
+        conn.state,
+        State::Failed | State::Closed | State::NotStarted
+    ) {
         return;
     }
     if let Some(mut stream) = conn.stream.take() {

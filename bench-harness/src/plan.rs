@@ -67,9 +67,10 @@ pub fn plan_worker(cfg: &Config, worker: usize) -> Vec<Vec<ConnPlan>> {
     for i in 0..cfg.subs {
         let Some(thread) = mine(i) else { continue };
         let (filters, expect) = match cfg.scenario {
-            Scenario::P2p | Scenario::Latency => {
-                (vec![format!("{prefix}/{scenario}/{i}")], Expect::One(i as u32))
-            }
+            Scenario::P2p | Scenario::Latency => (
+                vec![format!("{prefix}/{scenario}/{i}")],
+                Expect::One(i as u32),
+            ),
             Scenario::Fanout => (
                 (0..cfg.topics)
                     .map(|k| format!("{prefix}/fanout/{k}"))
@@ -126,9 +127,8 @@ mod tests {
     use clap::Parser;
 
     fn cfg(list: &[&str]) -> Config {
-        let cli =
-            Cli::try_parse_from(std::iter::once("bench-harness").chain(list.iter().copied()))
-                .unwrap();
+        let cli = Cli::try_parse_from(std::iter::once("bench-harness").chain(list.iter().copied()))
+            .unwrap();
         match cli.command {
             Command::P2p(a) => Config::resolve(Scenario::P2p, &a).unwrap(),
             Command::Fanin(a) => Config::resolve(Scenario::Fanin, &a).unwrap(),
@@ -140,7 +140,15 @@ mod tests {
     #[test]
     fn every_connection_once_across_workers_and_threads() {
         let c = cfg(&[
-            "p2p", "--pubs", "10", "--workers", "3", "--threads", "2", "--run-id", "7",
+            "p2p",
+            "--pubs",
+            "10",
+            "--workers",
+            "3",
+            "--threads",
+            "2",
+            "--run-id",
+            "7",
         ]);
         let mut ids: Vec<String> = (0..3)
             .flat_map(|w| plan_worker(&c, w))
@@ -158,24 +166,46 @@ mod tests {
         let c = cfg(&["p2p", "--pubs", "4", "--threads", "2", "--run-id", "7"]);
         let threads = plan_worker(&c, 0);
         let t0 = &threads[0];
-        assert!(matches!(&t0[0].role, RolePlan::Sub { filters, expect: Expect::One(0) }
-            if filters == &vec!["bh/7/p2p/0".to_string()]));
-        assert!(t0
-            .iter()
-            .any(|p| matches!(&p.role, RolePlan::Pub { id: 0, topic, .. } if topic == "bh/7/p2p/0")));
+        assert!(
+            matches!(&t0[0].role, RolePlan::Sub { filters, expect: Expect::One(0) }
+            if filters == &vec!["bh/7/p2p/0".to_string()])
+        );
+        assert!(t0.iter().any(
+            |p| matches!(&p.role, RolePlan::Pub { id: 0, topic, .. } if topic == "bh/7/p2p/0")
+        ));
     }
 
     #[test]
     fn shared_fanin_filters() {
-        let c = cfg(&["fanin", "--pubs", "3", "--subs", "2", "--threads", "1", "--run-id", "7"]);
+        let c = cfg(&[
+            "fanin",
+            "--pubs",
+            "3",
+            "--subs",
+            "2",
+            "--threads",
+            "1",
+            "--run-id",
+            "7",
+        ]);
         let plans = &plan_worker(&c, 0)[0];
-        assert!(matches!(&plans[0].role, RolePlan::Sub { filters, expect: Expect::Shared }
-            if filters == &vec!["$share/bench/bh/7/fanin/#".to_string()]));
+        assert!(
+            matches!(&plans[0].role, RolePlan::Sub { filters, expect: Expect::Shared }
+            if filters == &vec!["$share/bench/bh/7/fanin/#".to_string()])
+        );
     }
 
     #[test]
     fn source_addresses_round_robin() {
-        let c = cfg(&["conn", "--clients", "4", "--source-ips", "2", "--threads", "1"]);
+        let c = cfg(&[
+            "conn",
+            "--clients",
+            "4",
+            "--source-ips",
+            "2",
+            "--threads",
+            "1",
+        ]);
         let plans = &plan_worker(&c, 0)[0];
         let sources: Vec<_> = plans.iter().map(|p| p.source.unwrap()).collect();
         assert_eq!(

@@ -272,3 +272,32 @@ async fn run_connection(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, index:
     }
     shard.borrow_mut().on_conn_closed(index);
 }
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+
+    #[test]
+    /// The connection task's future lives as long as the connection: keep it small.
+    fn connection_future_is_small() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(64 << 10)
+            .spawn(|| async {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let _client = std::net::TcpStream::connect(addr).unwrap();
+                let stream = listener.accept().await.unwrap();
+                let shard = Rc::new(RefCell::new(Shard::new(
+                    0,
+                    1,
+                    Rc::new(Config::default()),
+                    Arc::new(Global::default()),
+                )));
+                let future = run_connection(shard, stream, 0);
+                assert!(std::mem::size_of_val(&future) <= 384);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

@@ -108,8 +108,9 @@ pub struct Session {
     pub clean: bool,
     /// Subscriptions: filter (as sent, including `$share/...`) to options.
     pub subscriptions: HashMap<MqttStr, SubscriptionOptions>,
-    /// The will of the current connection.
-    pub will: Option<LastWill>,
+    /// The will of the current connection (boxed: most clients have none, and an idle
+    /// connection's footprint matters).
+    pub will: Option<Box<LastWill>>,
     limits: SessionLimits,
     next_packet_id: u16,
     inflight: VecDeque<Inflight>,
