@@ -46,6 +46,10 @@ pub struct Config {
     pub mesh_capacity: usize,
     /// Listen backlog (capped by net.core.somaxconn).
     pub backlog: i32,
+    /// Highest topic alias a client may use (MQTT 5.0 Topic Alias Maximum); 0 disables aliases.
+    pub topic_alias_maximum: u16,
+    /// Unreleased inbound QoS 2 publishes a client may have (MQTT 5.0 Receive Maximum).
+    pub receive_maximum: u16,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -71,6 +75,8 @@ impl Default for Config {
             max_write_buffer: 1 << 20,
             mesh_capacity: 1024,
             backlog: 4096,
+            topic_alias_maximum: 1024,
+            receive_maximum: 1024,
             per_shard_listeners: false,
         }
     }
@@ -162,6 +168,12 @@ pub struct Flags {
     /// Listen backlog.
     #[arg(long)]
     pub backlog: Option<i32>,
+    /// Highest topic alias a client may use (0 disables).
+    #[arg(long)]
+    pub topic_alias_maximum: Option<u16>,
+    /// Unreleased inbound QoS 2 publishes per client (MQTT 5.0 Receive Maximum).
+    #[arg(long)]
+    pub receive_maximum: Option<u16>,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -202,7 +214,9 @@ impl Config {
             connect_timeout,
             max_write_buffer,
             mesh_capacity,
-            backlog
+            backlog,
+            topic_alias_maximum,
+            receive_maximum
         );
         if flags.shards.is_some() {
             config.shards = flags.shards;
@@ -231,6 +245,11 @@ impl Config {
         if self.max_inflight == 0 {
             return Err(ConfigError::Invalid(
                 "max_inflight must be at least 1".into(),
+            ));
+        }
+        if self.receive_maximum == 0 {
+            return Err(ConfigError::Invalid(
+                "receive_maximum must be at least 1".into(),
             ));
         }
         if self.mesh_capacity == 0 {

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use core_router::interest::{InterestIndex, LocalInterest};
@@ -32,7 +32,7 @@ use crate::codec::{
     Unsubscribe,
 };
 use crate::config::Config;
-use crate::session::{EncodeCache, Message, Session, SessionLimits};
+use crate::session::{EncodeCache, Message, PeerLimits, Session, SessionLimits};
 
 /// Process-wide state shared by all shards.
 #[derive(Debug, Default)]
@@ -83,6 +83,10 @@ pub struct Conn {
     waker: Option<Waker>,
     kill: Option<Kill>,
     reprocess: bool,
+    /// Inbound topic aliases (MQTT 5.0), allocated on first use.
+    // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
+    #[allow(clippy::box_collection)]
+    aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
 }
 
 #[derive(Debug)]
@@ -91,6 +95,8 @@ struct SessionEntry {
     conn: Option<usize>,
     token: u64,
     offline_since: Option<u32>,
+    /// A will waiting out its MQTT 5.0 will delay interval.
+    pending_will: Option<Box<LastWill>>,
 }
 
 #[derive(Debug)]
@@ -110,6 +116,7 @@ struct Owner {
 enum WheelEntry {
     Conn { index: usize, serial: u64 },
     Session { index: usize, token: u64 },
+    Will { index: usize, token: u64 },
 }
 
 /// What a connection task learns from polling its socket.
@@ -132,6 +139,8 @@ pub struct ShardStats {
     pub dropped_queue_full: u64,
     /// QoS 0 messages dropped for offline or slow clients.
     pub dropped_qos0: u64,
+    /// Messages dropped because they expired or exceed the client's maximum packet size.
+    pub dropped_other: u64,
 }
 
 /// A shard: its connections, sessions, subscriptions, replicas and outboxes.
@@ -151,7 +160,8 @@ pub struct Shard {
     // the pointer.
     sessions: Slab<Box<SessionEntry>>,
     by_client_id: HashMap<MqttStr, usize>,
-    subscriptions: SubscriptionTrie<usize, SubscriptionOptions>,
+    /// Local subscriptions: filter -> session slot, with options and subscription identifier.
+    subscriptions: SubscriptionTrie<usize, (SubscriptionOptions, u32)>,
     local_interest: LocalInterest,
     interest: InterestIndex,
     retained: RetainedStore<Arc<Message>>,
@@ -163,7 +173,8 @@ pub struct Shard {
     backpressured: bool,
     paused_readers: Vec<Waker>,
     scratch: Box<[u8]>,
-    matches: Vec<(usize, SubscriptionOptions)>,
+    matches: Vec<(usize, SubscriptionOptions, u32)>,
+    subscription_ids: Vec<u32>,
     cache: EncodeCache,
     wheel: BTreeMap<u32, Vec<WheelEntry>>,
     /// Counters.
@@ -209,6 +220,7 @@ impl Shard {
             paused_readers: Vec::new(),
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             matches: Vec::new(),
+            subscription_ids: Vec::new(),
             cache: EncodeCache::default(),
             wheel: BTreeMap::new(),
             stats: ShardStats::default(),
@@ -360,6 +372,7 @@ impl Shard {
             waker: None,
             kill: None,
             reprocess: false,
+            aliases_in: None,
         });
         let deadline = self.now + u32::from(self.config.connect_timeout.max(1));
         self.wheel
@@ -418,7 +431,7 @@ impl Shard {
             // Messages queued while the client was a slow consumer go out once it has caught up.
             if let ConnState::Active { session } = conn.state {
                 let entry = &mut self.sessions[session].session;
-                if entry.queued_len() > 0 && entry.fill_window(&mut conn.out) > 0 {
+                if entry.queued_len() > 0 && entry.fill_window(&mut conn.out, Instant::now()) > 0 {
                     cx.waker().wake_by_ref();
                 }
             }
@@ -547,9 +560,21 @@ impl Shard {
                 entry.conn = None;
                 let will = entry.session.will.take();
                 let client_id = entry.session.client_id.clone();
-                if !graceful {
-                    if let Some(will) = will {
+                if let (false, Some(will)) = (graceful, will) {
+                    let delay = will.properties.will_delay_interval.unwrap_or(0);
+                    if delay == 0 || entry.session.clean {
+                        // No delay, or the session ends now: the will goes out now.
                         self.publish_will(&client_id, will);
+                    } else {
+                        entry.pending_will = Some(will);
+                        let token = entry.token;
+                        self.wheel
+                            .entry(self.now.saturating_add(delay))
+                            .or_default()
+                            .push(WheelEntry::Will {
+                                index: session,
+                                token,
+                            });
                     }
                 }
                 if self.sessions[session].session.clean {
@@ -567,8 +592,8 @@ impl Shard {
         let entry = &mut self.sessions[session];
         entry.offline_since = Some(now);
         let token = entry.token;
-        if let Some(expiry) = self.config.persistent_session_expiry {
-            let deadline = now.saturating_add(u32::try_from(expiry).unwrap_or(u32::MAX));
+        if let Some(expiry) = entry.session.expiry {
+            let deadline = now.saturating_add(expiry);
             self.wheel
                 .entry(deadline)
                 .or_default()
@@ -581,7 +606,11 @@ impl Shard {
 
     /// Removes a session from this shard: its subscriptions, its registry entry.
     fn end_session(&mut self, session: usize) {
-        let entry = self.sessions.remove(session);
+        let mut entry = self.sessions.remove(session);
+        if let Some(will) = entry.pending_will.take() {
+            // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
+            self.publish_will(&entry.session.client_id, will);
+        }
         self.by_client_id.remove(&entry.session.client_id);
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(session, filter);
@@ -620,6 +649,7 @@ impl Shard {
                 match item {
                     WheelEntry::Conn { index, serial } => self.check_keep_alive(index, serial),
                     WheelEntry::Session { index, token } => self.check_session_expiry(index, token),
+                    WheelEntry::Will { index, token } => self.check_will_delay(index, token),
                 }
             }
         }
@@ -657,6 +687,19 @@ impl Shard {
         }
     }
 
+    fn check_will_delay(&mut self, index: usize, token: u64) {
+        let Some(entry) = self.sessions.get_mut(index) else {
+            return;
+        };
+        if entry.token != token || entry.conn.is_some() {
+            return;
+        }
+        if let Some(will) = entry.pending_will.take() {
+            let client_id = entry.session.client_id.clone();
+            self.publish_will(&client_id, will);
+        }
+    }
+
     fn check_session_expiry(&mut self, index: usize, token: u64) {
         let Some(entry) = self.sessions.get(index) else {
             return;
@@ -664,9 +707,9 @@ impl Shard {
         if entry.token != token || entry.conn.is_some() {
             return;
         }
-        let expiry = self.config.persistent_session_expiry.unwrap_or(u64::MAX);
+        let expiry = entry.session.expiry.unwrap_or(u32::MAX);
         let since = entry.offline_since.unwrap_or(self.now);
-        if u64::from(self.now - since) >= expiry {
+        if self.now - since >= expiry {
             tracing::debug!(shard = self.id, client = %entry.session.client_id, "session expired");
             self.end_session(index);
         }
@@ -733,6 +776,16 @@ impl Shard {
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(index, session, unsubscribe),
             Packet::PingReq => self.write(index, Packet::PingResp),
             Packet::Disconnect(disconnect) => {
+                if let Some(expiry) = disconnect.properties.session_expiry_interval {
+                    let entry = &mut self.sessions[session].session;
+                    if entry.clean && expiry != 0 {
+                        // MQTT 5.0 §3.14.2.2.2: a session that began with expiry 0 cannot be
+                        // given one at DISCONNECT.
+                        return self.kill_conn(index, ReasonCode::ProtocolError, false);
+                    }
+                    entry.clean = expiry == 0;
+                    entry.expiry = (expiry != u32::MAX).then_some(expiry);
+                }
                 if disconnect.reason == ReasonCode::DisconnectWithWill {
                     self.kill_conn(index, ReasonCode::Success, false);
                     if let Some(conn) = self.conns.get_mut(index) {
@@ -861,11 +914,22 @@ impl Shard {
             _ => None,
         };
         let moved = session.map(|session| {
+            let ends = clean_start || self.sessions[session].session.clean;
+            if let Some(will) = self.sessions[session].pending_will.take() {
+                // A reconnect within the will delay cancels the will, unless the session ends.
+                if ends {
+                    self.publish_will(&client_id, will);
+                }
+            }
             if let Some(conn) = self.sessions[session].conn.take() {
                 tracing::debug!(shard = self.id, client = %client_id, "session taken over");
-                // The old connection is closed without DISCONNECT from its client: its will fires.
+                // The old connection closes without a DISCONNECT from its client: its will fires,
+                // unless it has a will delay that the new connection now cancels (MQTT 5.0).
                 if let Some(will) = self.sessions[session].session.will.take() {
-                    self.publish_will(&client_id, will);
+                    let delay = will.properties.will_delay_interval.unwrap_or(0);
+                    if delay == 0 || ends {
+                        self.publish_will(&client_id, will);
+                    }
                 }
                 self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
                 if let Some(conn) = self.conns.get_mut(conn) {
@@ -932,7 +996,25 @@ impl Shard {
                 self.limits,
             ),
         };
-        session.clean = connect.clean_start;
+        if protocol.is_v5() {
+            // MQTT 5.0: clean start only discards an old session; how long this one lasts is
+            // the session expiry interval (0, the default, ends it with the connection).
+            let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
+            session.clean = expiry == 0;
+            session.expiry = (expiry != u32::MAX).then_some(expiry);
+            session.attach(PeerLimits {
+                max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+                topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+                receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+            });
+        } else {
+            session.clean = connect.clean_start;
+            session.expiry = self
+                .config
+                .persistent_session_expiry
+                .map(|secs| u32::try_from(secs).unwrap_or(u32::MAX));
+            session.attach(PeerLimits::default());
+        }
         session.will = connect.will.map(Box::new);
         let slot = self.install_session(session, token);
         self.sessions[slot].conn = Some(index);
@@ -943,7 +1025,15 @@ impl Shard {
             }
             properties.maximum_packet_size = Some(self.config.max_packet_size);
             properties.shared_subscription_available = Some(false);
-            properties.receive_maximum = Some(u16::MAX);
+            properties.receive_maximum = Some(self.config.receive_maximum);
+            if self.config.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            }
+            if connect.properties.request_response_information == Some(true) {
+                // Request/response: a topic prefix the client may use for responses.
+                properties.response_information =
+                    Some(MqttStr::from(format!("response/{}", connect.client_id)));
+            }
         }
         let connack = ConnAck {
             session_present,
@@ -959,7 +1049,9 @@ impl Shard {
             serial = conn.serial;
             let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
             if session_present {
-                self.sessions[slot].session.resume(&mut conn.out);
+                self.sessions[slot]
+                    .session
+                    .resume(&mut conn.out, Instant::now());
             }
         }
         if connect.keep_alive > 0 {
@@ -975,7 +1067,7 @@ impl Shard {
 
     fn install_session(&mut self, session: Session, token: u64) -> usize {
         let client_id = session.client_id.clone();
-        let filters: Vec<(MqttStr, SubscriptionOptions)> = session
+        let filters: Vec<(MqttStr, (SubscriptionOptions, u32))> = session
             .subscriptions
             .iter()
             .map(|(f, o)| (f.clone(), *o))
@@ -985,6 +1077,7 @@ impl Shard {
             conn: None,
             token,
             offline_since: None,
+            pending_will: None,
         }));
         if let Some(stale) = self.by_client_id.insert(client_id, slot) {
             // Cannot happen while the home shard arbitrates; never leave two sessions indexed.
@@ -997,7 +1090,12 @@ impl Shard {
         slot
     }
 
-    fn add_subscription(&mut self, session: usize, filter: &str, options: SubscriptionOptions) {
+    fn add_subscription(
+        &mut self,
+        session: usize,
+        filter: &str,
+        options: (SubscriptionOptions, u32),
+    ) {
         if self
             .subscriptions
             .insert(filter, session, options)
@@ -1031,9 +1129,23 @@ impl Shard {
     fn on_publish(&mut self, index: usize, session: usize, mut publish: Publish) {
         self.stats.publishes_in += 1;
         let protocol = self.conns[index].protocol;
-        if publish.properties.topic_alias.is_some() {
-            // We advertise no topic aliases (maximum 0): any alias exceeds it (MQTT 5.0 §3.3.2.3.4).
-            return self.kill_conn(index, ReasonCode::TopicAliasInvalid, false);
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
+            // (re)defines it; an empty topic uses it.
+            if alias > self.config.topic_alias_maximum {
+                return self.kill_conn(index, ReasonCode::TopicAliasInvalid, false);
+            }
+            let conn = &mut self.conns[index];
+            let aliases = conn.aliases_in.get_or_insert_with(Default::default);
+            if publish.topic.is_empty() {
+                match aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => return self.kill_conn(index, ReasonCode::ProtocolError, false),
+                }
+            } else {
+                // Own memory: an alias outlives the read buffer its topic arrived in.
+                aliases.insert(alias, MqttStr::from(publish.topic.as_str()));
+            }
         }
         if !publish.properties.subscription_identifiers.is_empty() {
             return self.kill_conn(index, ReasonCode::ProtocolError, false);
@@ -1043,6 +1155,14 @@ impl Shard {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        if qos == QoS::ExactlyOnce
+            && protocol.is_v5()
+            && self.sessions[session].session.incoming_qos2_len()
+                >= usize::from(self.config.receive_maximum)
+        {
+            // More unreleased QoS 2 publishes than the Receive Maximum we announced.
+            return self.kill_conn(index, ReasonCode::ReceiveMaximumExceeded, false);
+        }
         // `$SYS/...` belongs to the broker: clients may not publish there.
         let refused = publish.topic.starts_with("$SYS");
         let route = match qos {
@@ -1055,7 +1175,12 @@ impl Shard {
             tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
         }
         if route {
-            let properties = std::mem::take(&mut publish.properties);
+            let mut properties = std::mem::take(&mut publish.properties);
+            // The expiry travels as a deadline; each delivery carries the time remaining.
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
             let message = Arc::new(Message {
                 topic: publish.topic,
                 payload: publish.payload,
@@ -1063,6 +1188,7 @@ impl Shard {
                 retain: publish.retain,
                 properties,
                 publisher: self.sessions[session].session.client_id.clone(),
+                expires_at,
             });
             self.route_publish(message);
         }
@@ -1090,9 +1216,11 @@ impl Shard {
         let was_empty = conn.out.is_empty();
         let entry = &mut self.sessions[session].session;
         let result = match kind {
-            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out),
-            AckKind::Rec => entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out),
-            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out),
+            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out, Instant::now()),
+            AckKind::Rec => {
+                entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out, Instant::now())
+            }
+            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out, Instant::now()),
         };
         if result.is_err() {
             return self.kill_conn(index, ReasonCode::ProtocolError, false);
@@ -1106,6 +1234,12 @@ impl Shard {
         let protocol = self.conns[index].protocol;
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
+        let subscription_id = subscribe
+            .properties
+            .subscription_identifiers
+            .first()
+            .copied()
+            .unwrap_or(0);
         for (filter, options) in subscribe.filters {
             if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
@@ -1117,12 +1251,13 @@ impl Shard {
                 reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
                 continue;
             }
+            let entry = (options, subscription_id);
             let existed = self.sessions[session]
                 .session
                 .subscriptions
-                .insert(filter.clone(), options)
+                .insert(filter.clone(), entry)
                 .is_some();
-            self.subscriptions.insert(&filter, session, options);
+            self.subscriptions.insert(&filter, session, entry);
             if !existed {
                 if let Some(delta) = self.local_interest.subscribe(&filter) {
                     self.interest.apply(&delta);
@@ -1155,9 +1290,15 @@ impl Shard {
             let mut found = Vec::new();
             self.retained
                 .for_each_match(&filter, |message| found.push(Arc::clone(message)));
+            let ids: &[u32] = if subscription_id == 0 {
+                &[]
+            } else {
+                &[subscription_id]
+            };
+            let now = Instant::now();
             for message in found {
                 let qos = message.qos.min(options.qos);
-                self.deliver_to(session, &message, qos, true);
+                self.deliver_to(session, &message, qos, true, ids, now);
             }
         }
     }
@@ -1191,9 +1332,12 @@ impl Shard {
 
     fn publish_will(&mut self, client_id: &MqttStr, will: Box<LastWill>) {
         let will = *will;
+        let expires_at = will
+            .properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
         let properties = Properties {
             payload_format_indicator: will.properties.payload_format_indicator,
-            message_expiry_interval: will.properties.message_expiry_interval,
             content_type: will.properties.content_type,
             response_topic: will.properties.response_topic,
             correlation_data: will.properties.correlation_data,
@@ -1207,6 +1351,7 @@ impl Shard {
             retain: will.retain,
             properties,
             publisher: client_id.clone(),
+            expires_at,
         });
         tracing::debug!(shard = self.id, client = %client_id, topic = %message.topic, "publishing will");
         self.route_publish(message);
@@ -1261,36 +1406,55 @@ impl Shard {
     /// matching subscriptions.
     fn route_local(&mut self, message: &Arc<Message>) {
         let mut matches = std::mem::take(&mut self.matches);
+        let mut ids = std::mem::take(&mut self.subscription_ids);
         matches.clear();
         self.subscriptions
-            .for_each_match(&message.topic, |&session, options| {
-                matches.push((session, *options))
+            .for_each_match(&message.topic, |&session, &(options, id)| {
+                matches.push((session, options, id))
             });
         if matches.len() > 1 {
-            matches.sort_unstable_by_key(|&(session, _)| session);
-            matches.dedup_by(|later, kept| {
-                if later.0 == kept.0 {
-                    kept.1.qos = kept.1.qos.max(later.1.qos);
-                    kept.1.retain_as_published |= later.1.retain_as_published;
-                    kept.1.no_local &= later.1.no_local;
-                    true
-                } else {
-                    false
-                }
-            });
+            matches.sort_unstable_by_key(|&(session, _, id)| (session, id));
         }
-        for &(session, options) in &matches {
+        let now = Instant::now();
+        let mut start = 0;
+        while start < matches.len() {
+            // One delivery per session: the highest granted QoS of its matching subscriptions,
+            // with every matching subscription identifier (MQTT 5.0 §3.3.4).
+            let session = matches[start].0;
+            let mut end = start;
+            let mut options = matches[start].1;
+            ids.clear();
+            while end < matches.len() && matches[end].0 == session {
+                let (_, other, id) = matches[end];
+                options.qos = options.qos.max(other.qos);
+                options.retain_as_published |= other.retain_as_published;
+                options.no_local &= other.no_local;
+                if id != 0 {
+                    ids.push(id);
+                }
+                end += 1;
+            }
+            start = end;
             if options.no_local && self.sessions[session].session.client_id == message.publisher {
                 continue;
             }
             let qos = message.qos.min(options.qos);
             let retain = options.retain_as_published && message.retain;
-            self.deliver_to(session, message, qos, retain);
+            self.deliver_to(session, message, qos, retain, &ids, now);
         }
         self.matches = matches;
+        self.subscription_ids = ids;
     }
 
-    fn deliver_to(&mut self, session: usize, message: &Arc<Message>, qos: QoS, retain: bool) {
+    fn deliver_to(
+        &mut self,
+        session: usize,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        now: Instant,
+    ) {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
@@ -1305,12 +1469,24 @@ impl Shard {
             }
             _ => (None, None, false),
         };
-        let before = (entry.session.dropped_queue_full, entry.session.dropped_qos0);
-        entry
-            .session
-            .deliver(message, qos, retain, out, &mut self.cache);
-        self.stats.dropped_queue_full += entry.session.dropped_queue_full - before.0;
-        self.stats.dropped_qos0 += entry.session.dropped_qos0 - before.1;
+        let session = &mut entry.session;
+        let before = (
+            session.dropped_queue_full,
+            session.dropped_qos0,
+            session.dropped_expired + session.dropped_too_large,
+        );
+        session.deliver(
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            out,
+            &mut self.cache,
+            now,
+        );
+        self.stats.dropped_queue_full += session.dropped_queue_full - before.0;
+        self.stats.dropped_qos0 += session.dropped_qos0 - before.1;
+        self.stats.dropped_other += session.dropped_expired + session.dropped_too_large - before.2;
         if let Some(index) = index {
             if was_empty {
                 self.wake_conn(index);
@@ -1333,7 +1509,7 @@ mod footprint {
     /// is a regression.
     #[test]
     fn per_connection_structs_stay_small() {
-        assert!(std::mem::size_of::<super::Conn>() <= 128);
-        assert!(std::mem::size_of::<super::SessionEntry>() <= 288);
+        assert!(std::mem::size_of::<super::Conn>() <= 136);
+        assert!(std::mem::size_of::<super::SessionEntry>() <= 320);
     }
 }

@@ -1,8 +1,9 @@
 //! An application message as the broker routes it, and the per-publish encoding cache.
 
 use std::sync::Arc;
+use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use crate::codec::{EncodedPublish, MqttStr, Properties, ProtocolVersion, Publish, QoS};
 
@@ -22,36 +23,36 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publisher (for MQTT 5.0 no-local).
     pub publisher: MqttStr,
+    /// When the message expires (MQTT 5.0 message expiry interval), if ever.
+    pub expires_at: Option<Instant>,
 }
 
 impl Message {
-    /// The PUBLISH a subscriber receives (packet id and DUP filled in at write time).
-    pub fn to_publish(&self, qos: QoS, retain: bool) -> Publish {
+    /// True once the message's expiry interval has elapsed: it must not be delivered.
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|at| at <= now)
+    }
+
+    /// The PUBLISH a subscriber receives (packet id and DUP filled in at write time). The
+    /// message expiry interval is the time remaining at `now`, as MQTT 5.0 §3.3.2.3.3 requires.
+    pub fn to_publish(&self, qos: QoS, retain: bool, now: Instant) -> Publish {
+        let mut properties = self.properties.clone();
+        if let Some(at) = self.expires_at {
+            let remaining = at.saturating_duration_since(now);
+            properties.message_expiry_interval = Some(
+                u32::try_from(remaining.as_secs())
+                    .unwrap_or(u32::MAX)
+                    .max(1),
+            );
+        }
         Publish {
             dup: false,
             qos,
             retain,
             topic: self.topic.clone(),
             packet_id: 0,
-            properties: self.properties.clone(),
+            properties,
             payload: self.payload.clone(),
-        }
-    }
-
-    /// Encodes the message for one subscriber (the slow path: retransmission, queue drain).
-    pub fn encode_to(
-        &self,
-        out: &mut BytesMut,
-        version: ProtocolVersion,
-        qos: QoS,
-        retain: bool,
-        packet_id: u16,
-        dup: bool,
-    ) {
-        if let Ok(encoded) =
-            EncodedPublish::new(&self.to_publish(qos, retain), version, qos, retain)
-        {
-            encoded.write_to(out, packet_id, dup);
         }
     }
 }
@@ -80,6 +81,7 @@ impl EncodeCache {
         version: ProtocolVersion,
         qos: QoS,
         retain: bool,
+        now: Instant,
     ) -> &EncodedPublish {
         // Holding the Arc (not a pointer) rules out a freed message's address being reused.
         if !self
@@ -97,7 +99,7 @@ impl EncodeCache {
         };
         let index = version_index * 6 + (qos as usize) * 2 + usize::from(retain);
         self.layouts[index].get_or_insert_with(|| {
-            EncodedPublish::new(&message.to_publish(qos, retain), version, qos, retain)
+            EncodedPublish::new(&message.to_publish(qos, retain, now), version, qos, retain)
                 // A message that decoded within the size limits always re-encodes; an empty
                 // PUBLISH is the harmless fallback should that ever not hold.
                 .unwrap_or_else(|_| {

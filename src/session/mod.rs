@@ -13,6 +13,7 @@ pub use message::{EncodeCache, Message};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
@@ -63,6 +64,8 @@ pub struct Inflight {
     pub qos: QoS,
     /// Retain flag it was sent with.
     pub retain: bool,
+    /// Subscription identifiers it was sent with (MQTT 5.0).
+    pub subscription_ids: Vec<u32>,
     /// Acknowledgement state.
     pub state: InflightState,
 }
@@ -76,6 +79,8 @@ pub struct Queued {
     pub qos: QoS,
     /// Retain flag to send it with.
     pub retain: bool,
+    /// Subscription identifiers to send it with (MQTT 5.0).
+    pub subscription_ids: Vec<u32>,
 }
 
 /// What became of a message handed to [`Session::deliver`].
@@ -85,7 +90,8 @@ pub enum Delivery {
     Sent,
     /// Queued (window full or client offline).
     Queued,
-    /// Dropped: QoS 0 to an offline or congested client, or a queue at its bound.
+    /// Dropped: QoS 0 to an offline or congested client, a queue at its bound, an expired
+    /// message, or one larger than the client accepts.
     Dropped,
 }
 
@@ -97,6 +103,27 @@ pub enum SessionError {
     UnexpectedAck,
 }
 
+/// What the client of the current connection declared it accepts (MQTT 5.0 CONNECT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// Largest packet it accepts; larger messages are not sent to it.
+    pub max_packet_size: u32,
+    /// Highest topic alias it accepts; 0 = no aliases.
+    pub topic_alias_max: u16,
+    /// Most unacknowledged QoS 1/2 PUBLISHes it accepts at once.
+    pub receive_maximum: u16,
+}
+
+impl Default for PeerLimits {
+    fn default() -> Self {
+        PeerLimits {
+            max_packet_size: u32::MAX,
+            topic_alias_max: 0,
+            receive_maximum: u16::MAX,
+        }
+    }
+}
+
 /// Session state for one client id.
 #[derive(Debug)]
 pub struct Session {
@@ -106,12 +133,19 @@ pub struct Session {
     pub protocol: ProtocolVersion,
     /// Clean session: state ends with the connection.
     pub clean: bool,
-    /// Subscriptions: filter (as sent, including `$share/...`) to options.
-    pub subscriptions: HashMap<MqttStr, SubscriptionOptions>,
+    /// Seconds the session outlives its connection (`None`: forever). MQTT 5.0 session expiry
+    /// interval, or the broker's setting for MQTT 3.x persistent sessions.
+    pub expiry: Option<u32>,
+    /// Subscriptions: filter (as sent, including `$share/...`) to options and identifier.
+    pub subscriptions: HashMap<MqttStr, (SubscriptionOptions, u32)>,
     /// The will of the current connection (boxed: most clients have none, and an idle
     /// connection's footprint matters).
     pub will: Option<Box<LastWill>>,
     limits: SessionLimits,
+    peer: PeerLimits,
+    // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
+    #[allow(clippy::box_collection)]
+    aliases: Option<Box<HashMap<MqttStr, u16>>>,
     next_packet_id: u16,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Queued>,
@@ -121,6 +155,10 @@ pub struct Session {
     pub dropped_queue_full: u64,
     /// QoS 0 messages dropped because the client was offline or congested.
     pub dropped_qos0: u64,
+    /// Messages dropped because they expired before delivery.
+    pub dropped_expired: u64,
+    /// Messages not sent because they exceed the client's maximum packet size.
+    pub dropped_too_large: u64,
 }
 
 impl Session {
@@ -135,9 +173,12 @@ impl Session {
             client_id,
             protocol,
             clean,
+            expiry: None,
             subscriptions: HashMap::new(),
             will: None,
             limits,
+            peer: PeerLimits::default(),
+            aliases: None,
             next_packet_id: 1,
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
@@ -145,12 +186,26 @@ impl Session {
             incoming_qos2: Vec::new(),
             dropped_queue_full: 0,
             dropped_qos0: 0,
+            dropped_expired: 0,
+            dropped_too_large: 0,
         }
     }
 
     /// Messages awaiting acknowledgement.
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
         self.inflight.iter()
+    }
+
+    /// Takes every unacknowledged and queued message out (a shared-subscription member left:
+    /// its messages go to another member).
+    pub fn drain_undelivered(&mut self) -> Vec<Arc<Message>> {
+        self.queued_bytes = 0;
+        self.inflight
+            .drain(..)
+            .filter(|m| m.state != InflightState::AwaitPubComp)
+            .map(|m| m.message)
+            .chain(self.queue.drain(..).map(|q| q.message))
+            .collect()
     }
 
     /// Number of queued messages.
@@ -168,8 +223,20 @@ impl Session {
         self.limits = limits;
     }
 
+    /// A new connection takes over the session: its declared limits apply and topic aliases
+    /// start afresh (they belong to a connection, not a session).
+    pub fn attach(&mut self, peer: PeerLimits) {
+        self.peer = peer;
+        self.aliases = None;
+    }
+
     fn window_open(&self) -> bool {
-        self.inflight.len() < usize::from(self.limits.max_inflight.max(1))
+        let window = self
+            .limits
+            .max_inflight
+            .min(self.peer.receive_maximum)
+            .max(1);
+        self.inflight.len() < usize::from(window)
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
@@ -182,26 +249,106 @@ impl Session {
         }
     }
 
+    /// Encodes one PUBLISH for this client: the shared per-layout encoding when nothing about
+    /// it is specific to this client, otherwise a tailored one (subscription identifiers, topic
+    /// alias). Returns false, writing nothing, when it exceeds the client's maximum packet size.
+    #[allow(clippy::too_many_arguments)]
+    fn write_publish(
+        &mut self,
+        out: &mut BytesMut,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        packet_id: u16,
+        dup: bool,
+        cache: Option<&mut EncodeCache>,
+        now: Instant,
+    ) -> bool {
+        let v5 = self.protocol.is_v5();
+        let tailored = v5 && (!subscription_ids.is_empty() || self.peer.topic_alias_max > 0);
+        if let (false, Some(cache)) = (tailored, cache) {
+            let encoded = cache.get(message, self.protocol, qos, retain, now);
+            if encoded.len() > self.peer.max_packet_size as usize {
+                return false;
+            }
+            encoded.write_to(out, packet_id, dup);
+            return true;
+        }
+        let mut publish = message.to_publish(qos, retain, now);
+        publish.packet_id = if qos == QoS::AtMostOnce { 0 } else { packet_id };
+        publish.dup = dup && qos != QoS::AtMostOnce;
+        if v5 {
+            publish.properties.subscription_identifiers = subscription_ids.to_vec();
+        }
+        let full_len = 5 + publish.body_len(self.protocol);
+        let mut new_alias = None;
+        if v5 && self.peer.topic_alias_max > 0 && !dup {
+            let aliases = self.aliases.get_or_insert_with(Default::default);
+            match aliases.get(&publish.topic) {
+                Some(&alias) => {
+                    publish.properties.topic_alias = Some(alias);
+                    publish.topic = MqttStr::default();
+                }
+                None if aliases.len() < usize::from(self.peer.topic_alias_max) => {
+                    let alias = aliases.len() as u16 + 1;
+                    publish.properties.topic_alias = Some(alias);
+                    new_alias = Some(alias);
+                }
+                None => {}
+            }
+        }
+        if full_len.min(5 + publish.body_len(self.protocol)) > self.peer.max_packet_size as usize {
+            return false;
+        }
+        if let Some(alias) = new_alias {
+            if let Some(aliases) = self.aliases.as_mut() {
+                aliases.insert(message.topic.clone(), alias);
+            }
+        }
+        Packet::Publish(publish).encode(self.protocol, out).is_ok()
+    }
+
     /// Hands a message to the session at `qos` (already the lower of published and granted).
     ///
     /// `out` is the connection's output buffer, `None` when the client is offline or its buffer
     /// is over the slow-consumer limit. QoS 0 is sent or dropped; QoS 1/2 is sent when the window
-    /// has room, otherwise queued up to the limits.
+    /// has room, otherwise queued up to the limits. Expired messages and messages larger than
+    /// the client accepts are dropped, never sent.
+    #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         &mut self,
         message: &Arc<Message>,
         qos: QoS,
         retain: bool,
+        subscription_ids: &[u32],
         out: Option<&mut BytesMut>,
         cache: &mut EncodeCache,
+        now: Instant,
     ) -> Delivery {
+        if message.is_expired(now) {
+            self.dropped_expired += 1;
+            return Delivery::Dropped;
+        }
         if qos == QoS::AtMostOnce {
             return match out {
                 Some(out) => {
-                    cache
-                        .get(message, self.protocol, qos, retain)
-                        .write_to(out, 0, false);
-                    Delivery::Sent
+                    if self.write_publish(
+                        out,
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                        0,
+                        false,
+                        Some(cache),
+                        now,
+                    ) {
+                        Delivery::Sent
+                    } else {
+                        self.dropped_too_large += 1;
+                        Delivery::Dropped
+                    }
                 }
                 None => {
                     self.dropped_qos0 += 1;
@@ -212,14 +359,26 @@ impl Session {
         match out {
             Some(out) if self.window_open() && self.queue.is_empty() => {
                 let packet_id = self.allocate_packet_id();
-                cache
-                    .get(message, self.protocol, qos, retain)
-                    .write_to(out, packet_id, false);
+                if !self.write_publish(
+                    out,
+                    message,
+                    qos,
+                    retain,
+                    subscription_ids,
+                    packet_id,
+                    false,
+                    Some(cache),
+                    now,
+                ) {
+                    self.dropped_too_large += 1;
+                    return Delivery::Dropped;
+                }
                 self.inflight.push_back(Inflight {
                     packet_id,
                     message: Arc::clone(message),
                     qos,
                     retain,
+                    subscription_ids: subscription_ids.to_vec(),
                     state: if qos == QoS::AtLeastOnce {
                         InflightState::AwaitPubAck
                     } else {
@@ -232,6 +391,7 @@ impl Session {
                 message: Arc::clone(message),
                 qos,
                 retain,
+                subscription_ids: subscription_ids.to_vec(),
             }),
         }
     }
@@ -253,66 +413,84 @@ impl Session {
     }
 
     /// Moves queued messages into the window while it has room. Returns how many were sent.
-    pub fn fill_window(&mut self, out: &mut BytesMut) -> usize {
+    pub fn fill_window(&mut self, out: &mut BytesMut, now: Instant) -> usize {
         let mut sent = 0;
         while self.window_open() {
             let Some(queued) = self.queue.pop_front() else {
                 break;
             };
             self.queued_bytes -= queued.message.payload.len();
-            if queued.qos == QoS::AtMostOnce {
-                queued
-                    .message
-                    .encode_to(out, self.protocol, queued.qos, queued.retain, 0, false);
-                sent += 1;
+            if queued.message.is_expired(now) {
+                self.dropped_expired += 1;
                 continue;
             }
-            let packet_id = self.allocate_packet_id();
-            queued.message.encode_to(
+            let packet_id = if queued.qos == QoS::AtMostOnce {
+                0
+            } else {
+                self.allocate_packet_id()
+            };
+            let ids = queued.subscription_ids;
+            if !self.write_publish(
                 out,
-                self.protocol,
+                &queued.message,
                 queued.qos,
                 queued.retain,
+                &ids,
                 packet_id,
                 false,
-            );
-            self.inflight.push_back(Inflight {
-                packet_id,
-                state: if queued.qos == QoS::AtLeastOnce {
-                    InflightState::AwaitPubAck
-                } else {
-                    InflightState::AwaitPubRec
-                },
-                message: queued.message,
-                qos: queued.qos,
-                retain: queued.retain,
-            });
+                None,
+                now,
+            ) {
+                self.dropped_too_large += 1;
+                continue;
+            }
             sent += 1;
+            if queued.qos != QoS::AtMostOnce {
+                self.inflight.push_back(Inflight {
+                    packet_id,
+                    state: if queued.qos == QoS::AtLeastOnce {
+                        InflightState::AwaitPubAck
+                    } else {
+                        InflightState::AwaitPubRec
+                    },
+                    message: queued.message,
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    subscription_ids: ids,
+                });
+            }
         }
         sent
     }
 
     /// On a resumed session: resend every unacknowledged PUBLISH with DUP set and every PUBREL,
     /// in their original order (MQTT 3.1.1 §4.4), then fill the window from the queue.
-    pub fn resume(&mut self, out: &mut BytesMut) {
-        for inflight in &self.inflight {
-            match inflight.state {
+    pub fn resume(&mut self, out: &mut BytesMut, now: Instant) {
+        let inflight = std::mem::take(&mut self.inflight);
+        for entry in &inflight {
+            match entry.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
-                    inflight.message.encode_to(
+                    // Already promised to the client: sent even if it has expired since.
+                    let ids = entry.subscription_ids.clone();
+                    self.write_publish(
                         out,
-                        self.protocol,
-                        inflight.qos,
-                        inflight.retain,
-                        inflight.packet_id,
+                        &entry.message,
+                        entry.qos,
+                        entry.retain,
+                        &ids,
+                        entry.packet_id,
                         true,
-                    )
+                        None,
+                        now,
+                    );
                 }
                 InflightState::AwaitPubComp => {
-                    let _ = Packet::PubRel(Ack::new(inflight.packet_id)).encode(self.protocol, out);
+                    let _ = Packet::PubRel(Ack::new(entry.packet_id)).encode(self.protocol, out);
                 }
             }
         }
-        self.fill_window(out);
+        self.inflight = inflight;
+        self.fill_window(out, now);
     }
 
     fn position(&self, packet_id: u16) -> Option<usize> {
@@ -320,13 +498,18 @@ impl Session {
     }
 
     /// PUBACK from the client. Unknown identifiers are ignored (a late duplicate).
-    pub fn on_puback(&mut self, packet_id: u16, out: &mut BytesMut) -> Result<(), SessionError> {
+    pub fn on_puback(
+        &mut self,
+        packet_id: u16,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<(), SessionError> {
         if let Some(index) = self.position(packet_id) {
             if self.inflight[index].state != InflightState::AwaitPubAck {
                 return Err(SessionError::UnexpectedAck);
             }
             self.inflight.remove(index);
-            self.fill_window(out);
+            self.fill_window(out, now);
         }
         Ok(())
     }
@@ -337,6 +520,7 @@ impl Session {
         packet_id: u16,
         reason: ReasonCode,
         out: &mut BytesMut,
+        now: Instant,
     ) -> Result<(), SessionError> {
         let Some(index) = self.position(packet_id) else {
             let mut release = Ack::new(packet_id);
@@ -348,7 +532,7 @@ impl Session {
             InflightState::AwaitPubRec if reason.is_error() => {
                 // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
                 self.inflight.remove(index);
-                self.fill_window(out);
+                self.fill_window(out, now);
             }
             InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
                 self.inflight[index].state = InflightState::AwaitPubComp;
@@ -360,13 +544,18 @@ impl Session {
     }
 
     /// PUBCOMP from the client. Unknown identifiers are ignored.
-    pub fn on_pubcomp(&mut self, packet_id: u16, out: &mut BytesMut) -> Result<(), SessionError> {
+    pub fn on_pubcomp(
+        &mut self,
+        packet_id: u16,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<(), SessionError> {
         if let Some(index) = self.position(packet_id) {
             if self.inflight[index].state != InflightState::AwaitPubComp {
                 return Err(SessionError::UnexpectedAck);
             }
             self.inflight.remove(index);
-            self.fill_window(out);
+            self.fill_window(out, now);
         }
         Ok(())
     }

@@ -1,3 +1,5 @@
+use std::time::{Duration, Instant};
+
 use bytes::{Bytes, BytesMut};
 
 use super::*;
@@ -11,6 +13,7 @@ fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         retain: false,
         properties: Default::default(),
         publisher: MqttStr::from("pub"),
+        expires_at: None,
     })
 }
 
@@ -52,11 +55,19 @@ fn window_then_queue_then_drain_in_order() {
     let mut out = BytesMut::new();
     for payload in [&b"1"[..], b"2", b"3", b"4"] {
         let m = message(QoS::AtLeastOnce, payload);
-        s.deliver(&m, QoS::AtLeastOnce, false, Some(&mut out), &mut cache);
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            Some(&mut out),
+            &mut cache,
+            Instant::now(),
+        );
     }
     assert_eq!(publish_ids(&packets(&mut out)), [(1, false), (2, false)]);
     assert_eq!(s.queued_len(), 2);
-    s.on_puback(1, &mut out).unwrap();
+    s.on_puback(1, &mut out, Instant::now()).unwrap();
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(3, false)]);
     let Packet::Publish(p) = &sent[0] else {
@@ -64,7 +75,7 @@ fn window_then_queue_then_drain_in_order() {
     };
     assert_eq!(&p.payload[..], b"3");
     // Unknown ids are ignored.
-    s.on_puback(99, &mut out).unwrap();
+    s.on_puback(99, &mut out, Instant::now()).unwrap();
     assert!(out.is_empty());
 }
 
@@ -74,13 +85,29 @@ fn queue_bound_drops_newest_and_counts() {
     let mut cache = EncodeCache::default();
     for _ in 0..5 {
         let m = message(QoS::AtLeastOnce, b"x");
-        s.deliver(&m, QoS::AtLeastOnce, false, None, &mut cache);
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            &mut cache,
+            Instant::now(),
+        );
     }
     assert_eq!(s.queued_len(), 2);
     assert_eq!(s.dropped_queue_full, 3);
     let m = message(QoS::AtMostOnce, b"x");
     assert_eq!(
-        s.deliver(&m, QoS::AtMostOnce, false, None, &mut cache),
+        s.deliver(
+            &m,
+            QoS::AtMostOnce,
+            false,
+            &[],
+            None,
+            &mut cache,
+            Instant::now()
+        ),
         Delivery::Dropped
     );
     assert_eq!(s.dropped_qos0, 1);
@@ -97,11 +124,27 @@ fn queued_bytes_bound() {
     let mut cache = EncodeCache::default();
     let m = message(QoS::AtLeastOnce, b"abc");
     assert_eq!(
-        s.deliver(&m, QoS::AtLeastOnce, false, None, &mut cache),
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            &mut cache,
+            Instant::now()
+        ),
         Delivery::Queued
     );
     assert_eq!(
-        s.deliver(&m, QoS::AtLeastOnce, false, None, &mut cache),
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            &mut cache,
+            Instant::now()
+        ),
         Delivery::Dropped
     );
     assert_eq!(s.queued_bytes(), 3);
@@ -114,19 +157,52 @@ fn resume_retransmits_with_dup_and_pubrel() {
     let mut out = BytesMut::new();
     let q1 = message(QoS::AtLeastOnce, b"a");
     let q2 = message(QoS::ExactlyOnce, b"b");
-    s.deliver(&q1, QoS::AtLeastOnce, false, Some(&mut out), &mut cache);
-    s.deliver(&q2, QoS::ExactlyOnce, false, Some(&mut out), &mut cache);
-    s.deliver(&q2, QoS::ExactlyOnce, false, Some(&mut out), &mut cache);
+    s.deliver(
+        &q1,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        Some(&mut out),
+        &mut cache,
+        Instant::now(),
+    );
+    s.deliver(
+        &q2,
+        QoS::ExactlyOnce,
+        false,
+        &[],
+        Some(&mut out),
+        &mut cache,
+        Instant::now(),
+    );
+    s.deliver(
+        &q2,
+        QoS::ExactlyOnce,
+        false,
+        &[],
+        Some(&mut out),
+        &mut cache,
+        Instant::now(),
+    );
     out.clear();
-    s.on_pubrec(3, ReasonCode::Success, &mut out).unwrap();
+    s.on_pubrec(3, ReasonCode::Success, &mut out, Instant::now())
+        .unwrap();
     assert_eq!(packets(&mut out), [Packet::PubRel(Ack::new(3))]);
     // Connection lost; offline messages queue.
-    s.deliver(&q1, QoS::AtLeastOnce, false, None, &mut cache);
-    s.resume(&mut out);
+    s.deliver(
+        &q1,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        None,
+        &mut cache,
+        Instant::now(),
+    );
+    s.resume(&mut out, Instant::now());
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(1, true), (2, true), (4, false)]);
     assert!(sent.contains(&Packet::PubRel(Ack::new(3))));
-    s.on_pubcomp(3, &mut out).unwrap();
+    s.on_pubcomp(3, &mut out, Instant::now()).unwrap();
     assert_eq!(s.inflight().count(), 3);
 }
 
@@ -146,15 +222,27 @@ fn wrong_ack_for_the_flow_is_an_error() {
     let mut cache = EncodeCache::default();
     let mut out = BytesMut::new();
     let q1 = message(QoS::AtLeastOnce, b"a");
-    s.deliver(&q1, QoS::AtLeastOnce, false, Some(&mut out), &mut cache);
-    assert_eq!(s.on_pubcomp(1, &mut out), Err(SessionError::UnexpectedAck));
+    s.deliver(
+        &q1,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        Some(&mut out),
+        &mut cache,
+        Instant::now(),
+    );
     assert_eq!(
-        s.on_pubrec(1, ReasonCode::Success, &mut out),
+        s.on_pubcomp(1, &mut out, Instant::now()),
+        Err(SessionError::UnexpectedAck)
+    );
+    assert_eq!(
+        s.on_pubrec(1, ReasonCode::Success, &mut out, Instant::now()),
         Err(SessionError::UnexpectedAck)
     );
     // PUBREC for an unknown id still gets a PUBREL.
     out.clear();
-    s.on_pubrec(50, ReasonCode::Success, &mut out).unwrap();
+    s.on_pubrec(50, ReasonCode::Success, &mut out, Instant::now())
+        .unwrap();
     assert!(matches!(packets(&mut out)[..], [Packet::PubRel(_)]));
 }
 
@@ -166,7 +254,15 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
     let mut out = BytesMut::new();
     let m = message(QoS::AtLeastOnce, b"a");
     for _ in 0..3 {
-        s.deliver(&m, QoS::AtLeastOnce, false, Some(&mut out), &mut cache);
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            Some(&mut out),
+            &mut cache,
+            Instant::now(),
+        );
     }
     assert_eq!(
         publish_ids(&packets(&mut out)),
@@ -179,21 +275,171 @@ fn encode_cache_shares_one_encoding_per_layout() {
     let mut cache = EncodeCache::default();
     let m = message(QoS::ExactlyOnce, b"payload");
     let first = cache
-        .get(&m, ProtocolVersion::V5, QoS::AtLeastOnce, false)
+        .get(
+            &m,
+            ProtocolVersion::V5,
+            QoS::AtLeastOnce,
+            false,
+            Instant::now(),
+        )
         .head()
         .as_ptr();
     let again = cache
-        .get(&m, ProtocolVersion::V5, QoS::AtLeastOnce, false)
+        .get(
+            &m,
+            ProtocolVersion::V5,
+            QoS::AtLeastOnce,
+            false,
+            Instant::now(),
+        )
         .head()
         .as_ptr();
     assert_eq!(first, again);
     let other = cache
-        .get(&m, ProtocolVersion::V3_1_1, QoS::AtLeastOnce, false)
+        .get(
+            &m,
+            ProtocolVersion::V3_1_1,
+            QoS::AtLeastOnce,
+            false,
+            Instant::now(),
+        )
         .head()
         .as_ptr();
     assert_ne!(first, other);
     // A different message invalidates the cache.
     let m2 = message(QoS::ExactlyOnce, b"other");
-    let enc = cache.get(&m2, ProtocolVersion::V5, QoS::AtLeastOnce, false);
+    let enc = cache.get(
+        &m2,
+        ProtocolVersion::V5,
+        QoS::AtLeastOnce,
+        false,
+        Instant::now(),
+    );
     assert_eq!(&enc.payload()[..], b"other");
+}
+
+#[test]
+fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
+    let mut s = session(10, 10);
+    s.protocol = ProtocolVersion::V5;
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    let now = Instant::now();
+    let mut m = (*message(QoS::AtLeastOnce, b"x")).clone();
+    m.expires_at = Some(now + Duration::from_secs(10));
+    let m = Arc::new(m);
+    s.deliver(&m, QoS::AtLeastOnce, false, &[], None, &mut cache, now);
+    // Offline for 4 s: 6 s remain.
+    s.resume(&mut out, now + Duration::from_secs(4));
+    let mut v5 = out.clone();
+    let Some(Packet::Publish(p)) = decode(&mut v5, ProtocolVersion::V5, usize::MAX).unwrap() else {
+        panic!()
+    };
+    assert_eq!(p.properties.message_expiry_interval, Some(6));
+    // Past its expiry it is never sent.
+    s.deliver(&m, QoS::AtLeastOnce, false, &[], None, &mut cache, now);
+    out.clear();
+    s.on_puback(1, &mut out, now + Duration::from_secs(11))
+        .unwrap();
+    assert!(out.is_empty());
+    assert_eq!(s.dropped_expired, 1);
+}
+
+#[test]
+fn subscription_ids_aliases_and_peer_maximum_packet_size() {
+    let mut s = session(10, 10);
+    s.protocol = ProtocolVersion::V5;
+    s.attach(PeerLimits {
+        max_packet_size: 64,
+        topic_alias_max: 1,
+        receive_maximum: 10,
+    });
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    let now = Instant::now();
+    let m = message(QoS::AtMostOnce, b"small");
+    s.deliver(
+        &m,
+        QoS::AtMostOnce,
+        false,
+        &[3, 9],
+        Some(&mut out),
+        &mut cache,
+        now,
+    );
+    s.deliver(
+        &m,
+        QoS::AtMostOnce,
+        false,
+        &[],
+        Some(&mut out),
+        &mut cache,
+        now,
+    );
+    let mut packets = Vec::new();
+    while let Some(p) = decode(&mut out, ProtocolVersion::V5, usize::MAX).unwrap() {
+        packets.push(p);
+    }
+    let [Packet::Publish(first), Packet::Publish(second)] = &packets[..] else {
+        panic!("{packets:?}")
+    };
+    assert_eq!(first.properties.subscription_identifiers, vec![3, 9]);
+    assert_eq!(first.topic, "t");
+    assert_eq!(first.properties.topic_alias, Some(1));
+    assert!(second.topic.is_empty(), "second use sends only the alias");
+    assert_eq!(second.properties.topic_alias, Some(1));
+    // Larger than the client's maximum packet size: not sent, not queued, counted.
+    let big = message(QoS::AtLeastOnce, &[0u8; 100]);
+    assert_eq!(
+        s.deliver(
+            &big,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            Some(&mut out),
+            &mut cache,
+            now
+        ),
+        Delivery::Dropped
+    );
+    assert!(out.is_empty());
+    assert_eq!(s.dropped_too_large, 1);
+    assert_eq!(s.inflight().count(), 0);
+}
+
+#[test]
+fn receive_maximum_limits_the_window() {
+    let mut s = session(32, 10);
+    s.attach(PeerLimits {
+        receive_maximum: 1,
+        ..PeerLimits::default()
+    });
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    let m = message(QoS::AtLeastOnce, b"x");
+    let now = Instant::now();
+    assert_eq!(
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            Some(&mut out),
+            &mut cache,
+            now
+        ),
+        Delivery::Sent
+    );
+    assert_eq!(
+        s.deliver(
+            &m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            Some(&mut out),
+            &mut cache,
+            now
+        ),
+        Delivery::Queued
+    );
 }
