@@ -7,6 +7,19 @@ use std::path::PathBuf;
 use clap::Parser;
 use serde::Deserialize;
 
+/// How a shared subscription picks the member that receives a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Members take turns.
+    #[default]
+    RoundRobin,
+    /// A member chosen at random.
+    Random,
+    /// The same member while it stays connected.
+    Sticky,
+}
+
 /// Everything the broker can be told. Field names are the config-file keys.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -50,6 +63,8 @@ pub struct Config {
     pub topic_alias_maximum: u16,
     /// Unreleased inbound QoS 2 publishes a client may have (MQTT 5.0 Receive Maximum).
     pub receive_maximum: u16,
+    /// How shared subscriptions pick a member: round_robin, random or sticky.
+    pub shared_subscription_strategy: SharedStrategy,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -77,6 +92,7 @@ impl Default for Config {
             backlog: 4096,
             topic_alias_maximum: 1024,
             receive_maximum: 1024,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
             per_shard_listeners: false,
         }
     }
@@ -174,6 +190,9 @@ pub struct Flags {
     /// Unreleased inbound QoS 2 publishes per client (MQTT 5.0 Receive Maximum).
     #[arg(long)]
     pub receive_maximum: Option<u16>,
+    /// Shared-subscription member selection.
+    #[arg(long, value_enum)]
+    pub shared_subscription_strategy: Option<SharedStrategy>,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -216,7 +235,8 @@ impl Config {
             mesh_capacity,
             backlog,
             topic_alias_maximum,
-            receive_maximum
+            receive_maximum,
+            shared_subscription_strategy
         );
         if flags.shards.is_some() {
             config.shards = flags.shards;

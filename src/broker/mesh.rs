@@ -41,6 +41,22 @@ pub enum ShardMsg {
         /// New retained message.
         message: Option<Arc<Message>>,
     },
+    /// Shard `shard` gained its first (`added`) or lost its last member of a shared group.
+    SharedInterest {
+        /// The group's full `$share/{group}/{filter}`.
+        filter: MqttStr,
+        /// The shard.
+        shard: u16,
+        /// Gained or lost.
+        added: bool,
+    },
+    /// A message for one member of `group` on the receiving shard.
+    SharedPublish {
+        /// The group's full `$share/{group}/{filter}`.
+        group: MqttStr,
+        /// The message.
+        message: Arc<Message>,
+    },
     /// To the client id's home shard: a connection on `shard` wants `client_id`.
     Claim {
         /// Client id.

@@ -19,7 +19,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use core_router::interest::{InterestIndex, LocalInterest};
+use core_router::interest::{InterestIndex, LocalInterest, ShardSet};
 use core_router::retained::RetainedStore;
 use core_router::topic;
 use core_router::trie::SubscriptionTrie;
@@ -31,7 +31,7 @@ use crate::codec::{
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
-use crate::config::Config;
+use crate::config::{Config, SharedStrategy};
 use crate::session::{EncodeCache, Message, PeerLimits, Session, SessionLimits};
 
 /// Process-wide state shared by all shards.
@@ -106,6 +106,14 @@ struct PendingClaim {
     assigned_id: bool,
 }
 
+/// The members of one shared-subscription group on this shard.
+#[derive(Debug, Default)]
+struct SharedGroup {
+    members: Vec<(usize, SubscriptionOptions, u32)>,
+    cursor: usize,
+    sticky: Option<usize>,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Owner {
     shard: u16,
@@ -165,6 +173,13 @@ pub struct Shard {
     local_interest: LocalInterest,
     interest: InterestIndex,
     retained: RetainedStore<Arc<Message>>,
+    /// Shared-subscription groups with members on this shard, by `$share/{group}/{filter}`.
+    shared_groups: HashMap<MqttStr, SharedGroup>,
+    /// Replicated: for each group (keyed by its full `$share/...` filter, stored under the inner
+    /// filter), the shards that have members.
+    shared_index: SubscriptionTrie<MqttStr, ShardSet>,
+    shared_cursor: HashMap<MqttStr, usize>,
+    random_state: u64,
     registry: HashMap<MqttStr, Owner>,
     pending_claims: HashMap<u64, PendingClaim>,
     outbox: Vec<VecDeque<ShardMsg>>,
@@ -211,6 +226,10 @@ impl Shard {
             local_interest: LocalInterest::new(id as u16),
             interest: InterestIndex::new(),
             retained: RetainedStore::new(),
+            shared_groups: HashMap::new(),
+            shared_index: SubscriptionTrie::new(),
+            shared_cursor: HashMap::new(),
+            random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
             pending_claims: HashMap::new(),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
@@ -320,6 +339,12 @@ impl Shard {
                 });
             }
             ShardMsg::RetainApply { topic, message } => self.apply_retained(&topic, message),
+            ShardMsg::SharedInterest {
+                filter,
+                shard,
+                added,
+            } => self.apply_shared_interest(&filter, usize::from(shard), added),
+            ShardMsg::SharedPublish { group, message } => self.deliver_shared(&group, &message),
             ShardMsg::Claim {
                 client_id,
                 token,
@@ -607,6 +632,7 @@ impl Shard {
     /// Removes a session from this shard: its subscriptions, its registry entry.
     fn end_session(&mut self, session: usize) {
         let mut entry = self.sessions.remove(session);
+        let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
             self.publish_will(&entry.session.client_id, will);
@@ -623,6 +649,10 @@ impl Shard {
                 token: entry.token,
             },
         );
+        // A member left with messages it had not acknowledged: they go to another member.
+        for (group, message) in orphans {
+            self.route_shared_group(&group, &message);
+        }
     }
 
     /// Takes a session off this shard to hand it to another connection.
@@ -1024,7 +1054,6 @@ impl Shard {
                 properties.assigned_client_identifier = Some(connect.client_id.clone());
             }
             properties.maximum_packet_size = Some(self.config.max_packet_size);
-            properties.shared_subscription_available = Some(false);
             properties.receive_maximum = Some(self.config.receive_maximum);
             if self.config.topic_alias_maximum > 0 {
                 properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
@@ -1093,9 +1122,12 @@ impl Shard {
     fn add_subscription(
         &mut self,
         session: usize,
-        filter: &str,
+        filter: &MqttStr,
         options: (SubscriptionOptions, u32),
     ) {
+        if topic::parse_shared(filter).is_some() {
+            return self.add_shared_member(session, filter, options);
+        }
         if self
             .subscriptions
             .insert(filter, session, options)
@@ -1108,7 +1140,10 @@ impl Shard {
         }
     }
 
-    fn remove_subscription(&mut self, session: usize, filter: &str) {
+    fn remove_subscription(&mut self, session: usize, filter: &MqttStr) {
+        if topic::parse_shared(filter).is_some() {
+            return self.remove_shared_member(session, filter);
+        }
         if self.subscriptions.remove(filter, &session).is_some() {
             if let Some(delta) = self.local_interest.unsubscribe(filter) {
                 self.interest.apply(&delta);
@@ -1245,24 +1280,18 @@ impl Shard {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
-            if topic::parse_shared(&filter).is_some() {
-                // Shared subscriptions need group-wide member selection across shards; until
-                // that lands they are refused rather than delivered to every member.
-                reasons.push(ReasonCode::SharedSubscriptionsNotSupported);
-                continue;
-            }
+            let shared = topic::parse_shared(&filter).is_some();
             let entry = (options, subscription_id);
             let existed = self.sessions[session]
                 .session
                 .subscriptions
                 .insert(filter.clone(), entry)
                 .is_some();
-            self.subscriptions.insert(&filter, session, entry);
-            if !existed {
-                if let Some(delta) = self.local_interest.subscribe(&filter) {
-                    self.interest.apply(&delta);
-                    self.broadcast(|| ShardMsg::Interest(delta.clone()));
-                }
+            if existed && !shared {
+                // Same filter again: new options replace the old, interest is unchanged.
+                self.subscriptions.insert(&filter, session, entry);
+            } else {
+                self.add_subscription(session, &filter, entry);
             }
             reasons.push(match options.qos {
                 QoS::AtMostOnce => ReasonCode::Success,
@@ -1274,7 +1303,8 @@ impl Shard {
                 crate::codec::RetainHandling::SendIfNew => !existed,
                 crate::codec::RetainHandling::DoNotSend => false,
             };
-            if send_retained || !protocol.is_v5() {
+            // Shared subscriptions never receive retained messages on subscribe (MQTT 5.0 §4.8.2).
+            if !shared && (send_retained || !protocol.is_v5()) {
                 retained_for.push((filter, options));
             }
         }
@@ -1382,6 +1412,7 @@ impl Shard {
             );
         }
         self.route_local(&message);
+        self.route_shared(&message);
         let shards = self.interest.shards_for(&message.topic);
         for shard in shards.iter() {
             if shard != self.id && shard < self.shards {
@@ -1400,6 +1431,193 @@ impl Shard {
                 self.retained.remove(topic);
             }
         }
+    }
+
+    fn add_shared_member(
+        &mut self,
+        session: usize,
+        full: &MqttStr,
+        options: (SubscriptionOptions, u32),
+    ) {
+        let group = self.shared_groups.entry(full.clone()).or_default();
+        let first = group.members.is_empty();
+        match group.members.iter_mut().find(|m| m.0 == session) {
+            Some(member) => *member = (session, options.0, options.1),
+            None => group.members.push((session, options.0, options.1)),
+        }
+        if first {
+            self.apply_shared_interest(full, self.id, true);
+            let shard = self.id as u16;
+            self.broadcast(|| ShardMsg::SharedInterest {
+                filter: full.clone(),
+                shard,
+                added: true,
+            });
+        }
+    }
+
+    fn remove_shared_member(&mut self, session: usize, full: &MqttStr) {
+        let Some(group) = self.shared_groups.get_mut(full) else {
+            return;
+        };
+        group.members.retain(|m| m.0 != session);
+        if group.sticky == Some(session) {
+            group.sticky = None;
+        }
+        if group.members.is_empty() {
+            self.shared_groups.remove(full);
+            self.apply_shared_interest(full, self.id, false);
+            let shard = self.id as u16;
+            self.broadcast(|| ShardMsg::SharedInterest {
+                filter: full.clone(),
+                shard,
+                added: false,
+            });
+        }
+    }
+
+    /// Replica update: `shard` gained its first or lost its last member of group `full`.
+    fn apply_shared_interest(&mut self, full: &MqttStr, shard: usize, added: bool) {
+        let Some(Ok(parsed)) = topic::parse_shared(full) else {
+            return;
+        };
+        let inner = parsed.filter;
+        let mut shards = self
+            .shared_index
+            .get(inner, full)
+            .copied()
+            .unwrap_or_default();
+        if added {
+            shards.insert(shard);
+        } else {
+            shards.remove(shard);
+        }
+        if shards.is_empty() {
+            self.shared_index.remove(inner, full);
+        } else {
+            self.shared_index.insert(inner, full.clone(), shards);
+        }
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64: member selection needs spread, not cryptographic quality.
+        let mut x = self.random_state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.random_state = x;
+        x
+    }
+
+    /// On the publishing shard: one delivery per matching shared-subscription group.
+    fn route_shared(&mut self, message: &Arc<Message>) {
+        if self.shared_index.is_empty() {
+            return;
+        }
+        let mut groups: Vec<MqttStr> = Vec::new();
+        self.shared_index
+            .for_each_match(&message.topic, |group, _| groups.push(group.clone()));
+        for group in groups {
+            self.route_shared_group(&group, message);
+        }
+    }
+
+    /// Picks the shard that serves this message for `group` and hands it over.
+    fn route_shared_group(&mut self, group: &MqttStr, message: &Arc<Message>) {
+        let Some(Ok(parsed)) = topic::parse_shared(group) else {
+            return;
+        };
+        let Some(shards) = self.shared_index.get(parsed.filter, group).copied() else {
+            tracing::debug!(shard = self.id, %group, "shared group has no members; message dropped");
+            return;
+        };
+        let count = shards.len().max(1);
+        let pick = match self.config.shared_subscription_strategy {
+            SharedStrategy::RoundRobin => {
+                let cursor = self.shared_cursor.entry(group.clone()).or_insert(0);
+                *cursor = cursor.wrapping_add(1);
+                *cursor % count
+            }
+            SharedStrategy::Random => (self.next_random() % count as u64) as usize,
+            // Sticky prefers this shard's members, then the lowest shard with members.
+            SharedStrategy::Sticky => shards.iter().position(|s| s == self.id).unwrap_or(0),
+        };
+        let target = shards.iter().nth(pick).unwrap_or(self.id);
+        if target == self.id {
+            self.deliver_shared(group, message);
+        } else {
+            self.send(
+                target,
+                ShardMsg::SharedPublish {
+                    group: group.clone(),
+                    message: Arc::clone(message),
+                },
+            );
+        }
+    }
+
+    /// Delivers a shared-subscription message to one local member of `group`: connected
+    /// members first, in the configured order; an offline persistent member queues it.
+    fn deliver_shared(&mut self, group_key: &MqttStr, message: &Arc<Message>) {
+        let strategy = self.config.shared_subscription_strategy;
+        let random = self.next_random() as usize;
+        let Some(group) = self.shared_groups.get(group_key) else {
+            // Membership changed while the message was in flight: choose again among the
+            // shards that still have members.
+            let Some(Ok(parsed)) = topic::parse_shared(group_key) else {
+                return;
+            };
+            let elsewhere = self
+                .shared_index
+                .get(parsed.filter, group_key)
+                .is_some_and(|shards| shards.iter().any(|s| s != self.id));
+            if elsewhere {
+                self.route_shared_group(group_key, message);
+            }
+            return;
+        };
+        let members = group.members.clone();
+        let count = members.len();
+        if count == 0 {
+            return;
+        }
+        let start = match strategy {
+            SharedStrategy::RoundRobin => group.cursor.wrapping_add(1) % count,
+            SharedStrategy::Random => random % count,
+            SharedStrategy::Sticky => group
+                .sticky
+                .and_then(|s| members.iter().position(|m| m.0 == s))
+                .unwrap_or(0),
+        };
+        let online = |shard: &Shard, session: usize| {
+            shard
+                .sessions
+                .get(session)
+                .and_then(|e| e.conn)
+                .and_then(|c| shard.conns.get(c))
+                .is_some_and(|c| c.kill.is_none())
+        };
+        let chosen_offset = (0..count)
+            .find(|offset| online(self, members[(start + offset) % count].0))
+            .unwrap_or(0);
+        let chosen = members[(start + chosen_offset) % count];
+        if let Some(group) = self.shared_groups.get_mut(group_key) {
+            group.cursor = start + chosen_offset;
+            group.sticky = Some(chosen.0);
+        }
+        let (session, options, id) = chosen;
+        let qos = message.qos.min(options.qos);
+        let retain = options.retain_as_published && message.retain;
+        let ids: &[u32] = if id == 0 { &[] } else { &[id] };
+        self.deliver_tagged(
+            session,
+            message,
+            qos,
+            retain,
+            ids,
+            Some(group_key),
+            Instant::now(),
+        );
     }
 
     /// Delivers to this shard's subscribers: once per session, at the highest granted QoS of its
@@ -1455,6 +1673,20 @@ impl Shard {
         subscription_ids: &[u32],
         now: Instant,
     ) {
+        self.deliver_tagged(session, message, qos, retain, subscription_ids, None, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deliver_tagged(
+        &mut self,
+        session: usize,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        group: Option<&MqttStr>,
+        now: Instant,
+    ) {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
@@ -1480,6 +1712,7 @@ impl Shard {
             qos,
             retain,
             subscription_ids,
+            group,
             out,
             &mut self.cache,
             now,

@@ -66,6 +66,8 @@ pub struct Inflight {
     pub retain: bool,
     /// Subscription identifiers it was sent with (MQTT 5.0).
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/...` filter) it came through, if any.
+    pub group: Option<MqttStr>,
     /// Acknowledgement state.
     pub state: InflightState,
 }
@@ -81,6 +83,8 @@ pub struct Queued {
     pub retain: bool,
     /// Subscription identifiers to send it with (MQTT 5.0).
     pub subscription_ids: Vec<u32>,
+    /// The shared subscription (`$share/...` filter) it came through, if any.
+    pub group: Option<MqttStr>,
 }
 
 /// What became of a message handed to [`Session::deliver`].
@@ -196,16 +200,31 @@ impl Session {
         self.inflight.iter()
     }
 
-    /// Takes every unacknowledged and queued message out (a shared-subscription member left:
-    /// its messages go to another member).
-    pub fn drain_undelivered(&mut self) -> Vec<Arc<Message>> {
-        self.queued_bytes = 0;
-        self.inflight
-            .drain(..)
-            .filter(|m| m.state != InflightState::AwaitPubComp)
-            .map(|m| m.message)
-            .chain(self.queue.drain(..).map(|q| q.message))
-            .collect()
+    /// The messages that reached this session through a shared subscription and were not
+    /// acknowledged (or not yet sent): when a member leaves, they go to another member
+    /// (MQTT 5.0 §4.8.2). A QoS 2 message already PUBREC'd counts as received.
+    pub fn take_shared_undelivered(&mut self) -> Vec<(MqttStr, Arc<Message>)> {
+        let mut taken = Vec::new();
+        self.inflight.retain(|m| match (&m.group, m.state) {
+            (Some(group), InflightState::AwaitPubAck | InflightState::AwaitPubRec) => {
+                taken.push((group.clone(), Arc::clone(&m.message)));
+                false
+            }
+            _ => true,
+        });
+        let mut queued_bytes = 0;
+        self.queue.retain(|q| match &q.group {
+            Some(group) => {
+                taken.push((group.clone(), Arc::clone(&q.message)));
+                false
+            }
+            None => {
+                queued_bytes += q.message.payload.len();
+                true
+            }
+        });
+        self.queued_bytes = queued_bytes;
+        taken
     }
 
     /// Number of queued messages.
@@ -322,6 +341,7 @@ impl Session {
         qos: QoS,
         retain: bool,
         subscription_ids: &[u32],
+        group: Option<&MqttStr>,
         out: Option<&mut BytesMut>,
         cache: &mut EncodeCache,
         now: Instant,
@@ -379,6 +399,7 @@ impl Session {
                     qos,
                     retain,
                     subscription_ids: subscription_ids.to_vec(),
+                    group: group.cloned(),
                     state: if qos == QoS::AtLeastOnce {
                         InflightState::AwaitPubAck
                     } else {
@@ -392,6 +413,7 @@ impl Session {
                 qos,
                 retain,
                 subscription_ids: subscription_ids.to_vec(),
+                group: group.cloned(),
             }),
         }
     }
@@ -457,6 +479,7 @@ impl Session {
                     qos: queued.qos,
                     retain: queued.retain,
                     subscription_ids: ids,
+                    group: queued.group,
                 });
             }
         }

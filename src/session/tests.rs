@@ -60,6 +60,7 @@ fn window_then_queue_then_drain_in_order() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             Some(&mut out),
             &mut cache,
             Instant::now(),
@@ -91,6 +92,7 @@ fn queue_bound_drops_newest_and_counts() {
             false,
             &[],
             None,
+            None,
             &mut cache,
             Instant::now(),
         );
@@ -104,6 +106,7 @@ fn queue_bound_drops_newest_and_counts() {
             QoS::AtMostOnce,
             false,
             &[],
+            None,
             None,
             &mut cache,
             Instant::now()
@@ -130,6 +133,7 @@ fn queued_bytes_bound() {
             false,
             &[],
             None,
+            None,
             &mut cache,
             Instant::now()
         ),
@@ -141,6 +145,7 @@ fn queued_bytes_bound() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             None,
             &mut cache,
             Instant::now()
@@ -162,6 +167,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         QoS::AtLeastOnce,
         false,
         &[],
+        None,
         Some(&mut out),
         &mut cache,
         Instant::now(),
@@ -171,6 +177,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         QoS::ExactlyOnce,
         false,
         &[],
+        None,
         Some(&mut out),
         &mut cache,
         Instant::now(),
@@ -180,6 +187,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         QoS::ExactlyOnce,
         false,
         &[],
+        None,
         Some(&mut out),
         &mut cache,
         Instant::now(),
@@ -194,6 +202,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         QoS::AtLeastOnce,
         false,
         &[],
+        None,
         None,
         &mut cache,
         Instant::now(),
@@ -227,6 +236,7 @@ fn wrong_ack_for_the_flow_is_an_error() {
         QoS::AtLeastOnce,
         false,
         &[],
+        None,
         Some(&mut out),
         &mut cache,
         Instant::now(),
@@ -259,6 +269,7 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             Some(&mut out),
             &mut cache,
             Instant::now(),
@@ -328,7 +339,16 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
     let mut m = (*message(QoS::AtLeastOnce, b"x")).clone();
     m.expires_at = Some(now + Duration::from_secs(10));
     let m = Arc::new(m);
-    s.deliver(&m, QoS::AtLeastOnce, false, &[], None, &mut cache, now);
+    s.deliver(
+        &m,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        None,
+        None,
+        &mut cache,
+        now,
+    );
     // Offline for 4 s: 6 s remain.
     s.resume(&mut out, now + Duration::from_secs(4));
     let mut v5 = out.clone();
@@ -337,7 +357,16 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
     };
     assert_eq!(p.properties.message_expiry_interval, Some(6));
     // Past its expiry it is never sent.
-    s.deliver(&m, QoS::AtLeastOnce, false, &[], None, &mut cache, now);
+    s.deliver(
+        &m,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        None,
+        None,
+        &mut cache,
+        now,
+    );
     out.clear();
     s.on_puback(1, &mut out, now + Duration::from_secs(11))
         .unwrap();
@@ -363,6 +392,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         QoS::AtMostOnce,
         false,
         &[3, 9],
+        None,
         Some(&mut out),
         &mut cache,
         now,
@@ -372,6 +402,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         QoS::AtMostOnce,
         false,
         &[],
+        None,
         Some(&mut out),
         &mut cache,
         now,
@@ -396,6 +427,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             Some(&mut out),
             &mut cache,
             now
@@ -424,6 +456,7 @@ fn receive_maximum_limits_the_window() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             Some(&mut out),
             &mut cache,
             now
@@ -436,6 +469,7 @@ fn receive_maximum_limits_the_window() {
             QoS::AtLeastOnce,
             false,
             &[],
+            None,
             Some(&mut out),
             &mut cache,
             now
