@@ -181,6 +181,7 @@ pub struct Shard {
     shared_cursor: HashMap<MqttStr, usize>,
     random_state: u64,
     registry: HashMap<MqttStr, Owner>,
+    auth: crate::auth::AuthMethods,
     pending_claims: HashMap<u64, PendingClaim>,
     outbox: Vec<VecDeque<ShardMsg>>,
     outbox_wakers: Vec<Option<Waker>>,
@@ -231,6 +232,7 @@ impl Shard {
             shared_cursor: HashMap::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
+            auth: crate::auth::AuthMethods::default(),
             pending_claims: HashMap::new(),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
             outbox_wakers: (0..shards).map(|_| None).collect(),
@@ -327,7 +329,9 @@ impl Shard {
     /// Applies one message from a peer (or from this shard to itself).
     pub fn handle_mesh(&mut self, message: ShardMsg) {
         match message {
-            ShardMsg::Publish(message) => self.route_local(&message),
+            ShardMsg::Publish(message) => {
+                self.route_local(&message);
+            }
             ShardMsg::Interest(delta) => {
                 self.interest.apply(&delta);
             }
@@ -859,8 +863,25 @@ impl Shard {
             });
             shard.wake_conn(index);
         };
-        if connect.properties.authentication_method.is_some() {
-            return refuse(self, ReasonCode::BadAuthenticationMethod);
+        if let Some(method) = &connect.properties.authentication_method {
+            // Enhanced authentication (crate::auth): unknown methods get 0x8C. A registered
+            // method decides in one step; multi-step AUTH exchanges are not wired up yet.
+            let step = self.auth.find(method).map(|auth| {
+                let mut state = None;
+                auth.start(
+                    &connect.client_id,
+                    connect.properties.authentication_data.as_ref(),
+                    &mut state,
+                )
+            });
+            match step {
+                None => return refuse(self, ReasonCode::BadAuthenticationMethod),
+                Some(crate::auth::AuthStep::Success) => {}
+                Some(crate::auth::AuthStep::Fail(reason)) => return refuse(self, reason),
+                Some(crate::auth::AuthStep::Continue(_)) => {
+                    return refuse(self, ReasonCode::ImplementationSpecificError)
+                }
+            }
         }
         let mut assigned_id = false;
         if connect.client_id.is_empty() {
@@ -1209,7 +1230,10 @@ impl Shard {
         if refused {
             tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
         }
-        if route {
+        let payload_invalid = publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        let mut matched = true;
+        if route && !payload_invalid {
             let mut properties = std::mem::take(&mut publish.properties);
             // The expiry travels as a deadline; each delivery carries the time remaining.
             let expires_at = properties
@@ -1225,12 +1249,15 @@ impl Shard {
                 publisher: self.sessions[session].session.client_id.clone(),
                 expires_at,
             });
-            self.route_publish(message);
+            matched = self.route_publish(message);
         }
-        let reason = if refused && protocol.is_v5() {
-            ReasonCode::NotAuthorized
-        } else {
-            ReasonCode::Success
+        let reason = match () {
+            _ if !protocol.is_v5() => ReasonCode::Success,
+            _ if refused => ReasonCode::NotAuthorized,
+            // MQTT 5.0 §3.3.2.3.2: the server may refuse a payload that is not the UTF-8 it claims.
+            _ if payload_invalid => ReasonCode::PayloadFormatInvalid,
+            _ if !matched => ReasonCode::NoMatchingSubscribers,
+            _ => ReasonCode::Success,
         };
         let ack = Ack {
             packet_id,
@@ -1389,7 +1416,8 @@ impl Shard {
 
     /// Routes a message published on this shard: retained store, local subscribers, and one
     /// forward per other interested shard.
-    fn route_publish(&mut self, message: Arc<Message>) {
+    /// Returns whether any subscriber (on any shard, as far as the replicas know) matched.
+    fn route_publish(&mut self, message: Arc<Message>) -> bool {
         if message.retain {
             let owned = if message.payload.is_empty() {
                 None
@@ -1411,15 +1439,17 @@ impl Shard {
                 },
             );
         }
-        self.route_local(&message);
-        self.route_shared(&message);
+        let mut matched = self.route_local(&message);
+        matched |= self.route_shared(&message);
         let shards = self.interest.shards_for(&message.topic);
+        matched |= shards.iter().any(|shard| shard != self.id);
         for shard in shards.iter() {
             if shard != self.id && shard < self.shards {
                 self.stats.forwarded += 1;
                 self.send(shard, ShardMsg::Publish(Arc::clone(&message)));
             }
         }
+        matched
     }
 
     fn apply_retained(&mut self, topic: &str, message: Option<Arc<Message>>) {
@@ -1510,16 +1540,18 @@ impl Shard {
     }
 
     /// On the publishing shard: one delivery per matching shared-subscription group.
-    fn route_shared(&mut self, message: &Arc<Message>) {
+    fn route_shared(&mut self, message: &Arc<Message>) -> bool {
         if self.shared_index.is_empty() {
-            return;
+            return false;
         }
         let mut groups: Vec<MqttStr> = Vec::new();
         self.shared_index
             .for_each_match(&message.topic, |group, _| groups.push(group.clone()));
+        let matched = !groups.is_empty();
         for group in groups {
             self.route_shared_group(&group, message);
         }
+        matched
     }
 
     /// Picks the shard that serves this message for `group` and hands it over.
@@ -1622,7 +1654,8 @@ impl Shard {
 
     /// Delivers to this shard's subscribers: once per session, at the highest granted QoS of its
     /// matching subscriptions.
-    fn route_local(&mut self, message: &Arc<Message>) {
+    /// Returns whether any local subscription matched.
+    fn route_local(&mut self, message: &Arc<Message>) -> bool {
         let mut matches = std::mem::take(&mut self.matches);
         let mut ids = std::mem::take(&mut self.subscription_ids);
         matches.clear();
@@ -1660,8 +1693,10 @@ impl Shard {
             let retain = options.retain_as_published && message.retain;
             self.deliver_to(session, message, qos, retain, &ids, now);
         }
+        let matched = !matches.is_empty();
         self.matches = matches;
         self.subscription_ids = ids;
+        matched
     }
 
     fn deliver_to(
