@@ -115,8 +115,9 @@ pub struct RunArgs {
     /// (default 0, conn: 1000).
     #[arg(long)]
     pub conn_rate: Option<f64>,
-    /// Connection handshakes in progress at once per thread.
-    #[arg(long, default_value_t = 512)]
+    /// Connection handshakes in progress at once, over all threads and workers (keep it under
+    /// the broker's listen backlog, or SYNs are dropped and retried a second later).
+    #[arg(long, default_value_t = 128)]
     pub max_pending: usize,
     /// Seconds before an unanswered TCP connect + CONNECT (+ SUBSCRIBE) counts as failed.
     #[arg(long, default_value_t = 10.0)]
@@ -249,7 +250,7 @@ pub struct Config {
     pub inflight: u32,
     /// Connections per second over everything (0 = unlimited).
     pub conn_rate: f64,
-    /// Pending handshakes per thread.
+    /// Pending handshakes over all threads and workers.
     pub max_pending: usize,
     /// Connect timeout, seconds.
     pub connect_timeout_s: f64,

@@ -152,6 +152,7 @@ pub struct Engine {
     scratch: Vec<u8>,
     go: Arc<AtomicU64>,
     thread_count: usize,
+    last_ping_scan: u64,
 }
 
 impl Engine {
@@ -219,6 +220,7 @@ impl Engine {
             scratch: vec![0; READ_CHUNK],
             go,
             thread_count,
+            last_ping_scan: mono_ns(),
         })
     }
 
@@ -270,6 +272,7 @@ impl Engine {
             )
         });
         let timeout_ns = (cfg.connect_timeout_s * 1e9) as u64;
+        let max_pending = (cfg.max_pending / (cfg.workers * self.thread_count)).max(1);
         let mut next = 0usize;
         let mut last_sweep = start;
         loop {
@@ -277,7 +280,7 @@ impl Engine {
             let allowed = pacer.map_or(self.plans.len() as u64, |p| p.due(now));
             while next < self.plans.len()
                 && (next as u64) < allowed
-                && self.core.pending < cfg.max_pending
+                && self.core.pending < max_pending
             {
                 self.start_connect(next, now);
                 next += 1;
@@ -308,7 +311,7 @@ impl Engine {
                 }
             }
             let wait = match pacer {
-                Some(p) if next < self.plans.len() && self.core.pending < cfg.max_pending => {
+                Some(p) if next < self.plans.len() && self.core.pending < max_pending => {
                     Duration::from_nanos(p.due_at(next as u64).saturating_sub(now).min(NS / 10))
                 }
                 _ => Duration::from_millis(100),
@@ -452,6 +455,11 @@ impl Engine {
             }
         }
         flush_dirty(core, conns);
+        // Keep-alive in every phase: a slow connection storm can outlast half the keep-alive.
+        if now.saturating_sub(self.last_ping_scan) >= NS {
+            self.last_ping_scan = now;
+            self.keepalive(now);
+        }
     }
 
     fn load(&mut self, go: u64) {
@@ -460,7 +468,6 @@ impl Engine {
         self.core.measure_end = self.core.measure_start + (cfg.duration_s * 1e9) as u64;
         serve_until(go, self);
         self.core.producing = true;
-        let now = mono_ns();
         for (idx, conn) in self.conns.iter_mut().enumerate() {
             if conn.state != State::Ready {
                 continue;
@@ -476,7 +483,6 @@ impl Engine {
                 }
             }
         }
-        let mut last_ping = now;
         loop {
             let now = mono_ns();
             if now >= self.core.measure_end {
@@ -485,10 +491,6 @@ impl Engine {
             self.fire_timers(now);
             self.run_active(now);
             flush_dirty(&mut self.core, &mut self.conns);
-            if now.saturating_sub(last_ping) >= NS {
-                last_ping = now;
-                self.keepalive(now);
-            }
             let wait = if self.core.active.is_empty() {
                 let next_timer = self
                     .core
@@ -560,16 +562,11 @@ impl Engine {
 
     fn drain(&mut self) {
         let deadline = self.core.measure_end + (self.core.cfg.drain_s * 1e9) as u64;
-        let mut last_ping = mono_ns();
         loop {
             let now = mono_ns();
             let quiet = now.saturating_sub(self.core.last_rx_ns) >= DRAIN_QUIET_NS;
             if (self.core.inflight_total == 0 && quiet) || now >= deadline {
                 break;
-            }
-            if now.saturating_sub(last_ping) >= NS {
-                last_ping = now;
-                self.keepalive(now);
             }
             self.turn(Some(Duration::from_millis(20)));
         }
@@ -976,7 +973,10 @@ fn wake(core: &mut Core, conn: &mut Conn, idx: usize, now: u64) {
         }
     } else if can_produce(core, conn, WRITE_BATCH) && !conn.blocked {
         if let Role::Pub(p) = &mut conn.role {
-            if !p.queued {
+            // Refill a QoS 1/2 window only once a quarter of it is free: one write of many
+            // PUBLISHes instead of one write per acknowledgement.
+            let refill = core.qos == QoS::AtMostOnce || p.inflight <= p.slots.len() * 3 / 4;
+            if refill && !p.queued {
                 p.queued = true;
                 core.active.push_back(idx);
             }
@@ -1069,11 +1069,9 @@ fn fail(core: &mut Core, conn: &mut Conn, reason: impl Into<String>) {
         core.pending -= 1;
         core.counts.conn_failed += 1;
         core.errors.add(reason);
-    } else if conn.state == State::Ready {
-        if core.running {
-            core.counts.conn_lost += 1;
-            core.errors.add(reason);
-        }
+    } else if conn.state == State::Ready && core.running {
+        core.counts.conn_lost += 1;
+        core.errors.add(reason);
     }
     conn.state = State::Failed;
     if let Role::Pub(p) = &mut conn.role {

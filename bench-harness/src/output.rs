@@ -52,6 +52,10 @@ fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
+fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
 /// Connection figures.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Connections {
@@ -113,7 +117,7 @@ pub struct Broker {
     pub rss_kb: u64,
     /// VmHWM at the end of the window, KiB.
     pub rss_kb_peak: u64,
-    /// (RSS at the end - RSS before) / connections set up, bytes.
+    /// conn only: (RSS at the end - RSS before) / connections set up, bytes.
     pub rss_bytes_per_conn: Option<f64>,
     /// CPU seconds (user + system) in the measurement window.
     pub cpu_s: f64,
@@ -222,19 +226,26 @@ pub fn build(cfg: &Config, outcome: &Outcome) -> (RunResult, Histogram<u64>, His
         } else {
             0.0
         },
-        setup_s: round2(setup_s * 1000.0) / 1000.0,
+        setup_s: round3(setup_s),
         latency_us: Percentiles::from_ns(&connect_latency),
     };
     let duration = cfg.duration_s;
     let delivered_per_s = round2(c.received_window as f64 / duration);
-    let broker = cfg
-        .broker_pid
-        .and_then(|pid| broker_figures(pid, outcome, conn_ok, c.received_window, duration));
+    let broker = cfg.broker_pid.and_then(|pid| {
+        broker_figures(
+            cfg.scenario == Scenario::Conn,
+            pid,
+            outcome,
+            conn_ok,
+            c.received_window,
+            duration,
+        )
+    });
     let cores = sys::available_cpus().min(cfg.threads * cfg.workers).max(1);
     let cpu_percent = round2(r.cpu_s / duration * 100.0);
     let harness = Harness {
         cpu_percent,
-        cpu_s: round2(r.cpu_s * 1000.0) / 1000.0,
+        cpu_s: round3(r.cpu_s),
         cores,
         saturated: cpu_percent >= 90.0 * cores as f64,
     };
@@ -265,6 +276,7 @@ pub fn build(cfg: &Config, outcome: &Outcome) -> (RunResult, Histogram<u64>, His
 }
 
 fn broker_figures(
+    conn_scenario: bool,
     pid: u32,
     outcome: &Outcome,
     conn_ok: u64,
@@ -284,12 +296,13 @@ fn broker_figures(
         rss_kb_before: before.rss_kb,
         rss_kb: end.rss_kb,
         rss_kb_peak: end.hwm_kb,
-        rss_bytes_per_conn: (conn_ok > 0)
+        // Only the idle-connection scenario isolates connection memory.
+        rss_bytes_per_conn: (conn_scenario && conn_ok > 0)
             .then(|| round2((end.rss_kb as f64 - before.rss_kb as f64) * 1024.0 / conn_ok as f64)),
-        cpu_s: round2(cpu_s * 1000.0) / 1000.0,
-        cpu_s_setup: round2(cpu_s_setup * 1000.0) / 1000.0,
+        cpu_s: round3(cpu_s),
+        cpu_s_setup: round3(cpu_s_setup),
         cpu_s_per_million_delivered: (delivered > 0)
-            .then(|| round2(cpu_s / delivered as f64 * 1e6 * 1000.0) / 1000.0),
+            .then(|| round3(cpu_s / delivered as f64 * 1e6)),
         cpu_percent: round2(cpu_s / duration * 100.0),
     })
 }
@@ -361,6 +374,13 @@ pub fn judge(cfg: &Config, r: &RunResult, outcome: &Outcome) -> (Vec<String>, Ve
                 r.sent_per_s,
                 cfg.target_in_per_s()
             ));
+        }
+        if cfg.qos == 0 && cfg.rate == 0.0 {
+            warnings.push(
+                "QoS 0 without --rate: only socket buffers limit the publishers, so latency \
+                 includes socket-buffer queueing and unsent tails count as lost"
+                    .into(),
+            );
         }
         if m.received_in_window == 0 {
             errors.push("nothing was delivered in the measurement window".into());
@@ -664,7 +684,9 @@ mod tests {
         assert!(r.ok, "{:?}", r.errors);
         assert_eq!(r.messages.lost, 1);
         assert_eq!(r.messages.duplicated, 1);
-        assert_eq!(r.warnings.len(), 2);
+        // Loss, duplicate, and the note on unpaced QoS 0.
+        assert_eq!(r.warnings.len(), 3, "{:?}", r.warnings);
+        assert!(r.warnings[2].contains("socket"));
     }
 
     #[test]
