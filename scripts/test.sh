@@ -8,6 +8,7 @@ cargo check -p shardmq --lib --no-default-features
 
 echo "== workspace tests (unit, property, integration against the real broker)"
 cargo test --workspace
+scripts/smoke-mosquitto.sh   # third-party clients (mosquitto_pub/sub) against the built binary
 
 echo "== benches and the fuzz target still build"
 cargo bench --workspace --no-run

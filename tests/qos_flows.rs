@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ack_publish, publish_packet, Broker, Client, Raw, QUIET, TIMEOUT};
+use common::{ack_publish, publish_packet, Broker, Client, Raw, Sync, QUIET, TIMEOUT};
 use rumqttc::{Outgoing, Packet as RPacket, QoS as RQoS, SubscribeReasonCode};
 use shardmq::codec::{Ack, Packet, QoS, ReasonCode};
 
@@ -110,6 +110,7 @@ async fn many_messages_arrive_in_order() {
     let sub = Client::connect(broker.shard(0), "order-sub").await;
     let publisher = Client::connect(broker.shard(1), "order-pub").await;
     sub.subscribe("order/#", RQoS::AtLeastOnce).await;
+    Sync::new(&broker).barrier(0, 1);
     for i in 0..50u32 {
         publisher
             .client
@@ -141,6 +142,7 @@ fn qos2_exchange_packet_by_packet() {
     let (mut sub, _) = Raw::connect(broker.shard(0), "q2-sub", true);
     let suback = sub.subscribe(1, "q2/topic", QoS::ExactlyOnce);
     assert_eq!(suback.reasons, vec![ReasonCode::GrantedQos2]);
+    Sync::new(&broker).barrier(0, 1);
     let (mut publisher, _) = Raw::connect(broker.shard(1), "q2-pub", true);
 
     publisher.send(Packet::Publish(publish_packet(
@@ -187,6 +189,7 @@ fn qos2_inbound_duplicate_is_delivered_once() {
     let broker = Broker::start();
     let (mut sub, _) = Raw::connect(broker.shard(0), "dedup-sub", true);
     sub.subscribe(1, "dedup/t", QoS::AtLeastOnce);
+    Sync::new(&broker).barrier(0, 1);
     let (mut publisher, _) = Raw::connect(broker.shard(1), "dedup-pub", true);
 
     let mut first = publish_packet("dedup/t", b"once", QoS::ExactlyOnce, false, 42);
@@ -215,6 +218,13 @@ fn qos2_inbound_duplicate_is_delivered_once() {
     }
     sub.expect_silence(QUIET);
 
+    // A repeated PUBREL (its PUBCOMP was lost) is answered with PUBCOMP again (§4.3.3).
+    publisher.send(Packet::PubRel(Ack::new(42)));
+    match publisher.recv() {
+        Packet::PubComp(ack) => assert_eq!(ack.packet_id, 42),
+        other => panic!("expected PUBCOMP for a repeated PUBREL, got {other:?}"),
+    }
+
     // Released: the same identifier now carries a new message.
     publisher.publish("dedup/t", b"again", QoS::ExactlyOnce, false, 42);
     let got = sub.recv_publish();
@@ -237,6 +247,7 @@ fn qos_is_downgraded_to_the_granted_qos() {
         assert_eq!(suback.reasons.len(), 1);
         subs.push((sub, granted));
     }
+    Sync::new(&broker).settle();
     let (mut publisher, _) = Raw::connect(broker.shard(1), "down-pub", true);
     for (n, published) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
@@ -274,6 +285,7 @@ fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
         sub.subscribe(2, "a/#", QoS::AtLeastOnce).reasons,
         vec![ReasonCode::GrantedQos1]
     );
+    Sync::new(&broker).barrier(0, 1);
     // Publisher on the same shard and on the other one.
     for (shard, id) in [(0, "overlap-pub0"), (1, "overlap-pub1")] {
         let (mut publisher, _) = Raw::connect(broker.shard(shard), id, true);
@@ -286,4 +298,92 @@ fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
             sub.expect_silence(QUIET);
         }
     }
+}
+
+/// `max_inflight = 2`: a subscriber that does not acknowledge has at most two QoS 1 messages
+/// outstanding; each PUBACK releases the next queued one, in order.
+#[test]
+fn inflight_window_limits_unacknowledged_messages() {
+    let broker = Broker::start_with(|config| config.max_inflight = 2);
+    let (mut sub, _) = Raw::connect(broker.shard(0), "window-sub", true);
+    sub.subscribe(1, "window/t", QoS::AtLeastOnce);
+    Sync::new(&broker).barrier(0, 1);
+    let (mut publisher, _) = Raw::connect(broker.shard(1), "window-pub", true);
+    for i in 0..5u8 {
+        publisher.publish("window/t", &[i], QoS::AtLeastOnce, false, 1 + u16::from(i));
+    }
+    let mut outstanding: Vec<_> = (0..2).map(|_| sub.recv_publish()).collect();
+    sub.expect_silence(QUIET);
+    let mut received = Vec::new();
+    while let Some(first) = (!outstanding.is_empty()).then(|| outstanding.remove(0)) {
+        received.push(first.payload[0]);
+        sub.send(Packet::PubAck(Ack::new(first.packet_id)));
+        if received.len() + outstanding.len() < 5 {
+            outstanding.push(sub.recv_publish());
+        }
+    }
+    assert_eq!(received, vec![0, 1, 2, 3, 4]);
+    sub.expect_silence(QUIET);
+}
+
+/// A payload close to the default 1 MiB packet limit crosses shards byte for byte, in both
+/// directions, at QoS 0 and 1.
+#[test]
+fn large_payload_crosses_shards_intact() {
+    let broker = Broker::start();
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    for (sub_shard, pub_shard) in [(0, 1), (1, 0)] {
+        let (mut sub, _) = Raw::connect(
+            broker.shard(sub_shard),
+            &format!("big-sub-{sub_shard}"),
+            true,
+        );
+        sub.subscribe(1, "big/t", QoS::AtLeastOnce);
+        Sync::new(&broker).barrier(sub_shard, pub_shard);
+        let (mut publisher, _) = Raw::connect(
+            broker.shard(pub_shard),
+            &format!("big-pub-{pub_shard}"),
+            true,
+        );
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            publisher.publish("big/t", &payload, qos, false, 1);
+            let got = sub.recv_publish();
+            assert_eq!(got.payload.len(), payload.len());
+            assert!(got.payload[..] == payload[..], "payload corrupted");
+            ack_publish(&mut sub, &got);
+        }
+    }
+}
+
+/// A subscriber that stops reading (tiny receive buffer) becomes a slow consumer: QoS 1
+/// messages to it are queued, not lost, and arrive in order once it reads again.
+#[test]
+fn slow_consumer_gets_every_qos1_message_in_order() {
+    let broker = Broker::start_with(|config| {
+        config.max_write_buffer = 8 * 1024;
+        // The in-flight window must not be what holds messages back.
+        config.max_inflight = 1000;
+        config.max_queued_messages = 0;
+    });
+    let (mut sub, _) = Raw::connect_small_buffer(broker.shard(0), "slow-sub", 4096);
+    sub.subscribe(1, "slow/t", QoS::AtLeastOnce);
+    Sync::new(&broker).barrier(0, 1);
+    let (mut publisher, _) = Raw::connect(broker.shard(1), "slow-pub", true);
+    let payload = vec![b's'; 2048];
+    let total = 600u16;
+    for i in 0..total {
+        let mut body = i.to_be_bytes().to_vec();
+        body.extend_from_slice(&payload);
+        publisher.publish("slow/t", &body, QoS::AtLeastOnce, false, i + 1);
+    }
+    for i in 0..total {
+        let got = sub.recv_publish();
+        assert_eq!(
+            u16::from_be_bytes([got.payload[0], got.payload[1]]),
+            i,
+            "in order"
+        );
+        ack_publish(&mut sub, &got);
+    }
+    sub.expect_silence(QUIET);
 }

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -58,10 +59,12 @@ impl Broker {
     /// A broker with the test defaults changed by `tweak`.
     pub fn start_with(tweak: impl FnOnce(&mut Config)) -> Broker {
         init_tracing();
-        let mut config = Config::default();
-        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
-        config.shards = Some(2);
-        config.per_shard_listeners = true;
+        let mut config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            shards: Some(2),
+            per_shard_listeners: true,
+            ..Config::default()
+        };
         tweak(&mut config);
         let handle = shardmq::broker::start(config).expect("the broker starts");
         let addr = handle.listen_addrs[0];
@@ -215,6 +218,8 @@ pub fn raw_publish(flags: u8, topic: &[u8], packet_id: Option<u16>, payload: &[u
 // ----- raw client ----------------------------------------------------------------------------
 
 /// What a raw read produced.
+// Short-lived and matched on everywhere: boxing the packet would only make patterns noisier.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Recv {
     /// A complete packet.
@@ -246,6 +251,34 @@ impl Raw {
             buf: BytesMut::new(),
             version: ProtocolVersion::V3_1_1,
             closed: false,
+        }
+    }
+
+    /// A 3.1.1 client whose socket has a small receive buffer (set before connecting, so the
+    /// TCP window stays small): the broker sees it as a slow reader. Clean session.
+    pub fn connect_small_buffer(addr: SocketAddr, client_id: &str, bytes: usize) -> (Raw, ConnAck) {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        socket
+            .connect_timeout(&addr.into(), TIMEOUT)
+            .expect("TCP connect to the broker");
+        let stream: TcpStream = socket.into();
+        stream.set_nodelay(true).unwrap();
+        stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+        let mut raw = Raw {
+            stream,
+            buf: BytesMut::new(),
+            version: ProtocolVersion::V3_1_1,
+            closed: false,
+        };
+        raw.send(Packet::Connect(Box::new(connect_packet(client_id, true))));
+        match raw.recv() {
+            Packet::ConnAck(connack) => {
+                assert_eq!(connack.reason, ReasonCode::Success);
+                (raw, connack)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
         }
     }
 
@@ -358,11 +391,6 @@ impl Raw {
         }
     }
 
-    /// True if the broker has closed the connection (checks without waiting long).
-    pub fn is_closed(&mut self) -> bool {
-        matches!(self.recv_for(Duration::from_millis(20)), Recv::Closed)
-    }
-
     /// SUBSCRIBE one filter and return the SUBACK.
     pub fn subscribe(&mut self, packet_id: u16, filter: &str, qos: QoS) -> SubAck {
         self.subscribe_many(packet_id, &[(filter, qos)])
@@ -459,16 +487,6 @@ pub fn ack_publish(raw: &mut Raw, publish: &Publish) {
             raw.send(Packet::PubComp(Ack::new(publish.packet_id)));
         }
     }
-}
-
-/// Checks that a publish from `publisher` on `topic` reaches `subscriber` (already subscribed):
-/// the two are working connections of a working broker.
-pub fn assert_flows(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
-    publisher.publish(topic, b"still-alive", QoS::AtLeastOnce, false, 999);
-    let got = subscriber.recv_publish();
-    assert_eq!(got.topic.as_str(), topic);
-    assert_eq!(&got.payload[..], b"still-alive");
-    ack_publish(subscriber, &got);
 }
 
 /// Waits until `check` holds, polling; panics after `within`.
@@ -803,6 +821,93 @@ impl ClientV5 {
         match self.events.take_where(within, Result::is_err).await {
             Some(Err(error)) => error,
             _ => panic!("the connection was not closed within {within:?}"),
+        }
+    }
+}
+
+// ----- cross-shard barrier -------------------------------------------------------------------
+
+/// Waits for the broker's cross-shard replicas to catch up.
+///
+/// Shards replicate subscriptions (interest) and retained messages asynchronously, one FIFO
+/// queue per pair of shards. `barrier(from, to)` makes shard `from` send a fresh interest
+/// change to shard `to` and waits until `to` has applied it (a probe published on `to` reaches
+/// a subscriber on `from`): everything `from` sent to `to` before the call has then been
+/// applied too. Probes use `$sync/<n>` topics, which `#` and `+` filters never match.
+///
+/// Tests that do not wait show the replication lag (see the `*_right_after_*` tests).
+pub struct Sync {
+    observers: Vec<Raw>,
+    probes: Vec<Raw>,
+    next: u16,
+}
+
+impl Sync {
+    /// One observer and one probe publisher on each shard.
+    pub fn new(broker: &Broker) -> Sync {
+        static INSTANCES: AtomicUsize = AtomicUsize::new(0);
+        let n = INSTANCES.fetch_add(1, Ordering::Relaxed);
+        let mut observers = Vec::new();
+        let mut probes = Vec::new();
+        for (i, addr) in broker.shard_addrs.iter().enumerate() {
+            observers.push(Raw::connect(*addr, &format!("sync-{n}-observer-{i}"), true).0);
+            probes.push(Raw::connect(*addr, &format!("sync-{n}-probe-{i}"), true).0);
+        }
+        Sync {
+            observers,
+            probes,
+            next: 0,
+        }
+    }
+
+    /// Everything shard `from` sent to shard `to` before this call has been applied by `to`.
+    pub fn barrier(&mut self, from: usize, to: usize) {
+        self.next = self.next.wrapping_add(1).max(1);
+        let id = self.next;
+        let topic = format!("$sync/{id}");
+        let observer = &mut self.observers[from];
+        observer.subscribe(id, &topic, QoS::AtMostOnce);
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            self.probes[to].send(Packet::Publish(publish_packet(
+                &topic,
+                b"",
+                QoS::AtMostOnce,
+                false,
+                0,
+            )));
+            match observer.recv_for(Duration::from_millis(5)) {
+                Recv::Packet(Packet::Publish(p)) if p.topic.as_str() == topic => break,
+                Recv::Timeout => {}
+                other => panic!("sync observer: unexpected {other:?}"),
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shard {to} never learnt of shard {from}'s subscription to {topic}"
+            );
+        }
+        observer.send(Packet::Unsubscribe(Unsubscribe {
+            packet_id: id,
+            properties: Properties::default(),
+            filters: vec![MqttStr::from(topic.as_str())],
+        }));
+        loop {
+            match observer.recv() {
+                Packet::UnsubAck(_) => break,
+                Packet::Publish(_) => {}
+                other => panic!("sync observer: unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Both directions: every replica on every shard is up to date.
+    pub fn settle(&mut self) {
+        for from in 0..self.observers.len() {
+            for to in 0..self.observers.len() {
+                if from != to {
+                    self.barrier(from, to);
+                }
+            }
         }
     }
 }
