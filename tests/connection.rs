@@ -199,7 +199,6 @@ async fn graceful_shutdown() {
 /// Once `join()` has returned, the broker's listening sockets are closed: a client gets
 /// "connection refused" instead of a TCP connection nobody will ever serve.
 #[test]
-#[ignore = "broker bug: listening sockets (and io_uring rings) stay open after shutdown() + join()"]
 fn shutdown_closes_the_listeners() {
     let mut broker = Broker::start();
     let addrs = [broker.addr, broker.shard(0), broker.shard(1)];

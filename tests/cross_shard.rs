@@ -98,7 +98,6 @@ fn unsubscribe_stops_delivery_across_shards() {
 /// subscription; a broker that routes on a lagging replica loses the first messages, e.g. the
 /// reply in a request/response exchange.) Other tests wait with `Sync` instead.
 #[test]
-#[ignore = "broker bug: SUBACK is sent before other shards know the subscription; their publishes are dropped"]
 fn publish_right_after_suback_from_the_other_shard_is_delivered() {
     let broker = Broker::start();
     let (mut sub, _) = Raw::connect(broker.shard(0), "race-sub", true);

@@ -160,7 +160,6 @@ fn live_deliveries_carry_retain_0() {
 /// A retained message acknowledged (PUBACK) on shard 0 is there for a SUBSCRIBE on shard 1
 /// that follows the PUBACK. Other tests wait with `Sync` first.
 #[test]
-#[ignore = "broker bug: retained messages reach other shards' replicas after the PUBACK; a SUBSCRIBE there misses them"]
 fn retained_right_after_puback_is_seen_on_the_other_shard() {
     let broker = Broker::start();
     let (mut publisher, _) = Raw::connect(broker.shard(0), "retr-pub", true);
@@ -217,7 +216,6 @@ fn retained_matching_parent_level_and_dollar_topics() {
 /// shard 1 stays replaced or deleted: the later update wins on every shard, whichever shard
 /// owns the topic.
 #[test]
-#[ignore = "broker bug: retained updates from different shards reach the topic owner out of causal order; an older message can overwrite a newer one for good"]
 fn later_retained_update_from_another_shard_wins() {
     let broker = Broker::start();
     let (mut first, _) = Raw::connect(broker.shard(0), "reto-first", true);

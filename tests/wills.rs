@@ -146,7 +146,6 @@ fn will_retain_flag_is_honoured() {
 /// `shutdown()` closes every client without DISCONNECT from them: their wills are published,
 /// and must reach subscribers before those are disconnected too (same shard and other shard).
 #[test]
-#[ignore = "broker bug: at shutdown every connection is killed before any will is routed, so wills reach nobody"]
 fn wills_on_broker_shutdown() {
     let broker = Broker::start();
     let mut sub = will_watcher(&broker, 0, "w-stop-sub");

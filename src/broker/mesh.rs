@@ -33,6 +33,25 @@ pub enum ShardMsg {
         topic: MqttStr,
         /// New retained message.
         message: Option<Arc<Message>>,
+        /// Shard and token to answer with [`ShardMsg::RetainAck`] once applied.
+        ack: Option<(u16, u64)>,
+    },
+    /// The owner applied (and replicated) the retained update `token`.
+    RetainAck {
+        /// Token from the update.
+        token: u64,
+    },
+    /// Answer with `Pong` once everything sent to you before this has been applied.
+    Ping {
+        /// Shard to answer.
+        from: u16,
+        /// Barrier token.
+        token: u64,
+    },
+    /// Answer to `Ping`.
+    Pong {
+        /// Barrier token.
+        token: u64,
     },
     /// From the owner shard to every replica, in the owner's order.
     RetainApply {

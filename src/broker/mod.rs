@@ -207,23 +207,38 @@ async fn run_shard(
         Arc::clone(&global),
     )));
     let senders = Rc::new(senders);
+    // Kept (not detached) so that dropping them at shutdown cancels them.
+    let mut tasks = Vec::new();
     for (peer, receiver) in mesh::receivers(receivers) {
         if peer != id {
-            glommio::spawn_local(mesh::receive(Rc::clone(&shard), receiver)).detach();
+            tasks.push(glommio::spawn_local(mesh::receive(
+                Rc::clone(&shard),
+                receiver,
+            )));
         }
     }
     for peer in (0..shards).filter(|&p| p != id) {
-        glommio::spawn_local(mesh::pump(Rc::clone(&shard), Rc::clone(&senders), peer)).detach();
+        tasks.push(glommio::spawn_local(mesh::pump(
+            Rc::clone(&shard),
+            Rc::clone(&senders),
+            peer,
+        )));
     }
     for fd in setup.listeners {
         // SAFETY: the fd is a listening TCP socket created for this shard and owned by nobody else.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
+        tasks.push(glommio::spawn_local(accept_loop(
+            Rc::clone(&shard),
+            listener,
+        )));
     }
     let test_addr = setup.test_listener.map(|(addr, fd)| {
         // SAFETY: as above.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        glommio::spawn_local(accept_loop(Rc::clone(&shard), listener)).detach();
+        tasks.push(glommio::spawn_local(accept_loop(
+            Rc::clone(&shard),
+            listener,
+        )));
         addr
     });
     let _ = ready.send((id, test_addr));
@@ -233,8 +248,14 @@ async fn run_shard(
         shard.borrow_mut().tick();
     }
     tracing::debug!(shard = id, "shutting down");
+    // Wills first, on every shard, while every shard still delivers; then the connections.
+    shard.borrow_mut().publish_wills_for_shutdown();
+    Timer::new(SHUTDOWN_GRACE).await;
     shard.borrow_mut().shutdown_all();
     Timer::new(SHUTDOWN_GRACE).await;
+    // Dropping the tasks closes the listeners and the cross-shard queues.
+    senders.close();
+    drop(tasks);
 }
 
 async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {

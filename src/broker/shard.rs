@@ -77,12 +77,16 @@ pub struct Conn {
     state: ConnState,
     protocol: ProtocolVersion,
     keep_alive: u16,
-    last_seen: u32,
+    /// Milliseconds since the shard started, at the last packet (or the accept).
+    last_seen: u64,
     out: BytesMut,
     leftover: BytesMut,
     waker: Option<Waker>,
     kill: Option<Kill>,
     reprocess: bool,
+    /// Waiting for other shards before answering (a SUBACK or a retained PUBACK): no further
+    /// packets are read meanwhile, so acknowledgements keep their order.
+    paused: bool,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -104,6 +108,33 @@ struct PendingClaim {
     conn: Option<usize>,
     connect: Box<Connect>,
     assigned_id: bool,
+}
+
+/// What to do once every peer has answered a barrier.
+#[derive(Debug)]
+enum BarrierAction {
+    /// Answer a SUBSCRIBE: every shard now forwards matching publishes here.
+    SubAck {
+        conn: usize,
+        serial: u64,
+        session: usize,
+        suback: SubAck,
+        retained_for: Vec<(MqttStr, SubscriptionOptions, u32)>,
+    },
+}
+
+#[derive(Debug)]
+struct Barrier {
+    remaining: usize,
+    action: BarrierAction,
+}
+
+/// A PUBACK/PUBREC held until the topic's owner shard has applied a retained update.
+#[derive(Debug)]
+struct HeldAck {
+    conn: usize,
+    serial: u64,
+    packet: Packet,
 }
 
 /// The members of one shared-subscription group on this shard.
@@ -182,6 +213,8 @@ pub struct Shard {
     random_state: u64,
     registry: HashMap<MqttStr, Owner>,
     auth: crate::auth::AuthMethods,
+    barriers: HashMap<u64, Barrier>,
+    held_acks: HashMap<u64, HeldAck>,
     pending_claims: HashMap<u64, PendingClaim>,
     outbox: Vec<VecDeque<ShardMsg>>,
     outbox_wakers: Vec<Option<Waker>>,
@@ -233,6 +266,8 @@ impl Shard {
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
             auth: crate::auth::AuthMethods::default(),
+            barriers: HashMap::new(),
+            held_acks: HashMap::new(),
             pending_claims: HashMap::new(),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
             outbox_wakers: (0..shards).map(|_| None).collect(),
@@ -255,6 +290,16 @@ impl Shard {
 
     fn topic_owner(&self, topic: &str) -> usize {
         (stable_hash(topic.as_bytes()).rotate_left(17) % self.shards as u64) as usize
+    }
+
+    fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The wheel bucket (whole seconds, rounded up) in which a deadline is checked: never
+    /// before the deadline itself.
+    fn bucket(deadline_ms: u64) -> u32 {
+        u32::try_from(deadline_ms.div_ceil(1000)).unwrap_or(u32::MAX)
     }
 
     fn next_serial(&mut self) -> u64 {
@@ -335,13 +380,26 @@ impl Shard {
             ShardMsg::Interest(delta) => {
                 self.interest.apply(&delta);
             }
-            ShardMsg::RetainUpdate { topic, message } => {
+            ShardMsg::RetainUpdate {
+                topic,
+                message,
+                ack,
+            } => {
                 self.apply_retained(&topic, message.clone());
                 self.broadcast(|| ShardMsg::RetainApply {
                     topic: topic.clone(),
                     message: message.clone(),
                 });
+                if let Some((shard, token)) = ack {
+                    // After the broadcast: whoever hears of this ack sees the update first.
+                    self.send(usize::from(shard), ShardMsg::RetainAck { token });
+                }
             }
+            ShardMsg::RetainAck { token } => self.release_held_ack(token),
+            ShardMsg::Ping { from, token } => {
+                self.send(usize::from(from), ShardMsg::Pong { token });
+            }
+            ShardMsg::Pong { token } => self.on_pong(token),
             ShardMsg::RetainApply { topic, message } => self.apply_retained(&topic, message),
             ShardMsg::SharedInterest {
                 filter,
@@ -379,6 +437,7 @@ impl Shard {
 
     /// Registers a freshly accepted connection; `None` if a connection limit refuses it.
     pub fn register_conn(&mut self) -> Option<usize> {
+        let now_ms = self.clock_ms();
         let max_total = self.config.max_connections;
         let max_here = self.config.max_connections_per_shard;
         if max_here != 0 && self.conns.len() >= max_here {
@@ -395,15 +454,16 @@ impl Shard {
             state: ConnState::AwaitConnect,
             protocol: ProtocolVersion::V3_1_1,
             keep_alive: 0,
-            last_seen: self.now,
+            last_seen: now_ms,
             out: BytesMut::new(),
             leftover: BytesMut::new(),
             waker: None,
             kill: None,
             reprocess: false,
+            paused: false,
             aliases_in: None,
         });
-        let deadline = self.now + u32::from(self.config.connect_timeout.max(1));
+        let deadline = Self::bucket(now_ms + 1000 * u64::from(self.config.connect_timeout.max(1)));
         self.wheel
             .entry(deadline)
             .or_default()
@@ -479,7 +539,7 @@ impl Shard {
             conn.reprocess = false;
             return Poll::Ready(ConnEvent::Data(BytesMut::new()));
         }
-        let reading = !matches!(conn.state, ConnState::Claiming);
+        let reading = !matches!(conn.state, ConnState::Claiming) && !conn.paused;
         if reading && self.backpressured {
             self.paused_readers.push(cx.waker().clone());
         } else if reading {
@@ -511,14 +571,17 @@ impl Shard {
             buf
         };
         let max = self.config.max_packet_size as usize;
+        let now_ms = self.clock_ms();
+        if let Some(conn) = self.conns.get_mut(index) {
+            conn.last_seen = now_ms;
+        }
         loop {
             let conn = &mut self.conns[index];
-            if conn.kill.is_some() || matches!(conn.state, ConnState::Claiming) {
+            if conn.kill.is_some() || conn.paused || matches!(conn.state, ConnState::Claiming) {
                 break;
             }
             match decode(&mut buf, conn.protocol, max) {
                 Ok(Some(packet)) => {
-                    conn.last_seen = self.now;
                     self.handle_packet(index, packet);
                 }
                 Ok(None) => break,
@@ -697,25 +760,25 @@ impl Shard {
         if conn.serial != serial || conn.kill.is_some() {
             return;
         }
-        let deadline = match conn.state {
-            ConnState::AwaitConnect | ConnState::Claiming => {
-                tracing::debug!(shard = self.id, conn = index, "no CONNECT in time");
-                self.kill_conn(index, ReasonCode::MaximumConnectTime, false);
-                return;
-            }
+        let (deadline, reason) = match conn.state {
+            ConnState::AwaitConnect | ConnState::Claiming => (
+                conn.last_seen + 1000 * u64::from(self.config.connect_timeout.max(1)),
+                ReasonCode::MaximumConnectTime,
+            ),
             ConnState::Detached => return,
             ConnState::Active { .. } if conn.keep_alive == 0 => return,
             // MQTT: close after one and a half keep-alive periods without a packet.
-            ConnState::Active { .. } => {
-                conn.last_seen + (u32::from(conn.keep_alive) * 3).div_ceil(2)
-            }
+            ConnState::Active { .. } => (
+                conn.last_seen + 1500 * u64::from(conn.keep_alive),
+                ReasonCode::KeepAliveTimeout,
+            ),
         };
-        if deadline <= self.now {
-            tracing::debug!(shard = self.id, conn = index, "keep-alive timeout");
-            self.kill_conn(index, ReasonCode::KeepAliveTimeout, false);
+        if deadline <= self.clock_ms() {
+            tracing::debug!(shard = self.id, conn = index, %reason, "closing idle connection");
+            self.kill_conn(index, reason, false);
         } else {
             self.wheel
-                .entry(deadline)
+                .entry(Self::bucket(deadline))
                 .or_default()
                 .push(WheelEntry::Conn { index, serial });
         }
@@ -749,7 +812,28 @@ impl Shard {
         }
     }
 
-    /// Closes every connection (server shutting down): wills fire as the spec says.
+    /// First phase of shutdown: every will (of connected clients and delayed ones) goes out
+    /// while all shards still deliver.
+    pub fn publish_wills_for_shutdown(&mut self) {
+        let sessions: Vec<usize> = self.sessions.iter().map(|(index, _)| index).collect();
+        for index in sessions {
+            let entry = &mut self.sessions[index];
+            let client_id = entry.session.client_id.clone();
+            let wills: Vec<Box<LastWill>> = entry
+                .session
+                .will
+                .take()
+                .into_iter()
+                .chain(entry.pending_will.take())
+                .collect();
+            for will in wills {
+                self.publish_will(&client_id, will);
+            }
+        }
+        self.drain_local_inbox();
+    }
+
+    /// Second phase of shutdown: closes every connection (MQTT 5 clients get DISCONNECT 0x8B).
     pub fn shutdown_all(&mut self) {
         let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
         for index in indices {
@@ -1004,6 +1088,7 @@ impl Shard {
 
     /// Claimant role: the id is ours; finish the CONNECT.
     fn on_granted(&mut self, token: u64, previous: Option<Box<Session>>) {
+        let now_ms = self.clock_ms();
         let Some(claim) = self.pending_claims.remove(&token) else {
             return;
         };
@@ -1094,7 +1179,7 @@ impl Shard {
         {
             let conn = &mut self.conns[index];
             conn.state = ConnState::Active { session: slot };
-            conn.last_seen = self.now;
+            conn.last_seen = now_ms;
             conn.reprocess = !conn.leftover.is_empty();
             serial = conn.serial;
             let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
@@ -1105,7 +1190,7 @@ impl Shard {
             }
         }
         if connect.keep_alive > 0 {
-            let deadline = self.now + (u32::from(connect.keep_alive) * 3).div_ceil(2);
+            let deadline = Self::bucket(now_ms + 1500 * u64::from(connect.keep_alive));
             self.wheel
                 .entry(deadline)
                 .or_default()
@@ -1233,6 +1318,7 @@ impl Shard {
         let payload_invalid = publish.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&publish.payload).is_err();
         let mut matched = true;
+        let mut retain_ack = None;
         if route && !payload_invalid {
             let mut properties = std::mem::take(&mut publish.properties);
             // The expiry travels as a deadline; each delivery carries the time remaining.
@@ -1249,7 +1335,9 @@ impl Shard {
                 publisher: self.sessions[session].session.client_id.clone(),
                 expires_at,
             });
-            matched = self.route_publish(message);
+            let (any, ack) = self.route_publish(message);
+            matched = any;
+            retain_ack = ack;
         }
         let reason = match () {
             _ if !protocol.is_v5() => ReasonCode::Success,
@@ -1264,10 +1352,27 @@ impl Shard {
             reason,
             properties: Properties::default(),
         };
-        match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.write(index, Packet::PubAck(ack)),
-            QoS::ExactlyOnce => self.write(index, Packet::PubRec(ack)),
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+        };
+        match retain_ack {
+            // A retained message is acknowledged once its topic's owner has applied it, so a
+            // client that saw the PUBACK finds it on every shard.
+            Some(token) => {
+                let serial = self.conns[index].serial;
+                self.conns[index].paused = true;
+                self.held_acks.insert(
+                    token,
+                    HeldAck {
+                        conn: index,
+                        serial,
+                        packet,
+                    },
+                );
+            }
+            None => self.write(index, packet),
         }
     }
 
@@ -1335,28 +1440,106 @@ impl Shard {
                 retained_for.push((filter, options));
             }
         }
-        self.write(
-            index,
-            Packet::SubAck(SubAck {
-                packet_id: subscribe.packet_id,
-                properties: Properties::default(),
-                reasons,
-            }),
+        let suback = SubAck {
+            packet_id: subscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        };
+        let retained_for = retained_for
+            .into_iter()
+            .map(|(filter, options)| (filter, options, subscription_id))
+            .collect();
+        let serial = self.conns[index].serial;
+        let action = BarrierAction::SubAck {
+            conn: index,
+            serial,
+            session,
+            suback,
+            retained_for,
+        };
+        if self.shards == 1 {
+            return self.complete_barrier(action);
+        }
+        // SUBACK only once every other shard has applied the interest change (and any
+        // retained update it had already accepted): a publish the client sees acknowledged
+        // anywhere after its SUBACK is then routed here.
+        let token = self.new_token();
+        self.conns[index].paused = true;
+        self.barriers.insert(
+            token,
+            Barrier {
+                remaining: self.shards - 1,
+                action,
+            },
         );
-        for (filter, options) in retained_for {
-            let mut found = Vec::new();
-            self.retained
-                .for_each_match(&filter, |message| found.push(Arc::clone(message)));
-            let ids: &[u32] = if subscription_id == 0 {
-                &[]
-            } else {
-                &[subscription_id]
-            };
-            let now = Instant::now();
-            for message in found {
-                let qos = message.qos.min(options.qos);
-                self.deliver_to(session, &message, qos, true, ids, now);
+        let from = self.id as u16;
+        self.broadcast(|| ShardMsg::Ping { from, token });
+    }
+
+    fn on_pong(&mut self, token: u64) {
+        let Some(barrier) = self.barriers.get_mut(&token) else {
+            return;
+        };
+        barrier.remaining -= 1;
+        if barrier.remaining == 0 {
+            if let Some(barrier) = self.barriers.remove(&token) {
+                self.complete_barrier(barrier.action);
             }
+        }
+    }
+
+    fn complete_barrier(&mut self, action: BarrierAction) {
+        match action {
+            BarrierAction::SubAck {
+                conn,
+                serial,
+                session,
+                suback,
+                retained_for,
+            } => {
+                if self.conns.get(conn).is_none_or(|c| c.serial != serial) {
+                    return;
+                }
+                self.write(conn, Packet::SubAck(suback));
+                for (filter, options, subscription_id) in retained_for {
+                    let mut found = Vec::new();
+                    self.retained
+                        .for_each_match(&filter, |message| found.push(Arc::clone(message)));
+                    let ids: &[u32] = if subscription_id == 0 {
+                        &[]
+                    } else {
+                        &[subscription_id]
+                    };
+                    let now = Instant::now();
+                    for message in found {
+                        let qos = message.qos.min(options.qos);
+                        self.deliver_to(session, &message, qos, true, ids, now);
+                    }
+                }
+                self.resume_reading(conn);
+            }
+        }
+    }
+
+    fn resume_reading(&mut self, conn: usize) {
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.paused = false;
+            c.reprocess = !c.leftover.is_empty();
+            self.wake_conn(conn);
+        }
+    }
+
+    fn release_held_ack(&mut self, token: u64) {
+        let Some(held) = self.held_acks.remove(&token) else {
+            return;
+        };
+        if self
+            .conns
+            .get(held.conn)
+            .is_some_and(|c| c.serial == held.serial)
+        {
+            self.write(held.conn, held.packet);
+            self.resume_reading(held.conn);
         }
     }
 
@@ -1417,7 +1600,10 @@ impl Shard {
     /// Routes a message published on this shard: retained store, local subscribers, and one
     /// forward per other interested shard.
     /// Returns whether any subscriber (on any shard, as far as the replicas know) matched.
-    fn route_publish(&mut self, message: Arc<Message>) -> bool {
+    /// `retain_ack` is set when a retained update went to another shard with a request to
+    /// confirm it (the caller holds the client's acknowledgement until then).
+    fn route_publish(&mut self, message: Arc<Message>) -> (bool, Option<u64>) {
+        let mut retain_ack = None;
         if message.retain {
             let owned = if message.payload.is_empty() {
                 None
@@ -1431,11 +1617,19 @@ impl Shard {
                 }))
             };
             let owner = self.topic_owner(&message.topic);
+            let ack = if owner != self.id {
+                let token = self.new_token();
+                retain_ack = Some(token);
+                Some((self.id as u16, token))
+            } else {
+                None
+            };
             self.send(
                 owner,
                 ShardMsg::RetainUpdate {
                     topic: message.topic.clone(),
                     message: owned,
+                    ack,
                 },
             );
         }
@@ -1449,7 +1643,7 @@ impl Shard {
                 self.send(shard, ShardMsg::Publish(Arc::clone(&message)));
             }
         }
-        matched
+        (matched, retain_ack)
     }
 
     fn apply_retained(&mut self, topic: &str, message: Option<Arc<Message>>) {
