@@ -290,7 +290,7 @@ async fn v5_takeover_sends_disconnect_0x8e() {
 /// A persistent subscriber moves to the other shard while a publisher on the old shard keeps
 /// publishing at QoS 1: every acknowledged message reaches the session (duplicates allowed).
 #[test]
-#[ignore = "broker bug: QoS 1 messages published while a session moves between shards are dropped"]
+
 fn no_qos1_loss_while_a_session_moves_between_shards() {
     let broker = Broker::start();
     let (mut sub, _) = Raw::connect(broker.shard(0), "move-sub", false);

@@ -17,7 +17,7 @@ use core_router::interest::InterestDelta;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 
 use super::shard::Shard;
-use crate::codec::MqttStr;
+use crate::codec::{MqttStr, QoS};
 use crate::session::{Message, Session};
 
 /// One message between shards. Payloads travel as `Arc<Message>`: never copied.
@@ -106,6 +106,30 @@ pub enum ShardMsg {
         token: u64,
         /// The session to resume.
         session: Option<Box<Session>>,
+        /// How the previous owner handed the session over, when it continues.
+        handover: Option<HandoverKind>,
+    },
+    /// A delivery that reached the stub of a session that moved to the receiving shard.
+    Forward {
+        /// Client id of the session.
+        client_id: MqttStr,
+        /// Claim token the session now has.
+        token: u64,
+        /// The message.
+        message: Arc<Message>,
+        /// QoS to deliver at.
+        qos: QoS,
+        /// Retain flag to deliver with.
+        retain: bool,
+        /// Subscription identifiers to deliver with.
+        subscription_ids: Vec<u32>,
+        /// Shared group it came through.
+        group: Option<MqttStr>,
+    },
+    /// To the old owner: every shard now routes to the moved session; drop the stub.
+    StubDone {
+        /// Claim token of the move.
+        token: u64,
     },
     /// To the home shard: the session created by claim `token` has ended.
     Release {
@@ -114,6 +138,15 @@ pub enum ShardMsg {
         /// The claim that created it.
         token: u64,
     },
+}
+
+/// How a continuing session was handed over on takeover.
+#[derive(Debug, Clone, Copy)]
+pub enum HandoverKind {
+    /// Same shard: the session stays in this slot.
+    InPlace(usize),
+    /// From this shard, which keeps a forwarding stub until told `StubDone`.
+    Stub(u16),
 }
 
 /// What the queues carry.

@@ -25,7 +25,7 @@ use core_router::topic;
 use core_router::trie::SubscriptionTrie;
 use slab::Slab;
 
-use super::mesh::ShardMsg;
+use super::mesh::{HandoverKind, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
@@ -101,13 +101,39 @@ struct SessionEntry {
     offline_since: Option<u32>,
     /// A will waiting out its MQTT 5.0 will delay interval.
     pending_will: Option<Box<LastWill>>,
+    /// Set on a stub left behind when the session moved to another shard: deliveries are
+    /// forwarded there (shard, claim token) until every shard routes to the new place.
+    moved_to: Option<(u16, u64)>,
+    /// While a moved session may receive a message both directly and through the old shard's
+    /// stub: what it already got, so nothing is delivered twice.
+    recent: Option<Box<RecentDeliveries>>,
 }
+
+/// Messages a session received recently, for deduplication during a move between shards.
+#[derive(Debug)]
+struct RecentDeliveries {
+    messages: VecDeque<(Arc<Message>, Instant)>,
+    /// When the move is known everywhere plus a margin; `None` while it is still in progress.
+    until: Option<Instant>,
+}
+
+/// How long after a move completes duplicates are still filtered.
+const MOVE_DEDUP_MARGIN: Duration = Duration::from_secs(2);
+/// Most messages remembered for deduplication per moving session.
+const MOVE_DEDUP_CAPACITY: usize = 65_536;
 
 #[derive(Debug)]
 struct PendingClaim {
     conn: Option<usize>,
     connect: Box<Connect>,
     assigned_id: bool,
+}
+
+/// What `on_takeover` did with the session.
+enum Handover {
+    Ended,
+    InPlace(usize),
+    Moved(Box<Session>),
 }
 
 /// What to do once every peer has answered a barrier.
@@ -118,8 +144,14 @@ enum BarrierAction {
         conn: usize,
         serial: u64,
         session: usize,
-        suback: SubAck,
+        suback: Box<SubAck>,
         retained_for: Vec<(MqttStr, SubscriptionOptions, u32)>,
+    },
+    /// A moved session is now routed to here by every shard: the old shard drops its stub.
+    ReleaseStub {
+        shard: u16,
+        token: u64,
+        session: usize,
     },
 }
 
@@ -214,6 +246,8 @@ pub struct Shard {
     registry: HashMap<MqttStr, Owner>,
     auth: crate::auth::AuthMethods,
     barriers: HashMap<u64, Barrier>,
+    /// Stubs of sessions that moved away, by the new claim's token.
+    stubs: HashMap<u64, usize>,
     held_acks: HashMap<u64, HeldAck>,
     pending_claims: HashMap<u64, PendingClaim>,
     outbox: Vec<VecDeque<ShardMsg>>,
@@ -267,6 +301,7 @@ impl Shard {
             registry: HashMap::new(),
             auth: crate::auth::AuthMethods::default(),
             barriers: HashMap::new(),
+            stubs: HashMap::new(),
             held_acks: HashMap::new(),
             pending_claims: HashMap::new(),
             outbox: (0..shards).map(|_| VecDeque::new()).collect(),
@@ -420,7 +455,29 @@ impl Shard {
                 new_token,
                 clean_start,
             } => self.on_takeover(client_id, old_token, new_shard, new_token, clean_start),
-            ShardMsg::Granted { token, session } => self.on_granted(token, session),
+            ShardMsg::Granted {
+                token,
+                session,
+                handover,
+            } => self.on_granted(token, session, handover),
+            ShardMsg::Forward {
+                client_id,
+                token,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+                group,
+            } => self.on_forward(
+                client_id,
+                token,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+                group,
+            ),
+            ShardMsg::StubDone { token } => self.remove_stub(token),
             ShardMsg::Release { client_id, token } => {
                 if self
                     .registry
@@ -722,16 +779,6 @@ impl Shard {
         }
     }
 
-    /// Takes a session off this shard to hand it to another connection.
-    fn extract_session(&mut self, session: usize) -> Session {
-        let entry = self.sessions.remove(session);
-        self.by_client_id.remove(&entry.session.client_id);
-        for filter in entry.session.subscriptions.keys() {
-            self.remove_subscription(session, filter);
-        }
-        entry.session
-    }
-
     // ----- timers -----------------------------------------------------------------------------
 
     /// Advances the shard clock: keep-alive and CONNECT timeouts, session expiry. Called a few
@@ -1020,6 +1067,7 @@ impl Shard {
                 ShardMsg::Granted {
                     token,
                     session: None,
+                    handover: None,
                 },
             ),
             Some(old) => self.send(
@@ -1071,29 +1119,78 @@ impl Shard {
                     conn.state = ConnState::Detached;
                 }
             }
-            self.extract_session(session)
+            if ends {
+                // The session ends here: queued shared-subscription messages go to other
+                // members; the registry already points at the new owner.
+                self.end_session(session);
+                return Handover::Ended;
+            }
+            if usize::from(new_shard) == self.id {
+                // Same shard: the session stays where it is, subscriptions untouched, so
+                // nothing routed meanwhile is missed.
+                self.sessions[session].token = new_token;
+                return Handover::InPlace(session);
+            }
+            // Another shard: the data moves; a stub keeps the subscriptions here and forwards
+            // deliveries until every shard routes to the new place.
+            let entry = &mut self.sessions[session];
+            let mut stub = Session::new(
+                entry.session.client_id.clone(),
+                entry.session.protocol,
+                false,
+                self.limits,
+            );
+            stub.subscriptions = entry.session.subscriptions.clone();
+            let data = std::mem::replace(&mut entry.session, stub);
+            entry.moved_to = Some((new_shard, new_token));
+            self.by_client_id.remove(&client_id);
+            self.stubs.insert(new_token, session);
+            Handover::Moved(Box::new(data))
         });
-        let session = match moved {
-            Some(session) if !clean_start && !session.clean => Some(Box::new(session)),
-            _ => None,
+        let (session, handover) = match moved {
+            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot))),
+            Some(Handover::Moved(data)) => (Some(data), Some(HandoverKind::Stub(self.id as u16))),
+            Some(Handover::Ended) | None => (None, None),
         };
         self.send(
             usize::from(new_shard),
             ShardMsg::Granted {
                 token: new_token,
                 session,
+                handover,
             },
         );
     }
 
     /// Claimant role: the id is ours; finish the CONNECT.
-    fn on_granted(&mut self, token: u64, previous: Option<Box<Session>>) {
+    fn on_granted(
+        &mut self,
+        token: u64,
+        previous: Option<Box<Session>>,
+        handover: Option<HandoverKind>,
+    ) {
         let now_ms = self.clock_ms();
         let Some(claim) = self.pending_claims.remove(&token) else {
             return;
         };
         let connect = claim.connect;
+        let in_place = match handover {
+            Some(HandoverKind::InPlace(slot))
+                if self.sessions.get(slot).is_some_and(|e| e.token == token) =>
+            {
+                Some(slot)
+            }
+            _ => None,
+        };
+        let stub_shard = match handover {
+            Some(HandoverKind::Stub(shard)) => Some(shard),
+            _ => None,
+        };
         let Some(index) = claim.conn.filter(|&c| self.conns.contains(c)) else {
+            if let Some(slot) = in_place {
+                self.park_session(slot);
+                return;
+            }
             // The client left while we waited. Keep a persistent session it had; otherwise
             // release the id.
             match previous {
@@ -1102,6 +1199,9 @@ impl Shard {
                     session.will = None;
                     let slot = self.install_session(session, token);
                     self.park_session(slot);
+                    if let Some(shard) = stub_shard {
+                        self.start_stub_release(shard, token, slot);
+                    }
                 }
                 _ => {
                     let home = self.home_shard(&connect.client_id);
@@ -1117,20 +1217,34 @@ impl Shard {
             return;
         };
         let protocol = connect.protocol;
-        let session_present = previous.is_some() && !connect.clean_start;
-        let mut session = match previous {
-            Some(session) if !connect.clean_start => {
-                let mut session = *session;
+        let session_present = (previous.is_some() || in_place.is_some()) && !connect.clean_start;
+        let mut session = match (in_place, previous) {
+            (Some(slot), _) => {
+                let entry = &mut self.sessions[slot];
+                entry.pending_will = None;
+                entry.offline_since = None;
+                let mut session = std::mem::replace(
+                    &mut entry.session,
+                    Session::new(MqttStr::default(), protocol, true, self.limits),
+                );
                 session.protocol = protocol;
                 session.set_limits(self.limits);
                 session
             }
-            _ => Session::new(
-                connect.client_id.clone(),
-                protocol,
-                connect.clean_start,
-                self.limits,
-            ),
+            (None, previous) => match previous {
+                Some(session) if !connect.clean_start => {
+                    let mut session = *session;
+                    session.protocol = protocol;
+                    session.set_limits(self.limits);
+                    session
+                }
+                _ => Session::new(
+                    connect.client_id.clone(),
+                    protocol,
+                    connect.clean_start,
+                    self.limits,
+                ),
+            },
         };
         if protocol.is_v5() {
             // MQTT 5.0: clean start only discards an old session; how long this one lasts is
@@ -1152,8 +1266,17 @@ impl Shard {
             session.attach(PeerLimits::default());
         }
         session.will = connect.will.map(Box::new);
-        let slot = self.install_session(session, token);
+        let slot = match in_place {
+            Some(slot) => {
+                self.sessions[slot].session = session;
+                slot
+            }
+            None => self.install_session(session, token),
+        };
         self.sessions[slot].conn = Some(index);
+        if let Some(shard) = stub_shard {
+            self.start_stub_release(shard, token, slot);
+        }
         let mut properties = Properties::default();
         if protocol.is_v5() {
             if claim.assigned_id {
@@ -1200,6 +1323,34 @@ impl Shard {
         self.wake_conn(index);
     }
 
+    /// A session arrived from `shard`, which keeps a forwarding stub: once every shard routes
+    /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly after,
+    /// deliveries to the session are deduplicated.
+    fn start_stub_release(&mut self, shard: u16, token: u64, slot: usize) {
+        self.sessions[slot].recent = Some(Box::new(RecentDeliveries {
+            messages: VecDeque::new(),
+            until: None,
+        }));
+        let action = BarrierAction::ReleaseStub {
+            shard,
+            token,
+            session: slot,
+        };
+        let barrier = self.new_token();
+        self.barriers.insert(
+            barrier,
+            Barrier {
+                remaining: self.shards - 1,
+                action,
+            },
+        );
+        let from = self.id as u16;
+        self.broadcast(|| ShardMsg::Ping {
+            from,
+            token: barrier,
+        });
+    }
+
     fn install_session(&mut self, session: Session, token: u64) -> usize {
         let client_id = session.client_id.clone();
         let filters: Vec<(MqttStr, (SubscriptionOptions, u32))> = session
@@ -1213,6 +1364,8 @@ impl Shard {
             token,
             offline_since: None,
             pending_will: None,
+            moved_to: None,
+            recent: None,
         }));
         if let Some(stale) = self.by_client_id.insert(client_id, slot) {
             // Cannot happen while the home shard arbitrates; never leave two sessions indexed.
@@ -1454,7 +1607,7 @@ impl Shard {
             conn: index,
             serial,
             session,
-            suback,
+            suback: Box::new(suback),
             retained_for,
         };
         if self.shards == 1 {
@@ -1500,7 +1653,7 @@ impl Shard {
                 if self.conns.get(conn).is_none_or(|c| c.serial != serial) {
                     return;
                 }
-                self.write(conn, Packet::SubAck(suback));
+                self.write(conn, Packet::SubAck(*suback));
                 for (filter, options, subscription_id) in retained_for {
                     let mut found = Vec::new();
                     self.retained
@@ -1517,6 +1670,64 @@ impl Shard {
                     }
                 }
                 self.resume_reading(conn);
+            }
+            BarrierAction::ReleaseStub {
+                shard,
+                token,
+                session,
+            } => {
+                if let Some(entry) = self.sessions.get_mut(session) {
+                    if entry.token == token {
+                        if let Some(recent) = entry.recent.as_mut() {
+                            recent.until = Some(Instant::now() + MOVE_DEDUP_MARGIN);
+                        }
+                    }
+                }
+                self.send(usize::from(shard), ShardMsg::StubDone { token });
+            }
+        }
+    }
+
+    fn remove_stub(&mut self, token: u64) {
+        let Some(slot) = self.stubs.remove(&token) else {
+            return;
+        };
+        let is_stub = self
+            .sessions
+            .get(slot)
+            .is_some_and(|e| e.moved_to.is_some_and(|m| m.1 == token));
+        if !is_stub {
+            return;
+        }
+        let entry = self.sessions.remove(slot);
+        for filter in entry.session.subscriptions.keys() {
+            self.remove_subscription(slot, filter);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn on_forward(
+        &mut self,
+        client_id: MqttStr,
+        token: u64,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        group: Option<MqttStr>,
+    ) {
+        match self.by_client_id.get(&client_id) {
+            Some(&slot) if self.sessions[slot].token == token => self.deliver_tagged(
+                slot,
+                &message,
+                qos,
+                retain,
+                &subscription_ids,
+                group.as_ref(),
+                Instant::now(),
+            ),
+            _ => {
+                tracing::debug!(shard = self.id, client = %client_id, "forwarded message for a session that moved on");
             }
         }
     }
@@ -1919,6 +2130,35 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
+        if let Some((shard, token)) = entry.moved_to {
+            let client_id = entry.session.client_id.clone();
+            self.send(
+                usize::from(shard),
+                ShardMsg::Forward {
+                    client_id,
+                    token,
+                    message: Arc::clone(message),
+                    qos,
+                    retain,
+                    subscription_ids: subscription_ids.to_vec(),
+                    group: group.cloned(),
+                },
+            );
+            return;
+        }
+        if let Some(recent) = entry.recent.as_mut() {
+            if recent.until.is_some_and(|until| until <= now) {
+                entry.recent = None;
+            } else {
+                if recent.messages.iter().any(|(m, _)| Arc::ptr_eq(m, message)) {
+                    return;
+                }
+                if recent.messages.len() >= MOVE_DEDUP_CAPACITY {
+                    recent.messages.pop_front();
+                }
+                recent.messages.push_back((Arc::clone(message), now));
+            }
+        }
         let max_buffer = self.config.max_write_buffer;
         let conn = entry
             .conn
