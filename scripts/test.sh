@@ -6,10 +6,12 @@ cd "$(dirname "$0")/.."
 echo "== sans-I/O check: the codec and session build without the glommio runtime"
 cargo check -p shardmq --lib --no-default-features
 
-echo "== workspace tests (unit, property, integration against the real broker)"
-cargo test --workspace
-scripts/smoke-mosquitto.sh   # third-party clients (mosquitto_pub/sub) against the built binary
-
 echo "== benches and the fuzz target still build"
 cargo bench --workspace --no-run
 cargo check --manifest-path fuzz/Cargo.toml
+
+echo "== smoke test with third-party clients (mosquitto_pub/sub) against the built binary"
+scripts/smoke-mosquitto.sh
+
+echo "== workspace tests (unit, property, integration against the real broker)"
+cargo test --workspace
