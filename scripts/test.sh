@@ -14,4 +14,4 @@ echo "== smoke test with third-party clients (mosquitto_pub/sub) against the bui
 scripts/smoke-mosquitto.sh
 
 echo "== workspace tests (unit, property, integration against the real broker)"
-cargo test --workspace
+cargo test --workspace --lib --bins --tests
