@@ -16,7 +16,8 @@ pub enum SharedStrategy {
     RoundRobin,
     /// A member chosen at random.
     Random,
-    /// The same member while it stays connected.
+    /// The same member while it stays connected (per publishing shard: each shard keeps its
+    /// own choice, preferring members on itself).
     Sticky,
 }
 

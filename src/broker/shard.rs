@@ -87,6 +87,10 @@ pub struct Conn {
     /// Waiting for other shards before answering (a SUBACK or a retained PUBACK): no further
     /// packets are read meanwhile, so acknowledgements keep their order.
     paused: bool,
+    /// Publishing faster than a subscriber on this shard drains its queue: reading pauses
+    /// until that queue is half empty again (or the next timer tick, so that two clients
+    /// feeding each other can never wait on each other for good).
+    throttled: bool,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -98,7 +102,8 @@ struct SessionEntry {
     session: Session,
     conn: Option<usize>,
     token: u64,
-    offline_since: Option<u32>,
+    /// Milliseconds since the shard started, when the session went offline.
+    offline_since: Option<u64>,
     /// A will waiting out its MQTT 5.0 will delay interval.
     pending_will: Option<Box<LastWill>>,
     /// Set on a stub left behind when the session moved to another shard: deliveries are
@@ -246,6 +251,10 @@ pub struct Shard {
     registry: HashMap<MqttStr, Owner>,
     auth: crate::auth::AuthMethods,
     barriers: HashMap<u64, Barrier>,
+    /// The connection whose PUBLISH is being routed right now (for publisher throttling).
+    current_publisher: Option<usize>,
+    /// Throttled publishers: (connection, its serial, the congested session).
+    throttled: Vec<(usize, u64, usize)>,
     /// Stubs of sessions that moved away, by the new claim's token.
     stubs: HashMap<u64, usize>,
     held_acks: HashMap<u64, HeldAck>,
@@ -301,6 +310,8 @@ impl Shard {
             registry: HashMap::new(),
             auth: crate::auth::AuthMethods::default(),
             barriers: HashMap::new(),
+            current_publisher: None,
+            throttled: Vec::new(),
             stubs: HashMap::new(),
             held_acks: HashMap::new(),
             pending_claims: HashMap::new(),
@@ -518,6 +529,7 @@ impl Shard {
             kill: None,
             reprocess: false,
             paused: false,
+            throttled: false,
             aliases_in: None,
         });
         let deadline = Self::bucket(now_ms + 1000 * u64::from(self.config.connect_timeout.max(1)));
@@ -596,7 +608,7 @@ impl Shard {
             conn.reprocess = false;
             return Poll::Ready(ConnEvent::Data(BytesMut::new()));
         }
-        let reading = !matches!(conn.state, ConnState::Claiming) && !conn.paused;
+        let reading = !matches!(conn.state, ConnState::Claiming) && !conn.paused && !conn.throttled;
         if reading && self.backpressured {
             self.paused_readers.push(cx.waker().clone());
         } else if reading {
@@ -634,7 +646,11 @@ impl Shard {
         }
         loop {
             let conn = &mut self.conns[index];
-            if conn.kill.is_some() || conn.paused || matches!(conn.state, ConnState::Claiming) {
+            if conn.kill.is_some()
+                || conn.paused
+                || conn.throttled
+                || matches!(conn.state, ConnState::Claiming)
+            {
                 break;
             }
             match decode(&mut buf, conn.protocol, max) {
@@ -703,6 +719,7 @@ impl Shard {
                 }
             }
             ConnState::Active { session } => {
+                let now_ms = self.clock_ms();
                 let Some(entry) = self.sessions.get_mut(session) else {
                     return;
                 };
@@ -718,7 +735,7 @@ impl Shard {
                         entry.pending_will = Some(will);
                         let token = entry.token;
                         self.wheel
-                            .entry(self.now.saturating_add(delay))
+                            .entry(Self::bucket(now_ms + 1000 * u64::from(delay)))
                             .or_default()
                             .push(WheelEntry::Will {
                                 index: session,
@@ -737,12 +754,12 @@ impl Shard {
     }
 
     fn park_session(&mut self, session: usize) {
-        let now = self.now;
+        let now_ms = self.clock_ms();
         let entry = &mut self.sessions[session];
-        entry.offline_since = Some(now);
+        entry.offline_since = Some(now_ms);
         let token = entry.token;
         if let Some(expiry) = entry.session.expiry {
-            let deadline = now.saturating_add(expiry);
+            let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel
                 .entry(deadline)
                 .or_default()
@@ -785,6 +802,7 @@ impl Shard {
     /// times a second; the wheel holds one entry per connection, not one timer each.
     pub fn tick(&mut self) {
         self.now = self.started.elapsed().as_secs() as u32;
+        self.release_throttled(None);
         while let Some(entry) = self.wheel.first_entry() {
             if *entry.key() > self.now {
                 break;
@@ -851,9 +869,12 @@ impl Shard {
         if entry.token != token || entry.conn.is_some() {
             return;
         }
-        let expiry = entry.session.expiry.unwrap_or(u32::MAX);
-        let since = entry.offline_since.unwrap_or(self.now);
-        if self.now - since >= expiry {
+        let Some(expiry) = entry.session.expiry else {
+            return;
+        };
+        let now_ms = self.clock_ms();
+        let since = entry.offline_since.unwrap_or(now_ms);
+        if now_ms.saturating_sub(since) >= 1000 * u64::from(expiry) {
             tracing::debug!(shard = self.id, client = %entry.session.client_id, "session expired");
             self.end_session(index);
         }
@@ -1451,6 +1472,7 @@ impl Shard {
         let packet_id = publish.packet_id;
         if qos == QoS::ExactlyOnce
             && protocol.is_v5()
+            && !self.sessions[session].session.has_incoming_qos2(packet_id)
             && self.sessions[session].session.incoming_qos2_len()
                 >= usize::from(self.config.receive_maximum)
         {
@@ -1459,20 +1481,20 @@ impl Shard {
         }
         // `$SYS/...` belongs to the broker: clients may not publish there.
         let refused = publish.topic.starts_with("$SYS");
-        let route = match qos {
-            QoS::ExactlyOnce => {
-                self.sessions[session].session.on_incoming_qos2(packet_id) && !refused
-            }
-            _ => !refused,
-        };
+        let payload_invalid = publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        // A refused QoS 2 publish ends with its error PUBREC (MQTT 5.0 §4.3.3): its packet id
+        // is not kept, so the client may reuse it at once.
+        let route = !refused
+            && !payload_invalid
+            && (qos != QoS::ExactlyOnce
+                || self.sessions[session].session.on_incoming_qos2(packet_id));
         if refused {
             tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
         }
-        let payload_invalid = publish.properties.payload_format_indicator == Some(1)
-            && std::str::from_utf8(&publish.payload).is_err();
         let mut matched = true;
         let mut retain_ack = None;
-        if route && !payload_invalid {
+        if route {
             let mut properties = std::mem::take(&mut publish.properties);
             // The expiry travels as a deadline; each delivery carries the time remaining.
             let expires_at = properties
@@ -1488,7 +1510,9 @@ impl Shard {
                 publisher: self.sessions[session].session.client_id.clone(),
                 expires_at,
             });
+            self.current_publisher = Some(index);
             let (any, ack) = self.route_publish(message);
+            self.current_publisher = None;
             matched = any;
             retain_ack = ack;
         }
@@ -1548,6 +1572,7 @@ impl Shard {
         if was_empty && !self.conns[index].out.is_empty() {
             self.wake_conn(index);
         }
+        self.release_throttled(Some(session));
     }
 
     fn on_subscribe(&mut self, index: usize, session: usize, subscribe: Subscribe) {
@@ -2127,6 +2152,7 @@ impl Shard {
         group: Option<&MqttStr>,
         now: Instant,
     ) {
+        let slot = session;
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
@@ -2160,6 +2186,7 @@ impl Shard {
             }
         }
         let max_buffer = self.config.max_write_buffer;
+        let online = entry.conn.is_some();
         let conn = entry
             .conn
             .and_then(|index| self.conns.get_mut(index).map(|c| (index, c)));
@@ -2186,12 +2213,74 @@ impl Shard {
             &mut self.cache,
             now,
         );
+        let queued = session.queued_len();
         self.stats.dropped_queue_full += session.dropped_queue_full - before.0;
         self.stats.dropped_qos0 += session.dropped_qos0 - before.1;
         self.stats.dropped_other += session.dropped_expired + session.dropped_too_large - before.2;
         if let Some(index) = index {
             if was_empty {
                 self.wake_conn(index);
+            }
+        }
+        // Only a connected subscriber drains its queue; an offline one's queue simply fills to
+        // its bound, which must not slow the publishers down.
+        let high_water = self.config.max_queued_messages / 2;
+        if high_water > 0 && queued >= high_water && online {
+            self.throttle_publisher(slot);
+        }
+    }
+
+    /// Backpressure instead of loss: the local connection whose publish just filled half of a
+    /// subscriber's queue stops being read until that queue drains.
+    fn throttle_publisher(&mut self, congested: usize) {
+        let Some(publisher) = self.current_publisher else {
+            return;
+        };
+        let own_session = self.session_of(publisher);
+        let Some(conn) = self.conns.get_mut(publisher) else {
+            return;
+        };
+        // A client is never throttled on its own queue: it must keep reading its PUBACKs.
+        if conn.throttled || own_session == Some(congested) {
+            return;
+        }
+        conn.throttled = true;
+        self.throttled.push((publisher, conn.serial, congested));
+    }
+
+    /// Resumes publishers waiting on `session` (all of them when `session` is `None`) once its
+    /// queue is at most a quarter full.
+    fn release_throttled(&mut self, session: Option<usize>) {
+        if self.throttled.is_empty() {
+            return;
+        }
+        let low_water = self.config.max_queued_messages / 4;
+        let drained = |shard: &Shard, s: usize| {
+            shard
+                .sessions
+                .get(s)
+                .is_none_or(|e| e.session.queued_len() <= low_water)
+        };
+        let mut released = Vec::new();
+        let mut throttled = std::mem::take(&mut self.throttled);
+        throttled.retain(|&(conn, serial, waiting_on)| {
+            let due = match session {
+                None => true,
+                Some(s) => s == waiting_on && drained(self, s),
+            };
+            if due {
+                released.push((conn, serial));
+            }
+            !due
+        });
+        self.throttled = throttled;
+        for (conn, serial) in released {
+            if let Some(c) = self.conns.get_mut(conn) {
+                if c.serial == serial {
+                    c.throttled = false;
+                    c.reprocess = !c.leftover.is_empty();
+                    self.wake_conn(conn);
+                }
             }
         }
     }
@@ -2211,7 +2300,7 @@ mod footprint {
     /// is a regression.
     #[test]
     fn per_connection_structs_stay_small() {
-        assert!(std::mem::size_of::<super::Conn>() <= 136);
+        assert!(std::mem::size_of::<super::Conn>() <= 144);
         assert!(std::mem::size_of::<super::SessionEntry>() <= 344);
     }
 }

@@ -62,6 +62,8 @@ impl Message {
 #[derive(Debug, Default)]
 pub struct EncodeCache {
     for_message: Option<Arc<Message>>,
+    /// Remaining expiry the cached encodings carry: they are stale once it changes.
+    expiry_secs: Option<u64>,
     layouts: [Option<EncodedPublish>; 18],
 }
 
@@ -84,13 +86,18 @@ impl EncodeCache {
         now: Instant,
     ) -> &EncodedPublish {
         // Holding the Arc (not a pointer) rules out a freed message's address being reused.
+        let expiry_secs = message
+            .expires_at
+            .map(|at| at.saturating_duration_since(now).as_secs());
         if !self
             .for_message
             .as_ref()
             .is_some_and(|current| Arc::ptr_eq(current, message))
+            || self.expiry_secs != expiry_secs
         {
             self.clear();
             self.for_message = Some(Arc::clone(message));
+            self.expiry_secs = expiry_secs;
         }
         let version_index = match version {
             ProtocolVersion::V3_1 => 0,

@@ -604,6 +604,11 @@ impl Session {
         }
     }
 
+    /// Whether `packet_id` is an inbound QoS 2 message awaiting PUBREL (a resend, not a new one).
+    pub fn has_incoming_qos2(&self, packet_id: u16) -> bool {
+        self.incoming_qos2.contains(&packet_id)
+    }
+
     /// Number of inbound QoS 2 identifiers awaiting PUBREL.
     pub fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()

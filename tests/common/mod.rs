@@ -911,3 +911,157 @@ impl Sync {
         }
     }
 }
+
+// ----- rumqttc MQTT 5.0 conveniences ---------------------------------------------------------
+
+/// Sets the session expiry interval in `options`' CONNECT properties (keeping the others).
+pub fn v5_session_expiry(options: &mut rumqttc::v5::MqttOptions, secs: u32) {
+    let mut properties = options.connect_properties().unwrap_or_default();
+    properties.session_expiry_interval = Some(secs);
+    options.set_connect_properties(properties);
+}
+
+impl ClientV5 {
+    /// The first outgoing event `pick` accepts within `within`; fails on a connection error.
+    pub async fn outgoing<R>(
+        &self,
+        within: Duration,
+        mut pick: impl FnMut(&rumqttc::Outgoing) -> Option<R>,
+    ) -> Option<R> {
+        self.events
+            .take(within, |event| match event {
+                Ok(rumqttc::v5::Event::Outgoing(outgoing)) => pick(outgoing),
+                Err(error) => panic!("rumqttc v5 connection error: {error}"),
+                _ => None,
+            })
+            .await
+    }
+
+    /// One SUBSCRIBE with `filters` (and `properties`); waits for the SUBACK and returns its
+    /// reason codes.
+    pub async fn subscribe_filters(
+        &self,
+        filters: Vec<rumqttc::v5::mqttbytes::v5::Filter>,
+        properties: Option<rumqttc::v5::mqttbytes::v5::SubscribeProperties>,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        match properties {
+            Some(properties) => self
+                .client
+                .subscribe_many_with_properties(filters, properties)
+                .await
+                .unwrap(),
+            None => self.client.subscribe_many(filters).await.unwrap(),
+        }
+        self.incoming(TIMEOUT, |p| match p {
+            rumqttc::v5::mqttbytes::v5::Packet::SubAck(s) => Some(s.return_codes.clone()),
+            _ => None,
+        })
+        .await
+        .expect("SUBACK")
+    }
+
+    /// Subscribes to one filter with default options and waits for the SUBACK.
+    pub async fn subscribe(
+        &self,
+        filter: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+    ) -> Vec<rumqttc::v5::mqttbytes::v5::SubscribeReasonCode> {
+        self.subscribe_filters(
+            vec![rumqttc::v5::mqttbytes::v5::Filter::new(filter, qos)],
+            None,
+        )
+        .await
+    }
+
+    /// Publishes (with `properties`) and waits until the QoS flow is complete. Returns the
+    /// PUBACK reason for QoS 1.
+    pub async fn publish_with(
+        &self,
+        topic: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        payload: &[u8],
+        properties: Option<rumqttc::v5::mqttbytes::v5::PublishProperties>,
+    ) -> Option<rumqttc::v5::mqttbytes::v5::PubAckReason> {
+        use rumqttc::v5::mqttbytes::v5::Packet as P;
+        use rumqttc::v5::mqttbytes::QoS as Q;
+        let payload = payload.to_vec();
+        match properties {
+            Some(properties) => self
+                .client
+                .publish_with_properties(topic, qos, retain, payload, properties)
+                .await
+                .unwrap(),
+            None => self
+                .client
+                .publish(topic, qos, retain, payload)
+                .await
+                .unwrap(),
+        }
+        match qos {
+            Q::AtMostOnce => {
+                self.outgoing(TIMEOUT, |o| {
+                    matches!(o, rumqttc::Outgoing::Publish(_)).then_some(())
+                })
+                .await
+                .expect("QoS 0 PUBLISH written");
+                None
+            }
+            Q::AtLeastOnce => Some(
+                self.incoming(TIMEOUT, |p| match p {
+                    P::PubAck(ack) => Some(ack.reason),
+                    _ => None,
+                })
+                .await
+                .expect("PUBACK"),
+            ),
+            Q::ExactlyOnce => {
+                self.incoming(TIMEOUT, |p| matches!(p, P::PubComp(_)).then_some(()))
+                    .await
+                    .expect("PUBCOMP");
+                None
+            }
+        }
+    }
+
+    /// Publishes without properties; see [`ClientV5::publish_with`].
+    pub async fn publish(
+        &self,
+        topic: &str,
+        qos: rumqttc::v5::mqttbytes::QoS,
+        retain: bool,
+        payload: &[u8],
+    ) -> Option<rumqttc::v5::mqttbytes::v5::PubAckReason> {
+        self.publish_with(topic, qos, retain, payload, None).await
+    }
+
+    /// The next PUBLISH received within `within`.
+    pub async fn try_recv_publish(
+        &self,
+        within: Duration,
+    ) -> Option<rumqttc::v5::mqttbytes::v5::Publish> {
+        self.incoming(within, |p| match p {
+            rumqttc::v5::mqttbytes::v5::Packet::Publish(publish) => Some(publish.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next PUBLISH received; fails the test after [`TIMEOUT`].
+    pub async fn recv_publish(&self) -> rumqttc::v5::mqttbytes::v5::Publish {
+        self.try_recv_publish(TIMEOUT).await.expect("a PUBLISH")
+    }
+
+    /// Asserts that no PUBLISH arrives within `within`.
+    pub async fn expect_no_publish(&self, within: Duration) {
+        if let Some(publish) = self.try_recv_publish(within).await {
+            panic!("expected no PUBLISH, got {publish:?}");
+        }
+    }
+
+    /// Sends DISCONNECT (normal) and waits for the broker to close the connection.
+    pub async fn disconnect(&self) {
+        self.client.disconnect().await.unwrap();
+        let _ = self.events.take_where(TIMEOUT, Result::is_err).await;
+    }
+}
