@@ -1357,19 +1357,25 @@ impl Shard {
             token,
             session: slot,
         };
-        let barrier = self.new_token();
+        self.start_barrier(action);
+    }
+
+    /// Runs `action` once every other shard has applied everything this shard sent it so far
+    /// (FIFO queues: a Ping is answered after all that came before it).
+    fn start_barrier(&mut self, action: BarrierAction) {
+        if self.shards == 1 {
+            return self.complete_barrier(action);
+        }
+        let token = self.new_token();
         self.barriers.insert(
-            barrier,
+            token,
             Barrier {
                 remaining: self.shards - 1,
                 action,
             },
         );
         let from = self.id as u16;
-        self.broadcast(|| ShardMsg::Ping {
-            from,
-            token: barrier,
-        });
+        self.broadcast(|| ShardMsg::Ping { from, token });
     }
 
     fn install_session(&mut self, session: Session, token: u64) -> usize {
@@ -1635,23 +1641,11 @@ impl Shard {
             suback: Box::new(suback),
             retained_for,
         };
-        if self.shards == 1 {
-            return self.complete_barrier(action);
-        }
         // SUBACK only once every other shard has applied the interest change (and any
         // retained update it had already accepted): a publish the client sees acknowledged
         // anywhere after its SUBACK is then routed here.
-        let token = self.new_token();
         self.conns[index].paused = true;
-        self.barriers.insert(
-            token,
-            Barrier {
-                remaining: self.shards - 1,
-                action,
-            },
-        );
-        let from = self.id as u16;
-        self.broadcast(|| ShardMsg::Ping { from, token });
+        self.start_barrier(action);
     }
 
     fn on_pong(&mut self, token: u64) {
