@@ -224,6 +224,10 @@ async fn run_shard(
             peer,
         )));
     }
+    let mut listening_fds: Vec<RawFd> = setup.listeners.clone();
+    if let Some((_, fd)) = setup.test_listener {
+        listening_fds.push(fd);
+    }
     for fd in setup.listeners {
         // SAFETY: the fd is a listening TCP socket created for this shard and owned by nobody else.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
@@ -253,7 +257,13 @@ async fn run_shard(
     Timer::new(SHUTDOWN_GRACE).await;
     shard.borrow_mut().shutdown_all();
     Timer::new(SHUTDOWN_GRACE).await;
-    // Dropping the tasks closes the listeners and the cross-shard queues.
+    // Stop listening explicitly: whatever still holds the listener objects, new connections are
+    // refused from here on. The fds stay owned (and are closed) by the listeners.
+    for fd in listening_fds {
+        // SAFETY: `fd` is a listening socket owned by one of this shard's listeners, still open.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    // Dropping the tasks releases the listeners and the cross-shard queues.
     senders.close();
     drop(tasks);
 }
