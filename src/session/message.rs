@@ -84,7 +84,7 @@ impl EncodeCache {
         qos: QoS,
         retain: bool,
         now: Instant,
-    ) -> &EncodedPublish {
+    ) -> Option<&EncodedPublish> {
         // Holding the Arc (not a pointer) rules out a freed message's address being reused.
         let expiry_secs = message
             .expires_at
@@ -105,14 +105,13 @@ impl EncodeCache {
             ProtocolVersion::V5 => 2,
         };
         let index = version_index * 6 + (qos as usize) * 2 + usize::from(retain);
-        self.layouts[index].get_or_insert_with(|| {
-            EncodedPublish::new(&message.to_publish(qos, retain, now), version, qos, retain)
-                // A message that decoded within the size limits always re-encodes; an empty
-                // PUBLISH is the harmless fallback should that ever not hold.
-                .unwrap_or_else(|_| {
-                    EncodedPublish::new(&Publish::default(), version, QoS::AtMostOnce, false)
-                        .expect("empty PUBLISH encodes")
-                })
-        })
+        if self.layouts[index].is_none() {
+            // A message too large to re-encode (remaining length over the protocol's limit
+            // once the broker's properties are added) yields None: the caller drops it.
+            self.layouts[index] =
+                EncodedPublish::new(&message.to_publish(qos, retain, now), version, qos, retain)
+                    .ok();
+        }
+        self.layouts[index].as_ref()
     }
 }

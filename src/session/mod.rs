@@ -287,7 +287,9 @@ impl Session {
         let v5 = self.protocol.is_v5();
         let tailored = v5 && (!subscription_ids.is_empty() || self.peer.topic_alias_max > 0);
         if let (false, Some(cache)) = (tailored, cache) {
-            let encoded = cache.get(message, self.protocol, qos, retain, now);
+            let Some(encoded) = cache.get(message, self.protocol, qos, retain, now) else {
+                return false;
+            };
             if encoded.len() > self.peer.max_packet_size as usize {
                 return false;
             }
@@ -527,8 +529,19 @@ impl Session {
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<(), SessionError> {
+        self.finish_flow(packet_id, InflightState::AwaitPubAck, out, now)
+    }
+
+    /// Ends the flow of `packet_id` if it is in `expected` state; frees its window slot.
+    fn finish_flow(
+        &mut self,
+        packet_id: u16,
+        expected: InflightState,
+        out: &mut BytesMut,
+        now: Instant,
+    ) -> Result<(), SessionError> {
         if let Some(index) = self.position(packet_id) {
-            if self.inflight[index].state != InflightState::AwaitPubAck {
+            if self.inflight[index].state != expected {
                 return Err(SessionError::UnexpectedAck);
             }
             self.inflight.remove(index);
@@ -573,14 +586,7 @@ impl Session {
         out: &mut BytesMut,
         now: Instant,
     ) -> Result<(), SessionError> {
-        if let Some(index) = self.position(packet_id) {
-            if self.inflight[index].state != InflightState::AwaitPubComp {
-                return Err(SessionError::UnexpectedAck);
-            }
-            self.inflight.remove(index);
-            self.fill_window(out, now);
-        }
-        Ok(())
+        self.finish_flow(packet_id, InflightState::AwaitPubComp, out, now)
     }
 
     /// An inbound QoS 2 PUBLISH: `true` if it is new and must be routed, `false` for a

@@ -293,6 +293,7 @@ fn encode_cache_shares_one_encoding_per_layout() {
             false,
             Instant::now(),
         )
+        .unwrap()
         .head()
         .as_ptr();
     let again = cache
@@ -303,6 +304,7 @@ fn encode_cache_shares_one_encoding_per_layout() {
             false,
             Instant::now(),
         )
+        .unwrap()
         .head()
         .as_ptr();
     assert_eq!(first, again);
@@ -314,18 +316,21 @@ fn encode_cache_shares_one_encoding_per_layout() {
             false,
             Instant::now(),
         )
+        .unwrap()
         .head()
         .as_ptr();
     assert_ne!(first, other);
     // A different message invalidates the cache.
     let m2 = message(QoS::ExactlyOnce, b"other");
-    let enc = cache.get(
-        &m2,
-        ProtocolVersion::V5,
-        QoS::AtLeastOnce,
-        false,
-        Instant::now(),
-    );
+    let enc = cache
+        .get(
+            &m2,
+            ProtocolVersion::V5,
+            QoS::AtLeastOnce,
+            false,
+            Instant::now(),
+        )
+        .unwrap();
     assert_eq!(&enc.payload()[..], b"other");
 }
 
