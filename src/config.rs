@@ -69,6 +69,10 @@ pub struct Config {
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
+    /// Test hook: this shard panics about a second after start (proves that a dead shard ends
+    /// the process instead of leaving it half alive). Not a config-file key.
+    #[serde(skip)]
+    pub test_inject_panic: Option<usize>,
 }
 
 impl Default for Config {
@@ -95,6 +99,7 @@ impl Default for Config {
             receive_maximum: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             per_shard_listeners: false,
+            test_inject_panic: None,
         }
     }
 }
@@ -197,6 +202,9 @@ pub struct Flags {
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
+    /// Test hook: shard N panics about a second after start.
+    #[arg(long, hide = true)]
+    pub test_inject_panic: Option<usize>,
 }
 
 impl Config {
@@ -249,6 +257,7 @@ impl Config {
             config.persistent_session_expiry = flags.persistent_session_expiry;
         }
         config.per_shard_listeners |= flags.per_shard_listeners;
+        config.test_inject_panic = flags.test_inject_panic;
         config.validate()?;
         Ok(config)
     }

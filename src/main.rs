@@ -32,20 +32,40 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let handle = match broker::start(config) {
+    let mut handle = match broker::start(config) {
         Ok(handle) => handle,
         Err(error) => {
             eprintln!("shardmq: {error}");
             return ExitCode::from(2);
         }
     };
-    let signal = wait_for(&signals);
-    tracing::info!(signal, "stopping: disconnecting clients");
-    handle.shutdown();
-    handle.join();
-    tracing::info!("stopped");
-    ExitCode::SUCCESS
+    // Wait for a signal, and watch the shards meanwhile: a dead shard ends the process with a
+    // failure status so that a supervisor restarts it, instead of leaving it half alive.
+    loop {
+        if let Some(signal) = wait_for(&signals, SHARD_CHECK) {
+            tracing::info!(signal, "stopping: disconnecting clients");
+            handle.shutdown();
+            handle.join();
+            tracing::info!("stopped");
+            return ExitCode::SUCCESS;
+        }
+        if handle.failed() {
+            tracing::error!("a shard died: stopping the broker with a failure status");
+            handle.shutdown();
+            if !handle.join_timeout(FAILED_STOP_GRACE) {
+                tracing::error!("the remaining shards did not stop in time; exiting anyway");
+            }
+            return ExitCode::from(EXIT_SHARD_DIED);
+        }
+    }
 }
+
+/// How often the main thread checks that every shard is alive while it waits for signals.
+const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+/// Time the surviving shards get to disconnect their clients after one died.
+const FAILED_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+/// Exit status when a shard died (EX_SOFTWARE).
+const EXIT_SHARD_DIED: u8 = 70;
 
 fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: plain libc signal-set manipulation on a zeroed sigset_t.
@@ -62,9 +82,13 @@ fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
     }
 }
 
-fn wait_for(set: &libc::sigset_t) -> i32 {
-    let mut signal = 0;
-    // SAFETY: `set` holds blocked signals; sigwait stores the one received.
-    unsafe { libc::sigwait(set, &mut signal) };
-    signal
+/// A blocked signal from `set` received within `within`, if any.
+fn wait_for(set: &libc::sigset_t, within: std::time::Duration) -> Option<i32> {
+    let timeout = libc::timespec {
+        tv_sec: within.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(within.subsec_nanos() as i32),
+    };
+    // SAFETY: `set` holds blocked signals; a null siginfo pointer is allowed.
+    let signal = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &timeout) };
+    (signal > 0).then_some(signal)
 }

@@ -62,7 +62,9 @@ pub struct BrokerHandle {
     /// With `per_shard_listeners`: `shard_addrs[i]` reaches shard `i` only.
     pub shard_addrs: Vec<SocketAddr>,
     global: Arc<Global>,
-    threads: Vec<ExecutorJoinHandle<()>>,
+    /// One message per shard as its thread ends: (shard, exited cleanly).
+    exits: mpsc::Receiver<(usize, bool)>,
+    running: usize,
 }
 
 impl BrokerHandle {
@@ -76,14 +78,61 @@ impl BrokerHandle {
         self.global.connections.load(Ordering::Relaxed)
     }
 
+    /// Whether a shard thread has died (panicked). The other shards are told to stop at once:
+    /// a broker missing a shard drops that shard's clients, cross-shard messages and claims, so
+    /// it must exit (and be restarted by its supervisor) rather than stay half alive.
+    pub fn failed(&self) -> bool {
+        self.global.failed.load(Ordering::SeqCst)
+    }
+
     /// Waits for every shard to exit.
-    pub fn join(self) {
-        for thread in self.threads {
-            if let Err(error) = thread.join() {
-                tracing::error!(%error, "shard exited with an error");
+    pub fn join(mut self) {
+        while self.running > 0 {
+            if self.exits.recv().is_err() {
+                return;
             }
+            self.running -= 1;
         }
     }
+
+    /// Waits at most `within` for every shard to exit; returns whether they all did.
+    pub fn join_timeout(&mut self, within: Duration) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while self.running > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.exits.recv_timeout(left) {
+                Ok(_) => self.running -= 1,
+                Err(mpsc::RecvTimeoutError::Timeout) => return false,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+        true
+    }
+}
+
+/// Joins one shard's thread from a thread of its own, so that a shard that dies is noticed at
+/// once: the broker is marked failed and every other shard is told to stop.
+fn watch_shard(
+    index: usize,
+    thread: ExecutorJoinHandle<()>,
+    global: Arc<Global>,
+    exits: mpsc::Sender<(usize, bool)>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name(format!("shard-{index}-watch"))
+        .spawn(move || {
+            let clean = thread.join().is_ok();
+            if !clean {
+                tracing::error!(
+                    shard = index,
+                    "shard thread died (panicked); stopping the broker"
+                );
+                global.failed.store(true, Ordering::SeqCst);
+                global.shutdown.store(true, Ordering::SeqCst);
+            }
+            let _ = exits.send((index, clean));
+        })
+        .map(drop)
 }
 
 struct ShardSetup {
@@ -145,23 +194,24 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let global = Arc::new(Global::default());
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Option<SocketAddr>)>();
-    let mut threads = Vec::with_capacity(shards);
+    let (exits_tx, exits) = mpsc::channel();
     for (index, setup) in setups.into_iter().enumerate() {
         let placement = match setup.cpu {
             Some(cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
         };
         let config = config.clone();
-        let global = Arc::clone(&global);
+        let shard_global = Arc::clone(&global);
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             // No file I/O on shards: the smallest registered-buffer area glommio accepts.
             .io_memory(64 << 10)
-            .spawn(move || async move { run_shard(config, global, mesh, setup, ready).await })
+            .spawn(move || async move { run_shard(config, shard_global, mesh, setup, ready).await })
             .map_err(|e| StartError::Executor(e.to_string()))?;
-        threads.push(handle);
+        watch_shard(index, handle, Arc::clone(&global), exits_tx.clone())
+            .map_err(|e| StartError::Executor(e.to_string()))?;
     }
     drop(ready_tx);
     let mut shard_addrs = vec![SocketAddr::from(([127, 0, 0, 1], 0)); shards];
@@ -181,7 +231,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
         listen_addrs,
         shard_addrs,
         global,
-        threads,
+        exits,
+        running: shards,
     })
 }
 
@@ -247,9 +298,14 @@ async fn run_shard(
     });
     let _ = ready.send((id, test_addr));
     drop(ready);
+    let panic_at = (config.test_inject_panic == Some(id))
+        .then(|| std::time::Instant::now() + Duration::from_secs(1));
     while !global.shutdown.load(Ordering::Relaxed) {
         Timer::new(TICK).await;
         shard.borrow_mut().tick();
+        if panic_at.is_some_and(|at| std::time::Instant::now() >= at) {
+            panic!("shard {id}: panic injected by --test-inject-panic");
+        }
     }
     tracing::debug!(shard = id, "shutting down");
     // Wills first, on every shard, while every shard still delivers; then the connections.

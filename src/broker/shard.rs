@@ -41,6 +41,8 @@ pub struct Global {
     pub shutdown: AtomicBool,
     /// Open client connections, all shards.
     pub connections: AtomicUsize,
+    /// A shard thread died (panicked): the broker cannot serve correctly any more.
+    pub failed: AtomicBool,
 }
 
 /// Outbox length (messages) past which a shard stops reading client sockets.
