@@ -126,9 +126,36 @@ pub enum ShardMsg {
         /// Shared group it came through.
         group: Option<MqttStr>,
     },
-    /// To the old owner: every shard now routes to the moved session; drop the stub.
+    /// To the old owner: every shard now routes to the moved session; drop the stub and
+    /// answer with [`ShardMsg::StubGone`].
     StubDone {
+        /// Client id of the session.
+        client_id: MqttStr,
         /// Claim token of the move.
+        token: u64,
+        /// Shard to answer.
+        from: u16,
+    },
+    /// To the new owner: the stub is gone, and every delivery it forwarded was sent before
+    /// this message. The move is complete.
+    StubGone {
+        /// Client id of the session.
+        client_id: MqttStr,
+        /// Claim token of the move.
+        token: u64,
+    },
+    /// To the home shard: the claim `token` has settled (its session is installed on the
+    /// claimant and no forwarding stub points at it any more); the next takeover may start.
+    Settled {
+        /// Client id.
+        client_id: MqttStr,
+        /// The claim.
+        token: u64,
+    },
+    /// From the home shard to a claimant: a newer claim for the same client id arrived while
+    /// this one waited its turn; the connection is closed without a session.
+    Denied {
+        /// The claim.
         token: u64,
     },
     /// To the home shard: the session created by claim `token` has ended.

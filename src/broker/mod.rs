@@ -330,7 +330,7 @@ async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 let Some(index) = shard.borrow_mut().register_conn() else {
-                    tracing::debug!("connection limit reached; closing a new connection");
+                    tracing::debug!("too many connections over the limit waiting for a refusal; closing a new one");
                     continue;
                 };
                 glommio::spawn_local(run_connection(Rc::clone(&shard), stream, index)).detach();

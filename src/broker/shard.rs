@@ -8,6 +8,44 @@
 //!   id's session and arbitrates takeovers, so two racing CONNECTs resolve to exactly one owner.
 //! - Retained messages for a topic are serialised by the topic's owner shard and replicated to
 //!   every shard, so every replica applies updates of one topic in the same order.
+//!
+//! # The client-id ownership protocol
+//!
+//! Every CONNECT becomes a *claim* with a token unique in the process. The home shard keeps one
+//! [`Registration`] per client id: the current owner claim, whether it has *settled*, and at
+//! most one claim waiting for its turn. Per client id the home shard runs this state machine:
+//!
+//! ```text
+//!  (none) --Claim t--> Granting(t)           Granted{t, no session} to t's shard
+//!  Granting(t) --Claim u--> Granting(t)+u    u waits; an earlier waiting claim w is Denied
+//!                                            (its clean-start flag carries over to u)
+//!  Granting(t) --Settled t--> Owned(t)       or, with u waiting: TakeOver{t -> u} to t's
+//!                                            shard, state Granting(u)
+//!  Owned(t) --Claim u--> Granting(u)         TakeOver{t -> u} to t's shard
+//!  any(t) --Release t--> (none)              or, with u waiting: Granted{u, no session},
+//!                                            state Granting(u)
+//! ```
+//!
+//! On the shards: a claimant that gets `Granted{t}` installs the session (moved or fresh) and
+//! sends `Settled{t}` once nothing can still be addressed to the previous place: at once for a
+//! fresh or in-place session, after `StubGone` when the session moved from another shard (the
+//! old shard keeps a forwarding stub until every shard routes to the new place; `StubGone`
+//! arrives after the last delivery the stub forwarded). The owner of `t` answers
+//! `TakeOver{t -> u}` by closing `t`'s connection and handing the session to `u` (in place on
+//! the same shard, moved with a stub to another, or ended on clean start). A session that ends
+//! sends `Release{t}`; messages about stale tokens are ignored.
+//!
+//! Invariants (checked after every step by the claim-protocol model test):
+//! - at most one takeover per client id is in flight, so a `TakeOver{t}` always reaches a shard
+//!   that has already processed `Granted{t}` (the race that once left two sessions alive);
+//! - at any time at most one session per client id is indexed (`by_client_id`) on any shard,
+//!   at most one live connection is attached to it, and no session is reachable from two
+//!   index entries;
+//! - at most one forwarding stub exists per client id.
+//!
+//! Handles that travel between shards or outlive a borrow (session slots in conns, barriers,
+//! handovers) are checked against the session's claim token before use: a stale handle is a
+//! dropped event with a debug log, never a panic.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -49,6 +87,9 @@ pub struct Global {
 const OUTBOX_HIGH_WATER: usize = 64 * 1024;
 /// Outbox length under which reading resumes.
 const OUTBOX_LOW_WATER: usize = 16 * 1024;
+/// Connections beyond a limit that a shard keeps open (until their CONNECT is answered or the
+/// connect timeout) to tell them why; past this many more, new ones are closed at once.
+const MAX_OVER_LIMIT_CONNS: usize = 256;
 /// Size of the shard's socket read buffer.
 const SCRATCH_SIZE: usize = 64 * 1024;
 
@@ -64,9 +105,13 @@ pub struct Kill {
 #[derive(Debug)]
 enum ConnState {
     AwaitConnect,
-    Claiming,
+    Claiming {
+        token: u64,
+    },
+    /// Attached to the session in slot `session` whose claim token is `token`.
     Active {
         session: usize,
+        token: u64,
     },
     /// Session taken over by another connection; nothing left to clean up.
     Detached,
@@ -93,6 +138,9 @@ pub struct Conn {
     /// until that queue is half empty again (or the next timer tick, so that two clients
     /// feeding each other can never wait on each other for good).
     throttled: bool,
+    /// Accepted beyond a connection limit: its CONNECT is answered with CONNACK 0x97 (3.x:
+    /// 3, server unavailable) and the connection closed, so the client learns why.
+    over_limit: bool,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -158,7 +206,7 @@ enum BarrierAction {
     ReleaseStub {
         shard: u16,
         token: u64,
-        session: usize,
+        client_id: MqttStr,
     },
 }
 
@@ -190,6 +238,24 @@ struct Owner {
     token: u64,
 }
 
+/// A claim waiting at the home shard until the previous takeover of its client id settles.
+#[derive(Debug, Clone, Copy)]
+struct WaitingClaim {
+    owner: Owner,
+    clean_start: bool,
+}
+
+/// The home shard's record of one client id (see the module docs for its state machine).
+#[derive(Debug, Clone, Copy)]
+struct Registration {
+    /// The newest granted claim.
+    owner: Owner,
+    /// The owner's claimant has installed the session and no stub points at an older place.
+    settled: bool,
+    /// The next claim, started once the owner settles.
+    waiting: Option<WaitingClaim>,
+}
+
 #[derive(Debug, Clone, Copy)]
 enum WheelEntry {
     Conn { index: usize, serial: u64 },
@@ -219,6 +285,9 @@ pub struct ShardStats {
     pub dropped_qos0: u64,
     /// Messages dropped because they expired or exceed the client's maximum packet size.
     pub dropped_other: u64,
+    /// Events the ownership protocol rules out (a grant for an unknown claim, a second session
+    /// for one client id), repaired and logged. Always 0 unless there is a bug.
+    pub protocol_violations: u64,
 }
 
 /// A shard: its connections, sessions, subscriptions, replicas and outboxes.
@@ -250,7 +319,7 @@ pub struct Shard {
     shared_index: SubscriptionTrie<MqttStr, ShardSet>,
     shared_cursor: HashMap<MqttStr, usize>,
     random_state: u64,
-    registry: HashMap<MqttStr, Owner>,
+    registry: HashMap<MqttStr, Registration>,
     auth: crate::auth::AuthMethods,
     barriers: HashMap<u64, Barrier>,
     /// The connection whose PUBLISH is being routed right now (for publisher throttling).
@@ -265,6 +334,8 @@ pub struct Shard {
     outbox_wakers: Vec<Option<Waker>>,
     local_inbox: VecDeque<ShardMsg>,
     backpressured: bool,
+    /// Connections registered over a connection limit, waiting for their refusing CONNACK.
+    over_limit: usize,
     paused_readers: Vec<Waker>,
     scratch: Box<[u8]>,
     matches: Vec<(usize, SubscriptionOptions, u32)>,
@@ -321,6 +392,7 @@ impl Shard {
             outbox_wakers: (0..shards).map(|_| None).collect(),
             local_inbox: VecDeque::new(),
             backpressured: false,
+            over_limit: 0,
             paused_readers: Vec::new(),
             scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
             matches: Vec::new(),
@@ -490,33 +562,43 @@ impl Shard {
                 subscription_ids,
                 group,
             ),
-            ShardMsg::StubDone { token } => self.remove_stub(token),
-            ShardMsg::Release { client_id, token } => {
-                if self
-                    .registry
-                    .get(&client_id)
-                    .is_some_and(|o| o.token == token)
-                {
-                    self.registry.remove(&client_id);
-                }
+            ShardMsg::StubDone {
+                client_id,
+                token,
+                from,
+            } => {
+                self.remove_stub(token);
+                self.send(usize::from(from), ShardMsg::StubGone { client_id, token });
             }
+            ShardMsg::StubGone { client_id, token } => self.on_stub_gone(client_id, token),
+            ShardMsg::Settled { client_id, token } => self.on_settled(client_id, token),
+            ShardMsg::Denied { token } => self.on_denied(token),
+            ShardMsg::Release { client_id, token } => self.on_release(client_id, token),
         }
     }
 
     // ----- connections ------------------------------------------------------------------------
 
-    /// Registers a freshly accepted connection; `None` if a connection limit refuses it.
+    /// Registers a freshly accepted connection. Beyond a connection limit it is registered as
+    /// over the limit (its CONNECT gets a refusing CONNACK); `None` when even those are too
+    /// many and the connection should be closed at once.
     pub fn register_conn(&mut self) -> Option<usize> {
         let now_ms = self.clock_ms();
         let max_total = self.config.max_connections;
         let max_here = self.config.max_connections_per_shard;
-        if max_here != 0 && self.conns.len() >= max_here {
-            return None;
+        let mut over_limit = max_here != 0 && self.conns.len() - self.over_limit >= max_here;
+        if !over_limit {
+            let total = self.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
+            if max_total != 0 && total > max_total {
+                self.global.connections.fetch_sub(1, Ordering::Relaxed);
+                over_limit = true;
+            }
         }
-        let total = self.global.connections.fetch_add(1, Ordering::Relaxed) + 1;
-        if max_total != 0 && total > max_total {
-            self.global.connections.fetch_sub(1, Ordering::Relaxed);
-            return None;
+        if over_limit {
+            if self.over_limit >= MAX_OVER_LIMIT_CONNS {
+                return None;
+            }
+            self.over_limit += 1;
         }
         let serial = self.next_serial();
         let index = self.conns.insert(Conn {
@@ -532,6 +614,7 @@ impl Shard {
             reprocess: false,
             paused: false,
             throttled: false,
+            over_limit,
             aliases_in: None,
         });
         let deadline = Self::bucket(now_ms + 1000 * u64::from(self.config.connect_timeout.max(1)));
@@ -589,10 +672,14 @@ impl Shard {
         }
         if conn.out.is_empty() {
             // Messages queued while the client was a slow consumer go out once it has caught up.
-            if let ConnState::Active { session } = conn.state {
-                let entry = &mut self.sessions[session].session;
-                if entry.queued_len() > 0 && entry.fill_window(&mut conn.out, Instant::now()) > 0 {
-                    cx.waker().wake_by_ref();
+            if let ConnState::Active { session, token } = conn.state {
+                if let Some(entry) = self.sessions.get_mut(session).filter(|e| e.token == token) {
+                    let session = &mut entry.session;
+                    if session.queued_len() > 0
+                        && session.fill_window(&mut conn.out, Instant::now()) > 0
+                    {
+                        cx.waker().wake_by_ref();
+                    }
                 }
             }
         }
@@ -610,7 +697,8 @@ impl Shard {
             conn.reprocess = false;
             return Poll::Ready(ConnEvent::Data(BytesMut::new()));
         }
-        let reading = !matches!(conn.state, ConnState::Claiming) && !conn.paused && !conn.throttled;
+        let reading =
+            !matches!(conn.state, ConnState::Claiming { .. }) && !conn.paused && !conn.throttled;
         if reading && self.backpressured {
             self.paused_readers.push(cx.waker().clone());
         } else if reading {
@@ -651,7 +739,7 @@ impl Shard {
             if conn.kill.is_some()
                 || conn.paused
                 || conn.throttled
-                || matches!(conn.state, ConnState::Claiming)
+                || matches!(conn.state, ConnState::Claiming { .. })
             {
                 break;
             }
@@ -709,20 +797,34 @@ impl Shard {
             return;
         }
         let conn = self.conns.remove(index);
-        self.global.connections.fetch_sub(1, Ordering::Relaxed);
+        if conn.over_limit {
+            self.over_limit -= 1;
+        } else {
+            self.global.connections.fetch_sub(1, Ordering::Relaxed);
+        }
         let graceful = conn.kill.is_some_and(|k| k.graceful);
         match conn.state {
             ConnState::AwaitConnect | ConnState::Detached => {}
-            ConnState::Claiming => {
-                for claim in self.pending_claims.values_mut() {
-                    if claim.conn == Some(index) {
-                        claim.conn = None;
-                    }
+            ConnState::Claiming { token } => {
+                // The claim goes on without its connection: its answer still settles the
+                // client id's ownership (see `on_granted`).
+                if let Some(claim) = self.pending_claims.get_mut(&token) {
+                    claim.conn = None;
                 }
             }
-            ConnState::Active { session } => {
+            ConnState::Active { session, token } => {
                 let now_ms = self.clock_ms();
-                let Some(entry) = self.sessions.get_mut(session) else {
+                let Some(entry) = self
+                    .sessions
+                    .get_mut(session)
+                    .filter(|e| e.token == token && e.conn == Some(index))
+                else {
+                    tracing::debug!(
+                        shard = self.id,
+                        conn = index,
+                        "closed connection had a stale session handle"
+                    );
+                    self.drain_local_inbox();
                     return;
                 };
                 entry.conn = None;
@@ -745,7 +847,7 @@ impl Shard {
                             });
                     }
                 }
-                if self.sessions[session].session.clean {
+                if self.sessions.get(session).is_some_and(|e| e.session.clean) {
                     self.end_session(session);
                 } else {
                     self.park_session(session);
@@ -757,7 +859,9 @@ impl Shard {
 
     fn park_session(&mut self, session: usize) {
         let now_ms = self.clock_ms();
-        let entry = &mut self.sessions[session];
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
         entry.offline_since = Some(now_ms);
         let token = entry.token;
         if let Some(expiry) = entry.session.expiry {
@@ -774,13 +878,17 @@ impl Shard {
 
     /// Removes a session from this shard: its subscriptions, its registry entry.
     fn end_session(&mut self, session: usize) {
-        let mut entry = self.sessions.remove(session);
+        let Some(mut entry) = self.sessions.try_remove(session) else {
+            return;
+        };
         let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
             self.publish_will(&entry.session.client_id, will);
         }
-        self.by_client_id.remove(&entry.session.client_id);
+        if self.by_client_id.get(&entry.session.client_id) == Some(&session) {
+            self.by_client_id.remove(&entry.session.client_id);
+        }
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(session, filter);
         }
@@ -828,7 +936,7 @@ impl Shard {
             return;
         }
         let (deadline, reason) = match conn.state {
-            ConnState::AwaitConnect | ConnState::Claiming => (
+            ConnState::AwaitConnect | ConnState::Claiming { .. } => (
                 conn.last_seen + 1000 * u64::from(self.config.connect_timeout.max(1)),
                 ReasonCode::MaximumConnectTime,
             ),
@@ -925,9 +1033,19 @@ impl Shard {
         }
     }
 
+    /// The session attached to connection `index`, if its handle is still valid.
     fn session_of(&self, index: usize) -> Option<usize> {
         match self.conns.get(index)?.state {
-            ConnState::Active { session } => Some(session),
+            ConnState::Active { session, token } => {
+                let valid = self
+                    .sessions
+                    .get(session)
+                    .is_some_and(|e| e.token == token && e.conn == Some(index));
+                if !valid {
+                    tracing::debug!(shard = self.id, conn = index, "stale session handle");
+                }
+                valid.then_some(session)
+            }
             _ => None,
         }
     }
@@ -1017,6 +1135,10 @@ impl Shard {
             });
             shard.wake_conn(index);
         };
+        if self.conns[index].over_limit {
+            tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
+            return refuse(self, ReasonCode::QuotaExceeded);
+        }
         if let Some(method) = &connect.properties.authentication_method {
             // Enhanced authentication (crate::auth): unknown methods get 0x8C. A registered
             // method decides in one step; multi-step AUTH exchanges are not wired up yet.
@@ -1067,7 +1189,7 @@ impl Shard {
             shard: self.id as u16,
             clean_start: connect.clean_start,
         };
-        self.conns[index].state = ConnState::Claiming;
+        self.conns[index].state = ConnState::Claiming { token };
         self.pending_claims.insert(
             token,
             PendingClaim {
@@ -1079,31 +1201,151 @@ impl Shard {
         self.send(home, claim);
     }
 
-    /// Home-shard role: record the new owner; ask the previous one (if any) to hand over.
+    /// Home-shard role: a new claim. Granted at once when nobody owns the id, handed to the
+    /// owner as a takeover when its claim has settled, otherwise kept waiting (replacing, and
+    /// denying, an older waiting claim).
     fn on_claim(&mut self, client_id: MqttStr, token: u64, shard: u16, clean_start: bool) {
-        let previous = self
-            .registry
-            .insert(client_id.clone(), Owner { shard, token });
-        match previous {
-            None => self.send(
+        let claim = Owner { shard, token };
+        let Some(registration) = self.registry.get_mut(&client_id) else {
+            self.registry.insert(
+                client_id,
+                Registration {
+                    owner: claim,
+                    settled: false,
+                    waiting: None,
+                },
+            );
+            return self.send(
                 usize::from(shard),
                 ShardMsg::Granted {
                     token,
                     session: None,
                     handover: None,
                 },
-            ),
-            Some(old) => self.send(
-                usize::from(old.shard),
-                ShardMsg::TakeOver {
-                    client_id,
-                    old_token: old.token,
-                    new_shard: shard,
-                    new_token: token,
+            );
+        };
+        if !registration.settled {
+            // A takeover of this id is still in flight: this claim waits for it. An older
+            // waiting claim lost the race before it was granted; its clean start still
+            // applies, since it would have discarded the session before this one took over.
+            let mut clean_start = clean_start;
+            if let Some(older) = registration.waiting.take() {
+                clean_start |= older.clean_start;
+                self.send(
+                    usize::from(older.owner.shard),
+                    ShardMsg::Denied {
+                        token: older.owner.token,
+                    },
+                );
+            }
+            if let Some(registration) = self.registry.get_mut(&client_id) {
+                registration.waiting = Some(WaitingClaim {
+                    owner: claim,
                     clean_start,
-                },
-            ),
+                });
+            }
+            return;
         }
+        self.start_takeover(client_id, claim, clean_start);
+    }
+
+    /// Home-shard role: `claim` becomes the owner; the settled previous owner hands over.
+    fn start_takeover(&mut self, client_id: MqttStr, claim: Owner, clean_start: bool) {
+        let Some(registration) = self.registry.get_mut(&client_id) else {
+            return;
+        };
+        let old = std::mem::replace(&mut registration.owner, claim);
+        registration.settled = false;
+        self.send(
+            usize::from(old.shard),
+            ShardMsg::TakeOver {
+                client_id,
+                old_token: old.token,
+                new_shard: claim.shard,
+                new_token: claim.token,
+                clean_start,
+            },
+        );
+    }
+
+    /// Home-shard role: the owner's claim settled; a waiting claim may take over now.
+    fn on_settled(&mut self, client_id: MqttStr, token: u64) {
+        let Some(registration) = self.registry.get_mut(&client_id) else {
+            return;
+        };
+        if registration.owner.token != token {
+            return;
+        }
+        registration.settled = true;
+        if let Some(next) = registration.waiting.take() {
+            self.start_takeover(client_id, next.owner, next.clean_start);
+        }
+    }
+
+    /// Home-shard role: the session of claim `token` ended. A waiting claim gets the id with
+    /// no session to resume.
+    fn on_release(&mut self, client_id: MqttStr, token: u64) {
+        let Some(registration) = self.registry.get_mut(&client_id) else {
+            return;
+        };
+        if registration.owner.token != token {
+            return;
+        }
+        match registration.waiting.take() {
+            Some(next) => {
+                registration.owner = next.owner;
+                registration.settled = false;
+                self.send(
+                    usize::from(next.owner.shard),
+                    ShardMsg::Granted {
+                        token: next.owner.token,
+                        session: None,
+                        handover: None,
+                    },
+                );
+            }
+            None => {
+                self.registry.remove(&client_id);
+            }
+        }
+    }
+
+    /// Claimant role: a newer connection won the client id before this claim's turn came.
+    fn on_denied(&mut self, token: u64) {
+        let Some(claim) = self.pending_claims.remove(&token) else {
+            return;
+        };
+        if let Some(index) = claim.conn {
+            tracing::debug!(shard = self.id, client = %claim.connect.client_id, "claim superseded by a newer connection");
+            self.kill_conn(index, ReasonCode::SessionTakenOver, false);
+        }
+    }
+
+    /// Tells the home shard that claim `token` has settled here.
+    fn settle(&mut self, client_id: &MqttStr, token: u64) {
+        let home = self.home_shard(client_id);
+        self.send(
+            home,
+            ShardMsg::Settled {
+                client_id: client_id.clone(),
+                token,
+            },
+        );
+    }
+
+    /// New-owner role: the stub that forwarded to the moved session is gone: the move is
+    /// complete (duplicates are still filtered for a short margin) and the claim settles.
+    fn on_stub_gone(&mut self, client_id: MqttStr, token: u64) {
+        let Some(&slot) = self.by_client_id.get(&client_id) else {
+            return;
+        };
+        let Some(entry) = self.sessions.get_mut(slot).filter(|e| e.token == token) else {
+            return;
+        };
+        if let Some(recent) = entry.recent.as_mut() {
+            recent.until = Some(Instant::now() + MOVE_DEDUP_MARGIN);
+        }
+        self.settle(&client_id, token);
     }
 
     /// Owner role: close the current connection of `client_id` and hand its session over.
@@ -1115,62 +1357,19 @@ impl Shard {
         new_token: u64,
         clean_start: bool,
     ) {
-        let session = match self.by_client_id.get(&client_id) {
-            Some(&session) if self.sessions[session].token == old_token => Some(session),
-            _ => None,
-        };
-        let moved = session.map(|session| {
-            let ends = clean_start || self.sessions[session].session.clean;
-            if let Some(will) = self.sessions[session].pending_will.take() {
-                // A reconnect within the will delay cancels the will, unless the session ends.
-                if ends {
-                    self.publish_will(&client_id, will);
-                }
-            }
-            if let Some(conn) = self.sessions[session].conn.take() {
-                tracing::debug!(shard = self.id, client = %client_id, "session taken over");
-                // The old connection closes without a DISCONNECT from its client: its will fires,
-                // unless it has a will delay that the new connection now cancels (MQTT 5.0).
-                if let Some(will) = self.sessions[session].session.will.take() {
-                    let delay = will.properties.will_delay_interval.unwrap_or(0);
-                    if delay == 0 || ends {
-                        self.publish_will(&client_id, will);
-                    }
-                }
-                self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
-                if let Some(conn) = self.conns.get_mut(conn) {
-                    conn.state = ConnState::Detached;
-                }
-            }
-            if ends {
-                // The session ends here: queued shared-subscription messages go to other
-                // members; the registry already points at the new owner.
-                self.end_session(session);
-                return Handover::Ended;
-            }
-            if usize::from(new_shard) == self.id {
-                // Same shard: the session stays where it is, subscriptions untouched, so
-                // nothing routed meanwhile is missed.
-                self.sessions[session].token = new_token;
-                return Handover::InPlace(session);
-            }
-            // Another shard: the data moves; a stub keeps the subscriptions here and forwards
-            // deliveries until every shard routes to the new place.
-            let entry = &mut self.sessions[session];
-            let mut stub = Session::new(
-                entry.session.client_id.clone(),
-                entry.session.protocol,
-                false,
-                self.limits,
-            );
-            stub.subscriptions = entry.session.subscriptions.clone();
-            let data = std::mem::replace(&mut entry.session, stub);
-            entry.moved_to = Some((new_shard, new_token));
-            self.by_client_id.remove(&client_id);
-            self.stubs.insert(new_token, session);
-            Handover::Moved(Box::new(data))
+        let session = self.by_client_id.get(&client_id).copied().filter(|&slot| {
+            self.sessions
+                .get(slot)
+                .is_some_and(|e| e.token == old_token)
         });
-        let (session, handover) = match moved {
+        if session.is_none() {
+            // The session of the settled owner ended meanwhile (its Release is on the way):
+            // the new claim starts afresh.
+            tracing::debug!(shard = self.id, client = %client_id, "takeover of a session that already ended");
+        }
+        let handover =
+            session.map(|slot| self.hand_over(slot, &client_id, new_shard, new_token, clean_start));
+        let (session, handover) = match handover {
             Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot))),
             Some(Handover::Moved(data)) => (Some(data), Some(HandoverKind::Stub(self.id as u16))),
             Some(Handover::Ended) | None => (None, None),
@@ -1185,7 +1384,79 @@ impl Shard {
         );
     }
 
-    /// Claimant role: the id is ours; finish the CONNECT.
+    /// Detaches the session in `slot` from its connection (closing it) and ends it, keeps it
+    /// in place for `new_token`, or turns it into a forwarding stub and returns its data.
+    fn hand_over(
+        &mut self,
+        slot: usize,
+        client_id: &MqttStr,
+        new_shard: u16,
+        new_token: u64,
+        clean_start: bool,
+    ) -> Handover {
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return Handover::Ended;
+        };
+        let ends = clean_start || entry.session.clean;
+        let pending_will = entry.pending_will.take();
+        let old_conn = entry.conn.take();
+        let live_will = old_conn.and_then(|_| entry.session.will.take());
+        if let Some(will) = pending_will {
+            // A reconnect within the will delay cancels the will, unless the session ends.
+            if ends {
+                self.publish_will(client_id, will);
+            }
+        }
+        if let Some(conn) = old_conn {
+            tracing::debug!(shard = self.id, client = %client_id, "session taken over");
+            // The old connection closes without a DISCONNECT from its client: its will fires,
+            // unless it has a will delay that the new connection now cancels (MQTT 5.0).
+            if let Some(will) = live_will {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                if delay == 0 || ends {
+                    self.publish_will(client_id, will);
+                }
+            }
+            self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
+            if let Some(conn) = self.conns.get_mut(conn) {
+                conn.state = ConnState::Detached;
+            }
+        }
+        if ends {
+            // The session ends here: queued shared-subscription messages go to other
+            // members; the registry already points at the new owner.
+            self.end_session(slot);
+            return Handover::Ended;
+        }
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return Handover::Ended;
+        };
+        if usize::from(new_shard) == self.id {
+            // Same shard: the session stays where it is, subscriptions untouched, so nothing
+            // routed meanwhile is missed.
+            entry.token = new_token;
+            return Handover::InPlace(slot);
+        }
+        // Another shard: the data moves; a stub keeps the subscriptions here and forwards
+        // deliveries until every shard routes to the new place.
+        let mut stub = Session::new(
+            entry.session.client_id.clone(),
+            entry.session.protocol,
+            false,
+            self.limits,
+        );
+        stub.subscriptions = entry.session.subscriptions.clone();
+        let data = std::mem::replace(&mut entry.session, stub);
+        entry.moved_to = Some((new_shard, new_token));
+        entry.recent = None;
+        self.by_client_id.remove(client_id);
+        self.stubs.insert(new_token, slot);
+        Handover::Moved(Box::new(data))
+    }
+
+    /// Claimant role: the id is ours; finish the CONNECT (or, when the connection is already
+    /// gone, keep a persistent session offline). Either way the claim settles, or its session
+    /// ends and is released.
     fn on_granted(
         &mut self,
         token: u64,
@@ -1194,6 +1465,10 @@ impl Shard {
     ) {
         let now_ms = self.clock_ms();
         let Some(claim) = self.pending_claims.remove(&token) else {
+            // Every claim is answered once, by Granted or Denied: this is a protocol bug. Keep
+            // the broker alive and say so.
+            tracing::error!(shard = self.id, token, "grant for an unknown claim ignored");
+            self.stats.protocol_violations += 1;
             return;
         };
         let connect = claim.connect;
@@ -1212,6 +1487,7 @@ impl Shard {
         let Some(index) = claim.conn.filter(|&c| self.conns.contains(c)) else {
             if let Some(slot) = in_place {
                 self.park_session(slot);
+                self.settle(&connect.client_id, token);
                 return;
             }
             // The client left while we waited. Keep a persistent session it had; otherwise
@@ -1222,8 +1498,9 @@ impl Shard {
                     session.will = None;
                     let slot = self.install_session(session, token);
                     self.park_session(slot);
-                    if let Some(shard) = stub_shard {
-                        self.start_stub_release(shard, token, slot);
+                    match stub_shard {
+                        Some(shard) => self.start_stub_release(shard, token, slot),
+                        None => self.settle(&connect.client_id, token),
                     }
                 }
                 _ => {
@@ -1243,15 +1520,18 @@ impl Shard {
         let session_present = (previous.is_some() || in_place.is_some()) && !connect.clean_start;
         let mut session = match (in_place, previous) {
             (Some(slot), _) => {
-                let entry = &mut self.sessions[slot];
+                let limits = self.limits;
+                let Some(entry) = self.sessions.get_mut(slot) else {
+                    return;
+                };
                 entry.pending_will = None;
                 entry.offline_since = None;
                 let mut session = std::mem::replace(
                     &mut entry.session,
-                    Session::new(MqttStr::default(), protocol, true, self.limits),
+                    Session::new(MqttStr::default(), protocol, true, limits),
                 );
                 session.protocol = protocol;
-                session.set_limits(self.limits);
+                session.set_limits(limits);
                 session
             }
             (None, previous) => match previous {
@@ -1289,16 +1569,19 @@ impl Shard {
             session.attach(PeerLimits::default());
         }
         session.will = connect.will.map(Box::new);
-        let slot = match in_place {
-            Some(slot) => {
-                self.sessions[slot].session = session;
+        let slot = match in_place.and_then(|slot| self.sessions.get_mut(slot).map(|e| (slot, e))) {
+            Some((slot, entry)) => {
+                entry.session = session;
                 slot
             }
             None => self.install_session(session, token),
         };
-        self.sessions[slot].conn = Some(index);
-        if let Some(shard) = stub_shard {
-            self.start_stub_release(shard, token, slot);
+        if let Some(entry) = self.sessions.get_mut(slot) {
+            entry.conn = Some(index);
+        }
+        match stub_shard {
+            Some(shard) => self.start_stub_release(shard, token, slot),
+            None => self.settle(&connect.client_id, token),
         }
         let mut properties = Properties::default();
         if protocol.is_v5() {
@@ -1321,18 +1604,20 @@ impl Shard {
             reason: ReasonCode::Success,
             properties,
         };
-        let serial;
-        {
-            let conn = &mut self.conns[index];
-            conn.state = ConnState::Active { session: slot };
-            conn.last_seen = now_ms;
-            conn.reprocess = !conn.leftover.is_empty();
-            serial = conn.serial;
-            let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
-            if session_present {
-                self.sessions[slot]
-                    .session
-                    .resume(&mut conn.out, Instant::now());
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        conn.state = ConnState::Active {
+            session: slot,
+            token,
+        };
+        conn.last_seen = now_ms;
+        conn.reprocess = !conn.leftover.is_empty();
+        let serial = conn.serial;
+        let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
+        if session_present {
+            if let Some(entry) = self.sessions.get_mut(slot) {
+                entry.session.resume(&mut conn.out, Instant::now());
             }
         }
         if connect.keep_alive > 0 {
@@ -1347,17 +1632,21 @@ impl Shard {
     }
 
     /// A session arrived from `shard`, which keeps a forwarding stub: once every shard routes
-    /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly after,
-    /// deliveries to the session are deduplicated.
+    /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly
+    /// after, deliveries to the session are deduplicated; the claim settles when the old shard
+    /// confirms the stub is gone (`StubGone`).
     fn start_stub_release(&mut self, shard: u16, token: u64, slot: usize) {
-        self.sessions[slot].recent = Some(Box::new(RecentDeliveries {
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        entry.recent = Some(Box::new(RecentDeliveries {
             messages: VecDeque::new(),
             until: None,
         }));
         let action = BarrierAction::ReleaseStub {
             shard,
             token,
-            session: slot,
+            client_id: entry.session.client_id.clone(),
         };
         self.start_barrier(action);
     }
@@ -1396,10 +1685,22 @@ impl Shard {
             moved_to: None,
             recent: None,
         }));
-        if let Some(stale) = self.by_client_id.insert(client_id, slot) {
-            // Cannot happen while the home shard arbitrates; never leave two sessions indexed.
-            tracing::warn!(shard = self.id, "replacing a session index entry");
-            let _ = stale;
+        if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
+            // The ownership protocol rules this out (one session per client id). Should it
+            // happen anyway, end the older session rather than leave it unreachable.
+            tracing::error!(shard = self.id, client = %client_id, "a second session for one client id; ending the older");
+            self.stats.protocol_violations += 1;
+            if let Some(entry) = self.sessions.get_mut(stale) {
+                if let Some(conn) = entry.conn.take() {
+                    self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
+                    if let Some(conn) = self.conns.get_mut(conn) {
+                        conn.state = ConnState::Detached;
+                    }
+                }
+                self.by_client_id.insert(client_id.clone(), stale);
+                self.end_session(stale);
+                self.by_client_id.insert(client_id, slot);
+            }
         }
         for (filter, options) in filters {
             self.add_subscription(slot, &filter, options);
@@ -1695,16 +1996,19 @@ impl Shard {
             BarrierAction::ReleaseStub {
                 shard,
                 token,
-                session,
+                client_id,
             } => {
-                if let Some(entry) = self.sessions.get_mut(session) {
-                    if entry.token == token {
-                        if let Some(recent) = entry.recent.as_mut() {
-                            recent.until = Some(Instant::now() + MOVE_DEDUP_MARGIN);
-                        }
-                    }
-                }
-                self.send(usize::from(shard), ShardMsg::StubDone { token });
+                // The stub's last forwards reach us before its StubGone (FIFO queues): the
+                // move completes, and the claim settles, when that arrives.
+                let from = self.id as u16;
+                self.send(
+                    usize::from(shard),
+                    ShardMsg::StubDone {
+                        client_id,
+                        token,
+                        from,
+                    },
+                );
             }
         }
     }
@@ -1738,15 +2042,16 @@ impl Shard {
         group: Option<MqttStr>,
     ) {
         match self.by_client_id.get(&client_id) {
-            Some(&slot) if self.sessions[slot].token == token => self.deliver_tagged(
-                slot,
-                &message,
-                qos,
-                retain,
-                &subscription_ids,
-                group.as_ref(),
-                Instant::now(),
-            ),
+            Some(&slot) if self.sessions.get(slot).is_some_and(|e| e.token == token) => self
+                .deliver_tagged(
+                    slot,
+                    &message,
+                    qos,
+                    retain,
+                    &subscription_ids,
+                    group.as_ref(),
+                    Instant::now(),
+                ),
             _ => {
                 tracing::debug!(shard = self.id, client = %client_id, "forwarded message for a session that moved on");
             }
@@ -2112,7 +2417,12 @@ impl Shard {
                 end += 1;
             }
             start = end;
-            if options.no_local && self.sessions[session].session.client_id == message.publisher {
+            if options.no_local
+                && self
+                    .sessions
+                    .get(session)
+                    .is_none_or(|e| e.session.client_id == message.publisher)
+            {
                 continue;
             }
             let qos = message.qos.min(options.qos);
@@ -2288,6 +2598,9 @@ enum AckKind {
     Rec,
     Comp,
 }
+
+#[cfg(test)]
+mod claim_model;
 
 #[cfg(test)]
 mod footprint {

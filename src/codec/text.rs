@@ -10,8 +10,16 @@ use super::DecodeError;
 
 /// A UTF-8 string as MQTT defines it (§1.5.4): well-formed UTF-8 (so no surrogates), no U+0000,
 /// at most 65,535 bytes when encoded. Backed by [`Bytes`], so decoding does not copy.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct MqttStr(Bytes);
+
+/// Hashes exactly as the `str` it holds, as `Borrow<str>` requires: a map keyed by `MqttStr`
+/// can be looked up with a `&str`.
+impl std::hash::Hash for MqttStr {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
 
 impl MqttStr {
     /// Checks `raw` and wraps it without copying.
@@ -120,6 +128,14 @@ impl fmt::Display for MqttStr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_keyed_by_mqtt_str_are_found_by_str() {
+        let mut map = std::collections::HashMap::new();
+        map.insert(MqttStr::from("client/1"), 7);
+        assert_eq!(map.get("client/1"), Some(&7));
+        assert_eq!(map.get("client/2"), None);
+    }
 
     #[test]
     fn utf8_rules() {
