@@ -63,7 +63,7 @@ pub struct BrokerHandle {
     pub shard_addrs: Vec<SocketAddr>,
     global: Arc<Global>,
     /// One message per shard as its thread ends: (shard, exited cleanly).
-    exits: mpsc::Receiver<(usize, bool)>,
+    exits: crossbeam_channel::Receiver<(usize, bool)>,
     running: usize,
 }
 
@@ -102,8 +102,8 @@ impl BrokerHandle {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.exits.recv_timeout(left) {
                 Ok(_) => self.running -= 1,
-                Err(mpsc::RecvTimeoutError::Timeout) => return false,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return true,
             }
         }
         true
@@ -116,7 +116,7 @@ fn watch_shard(
     index: usize,
     thread: ExecutorJoinHandle<()>,
     global: Arc<Global>,
-    exits: mpsc::Sender<(usize, bool)>,
+    exits: crossbeam_channel::Sender<(usize, bool)>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("shard-{index}-watch"))
@@ -194,7 +194,7 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let global = Arc::new(Global::default());
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Option<SocketAddr>)>();
-    let (exits_tx, exits) = mpsc::channel();
+    let (exits_tx, exits) = crossbeam_channel::unbounded();
     for (index, setup) in setups.into_iter().enumerate() {
         let placement = match setup.cpu {
             Some(cpu) => Placement::Fixed(cpu),
