@@ -105,12 +105,17 @@ pub struct Kill {
 #[derive(Debug)]
 enum ConnState {
     AwaitConnect,
+    /// Accepted beyond a connection limit: its CONNECT is answered with CONNACK 0x97 (3.x:
+    /// 3, server unavailable) and the connection closed, so the client learns why.
+    OverLimit,
     Claiming {
         token: u64,
     },
-    /// Attached to the session in slot `session` whose claim token is `token`.
+    /// Attached to the session in slot `session` whose claim token is `token` (the handle's
+    /// generation: a slot reused by another session has another token). A `u32` slot keeps
+    /// the state, and so every connection, 8 bytes smaller.
     Active {
-        session: usize,
+        session: u32,
         token: u64,
     },
     /// Session taken over by another connection; nothing left to clean up.
@@ -138,9 +143,6 @@ pub struct Conn {
     /// until that queue is half empty again (or the next timer tick, so that two clients
     /// feeding each other can never wait on each other for good).
     throttled: bool,
-    /// Accepted beyond a connection limit: its CONNECT is answered with CONNACK 0x97 (3.x:
-    /// 3, server unavailable) and the connection closed, so the client learns why.
-    over_limit: bool,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -603,7 +605,11 @@ impl Shard {
         let serial = self.next_serial();
         let index = self.conns.insert(Conn {
             serial,
-            state: ConnState::AwaitConnect,
+            state: if over_limit {
+                ConnState::OverLimit
+            } else {
+                ConnState::AwaitConnect
+            },
             protocol: ProtocolVersion::V3_1_1,
             keep_alive: 0,
             last_seen: now_ms,
@@ -614,7 +620,6 @@ impl Shard {
             reprocess: false,
             paused: false,
             throttled: false,
-            over_limit,
             aliases_in: None,
         });
         let deadline = Self::bucket(now_ms + 1000 * u64::from(self.config.connect_timeout.max(1)));
@@ -673,7 +678,11 @@ impl Shard {
         if conn.out.is_empty() {
             // Messages queued while the client was a slow consumer go out once it has caught up.
             if let ConnState::Active { session, token } = conn.state {
-                if let Some(entry) = self.sessions.get_mut(session).filter(|e| e.token == token) {
+                if let Some(entry) = self
+                    .sessions
+                    .get_mut(session as usize)
+                    .filter(|e| e.token == token)
+                {
                     let session = &mut entry.session;
                     if session.queued_len() > 0
                         && session.fill_window(&mut conn.out, Instant::now()) > 0
@@ -766,7 +775,7 @@ impl Shard {
     fn on_decode_error(&mut self, index: usize, error: DecodeError) {
         let conn = &mut self.conns[index];
         tracing::debug!(shard = self.id, conn = index, %error, "closing connection on bad input");
-        if matches!(conn.state, ConnState::AwaitConnect) {
+        if matches!(conn.state, ConnState::AwaitConnect | ConnState::OverLimit) {
             if let DecodeError::UnsupportedProtocolVersion(level) = error {
                 // The client's protocol is unknown: answer in 3.1.1 form (return code 1), as
                 // MQTT 3.1.1 §3.1.2.2 requires; a 5.0-capable client reads it too.
@@ -797,14 +806,14 @@ impl Shard {
             return;
         }
         let conn = self.conns.remove(index);
-        if conn.over_limit {
+        if matches!(conn.state, ConnState::OverLimit) {
             self.over_limit -= 1;
         } else {
             self.global.connections.fetch_sub(1, Ordering::Relaxed);
         }
         let graceful = conn.kill.is_some_and(|k| k.graceful);
         match conn.state {
-            ConnState::AwaitConnect | ConnState::Detached => {}
+            ConnState::AwaitConnect | ConnState::OverLimit | ConnState::Detached => {}
             ConnState::Claiming { token } => {
                 // The claim goes on without its connection: its answer still settles the
                 // client id's ownership (see `on_granted`).
@@ -813,6 +822,7 @@ impl Shard {
                 }
             }
             ConnState::Active { session, token } => {
+                let session = session as usize;
                 let now_ms = self.clock_ms();
                 let Some(entry) = self
                     .sessions
@@ -936,7 +946,7 @@ impl Shard {
             return;
         }
         let (deadline, reason) = match conn.state {
-            ConnState::AwaitConnect | ConnState::Claiming { .. } => (
+            ConnState::AwaitConnect | ConnState::OverLimit | ConnState::Claiming { .. } => (
                 conn.last_seen + 1000 * u64::from(self.config.connect_timeout.max(1)),
                 ReasonCode::MaximumConnectTime,
             ),
@@ -1037,6 +1047,7 @@ impl Shard {
     fn session_of(&self, index: usize) -> Option<usize> {
         match self.conns.get(index)?.state {
             ConnState::Active { session, token } => {
+                let session = session as usize;
                 let valid = self
                     .sessions
                     .get(session)
@@ -1054,7 +1065,10 @@ impl Shard {
         let Some(session) = self.session_of(index) else {
             match packet {
                 Packet::Connect(connect)
-                    if matches!(self.conns[index].state, ConnState::AwaitConnect) =>
+                    if matches!(
+                        self.conns[index].state,
+                        ConnState::AwaitConnect | ConnState::OverLimit
+                    ) =>
                 {
                     self.on_connect(index, connect)
                 }
@@ -1135,7 +1149,7 @@ impl Shard {
             });
             shard.wake_conn(index);
         };
-        if self.conns[index].over_limit {
+        if matches!(self.conns[index].state, ConnState::OverLimit) {
             tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
             return refuse(self, ReasonCode::QuotaExceeded);
         }
@@ -1607,10 +1621,11 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        conn.state = ConnState::Active {
-            session: slot,
-            token,
+        let Ok(session) = u32::try_from(slot) else {
+            tracing::error!(shard = self.id, "more than 2^32 sessions on one shard");
+            return self.kill_conn(index, ReasonCode::QuotaExceeded, false);
         };
+        conn.state = ConnState::Active { session, token };
         conn.last_seen = now_ms;
         conn.reprocess = !conn.leftover.is_empty();
         let serial = conn.serial;

@@ -358,14 +358,17 @@ impl Sim {
                         .get(conn)
                         .expect("session attached to a closed conn");
                     assert!(
-                        matches!(c.state, ConnState::Active { session, token } if session == slot && token == entry.token),
+                        matches!(c.state, ConnState::Active { session, token } if session as usize == slot && token == entry.token),
                         "shard {shard_id}: session and connection disagree"
                     );
                 }
             }
             for (index, conn) in &shard.conns {
                 if let ConnState::Active { session, token } = conn.state {
-                    let entry = shard.sessions.get(session).expect("active conn, free slot");
+                    let entry = shard
+                        .sessions
+                        .get(session as usize)
+                        .expect("active conn, free slot");
                     assert_eq!(entry.token, token, "active conn with a stale handle");
                     assert_eq!(entry.conn, Some(index));
                     if conn.kill.is_none() {
