@@ -152,13 +152,12 @@ fn connection_limit() {
     let (a, _) = Raw::connect(broker.shard(0), "limit-a", true);
     let (mut b, _) = Raw::connect(broker.shard(1), "limit-b", true);
     for addr in [broker.shard(0), broker.shard(1), broker.addr] {
-        let mut third = Raw::tcp(addr);
-        // The broker may close before or after reading the CONNECT.
-        let _ = third.send_bytes(&common::encode(
-            &Packet::Connect(Box::new(connect_packet("limit-c", true))),
-            ProtocolVersion::V3_1_1,
-        ));
-        assert_closed_silently(&mut third);
+        // Over the limit, the CONNECT is still read and answered: return code 3 (server
+        // unavailable), then the connection closes.
+        let (mut third, connack) = Raw::try_connect(addr, connect_packet("limit-c", true));
+        assert_eq!(connack.reason, ReasonCode::ServerUnavailable);
+        assert!(!connack.session_present);
+        assert!(third.expect_closed(TIMEOUT).is_empty());
     }
     b.ping();
     a.disconnect();
