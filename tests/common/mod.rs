@@ -1065,3 +1065,64 @@ impl ClientV5 {
         let _ = self.events.take_where(TIMEOUT, Result::is_err).await;
     }
 }
+
+// ----- shard health, storms and refusals -----------------------------------------------------
+
+impl Broker {
+    /// True once a shard thread has died (a panic): the broker is only half alive.
+    pub fn failed(&self) -> bool {
+        self.handle.as_ref().is_some_and(BrokerHandle::failed)
+    }
+}
+
+/// A CONNECT for `protocol` with keep-alive `keep_alive`: persistent (clean session = 0 in
+/// 3.x; clean start = 0 and session expiry `v5_expiry` in 5.0) or clean.
+pub fn connect_packet_for(
+    protocol: ProtocolVersion,
+    client_id: &str,
+    persistent: bool,
+    keep_alive: u16,
+    v5_expiry: u32,
+) -> Connect {
+    let mut connect = connect_packet(client_id, !persistent);
+    connect.protocol = protocol;
+    connect.keep_alive = keep_alive;
+    if protocol.is_v5() && persistent {
+        connect.properties.session_expiry_interval = Some(v5_expiry);
+    }
+    connect
+}
+
+impl Raw {
+    /// A TCP connection, nothing sent yet; an error instead of a panic (for stress tests,
+    /// where refusals and resets are expected).
+    pub fn try_tcp(addr: SocketAddr, within: Duration) -> std::io::Result<Raw> {
+        let stream = TcpStream::connect_timeout(&addr, within)?;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(TIMEOUT))?;
+        Ok(Raw {
+            stream,
+            buf: BytesMut::new(),
+            version: ProtocolVersion::V3_1_1,
+            closed: false,
+        })
+    }
+
+    /// Encodes and writes a packet; an error instead of a panic if the socket is gone.
+    pub fn try_send(&mut self, packet: &Packet) -> std::io::Result<()> {
+        let bytes = encode(packet, self.version);
+        self.send_bytes(&bytes)
+    }
+
+    /// Closes the socket with a TCP reset (SO_LINGER 0, then close): the broker sees
+    /// ECONNRESET rather than an orderly end of stream.
+    pub fn reset(self) {
+        let _ = socket2::SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        drop(self.stream);
+    }
+
+    /// Closes the socket without shutdown(2): a plain close(2), FIN after what was written.
+    pub fn close(self) {
+        drop(self.stream);
+    }
+}

@@ -1,0 +1,91 @@
+//! CONNECT: checks, client-id assignment, enhanced authentication, and the claim that starts the ownership protocol.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn on_connect(&mut self, index: usize, mut connect: Box<Connect>) {
+        let protocol = connect.protocol;
+        {
+            let conn = &mut self.conns[index];
+            conn.protocol = protocol;
+            conn.keep_alive = connect.keep_alive;
+        }
+        let refuse = |shard: &mut Shard, reason: ReasonCode| {
+            let connack = ConnAck {
+                reason,
+                ..Default::default()
+            };
+            let conn = &mut shard.conns[index];
+            let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
+            conn.kill = Some(Kill {
+                reason,
+                graceful: false,
+            });
+            shard.wake_conn(index);
+        };
+        if matches!(self.conns[index].state, ConnState::OverLimit) {
+            tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
+            return refuse(self, ReasonCode::QuotaExceeded);
+        }
+        if let Some(method) = &connect.properties.authentication_method {
+            // Enhanced authentication (crate::auth): unknown methods get 0x8C. A registered
+            // method decides in one step; multi-step AUTH exchanges are not wired up yet.
+            let step = self.auth.find(method).map(|auth| {
+                let mut state = None;
+                auth.start(
+                    &connect.client_id,
+                    connect.properties.authentication_data.as_ref(),
+                    &mut state,
+                )
+            });
+            match step {
+                None => return refuse(self, ReasonCode::BadAuthenticationMethod),
+                Some(crate::auth::AuthStep::Success) => {}
+                Some(crate::auth::AuthStep::Fail(reason)) => return refuse(self, reason),
+                Some(crate::auth::AuthStep::Continue(_)) => {
+                    return refuse(self, ReasonCode::ImplementationSpecificError)
+                }
+            }
+        }
+        let mut assigned_id = false;
+        if connect.client_id.is_empty() {
+            if !connect.clean_start && !protocol.is_v5() {
+                return refuse(self, ReasonCode::ClientIdentifierNotValid);
+            }
+            let serial = self.next_serial();
+            let nanos = self.started.elapsed().as_nanos() as u64;
+            connect.client_id = MqttStr::from(format!("shardmq-{}-{serial:x}-{nanos:x}", self.id));
+            assigned_id = true;
+        }
+        if let Some(will) = &connect.will {
+            if topic::check_limits(
+                &will.topic,
+                self.config.max_topic_length,
+                self.config.max_topic_levels,
+            )
+            .is_err()
+                || will.topic.starts_with("$SYS")
+            {
+                return refuse(self, ReasonCode::TopicNameInvalid);
+            }
+        }
+        let token = self.new_token();
+        let home = self.home_shard(&connect.client_id);
+        let claim = ShardMsg::Claim {
+            client_id: connect.client_id.clone(),
+            token,
+            shard: self.id as u16,
+            clean_start: connect.clean_start,
+        };
+        self.conns[index].state = ConnState::Claiming { token };
+        self.pending_claims.insert(
+            token,
+            PendingClaim {
+                conn: Some(index),
+                connect,
+                assigned_id,
+            },
+        );
+        self.send(home, claim);
+    }
+}

@@ -1,0 +1,158 @@
+//! Fan-out to local sessions: one delivery per session at its best matching QoS, forwarding through move stubs, deduplication during moves.
+
+use super::*;
+
+impl Shard {
+    /// Delivers to this shard's subscribers: once per session, at the highest granted QoS of its
+    /// matching subscriptions.
+    /// Returns whether any local subscription matched.
+    pub(super) fn route_local(&mut self, message: &Arc<Message>) -> bool {
+        let mut matches = std::mem::take(&mut self.matches);
+        let mut ids = std::mem::take(&mut self.subscription_ids);
+        matches.clear();
+        self.subscriptions
+            .for_each_match(&message.topic, |&session, &(options, id)| {
+                matches.push((session, options, id))
+            });
+        if matches.len() > 1 {
+            matches.sort_unstable_by_key(|&(session, _, id)| (session, id));
+        }
+        let now = Instant::now();
+        let mut start = 0;
+        while start < matches.len() {
+            // One delivery per session: the highest granted QoS of its matching subscriptions,
+            // with every matching subscription identifier (MQTT 5.0 §3.3.4).
+            let session = matches[start].0;
+            let mut end = start;
+            let mut options = matches[start].1;
+            ids.clear();
+            while end < matches.len() && matches[end].0 == session {
+                let (_, other, id) = matches[end];
+                options.qos = options.qos.max(other.qos);
+                options.retain_as_published |= other.retain_as_published;
+                options.no_local &= other.no_local;
+                if id != 0 {
+                    ids.push(id);
+                }
+                end += 1;
+            }
+            start = end;
+            if options.no_local
+                && self
+                    .sessions
+                    .get(session)
+                    .is_none_or(|e| e.session.client_id == message.publisher)
+            {
+                continue;
+            }
+            let qos = message.qos.min(options.qos);
+            let retain = options.retain_as_published && message.retain;
+            self.deliver_to(session, message, qos, retain, &ids, now);
+        }
+        let matched = !matches.is_empty();
+        self.matches = matches;
+        self.subscription_ids = ids;
+        matched
+    }
+
+    pub(super) fn deliver_to(
+        &mut self,
+        session: usize,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        now: Instant,
+    ) {
+        self.deliver_tagged(session, message, qos, retain, subscription_ids, None, now);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deliver_tagged(
+        &mut self,
+        session: usize,
+        message: &Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+        group: Option<&MqttStr>,
+        now: Instant,
+    ) {
+        let slot = session;
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
+        if let Some((shard, token)) = entry.moved_to {
+            let client_id = entry.session.client_id.clone();
+            self.send(
+                usize::from(shard),
+                ShardMsg::Forward {
+                    client_id,
+                    token,
+                    message: Arc::clone(message),
+                    qos,
+                    retain,
+                    subscription_ids: subscription_ids.to_vec(),
+                    group: group.cloned(),
+                },
+            );
+            return;
+        }
+        if let Some(recent) = entry.recent.as_mut() {
+            if recent.until.is_some_and(|until| until <= now) {
+                entry.recent = None;
+            } else {
+                if recent.messages.iter().any(|(m, _)| Arc::ptr_eq(m, message)) {
+                    return;
+                }
+                if recent.messages.len() >= MOVE_DEDUP_CAPACITY {
+                    recent.messages.pop_front();
+                }
+                recent.messages.push_back((Arc::clone(message), now));
+            }
+        }
+        let max_buffer = self.config.max_write_buffer;
+        let online = entry.conn.is_some();
+        let conn = entry
+            .conn
+            .and_then(|index| self.conns.get_mut(index).map(|c| (index, c)));
+        let (out, index, was_empty) = match conn {
+            Some((index, conn)) if conn.kill.is_none() && conn.out.len() < max_buffer => {
+                let was_empty = conn.out.is_empty();
+                (Some(&mut conn.out), Some(index), was_empty)
+            }
+            _ => (None, None, false),
+        };
+        let session = &mut entry.session;
+        let before = (
+            session.dropped_queue_full,
+            session.dropped_qos0,
+            session.dropped_expired + session.dropped_too_large,
+        );
+        session.deliver(
+            message,
+            qos,
+            retain,
+            subscription_ids,
+            group,
+            out,
+            &mut self.cache,
+            now,
+        );
+        let queued = session.queued_len();
+        self.stats.dropped_queue_full += session.dropped_queue_full - before.0;
+        self.stats.dropped_qos0 += session.dropped_qos0 - before.1;
+        self.stats.dropped_other += session.dropped_expired + session.dropped_too_large - before.2;
+        if let Some(index) = index {
+            if was_empty {
+                self.wake_conn(index);
+            }
+        }
+        // Only a connected subscriber drains its queue; an offline one's queue simply fills to
+        // its bound, which must not slow the publishers down.
+        let high_water = self.config.max_queued_messages / 2;
+        if high_water > 0 && queued >= high_water && online {
+            self.throttle_publisher(slot);
+        }
+    }
+}

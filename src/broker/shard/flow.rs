@@ -1,0 +1,60 @@
+//! Publisher throttling: a publisher that fills a local subscriber's queue is paused until it drains.
+
+use super::*;
+
+impl Shard {
+    /// Backpressure instead of loss: the local connection whose publish just filled half of a
+    /// subscriber's queue stops being read until that queue drains.
+    pub(super) fn throttle_publisher(&mut self, congested: usize) {
+        let Some(publisher) = self.current_publisher else {
+            return;
+        };
+        let own_session = self.session_of(publisher);
+        let Some(conn) = self.conns.get_mut(publisher) else {
+            return;
+        };
+        // A client is never throttled on its own queue: it must keep reading its PUBACKs.
+        if conn.throttled || own_session == Some(congested) {
+            return;
+        }
+        conn.throttled = true;
+        self.throttled.push((publisher, conn.serial, congested));
+    }
+
+    /// Resumes publishers waiting on `session` (all of them when `session` is `None`) once its
+    /// queue is at most a quarter full.
+    pub(super) fn release_throttled(&mut self, session: Option<usize>) {
+        if self.throttled.is_empty() {
+            return;
+        }
+        let low_water = self.config.max_queued_messages / 4;
+        let drained = |shard: &Shard, s: usize| {
+            shard
+                .sessions
+                .get(s)
+                .is_none_or(|e| e.session.queued_len() <= low_water)
+        };
+        let mut released = Vec::new();
+        let mut throttled = std::mem::take(&mut self.throttled);
+        throttled.retain(|&(conn, serial, waiting_on)| {
+            let due = match session {
+                None => true,
+                Some(s) => s == waiting_on && drained(self, s),
+            };
+            if due {
+                released.push((conn, serial));
+            }
+            !due
+        });
+        self.throttled = throttled;
+        for (conn, serial) in released {
+            if let Some(c) = self.conns.get_mut(conn) {
+                if c.serial == serial {
+                    c.throttled = false;
+                    c.reprocess = !c.leftover.is_empty();
+                    self.wake_conn(conn);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Inbound PUBLISH and its acknowledgements, wills, and routing a message to local subscribers, shared groups, retained storage and other shards.
+
+use super::*;
+
+impl Shard {
+    pub(super) fn topic_within_limits(&self, topic: &str) -> bool {
+        topic::check_limits(
+            topic,
+            self.config.max_topic_length,
+            self.config.max_topic_levels,
+        )
+        .is_ok()
+    }
+
+    pub(super) fn on_publish(&mut self, index: usize, session: usize, mut publish: Publish) {
+        self.stats.publishes_in += 1;
+        let protocol = self.conns[index].protocol;
+        if let Some(alias) = publish.properties.topic_alias.take() {
+            // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
+            // (re)defines it; an empty topic uses it.
+            if alias > self.config.topic_alias_maximum {
+                return self.kill_conn(index, ReasonCode::TopicAliasInvalid, false);
+            }
+            let conn = &mut self.conns[index];
+            let aliases = conn.aliases_in.get_or_insert_with(Default::default);
+            if publish.topic.is_empty() {
+                match aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => return self.kill_conn(index, ReasonCode::ProtocolError, false),
+                }
+            } else {
+                // Own memory: an alias outlives the read buffer its topic arrived in.
+                aliases.insert(alias, MqttStr::from(publish.topic.as_str()));
+            }
+        }
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return self.kill_conn(index, ReasonCode::ProtocolError, false);
+        }
+        if !self.topic_within_limits(&publish.topic) {
+            return self.kill_conn(index, ReasonCode::TopicNameInvalid, false);
+        }
+        let qos = publish.qos;
+        let packet_id = publish.packet_id;
+        if qos == QoS::ExactlyOnce
+            && protocol.is_v5()
+            && !self.sessions[session].session.has_incoming_qos2(packet_id)
+            && self.sessions[session].session.incoming_qos2_len()
+                >= usize::from(self.config.receive_maximum)
+        {
+            // More unreleased QoS 2 publishes than the Receive Maximum we announced.
+            return self.kill_conn(index, ReasonCode::ReceiveMaximumExceeded, false);
+        }
+        // `$SYS/...` belongs to the broker: clients may not publish there.
+        let refused = publish.topic.starts_with("$SYS");
+        let payload_invalid = publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        // A refused QoS 2 publish ends with its error PUBREC (MQTT 5.0 §4.3.3): its packet id
+        // is not kept, so the client may reuse it at once.
+        let route = !refused
+            && !payload_invalid
+            && (qos != QoS::ExactlyOnce
+                || self.sessions[session].session.on_incoming_qos2(packet_id));
+        if refused {
+            tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
+        }
+        let mut matched = true;
+        let mut retain_ack = None;
+        if route {
+            let mut properties = std::mem::take(&mut publish.properties);
+            // The expiry travels as a deadline; each delivery carries the time remaining.
+            let expires_at = properties
+                .message_expiry_interval
+                .take()
+                .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+            let message = Arc::new(Message {
+                topic: publish.topic,
+                payload: publish.payload,
+                qos,
+                retain: publish.retain,
+                properties,
+                publisher: self.sessions[session].session.client_id.clone(),
+                expires_at,
+            });
+            self.current_publisher = Some(index);
+            let (any, ack) = self.route_publish(message);
+            self.current_publisher = None;
+            matched = any;
+            retain_ack = ack;
+        }
+        let reason = match () {
+            _ if !protocol.is_v5() => ReasonCode::Success,
+            _ if refused => ReasonCode::NotAuthorized,
+            // MQTT 5.0 §3.3.2.3.2: the server may refuse a payload that is not the UTF-8 it claims.
+            _ if payload_invalid => ReasonCode::PayloadFormatInvalid,
+            _ if !matched => ReasonCode::NoMatchingSubscribers,
+            _ => ReasonCode::Success,
+        };
+        let ack = Ack {
+            packet_id,
+            reason,
+            properties: Properties::default(),
+        };
+        let packet = match qos {
+            QoS::AtMostOnce => return,
+            QoS::AtLeastOnce => Packet::PubAck(ack),
+            QoS::ExactlyOnce => Packet::PubRec(ack),
+        };
+        match retain_ack {
+            // A retained message is acknowledged once its topic's owner has applied it, so a
+            // client that saw the PUBACK finds it on every shard.
+            Some(token) => {
+                let serial = self.conns[index].serial;
+                self.conns[index].paused = true;
+                self.held_acks.insert(
+                    token,
+                    HeldAck {
+                        conn: index,
+                        serial,
+                        packet,
+                    },
+                );
+            }
+            None => self.write(index, packet),
+        }
+    }
+
+    pub(super) fn on_ack(&mut self, index: usize, session: usize, kind: AckKind, ack: Ack) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let was_empty = conn.out.is_empty();
+        let entry = &mut self.sessions[session].session;
+        let result = match kind {
+            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out, Instant::now()),
+            AckKind::Rec => {
+                entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out, Instant::now())
+            }
+            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out, Instant::now()),
+        };
+        if result.is_err() {
+            return self.kill_conn(index, ReasonCode::ProtocolError, false);
+        }
+        if was_empty && !self.conns[index].out.is_empty() {
+            self.wake_conn(index);
+        }
+        self.release_throttled(Some(session));
+    }
+
+    pub(super) fn publish_will(&mut self, client_id: &MqttStr, will: Box<LastWill>) {
+        let will = *will;
+        let expires_at = will
+            .properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+        let properties = Properties {
+            payload_format_indicator: will.properties.payload_format_indicator,
+            content_type: will.properties.content_type,
+            response_topic: will.properties.response_topic,
+            correlation_data: will.properties.correlation_data,
+            user_properties: will.properties.user_properties,
+            ..Properties::default()
+        };
+        let message = Arc::new(Message {
+            topic: will.topic,
+            payload: will.payload,
+            qos: will.qos,
+            retain: will.retain,
+            properties,
+            publisher: client_id.clone(),
+            expires_at,
+        });
+        tracing::debug!(shard = self.id, client = %client_id, topic = %message.topic, "publishing will");
+        self.route_publish(message);
+    }
+
+    /// Routes a message published on this shard: retained store, local subscribers, and one
+    /// forward per other interested shard.
+    /// Returns whether any subscriber (on any shard, as far as the replicas know) matched.
+    /// `retain_ack` is set when a retained update went to another shard with a request to
+    /// confirm it (the caller holds the client's acknowledgement until then).
+    pub(super) fn route_publish(&mut self, message: Arc<Message>) -> (bool, Option<u64>) {
+        let mut retain_ack = None;
+        if message.retain {
+            let owned = if message.payload.is_empty() {
+                None
+            } else {
+                // Retained messages live long: give them memory of their own instead of a slice
+                // that pins the whole read buffer.
+                Some(Arc::new(Message {
+                    topic: MqttStr::from(message.topic.as_str()),
+                    payload: Bytes::copy_from_slice(&message.payload),
+                    ..(*message).clone()
+                }))
+            };
+            let owner = self.topic_owner(&message.topic);
+            let ack = if owner != self.id {
+                let token = self.new_token();
+                retain_ack = Some(token);
+                Some((self.id as u16, token))
+            } else {
+                None
+            };
+            self.send(
+                owner,
+                ShardMsg::RetainUpdate {
+                    topic: message.topic.clone(),
+                    message: owned,
+                    ack,
+                },
+            );
+        }
+        let mut matched = self.route_local(&message);
+        matched |= self.route_shared(&message);
+        let shards = self.interest.shards_for(&message.topic);
+        matched |= shards.iter().any(|shard| shard != self.id);
+        for shard in shards.iter() {
+            if shard != self.id && shard < self.shards {
+                self.stats.forwarded += 1;
+                self.send(shard, ShardMsg::Publish(Arc::clone(&message)));
+            }
+        }
+        (matched, retain_ack)
+    }
+}

@@ -1,0 +1,124 @@
+//! Session entries on this shard: installing (with their subscriptions), parking offline, ending.
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct SessionEntry {
+    pub(super) session: Session,
+    pub(super) conn: Option<usize>,
+    pub(super) token: u64,
+    /// Milliseconds since the shard started, when the session went offline.
+    pub(super) offline_since: Option<u64>,
+    /// A will waiting out its MQTT 5.0 will delay interval.
+    pub(super) pending_will: Option<Box<LastWill>>,
+    /// Set on a stub left behind when the session moved to another shard: deliveries are
+    /// forwarded there (shard, claim token) until every shard routes to the new place.
+    pub(super) moved_to: Option<(u16, u64)>,
+    /// While a moved session may receive a message both directly and through the old shard's
+    /// stub: what it already got, so nothing is delivered twice.
+    pub(super) recent: Option<Box<RecentDeliveries>>,
+}
+
+/// Messages a session received recently, for deduplication during a move between shards.
+#[derive(Debug)]
+pub(super) struct RecentDeliveries {
+    pub(super) messages: VecDeque<(Arc<Message>, Instant)>,
+    /// When the move is known everywhere plus a margin; `None` while it is still in progress.
+    pub(super) until: Option<Instant>,
+}
+
+/// How long after a move completes duplicates are still filtered.
+pub(super) const MOVE_DEDUP_MARGIN: Duration = Duration::from_secs(2);
+
+/// Most messages remembered for deduplication per moving session.
+pub(super) const MOVE_DEDUP_CAPACITY: usize = 65_536;
+
+impl Shard {
+    pub(super) fn install_session(&mut self, session: Session, token: u64) -> usize {
+        let client_id = session.client_id.clone();
+        let filters: Vec<(MqttStr, (SubscriptionOptions, u32))> = session
+            .subscriptions
+            .iter()
+            .map(|(f, o)| (f.clone(), *o))
+            .collect();
+        let slot = self.sessions.insert(Box::new(SessionEntry {
+            session,
+            conn: None,
+            token,
+            offline_since: None,
+            pending_will: None,
+            moved_to: None,
+            recent: None,
+        }));
+        if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
+            // The ownership protocol rules this out (one session per client id). Should it
+            // happen anyway, end the older session rather than leave it unreachable.
+            tracing::error!(shard = self.id, client = %client_id, "a second session for one client id; ending the older");
+            self.stats.protocol_violations += 1;
+            if let Some(entry) = self.sessions.get_mut(stale) {
+                if let Some(conn) = entry.conn.take() {
+                    self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
+                    if let Some(conn) = self.conns.get_mut(conn) {
+                        conn.state = ConnState::Detached;
+                    }
+                }
+                self.by_client_id.insert(client_id.clone(), stale);
+                self.end_session(stale);
+                self.by_client_id.insert(client_id, slot);
+            }
+        }
+        for (filter, options) in filters {
+            self.add_subscription(slot, &filter, options);
+        }
+        slot
+    }
+
+    pub(super) fn park_session(&mut self, session: usize) {
+        let now_ms = self.clock_ms();
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
+        entry.offline_since = Some(now_ms);
+        let token = entry.token;
+        if let Some(expiry) = entry.session.expiry {
+            let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Session {
+                    index: session,
+                    token,
+                });
+        }
+    }
+
+    /// Removes a session from this shard: its subscriptions, its registry entry.
+    pub(super) fn end_session(&mut self, session: usize) {
+        let Some(mut entry) = self.sessions.try_remove(session) else {
+            return;
+        };
+        let orphans = entry.session.take_shared_undelivered();
+        if let Some(will) = entry.pending_will.take() {
+            // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
+            self.publish_will(&entry.session.client_id, will);
+        }
+        if self.by_client_id.get(&entry.session.client_id) == Some(&session) {
+            self.by_client_id.remove(&entry.session.client_id);
+        }
+        for filter in entry.session.subscriptions.keys() {
+            self.remove_subscription(session, filter);
+        }
+        let home = self.home_shard(&entry.session.client_id);
+        self.send(
+            home,
+            ShardMsg::Release {
+                client_id: entry.session.client_id,
+                token: entry.token,
+            },
+        );
+        // A member left with messages it had not acknowledged: they go to another member.
+        for (group, message) in orphans {
+            self.route_shared_group(&group, &message);
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The claimant and owner roles of the ownership protocol: grants, takeovers, session moves between shards with forwarding stubs, and settling.
+
+use super::*;
+
+#[derive(Debug)]
+pub(super) struct PendingClaim {
+    pub(super) conn: Option<usize>,
+    pub(super) connect: Box<Connect>,
+    pub(super) assigned_id: bool,
+}
+
+/// What `on_takeover` did with the session.
+pub(super) enum Handover {
+    Ended,
+    InPlace(usize),
+    Moved(Box<Session>),
+}
+
+impl Shard {
+    /// Claimant role: a newer connection won the client id before this claim's turn came.
+    pub(super) fn on_denied(&mut self, token: u64) {
+        let Some(claim) = self.pending_claims.remove(&token) else {
+            return;
+        };
+        if let Some(index) = claim.conn {
+            tracing::debug!(shard = self.id, client = %claim.connect.client_id, "claim superseded by a newer connection");
+            self.kill_conn(index, ReasonCode::SessionTakenOver, false);
+        }
+    }
+
+    /// Tells the home shard that claim `token` has settled here.
+    pub(super) fn settle(&mut self, client_id: &MqttStr, token: u64) {
+        let home = self.home_shard(client_id);
+        self.send(
+            home,
+            ShardMsg::Settled {
+                client_id: client_id.clone(),
+                token,
+            },
+        );
+    }
+
+    /// New-owner role: the stub that forwarded to the moved session is gone: the move is
+    /// complete (duplicates are still filtered for a short margin) and the claim settles.
+    pub(super) fn on_stub_gone(&mut self, client_id: MqttStr, token: u64) {
+        let Some(&slot) = self.by_client_id.get(&client_id) else {
+            return;
+        };
+        let Some(entry) = self.sessions.get_mut(slot).filter(|e| e.token == token) else {
+            return;
+        };
+        if let Some(recent) = entry.recent.as_mut() {
+            recent.until = Some(Instant::now() + MOVE_DEDUP_MARGIN);
+        }
+        self.settle(&client_id, token);
+    }
+
+    /// Owner role: close the current connection of `client_id` and hand its session over.
+    pub(super) fn on_takeover(
+        &mut self,
+        client_id: MqttStr,
+        old_token: u64,
+        new_shard: u16,
+        new_token: u64,
+        clean_start: bool,
+    ) {
+        let session = self.by_client_id.get(&client_id).copied().filter(|&slot| {
+            self.sessions
+                .get(slot)
+                .is_some_and(|e| e.token == old_token)
+        });
+        if session.is_none() {
+            // The session of the settled owner ended meanwhile (its Release is on the way):
+            // the new claim starts afresh.
+            tracing::debug!(shard = self.id, client = %client_id, "takeover of a session that already ended");
+        }
+        let handover =
+            session.map(|slot| self.hand_over(slot, &client_id, new_shard, new_token, clean_start));
+        let (session, handover) = match handover {
+            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot))),
+            Some(Handover::Moved(data)) => (Some(data), Some(HandoverKind::Stub(self.id as u16))),
+            Some(Handover::Ended) | None => (None, None),
+        };
+        self.send(
+            usize::from(new_shard),
+            ShardMsg::Granted {
+                token: new_token,
+                session,
+                handover,
+            },
+        );
+    }
+
+    /// Detaches the session in `slot` from its connection (closing it) and ends it, keeps it
+    /// in place for `new_token`, or turns it into a forwarding stub and returns its data.
+    pub(super) fn hand_over(
+        &mut self,
+        slot: usize,
+        client_id: &MqttStr,
+        new_shard: u16,
+        new_token: u64,
+        clean_start: bool,
+    ) -> Handover {
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return Handover::Ended;
+        };
+        let ends = clean_start || entry.session.clean;
+        let pending_will = entry.pending_will.take();
+        let old_conn = entry.conn.take();
+        let live_will = old_conn.and_then(|_| entry.session.will.take());
+        if let Some(will) = pending_will {
+            // A reconnect within the will delay cancels the will, unless the session ends.
+            if ends {
+                self.publish_will(client_id, will);
+            }
+        }
+        if let Some(conn) = old_conn {
+            tracing::debug!(shard = self.id, client = %client_id, "session taken over");
+            // The old connection closes without a DISCONNECT from its client: its will fires,
+            // unless it has a will delay that the new connection now cancels (MQTT 5.0).
+            if let Some(will) = live_will {
+                let delay = will.properties.will_delay_interval.unwrap_or(0);
+                if delay == 0 || ends {
+                    self.publish_will(client_id, will);
+                }
+            }
+            self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
+            if let Some(conn) = self.conns.get_mut(conn) {
+                conn.state = ConnState::Detached;
+            }
+        }
+        if ends {
+            // The session ends here: queued shared-subscription messages go to other
+            // members; the registry already points at the new owner.
+            self.end_session(slot);
+            return Handover::Ended;
+        }
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return Handover::Ended;
+        };
+        if usize::from(new_shard) == self.id {
+            // Same shard: the session stays where it is, subscriptions untouched, so nothing
+            // routed meanwhile is missed.
+            entry.token = new_token;
+            return Handover::InPlace(slot);
+        }
+        // Another shard: the data moves; a stub keeps the subscriptions here and forwards
+        // deliveries until every shard routes to the new place.
+        let mut stub = Session::new(
+            entry.session.client_id.clone(),
+            entry.session.protocol,
+            false,
+            self.limits,
+        );
+        stub.subscriptions = entry.session.subscriptions.clone();
+        let data = std::mem::replace(&mut entry.session, stub);
+        entry.moved_to = Some((new_shard, new_token));
+        entry.recent = None;
+        self.by_client_id.remove(client_id);
+        self.stubs.insert(new_token, slot);
+        Handover::Moved(Box::new(data))
+    }
+
+    /// Claimant role: the id is ours; finish the CONNECT (or, when the connection is already
+    /// gone, keep a persistent session offline). Either way the claim settles, or its session
+    /// ends and is released.
+    pub(super) fn on_granted(
+        &mut self,
+        token: u64,
+        previous: Option<Box<Session>>,
+        handover: Option<HandoverKind>,
+    ) {
+        let now_ms = self.clock_ms();
+        let Some(claim) = self.pending_claims.remove(&token) else {
+            // Every claim is answered once, by Granted or Denied: this is a protocol bug. Keep
+            // the broker alive and say so.
+            tracing::error!(shard = self.id, token, "grant for an unknown claim ignored");
+            self.stats.protocol_violations += 1;
+            return;
+        };
+        let connect = claim.connect;
+        let in_place = match handover {
+            Some(HandoverKind::InPlace(slot))
+                if self.sessions.get(slot).is_some_and(|e| e.token == token) =>
+            {
+                Some(slot)
+            }
+            _ => None,
+        };
+        let stub_shard = match handover {
+            Some(HandoverKind::Stub(shard)) => Some(shard),
+            _ => None,
+        };
+        let Some(index) = claim.conn.filter(|&c| self.conns.contains(c)) else {
+            if let Some(slot) = in_place {
+                self.park_session(slot);
+                self.settle(&connect.client_id, token);
+                return;
+            }
+            // The client left while we waited. Keep a persistent session it had; otherwise
+            // release the id.
+            match previous {
+                Some(session) if !connect.clean_start => {
+                    let mut session = *session;
+                    session.will = None;
+                    let slot = self.install_session(session, token);
+                    self.park_session(slot);
+                    match stub_shard {
+                        Some(shard) => self.start_stub_release(shard, token, slot),
+                        None => self.settle(&connect.client_id, token),
+                    }
+                }
+                _ => {
+                    let home = self.home_shard(&connect.client_id);
+                    self.send(
+                        home,
+                        ShardMsg::Release {
+                            client_id: connect.client_id,
+                            token,
+                        },
+                    );
+                }
+            }
+            return;
+        };
+        let protocol = connect.protocol;
+        let session_present = (previous.is_some() || in_place.is_some()) && !connect.clean_start;
+        let mut session = match (in_place, previous) {
+            (Some(slot), _) => {
+                let limits = self.limits;
+                let Some(entry) = self.sessions.get_mut(slot) else {
+                    return;
+                };
+                entry.pending_will = None;
+                entry.offline_since = None;
+                let mut session = std::mem::replace(
+                    &mut entry.session,
+                    Session::new(MqttStr::default(), protocol, true, limits),
+                );
+                session.protocol = protocol;
+                session.set_limits(limits);
+                session
+            }
+            (None, previous) => match previous {
+                Some(session) if !connect.clean_start => {
+                    let mut session = *session;
+                    session.protocol = protocol;
+                    session.set_limits(self.limits);
+                    session
+                }
+                _ => Session::new(
+                    connect.client_id.clone(),
+                    protocol,
+                    connect.clean_start,
+                    self.limits,
+                ),
+            },
+        };
+        if protocol.is_v5() {
+            // MQTT 5.0: clean start only discards an old session; how long this one lasts is
+            // the session expiry interval (0, the default, ends it with the connection).
+            let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
+            session.clean = expiry == 0;
+            session.expiry = (expiry != u32::MAX).then_some(expiry);
+            session.attach(PeerLimits {
+                max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
+                topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
+                receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
+            });
+        } else {
+            session.clean = connect.clean_start;
+            session.expiry = self
+                .config
+                .persistent_session_expiry
+                .map(|secs| u32::try_from(secs).unwrap_or(u32::MAX));
+            session.attach(PeerLimits::default());
+        }
+        session.will = connect.will.map(Box::new);
+        let slot = match in_place.and_then(|slot| self.sessions.get_mut(slot).map(|e| (slot, e))) {
+            Some((slot, entry)) => {
+                entry.session = session;
+                slot
+            }
+            None => self.install_session(session, token),
+        };
+        if let Some(entry) = self.sessions.get_mut(slot) {
+            entry.conn = Some(index);
+        }
+        match stub_shard {
+            Some(shard) => self.start_stub_release(shard, token, slot),
+            None => self.settle(&connect.client_id, token),
+        }
+        let mut properties = Properties::default();
+        if protocol.is_v5() {
+            if claim.assigned_id {
+                properties.assigned_client_identifier = Some(connect.client_id.clone());
+            }
+            properties.maximum_packet_size = Some(self.config.max_packet_size);
+            properties.receive_maximum = Some(self.config.receive_maximum);
+            if self.config.topic_alias_maximum > 0 {
+                properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            }
+            if connect.properties.request_response_information == Some(true) {
+                // Request/response: a topic prefix the client may use for responses.
+                properties.response_information =
+                    Some(MqttStr::from(format!("response/{}", connect.client_id)));
+            }
+        }
+        let connack = ConnAck {
+            session_present,
+            reason: ReasonCode::Success,
+            properties,
+        };
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let Ok(session) = u32::try_from(slot) else {
+            tracing::error!(shard = self.id, "more than 2^32 sessions on one shard");
+            return self.kill_conn(index, ReasonCode::QuotaExceeded, false);
+        };
+        conn.state = ConnState::Active { session, token };
+        conn.last_seen = now_ms;
+        conn.reprocess = !conn.leftover.is_empty();
+        let serial = conn.serial;
+        let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
+        if session_present {
+            if let Some(entry) = self.sessions.get_mut(slot) {
+                entry.session.resume(&mut conn.out, Instant::now());
+            }
+        }
+        if connect.keep_alive > 0 {
+            let deadline = Self::bucket(now_ms + 1500 * u64::from(connect.keep_alive));
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Conn { index, serial });
+        }
+        tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
+        self.wake_conn(index);
+    }
+
+    /// A session arrived from `shard`, which keeps a forwarding stub: once every shard routes
+    /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly
+    /// after, deliveries to the session are deduplicated; the claim settles when the old shard
+    /// confirms the stub is gone (`StubGone`).
+    pub(super) fn start_stub_release(&mut self, shard: u16, token: u64, slot: usize) {
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        entry.recent = Some(Box::new(RecentDeliveries {
+            messages: VecDeque::new(),
+            until: None,
+        }));
+        let action = BarrierAction::ReleaseStub {
+            shard,
+            token,
+            client_id: entry.session.client_id.clone(),
+        };
+        self.start_barrier(action);
+    }
+
+    pub(super) fn remove_stub(&mut self, token: u64) {
+        let Some(slot) = self.stubs.remove(&token) else {
+            return;
+        };
+        let is_stub = self
+            .sessions
+            .get(slot)
+            .is_some_and(|e| e.moved_to.is_some_and(|m| m.1 == token));
+        if !is_stub {
+            return;
+        }
+        let entry = self.sessions.remove(slot);
+        for filter in entry.session.subscriptions.keys() {
+            self.remove_subscription(slot, filter);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_forward(
+        &mut self,
+        client_id: MqttStr,
+        token: u64,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: Vec<u32>,
+        group: Option<MqttStr>,
+    ) {
+        match self.by_client_id.get(&client_id) {
+            Some(&slot) if self.sessions.get(slot).is_some_and(|e| e.token == token) => self
+                .deliver_tagged(
+                    slot,
+                    &message,
+                    qos,
+                    retain,
+                    &subscription_ids,
+                    group.as_ref(),
+                    Instant::now(),
+                ),
+            _ => {
+                tracing::debug!(shard = self.id, client = %client_id, "forwarded message for a session that moved on");
+            }
+        }
+    }
+}
