@@ -68,6 +68,8 @@ struct Tally {
     connacks: AtomicUsize,
     session_present: AtomicUsize,
     closed_before_connack: AtomicUsize,
+    /// Refused with server busy (3.x: server unavailable): a newer connection won the id.
+    superseded: AtomicUsize,
     connack_timeouts: AtomicUsize,
     subacks: AtomicUsize,
     taken_over: AtomicUsize,
@@ -96,13 +98,14 @@ impl Tally {
         let get = |c: &AtomicUsize| c.load(Ordering::Relaxed);
         format!(
             "tcp failed {}, CONNECT write failed {}, CONNACKs {} (session present {}), \
-             closed before CONNACK {}, CONNACK timeouts {}, SUBACKs {}, taken over {}, \
+             closed before CONNACK {}, superseded {}, CONNACK timeouts {}, SUBACKs {}, taken over {}, \
              closes: reset {} / DISCONNECT {} / plain {}",
             get(&self.tcp_failed),
             get(&self.connect_write_failed),
             get(&self.connacks),
             get(&self.session_present),
             get(&self.closed_before_connack),
+            get(&self.superseded),
             get(&self.connack_timeouts),
             get(&self.subacks),
             get(&self.taken_over),
@@ -173,6 +176,20 @@ fn storm_worker(shards: &[SocketAddr], tally: &Tally, worker: usize, until: Inst
                         tally.anomaly(format!("{what}: session present for a clean session"));
                     }
                 }
+            }
+            Recv::Packet(Packet::ConnAck(connack)) if connack.reason == ReasonCode::ServerBusy => {
+                // A newer connection for the same id won the race before this one's turn
+                // (5.0: 0x89 server busy; 3.x: return code 3, read back as server unavailable).
+                Tally::bump(&tally.superseded);
+                raw.close();
+                continue;
+            }
+            Recv::Packet(Packet::ConnAck(connack))
+                if !protocol.is_v5() && connack.reason == ReasonCode::ServerUnavailable =>
+            {
+                Tally::bump(&tally.superseded);
+                raw.close();
+                continue;
             }
             Recv::Packet(other) => {
                 tally.anomaly(format!(
@@ -456,7 +473,14 @@ fn burst_of_takeovers_leaves_exactly_one_connection() {
         // At most a successful CONNACK, then (5.0, taken over) DISCONNECT 0x8E.
         let well_formed = match &s.packets[..] {
             [] => true,
-            [Packet::ConnAck(c)] => c.reason == ReasonCode::Success,
+            [Packet::ConnAck(c)] => {
+                c.reason == ReasonCode::Success
+                    // Superseded by a newer contender before its turn came.
+                    || (!s.alive && c.reason == ReasonCode::ServerBusy)
+                    || (!s.alive
+                        && !s.version.is_v5()
+                        && c.reason == ReasonCode::ServerUnavailable)
+            }
             [Packet::ConnAck(c), Packet::Disconnect(d)] => {
                 c.reason == ReasonCode::Success
                     && s.version.is_v5()

@@ -10,19 +10,7 @@ impl Shard {
             conn.protocol = protocol;
             conn.keep_alive = connect.keep_alive;
         }
-        let refuse = |shard: &mut Shard, reason: ReasonCode| {
-            let connack = ConnAck {
-                reason,
-                ..Default::default()
-            };
-            let conn = &mut shard.conns[index];
-            let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
-            conn.kill = Some(Kill {
-                reason,
-                graceful: false,
-            });
-            shard.wake_conn(index);
-        };
+        let refuse = |shard: &mut Shard, reason: ReasonCode| shard.refuse_connect(index, reason);
         if matches!(self.conns[index].state, ConnState::OverLimit) {
             tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
             return refuse(self, ReasonCode::QuotaExceeded);
@@ -87,5 +75,23 @@ impl Shard {
             },
         );
         self.send(home, claim);
+    }
+
+    /// Answers a CONNECT with a refusing CONNACK (in the connection's protocol version: 3.x
+    /// gets the closest return code) and closes the connection.
+    pub(super) fn refuse_connect(&mut self, index: usize, reason: ReasonCode) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        let connack = ConnAck {
+            reason,
+            ..Default::default()
+        };
+        let _ = Packet::ConnAck(connack).encode(conn.protocol, &mut conn.out);
+        conn.kill = Some(Kill {
+            reason,
+            graceful: false,
+        });
+        self.wake_conn(index);
     }
 }

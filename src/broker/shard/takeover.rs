@@ -23,8 +23,11 @@ impl Shard {
             return;
         };
         if let Some(index) = claim.conn {
+            // Several connections raced for this client id within one takeover's round trip;
+            // a newer one won. The loser learns it with "server busy" (3.x: server
+            // unavailable) rather than a silent close.
             tracing::debug!(shard = self.id, client = %claim.connect.client_id, "claim superseded by a newer connection");
-            self.kill_conn(index, ReasonCode::SessionTakenOver, false);
+            self.refuse_connect(index, ReasonCode::ServerBusy);
         }
     }
 
