@@ -1,14 +1,19 @@
-//! Broker configuration: command-line flags and a TOML file, every flag with a config key.
-//! Flags override the file; the file overrides the defaults.
+//! Broker configuration: the command line (subcommands and flags) and a TOML file, every flag
+//! with a config key. Flags override the file; the file overrides the defaults.
+//!
+//! [`Cli`] is the whole command line; each subcommand that needs a configuration takes the
+//! same [`Flags`] and builds it with [`Config::from_flags`], so `serve`, `check-config` and a
+//! SIGHUP reload all see exactly the same configuration.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
-use serde::Deserialize;
+use clap::{Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
 /// How a shared subscription picks the member that receives a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum SharedStrategy {
     /// Members take turns.
@@ -21,15 +26,83 @@ pub enum SharedStrategy {
     Sticky,
 }
 
+/// What a listener speaks. Only plain MQTT over TCP for now; TLS and WebSocket will be further
+/// variants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// MQTT over plain TCP (config value `"mqtt"`).
+    #[default]
+    Mqtt,
+}
+
+/// One listener: a `[[listener]]` table of the config file, or one `listen` address.
+///
+/// ```toml
+/// [[listener]]
+/// address = "0.0.0.0:1884"
+/// protocol = "mqtt"          # the default
+/// max_connections = 10000    # 0 (the default) = no per-listener limit
+/// name = "internal"          # optional, for logs
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Address to accept on; every shard accepts on it (SO_REUSEPORT). Port 0 = an ephemeral
+    /// port.
+    pub address: SocketAddr,
+    /// What the listener speaks.
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    /// Connections accepted through this listener; 0 = no per-listener limit. The broker-wide
+    /// `max_connections` and `max_connections_per_shard` apply as well.
+    #[serde(default)]
+    pub max_connections: usize,
+    /// A name for logs and statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener with no limit of its own: what a `listen` address stands for.
+    pub fn mqtt(address: SocketAddr) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            protocol: ListenerProtocol::Mqtt,
+            max_connections: 0,
+            name: None,
+        }
+    }
+}
+
+/// The listen address used when neither `listen` nor `[[listener]]` is configured.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::UNSPECIFIED,
+    1883,
+));
+
 /// Everything the broker can be told. Field names are the config-file keys.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Addresses to accept MQTT over TCP on; every shard accepts on each (SO_REUSEPORT).
+    /// Addresses to accept plain MQTT over TCP on; every shard accepts on each (SO_REUSEPORT).
+    /// Each is a `[[listener]]` with the defaults (see [`Config::listeners`]).
+    ///
+    /// Precedence: `--listen` flags replace this list (the file's `listen` key, or the default);
+    /// they never remove `[[listener]]` tables. The default `["0.0.0.0:1883"]` applies only when
+    /// neither `listen` nor `[[listener]]` is given: a file with `[[listener]]` tables and no
+    /// `listen` key has an empty `listen`. (A `Config` built in code from `Config::default()`
+    /// keeps the default address: clear `listen` there if only the tables are wanted.)
     pub listen: Vec<SocketAddr>,
+    /// Listeners with settings of their own (`[[listener]]` tables). They come from the config
+    /// file only (no flag sets them) and are always added to the `listen` addresses, whatever
+    /// `--listen` says. Changing them needs a restart.
+    pub listener: Vec<ListenerConfig>,
     /// Number of shards (executors); default one per CPU the process may run on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
     /// CPUs to pin shards to, e.g. "0,2-5"; default: the process's affinity mask.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cpus: Option<String>,
     /// Log filter (`error`, `warn`, `info`, `debug`, `trace`, or a tracing directive).
     pub log_level: String,
@@ -50,6 +123,7 @@ pub struct Config {
     /// Bytes allowed in a topic name or filter; 0 = the protocol's 65,535.
     pub max_topic_length: usize,
     /// Seconds an offline persistent (clean session = 0) MQTT 3.x session is kept; unset = forever.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub persistent_session_expiry: Option<u64>,
     /// Seconds a new connection has to send CONNECT.
     pub connect_timeout: u16,
@@ -78,7 +152,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![SocketAddr::from(([0, 0, 0, 0], 1883))],
+            listen: vec![DEFAULT_LISTEN],
+            listener: Vec::new(),
             shards: None,
             cpus: None,
             log_level: "info".into(),
@@ -128,8 +203,46 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// Command-line flags. Each one overrides the config key of the same name.
+/// The whole command line: a subcommand, or the flags of `serve` alone (`shardmq [FLAGS]` is
+/// `shardmq serve [FLAGS]`). Further subcommands are further [`Command`] variants.
 #[derive(Debug, Parser)]
+#[command(
+    name = "shardmq",
+    version,
+    about = "io_uring shard-per-core MQTT 3.1/3.1.1/5.0 broker",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do; none = serve with `flags`.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The flags given without a subcommand (those of `serve`).
+    #[command(flatten)]
+    pub flags: Flags,
+}
+
+impl Cli {
+    /// The subcommand to run, `serve` when none was named.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Serve(self.flags))
+    }
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the broker (the default when no subcommand is given).
+    Serve(Flags),
+    /// Validate the configuration and print it as TOML.
+    ///
+    /// Builds the configuration exactly as `serve` would (the file, then the flags), validates
+    /// it and prints it with every key, defaults included. Exit status 2 if it is invalid, with
+    /// the reason (file, line and key) on stderr.
+    CheckConfig(Flags),
+}
+
+/// Command-line flags. Each one overrides the config key of the same name.
+#[derive(Debug, Clone, Parser)]
 #[command(
     name = "shardmq",
     version,
@@ -139,7 +252,8 @@ pub struct Flags {
     /// TOML config file (keys as the long flags, with underscores).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address to listen on (repeatable). Default 0.0.0.0:1883.
+    /// Address to listen on (repeatable); replaces the file's `listen` list, its [[listener]]
+    /// tables still apply. Default 0.0.0.0:1883 when neither is set.
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
     /// Number of shards; default one per allowed CPU.
@@ -208,7 +322,9 @@ pub struct Flags {
 }
 
 impl Config {
-    /// Builds the configuration from flags and the file they name.
+    /// Builds the configuration from flags and the file they name: the file (or the defaults),
+    /// then every flag given overrides its key, then [`Config::validate`]. `serve`,
+    /// `check-config` and a SIGHUP reload all build it this way.
     pub fn from_flags(flags: Flags) -> Result<Config, ConfigError> {
         let mut config = match &flags.config {
             Some(path) => {
@@ -216,7 +332,7 @@ impl Config {
                     path: path.clone(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|source| ConfigError::Parse {
+                Config::from_toml(&text).map_err(|source| ConfigError::Parse {
                     path: path.clone(),
                     source: Box::new(source),
                 })?
@@ -262,10 +378,67 @@ impl Config {
         Ok(config)
     }
 
+    /// Parses a config file's text (not validated). Missing keys take their defaults, except
+    /// that a file with `[[listener]]` tables and no `listen` key has no `listen` address: the
+    /// default 0.0.0.0:1883 is only for a file that configures no listener at all.
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        let mut config: Config = toml::from_str(text)?;
+        if !config.listener.is_empty() && !text.parse::<toml::Table>()?.contains_key("listen") {
+            config.listen.clear();
+        }
+        Ok(config)
+    }
+
+    /// The configuration as a config file with every key, defaults included. TOML has no null,
+    /// so the optional keys that are unset (`shards`, `cpus`, `persistent_session_expiry`)
+    /// appear as comments saying what unset means.
+    pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut text = String::new();
+        let unset = [
+            (self.shards.is_none(), "shards", "one shard per CPU allowed"),
+            (self.cpus.is_none(), "cpus", "the process's affinity mask"),
+            (
+                self.persistent_session_expiry.is_none(),
+                "persistent_session_expiry",
+                "kept forever",
+            ),
+        ];
+        for (is_unset, key, meaning) in unset {
+            if is_unset {
+                text.push_str(&format!("# {key}: unset ({meaning})\n"));
+            }
+        }
+        text.push_str(&toml::to_string_pretty(self)?);
+        Ok(text)
+    }
+
+    /// Every listener: each `listen` address as a plain MQTT listener with the defaults, then
+    /// the `[[listener]]` tables, in file order.
+    pub fn listeners(&self) -> Vec<ListenerConfig> {
+        self.listen
+            .iter()
+            .map(|&address| ListenerConfig::mqtt(address))
+            .chain(self.listener.iter().cloned())
+            .collect()
+    }
+
     /// Checks ranges that the types alone do not.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.listen.is_empty() {
-            return Err(ConfigError::Invalid("no listen address".into()));
+        let listeners = self.listeners();
+        if listeners.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no listener: set listen (--listen) or add a [[listener]] table".into(),
+            ));
+        }
+        let mut bound = HashSet::new();
+        for listener in &listeners {
+            // Port 0 asks for an ephemeral port: each such listener gets a port of its own.
+            if listener.address.port() != 0 && !bound.insert(listener.address) {
+                return Err(ConfigError::Invalid(format!(
+                    "address {} is bound twice (listen and [[listener]] addresses must differ)",
+                    listener.address
+                )));
+            }
         }
         if self.max_packet_size < 64 {
             return Err(ConfigError::Invalid(
@@ -300,6 +473,73 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// What changed between two configurations, by config key: `(applied, restart_needed)`.
+/// `restart_needed` lists the changed keys that only take effect at start (`listen`,
+/// `listener`, `shards`, `cpus`, `backlog`, `mesh_capacity`, `per_shard_listeners`); every other
+/// changed key is in `applied`. Both are empty when nothing changed.
+pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
+    // Destructured without `..`: a new field fails to compile here until it is classified.
+    let Config {
+        listen,
+        listener,
+        shards,
+        cpus,
+        log_level,
+        max_packet_size,
+        max_connections,
+        max_connections_per_shard,
+        max_inflight,
+        max_queued_messages,
+        max_queued_bytes,
+        max_topic_levels,
+        max_topic_length,
+        persistent_session_expiry,
+        connect_timeout,
+        max_write_buffer,
+        mesh_capacity,
+        backlog,
+        topic_alias_maximum,
+        receive_maximum,
+        shared_subscription_strategy,
+        per_shard_listeners,
+        test_inject_panic: _,
+    } = new;
+    let mut applied = Vec::new();
+    let mut restart_needed = Vec::new();
+    macro_rules! diff {
+        ($list:ident: $($field:ident),*) => {
+            $( if old.$field != *$field { $list.push(stringify!($field).to_string()); } )*
+        };
+    }
+    diff!(
+        restart_needed: listen,
+        listener,
+        shards,
+        cpus,
+        backlog,
+        mesh_capacity,
+        per_shard_listeners
+    );
+    diff!(
+        applied: log_level,
+        max_packet_size,
+        max_connections,
+        max_connections_per_shard,
+        max_inflight,
+        max_queued_messages,
+        max_queued_bytes,
+        max_topic_levels,
+        max_topic_length,
+        persistent_session_expiry,
+        connect_timeout,
+        max_write_buffer,
+        topic_alias_maximum,
+        receive_maximum,
+        shared_subscription_strategy
+    );
+    (applied, restart_needed)
 }
 
 /// Parses "0,2-5" into [0, 2, 3, 4, 5].
@@ -368,5 +608,272 @@ mod tests {
             Err(ConfigError::Parse { .. })
         ));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A temporary directory removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            let dir =
+                std::env::temp_dir().join(format!("shardmq-config-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, text: &str) -> PathBuf {
+            let path = self.0.join("broker.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn load(path: &std::path::Path, extra: &[&str]) -> Result<Config, ConfigError> {
+        let mut args = vec!["shardmq", "--config", path.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        Config::from_flags(Flags::parse_from(args))
+    }
+
+    const TABLES: &str = r#"
+max_inflight = 7
+
+[[listener]]
+address = "127.0.0.1:1884"
+max_connections = 100
+name = "internal"
+
+[[listener]]
+address = "127.0.0.1:1885"
+protocol = "mqtt"
+"#;
+
+    #[test]
+    fn listener_tables_parse() {
+        let dir = TempDir::new("tables");
+        let path = dir.file(&format!("listen = [\"127.0.0.1:1883\"]\n{TABLES}"));
+        let config = load(&path, &[]).unwrap();
+        assert_eq!(config.max_inflight, 7);
+        assert_eq!(config.listen, vec![addr("127.0.0.1:1883")]);
+        assert_eq!(
+            config.listener,
+            vec![
+                ListenerConfig {
+                    address: addr("127.0.0.1:1884"),
+                    protocol: ListenerProtocol::Mqtt,
+                    max_connections: 100,
+                    name: Some("internal".into()),
+                },
+                ListenerConfig::mqtt(addr("127.0.0.1:1885")),
+            ]
+        );
+        let listeners = config.listeners();
+        assert_eq!(listeners.len(), 3);
+        assert_eq!(listeners[0], ListenerConfig::mqtt(addr("127.0.0.1:1883")));
+        assert_eq!(listeners[1].name.as_deref(), Some("internal"));
+        assert_eq!(listeners[2].address, addr("127.0.0.1:1885"));
+
+        // --listen replaces the file's listen list; the tables stay.
+        let config = load(&path, &["--listen", "127.0.0.1:2883"]).unwrap();
+        assert_eq!(config.listen, vec![addr("127.0.0.1:2883")]);
+        let addresses: Vec<_> = config.listeners().iter().map(|l| l.address).collect();
+        assert_eq!(
+            addresses,
+            vec![
+                addr("127.0.0.1:2883"),
+                addr("127.0.0.1:1884"),
+                addr("127.0.0.1:1885")
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_key_in_listener_table_is_named() {
+        let dir = TempDir::new("unknown");
+        let path = dir.file("[[listener]]\naddress = \"127.0.0.1:1884\"\ntls_cert = \"x.pem\"\n");
+        let error = load(&path, &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
+        let message = error.to_string();
+        assert!(message.contains("tls_cert"), "{message}");
+        assert!(message.contains("line 3"), "{message}");
+        assert!(message.contains("broker.toml"), "{message}");
+
+        let path = dir.file("[[listener]]\naddress = \"127.0.0.1:1884\"\nprotocol = \"ws\"\n");
+        let message = load(&path, &[]).unwrap_err().to_string();
+        assert!(message.contains("ws"), "{message}");
+
+        let path = dir.file("[[listener]]\nname = \"no address\"\n");
+        let message = load(&path, &[]).unwrap_err().to_string();
+        assert!(message.contains("address"), "{message}");
+    }
+
+    #[test]
+    fn duplicate_address_is_refused() {
+        let dir = TempDir::new("duplicate");
+        let path =
+            dir.file("listen = [\"127.0.0.1:1884\"]\n[[listener]]\naddress = \"127.0.0.1:1884\"\n");
+        let error = load(&path, &[]).unwrap_err();
+        assert!(matches!(error, ConfigError::Invalid(_)), "{error:?}");
+        assert!(error.to_string().contains("127.0.0.1:1884"), "{error}");
+
+        // Twice the same --listen address.
+        let flags = Flags::parse_from([
+            "shardmq",
+            "--listen",
+            "127.0.0.1:1886",
+            "--listen",
+            "127.0.0.1:1886",
+        ]);
+        let error = Config::from_flags(flags).unwrap_err();
+        assert!(error.to_string().contains("127.0.0.1:1886"), "{error}");
+
+        // Port 0 is a fresh ephemeral port each time: not a duplicate.
+        let flags = Flags::parse_from([
+            "shardmq",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        assert!(Config::from_flags(flags).is_ok());
+    }
+
+    #[test]
+    fn listen_only_default() {
+        let config = Config::from_flags(Flags::parse_from(["shardmq"])).unwrap();
+        assert_eq!(config.listen, vec![DEFAULT_LISTEN]);
+        assert!(config.listener.is_empty());
+        assert_eq!(
+            config.listeners(),
+            vec![ListenerConfig::mqtt(DEFAULT_LISTEN)]
+        );
+        assert_eq!(DEFAULT_LISTEN, addr("0.0.0.0:1883"));
+
+        // A file that configures no listener keeps the default too.
+        let dir = TempDir::new("default");
+        let path = dir.file("max_inflight = 9\n");
+        let config = load(&path, &[]).unwrap();
+        assert_eq!(
+            config.listeners(),
+            vec![ListenerConfig::mqtt(DEFAULT_LISTEN)]
+        );
+
+        // An explicitly empty listen list and no table: nothing to listen on.
+        let path = dir.file("listen = []\n");
+        let error = load(&path, &[]).unwrap_err();
+        assert!(error.to_string().contains("no listener"), "{error}");
+    }
+
+    #[test]
+    fn listener_tables_only_have_no_default_listen() {
+        let dir = TempDir::new("only");
+        let path = dir.file(TABLES);
+        let config = load(&path, &[]).unwrap();
+        assert!(config.listen.is_empty(), "{:?}", config.listen);
+        let addresses: Vec<_> = config.listeners().iter().map(|l| l.address).collect();
+        assert_eq!(
+            addresses,
+            vec![addr("127.0.0.1:1884"), addr("127.0.0.1:1885")]
+        );
+        // --listen adds plain listeners beside the tables.
+        let config = load(&path, &["--listen", "127.0.0.1:2883"]).unwrap();
+        assert_eq!(config.listeners().len(), 3);
+        assert_eq!(config.listeners()[0].address, addr("127.0.0.1:2883"));
+    }
+
+    #[test]
+    fn to_toml_round_trips() {
+        let dir = TempDir::new("roundtrip");
+        let path = dir.file(&format!(
+            "listen = [\"127.0.0.1:1883\"]\ncpus = \"0\"\n{TABLES}"
+        ));
+        let config = load(&path, &[]).unwrap();
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("max_inflight = 7"), "{text}");
+        assert!(text.contains("[[listener]]"), "{text}");
+        assert!(text.contains("# shards: unset"), "{text}");
+        assert!(!text.contains("# cpus"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
+
+        // Only tables: printed with `listen = []`, which reads back the same.
+        let config = load(&dir.file(TABLES), &[]).unwrap();
+        let text = config.to_toml().unwrap();
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
+
+        let config = Config::from_flags(Flags::parse_from(["shardmq"])).unwrap();
+        assert_eq!(
+            Config::from_toml(&config.to_toml().unwrap()).unwrap(),
+            config
+        );
+    }
+
+    #[test]
+    fn command_line() {
+        let cli = Cli::parse_from(["shardmq", "--listen", "127.0.0.1:1999"]);
+        match cli.into_command() {
+            Command::Serve(flags) => assert_eq!(flags.listen, vec![addr("127.0.0.1:1999")]),
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::parse_from(["shardmq", "serve", "--shards", "2"]);
+        assert!(matches!(cli.into_command(), Command::Serve(f) if f.shards == Some(2)));
+        let cli = Cli::parse_from(["shardmq", "check-config", "--config", "x.toml"]);
+        match cli.into_command() {
+            Command::CheckConfig(flags) => assert_eq!(flags.config, Some("x.toml".into())),
+            other => panic!("{other:?}"),
+        }
+        // Top-level flags and a subcommand do not mix.
+        assert!(Cli::try_parse_from(["shardmq", "--shards", "2", "serve"]).is_err());
+        assert!(Cli::try_parse_from(["shardmq", "no-such-command"]).is_err());
+    }
+
+    #[test]
+    fn reload_diff_names_changed_keys() {
+        let old = Config::default();
+        assert_eq!(reload_diff(&old, &old.clone()), (vec![], vec![]));
+
+        let mut new = old.clone();
+        new.max_inflight = 5;
+        new.log_level = "debug".into();
+        new.persistent_session_expiry = Some(60);
+        new.shared_subscription_strategy = SharedStrategy::Sticky;
+        new.shards = Some(3);
+        new.listener
+            .push(ListenerConfig::mqtt(addr("127.0.0.1:1884")));
+        new.backlog = 16;
+        let (applied, restart_needed) = reload_diff(&old, &new);
+        assert_eq!(
+            applied,
+            vec![
+                "log_level",
+                "max_inflight",
+                "persistent_session_expiry",
+                "shared_subscription_strategy"
+            ]
+        );
+        assert_eq!(restart_needed, vec!["listener", "shards", "backlog"]);
+
+        let mut new = old.clone();
+        new.listen = vec![addr("127.0.0.1:1")];
+        new.cpus = Some("0".into());
+        new.mesh_capacity = 8;
+        new.per_shard_listeners = true;
+        new.max_connections = 10;
+        // Not a config key: never reported.
+        new.test_inject_panic = Some(0);
+        let (applied, restart_needed) = reload_diff(&old, &new);
+        assert_eq!(applied, vec!["max_connections"]);
+        assert_eq!(
+            restart_needed,
+            vec!["listen", "cpus", "mesh_capacity", "per_shard_listeners"]
+        );
     }
 }

@@ -1,38 +1,77 @@
-//! The `shardmq` binary: flags and config in, broker out. All logic lives in the library.
+//! The `shardmq` binary: subcommand, flags and config in, broker out. All logic lives in the
+//! library.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use shardmq::broker;
-use shardmq::config::{Config, Flags};
+use shardmq::broker::{self, BrokerHandle};
+use shardmq::config::{Cli, Command, Config, Flags};
+use tracing_subscriber::{reload, EnvFilter};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let config = match Config::from_flags(Flags::parse()) {
+    match Cli::parse().into_command() {
+        Command::Serve(flags) => serve(flags),
+        Command::CheckConfig(flags) => check_config(flags),
+    }
+}
+
+/// `shardmq check-config`: the effective configuration as TOML on stdout, or why it is invalid
+/// on stderr with exit status 2.
+fn check_config(flags: Flags) -> ExitCode {
+    let config = match Config::from_flags(flags) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("shardmq: {error}");
             return ExitCode::from(2);
         }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
+    match config.to_toml() {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("shardmq: cannot print the configuration as TOML: {error}");
+            ExitCode::from(2)
+        }
+    }
+}
 
-    // Block SIGINT/SIGTERM before any shard thread exists (threads inherit the mask), then wait
-    // for them here: a signal never interrupts a shard.
-    let signals = match block_termination_signals() {
+/// `shardmq [serve]`: runs the broker until SIGINT/SIGTERM, reloading on SIGHUP.
+fn serve(flags: Flags) -> ExitCode {
+    let mut config = match Config::from_flags(flags.clone()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("shardmq: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    // RUST_LOG, when set, wins over log_level, at start and on every reload.
+    let log_from_env = EnvFilter::try_from_default_env().ok();
+    let pinned_log = log_from_env.is_some();
+    let filter = log_from_env
+        .or_else(|| EnvFilter::try_new(&config.log_level).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_filter_reloading();
+    let log_filter = subscriber.reload_handle();
+    subscriber.init();
+
+    // Block SIGINT/SIGTERM/SIGHUP before any shard thread exists (threads inherit the mask),
+    // then wait for them here: a signal never interrupts a shard.
+    let signals = match block_signals() {
         Ok(signals) => signals,
         Err(error) => {
             eprintln!("shardmq: cannot set up signal handling: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let mut handle = match broker::start(config) {
+    let mut handle = match broker::start(config.clone()) {
         Ok(handle) => handle,
         Err(error) => {
             eprintln!("shardmq: {error}");
@@ -42,12 +81,23 @@ fn main() -> ExitCode {
     // Wait for a signal, and watch the shards meanwhile: a dead shard ends the process with a
     // failure status so that a supervisor restarts it, instead of leaving it half alive.
     loop {
-        if let Some(signal) = wait_for(&signals, SHARD_CHECK) {
-            tracing::info!(signal, "stopping: disconnecting clients");
-            handle.shutdown();
-            handle.join();
-            tracing::info!("stopped");
-            return ExitCode::SUCCESS;
+        match wait_for(&signals, SHARD_CHECK) {
+            Some(libc::SIGHUP) => {
+                if let Some(new) = reload(&flags, &handle) {
+                    if !pinned_log && new.log_level != config.log_level {
+                        set_log_level(&log_filter, &new.log_level);
+                    }
+                    config = new;
+                }
+            }
+            Some(signal) => {
+                tracing::info!(signal, "stopping: disconnecting clients");
+                handle.shutdown();
+                handle.join();
+                tracing::info!("stopped");
+                return ExitCode::SUCCESS;
+            }
+            None => {}
         }
         if handle.failed() {
             tracing::error!("a shard died: stopping the broker with a failure status");
@@ -60,6 +110,51 @@ fn main() -> ExitCode {
     }
 }
 
+/// SIGHUP: builds the configuration again the way it was built at start (the same flags over
+/// the file read anew), validates it and hands it to every shard. Returns the new configuration
+/// if the broker took it; on any error logs why and keeps the running one.
+fn reload(flags: &Flags, handle: &BrokerHandle) -> Option<Config> {
+    tracing::info!("SIGHUP: reloading the configuration");
+    let config = match Config::from_flags(flags.clone()) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "configuration not reloaded; the running one stays");
+            return None;
+        }
+    };
+    match handle.reload(config.clone()) {
+        Ok(report) => {
+            if report.applied.is_empty() && report.restart_needed.is_empty() {
+                tracing::info!("configuration reloaded: nothing changed");
+            } else if !report.applied.is_empty() {
+                tracing::info!(applied = ?report.applied, "configuration reloaded");
+            }
+            if !report.restart_needed.is_empty() {
+                tracing::warn!(
+                    keys = ?report.restart_needed,
+                    "changed settings that take effect only after a restart"
+                );
+            }
+            Some(config)
+        }
+        Err(error) => {
+            tracing::error!(%error, "configuration not reloaded; the running one stays");
+            None
+        }
+    }
+}
+
+/// Applies a reloaded `log_level` to the running log filter.
+fn set_log_level<S>(filter: &reload::Handle<EnvFilter, S>, log_level: &str) {
+    let result = EnvFilter::try_new(log_level)
+        .map_err(|error| error.to_string())
+        .and_then(|new| filter.reload(new).map_err(|error| error.to_string()));
+    match result {
+        Ok(()) => tracing::info!(log_level, "log level changed"),
+        Err(error) => tracing::error!(%error, log_level, "cannot change the log level"),
+    }
+}
+
 /// How often the main thread checks that every shard is alive while it waits for signals.
 const SHARD_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
 /// Time the surviving shards get to disconnect their clients after one died.
@@ -67,13 +162,16 @@ const FAILED_STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(
 /// Exit status when a shard died (EX_SOFTWARE).
 const EXIT_SHARD_DIED: u8 = 70;
 
-fn block_termination_signals() -> std::io::Result<libc::sigset_t> {
+/// Blocks SIGINT, SIGTERM (stop) and SIGHUP (reload) in the calling thread and every thread it
+/// starts afterwards; returns the set for [`wait_for`].
+fn block_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: plain libc signal-set manipulation on a zeroed sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));

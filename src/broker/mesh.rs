@@ -1,22 +1,14 @@
-//! Cross-shard messages and the tasks that move them.
+//! Cross-shard messages and the outbox that holds them: plain data, no tasks and no I/O.
 //!
-//! Every pair of shards is joined by a bounded lock-free SPSC queue (glommio's channel mesh)
-//! carrying batches. A shard never awaits a send while handling anything else: messages for a
-//! peer go into that peer's outbox, and one pump task per peer moves outbox batches into the
-//! queue, awaiting room when it is full (glommio issue #555: awaiting a send in a task that also
-//! drains inbound queues can deadlock). When an outbox grows past its high-water mark the shard
-//! stops reading from client sockets until it drains: backpressure reaches the publishers instead
-//! of memory growing without bound.
+//! Every pair of shards is joined by a bounded lock-free SPSC queue (the runtime's channel mesh)
+//! carrying batches. A shard never waits on a send: messages for a peer go into that peer's
+//! outbox, and the runtime moves outbox batches into the queue.
 
-use std::cell::RefCell;
-use std::future::poll_fn;
-use std::rc::Rc;
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use core_router::interest::InterestDelta;
-use glommio::channels::channel_mesh::{Receivers, Senders};
 
-use super::shard::Shard;
 use crate::codec::{MqttStr, QoS};
 use crate::session::{Message, Session};
 
@@ -171,7 +163,7 @@ pub enum ShardMsg {
 #[derive(Debug, Clone, Copy)]
 pub enum HandoverKind {
     /// Same shard: the session stays in this slot.
-    InPlace(usize),
+    InPlace(super::handles::SessionId),
     /// From this shard, which keeps a forwarding stub until told `StubDone`.
     Stub(u16),
 }
@@ -179,44 +171,76 @@ pub enum HandoverKind {
 /// What the queues carry.
 pub type Batch = Vec<ShardMsg>;
 
-/// Largest batch a pump sends at once.
-const MAX_BATCH: usize = 512;
+/// Outbox length (messages, any peer) past which the shard stops reading client sockets.
+pub const OUTBOX_HIGH_WATER: usize = 64 * 1024;
+/// Outbox length under which (for every peer) reading resumes.
+pub const OUTBOX_LOW_WATER: usize = 16 * 1024;
 
-/// Moves `peer`'s outbox into the mesh, forever.
-pub async fn pump(shard: Rc<RefCell<Shard>>, senders: Rc<Senders<Batch>>, peer: usize) {
-    loop {
-        let batch = poll_fn(|cx| shard.borrow_mut().take_outbox_batch(peer, MAX_BATCH, cx)).await;
-        if senders.send_to(peer, batch).await.is_err() {
-            tracing::debug!(peer, "cross-shard queue closed");
-            return;
-        }
-        shard.borrow_mut().relieve_backpressure();
-    }
+/// A shard's messages for its peers, waiting for the runtime to move them into the mesh.
+/// Sending never blocks: a peer that falls behind makes its outbox grow past the high-water
+/// mark, and the shard stops reading client sockets until it drains (backpressure that reaches
+/// the publishers instead of memory growing without bound).
+#[derive(Debug)]
+pub struct Outbox {
+    queues: Vec<VecDeque<ShardMsg>>,
+    backpressured: bool,
 }
 
-/// Applies every batch `peer` sends, forever.
-pub async fn receive(
-    shard: Rc<RefCell<Shard>>,
-    receiver: glommio::channels::shared_channel::ConnectedReceiver<Batch>,
-) {
-    while let Some(batch) = receiver.recv().await {
-        {
-            let mut shard = shard.borrow_mut();
-            for message in batch {
-                shard.handle_mesh(message);
-            }
-            shard.drain_local_inbox();
+impl Outbox {
+    /// Empty outboxes for `shards` peers (this shard's own slot stays unused).
+    pub fn new(shards: usize) -> Self {
+        Outbox {
+            queues: (0..shards).map(|_| VecDeque::new()).collect(),
+            backpressured: false,
         }
-        glommio::yield_if_needed().await;
     }
-}
 
-/// Splits the mesh endpoints into per-peer receivers.
-pub fn receivers(
-    mut receivers: Receivers<Batch>,
-) -> Vec<(
-    usize,
-    glommio::channels::shared_channel::ConnectedReceiver<Batch>,
-)> {
-    receivers.streams()
+    /// Queues `message` for `peer`. Returns true when this pushed the outbox past its
+    /// high-water mark (backpressure begins).
+    pub fn push(&mut self, peer: usize, message: ShardMsg) -> bool {
+        let Some(queue) = self.queues.get_mut(peer) else {
+            return false;
+        };
+        queue.push_back(message);
+        if queue.len() > OUTBOX_HIGH_WATER && !self.backpressured {
+            self.backpressured = true;
+            return true;
+        }
+        false
+    }
+
+    /// Whether messages wait for `peer`.
+    pub fn has_pending(&self, peer: usize) -> bool {
+        self.queues.get(peer).is_some_and(|q| !q.is_empty())
+    }
+
+    /// Up to `max` of the oldest messages for `peer`, in order.
+    pub fn take_batch(&mut self, peer: usize, max: usize) -> Option<Batch> {
+        let queue = self.queues.get_mut(peer)?;
+        if queue.is_empty() {
+            return None;
+        }
+        let take = queue.len().min(max);
+        Some(queue.drain(..take).collect())
+    }
+
+    /// The oldest message for `peer` (simulations deliver one at a time).
+    pub fn pop(&mut self, peer: usize) -> Option<ShardMsg> {
+        self.queues.get_mut(peer)?.pop_front()
+    }
+
+    /// Whether reads are paused for backpressure.
+    pub fn backpressured(&self) -> bool {
+        self.backpressured
+    }
+
+    /// Ends backpressure once every outbox is under the low-water mark. Returns true when it
+    /// just ended.
+    pub fn relieve(&mut self) -> bool {
+        if self.backpressured && self.queues.iter().all(|q| q.len() < OUTBOX_LOW_WATER) {
+            self.backpressured = false;
+            return true;
+        }
+        false
+    }
 }

@@ -1,36 +1,27 @@
 //! The shard runtime: one glommio executor per shard, pinned to a CPU, each accepting on every
 //! listen address (SO_REUSEPORT) and owning the connections it accepts.
 
+pub mod handles;
 mod listener;
 mod mesh;
+mod runtime;
 mod shard;
 
 pub use listener::{allowed_cpus, check_io_uring};
-pub use shard::{Global, ShardStats};
+pub use shard::{Global, ReadState, Shard, ShardStats};
 
-use std::cell::RefCell;
-use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, RawFd};
-use std::rc::Rc;
 use std::sync::atomic::Ordering;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
-use glommio::net::{TcpListener, TcpStream};
-use glommio::timer::Timer;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::config::{parse_cpu_list, Config};
 use mesh::Batch;
-use shard::{ConnEvent, Shard};
-
-/// How often each shard advances its clock (keep-alive, expiry, shutdown check).
-const TICK: Duration = Duration::from_millis(200);
-/// Time given at shutdown for DISCONNECTs and wills to go out before the shards stop.
-const SHUTDOWN_GRACE: Duration = Duration::from_millis(400);
+use runtime::{run_shard, ShardSetup};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -65,12 +56,68 @@ pub struct BrokerHandle {
     /// One message per shard as its thread ends: (shard, exited cleanly).
     exits: crossbeam_channel::Receiver<(usize, bool)>,
     running: usize,
+    /// Each shard's counters as of its last tick.
+    stats: Vec<Arc<Mutex<ShardStats>>>,
+    /// The configuration in force, and one channel per shard to hand it a new one.
+    config: Mutex<Config>,
+    reloads: Vec<crossbeam_channel::Sender<Arc<Config>>>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changed keys that every shard now applies to new work.
+    pub applied: Vec<String>,
+    /// Changed keys that take effect only after a restart (listeners, shard count, ...).
+    pub restart_needed: Vec<String>,
+}
+
+/// Why a reload was not applied (the running configuration stays).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The new configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] crate::config::ConfigError),
+    /// A shard no longer takes configurations (the broker is stopping or failed).
+    #[error("shard {0} is not running")]
+    ShardGone(usize),
 }
 
 impl BrokerHandle {
     /// Asks every shard to stop: clients are disconnected (wills fire), then the shards exit.
     pub fn shutdown(&self) {
         self.global.shutdown.store(true, Ordering::SeqCst);
+    }
+
+    /// Hands a new configuration to every shard (the one reload path: SIGHUP and, later, other
+    /// sources use it). Settings for new work (limits, timeouts, queue bounds) apply at each
+    /// shard's next tick; keys that need a restart are reported, not applied.
+    pub fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+        config.validate()?;
+        let mut current = self
+            .config
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (applied, restart_needed) = crate::config::reload_diff(&current, &config);
+        let shared = Arc::new(config.clone());
+        for (shard, channel) in self.reloads.iter().enumerate() {
+            channel
+                .send(Arc::clone(&shared))
+                .map_err(|_| ReloadError::ShardGone(shard))?;
+        }
+        *current = config;
+        Ok(ReloadReport {
+            applied,
+            restart_needed,
+        })
+    }
+
+    /// Each shard's counters, as of its last tick (a few times a second).
+    pub fn stats(&self) -> Vec<ShardStats> {
+        self.stats
+            .iter()
+            .map(|s| s.lock().map(|s| *s).unwrap_or_default())
+            .collect()
     }
 
     /// Open client connections, all shards.
@@ -135,12 +182,6 @@ fn watch_shard(
         .map(drop)
 }
 
-struct ShardSetup {
-    cpu: Option<usize>,
-    listeners: Vec<RawFd>,
-    test_listener: Option<(SocketAddr, RawFd)>,
-}
-
 /// Starts the broker: binds, spawns one executor per shard, returns once every shard accepts.
 pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     check_io_uring().map_err(StartError::IoUring)?;
@@ -195,6 +236,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Option<SocketAddr>)>();
     let (exits_tx, exits) = crossbeam_channel::unbounded();
+    let mut stats = Vec::with_capacity(shards);
+    let mut reloads = Vec::with_capacity(shards);
     for (index, setup) in setups.into_iter().enumerate() {
         let placement = match setup.cpu {
             Some(cpu) => Placement::Fixed(cpu),
@@ -202,13 +245,28 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
         };
         let config = config.clone();
         let shard_global = Arc::clone(&global);
+        let shard_stats = Arc::new(Mutex::new(ShardStats::default()));
+        stats.push(Arc::clone(&shard_stats));
+        let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
+        reloads.push(reload_tx);
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             // No file I/O on shards: the smallest registered-buffer area glommio accepts.
             .io_memory(64 << 10)
-            .spawn(move || async move { run_shard(config, shard_global, mesh, setup, ready).await })
+            .spawn(move || async move {
+                run_shard(
+                    config,
+                    shard_global,
+                    mesh,
+                    setup,
+                    ready,
+                    shard_stats,
+                    reload_rx,
+                )
+                .await
+            })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         watch_shard(index, handle, Arc::clone(&global), exits_tx.clone())
             .map_err(|e| StartError::Executor(e.to_string()))?;
@@ -233,158 +291,8 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
         global,
         exits,
         running: shards,
+        stats,
+        config: Mutex::new(config),
+        reloads,
     })
-}
-
-async fn run_shard(
-    config: Config,
-    global: Arc<Global>,
-    mesh: MeshBuilder<Batch, glommio::channels::channel_mesh::Full>,
-    setup: ShardSetup,
-    ready: mpsc::Sender<(usize, Option<SocketAddr>)>,
-) {
-    // Joining the mesh is also the start barrier: it completes once every shard has joined.
-    let Ok((senders, receivers)) = mesh.join().await else {
-        tracing::error!("could not join the cross-shard mesh");
-        return;
-    };
-    let id = senders.peer_id();
-    let shards = senders.nr_consumers();
-    let config = Rc::new(config);
-    let shard = Rc::new(RefCell::new(Shard::new(
-        id,
-        shards,
-        Rc::clone(&config),
-        Arc::clone(&global),
-    )));
-    let senders = Rc::new(senders);
-    // Kept (not detached) so that dropping them at shutdown cancels them.
-    let mut tasks = Vec::new();
-    for (peer, receiver) in mesh::receivers(receivers) {
-        if peer != id {
-            tasks.push(glommio::spawn_local(mesh::receive(
-                Rc::clone(&shard),
-                receiver,
-            )));
-        }
-    }
-    for peer in (0..shards).filter(|&p| p != id) {
-        tasks.push(glommio::spawn_local(mesh::pump(
-            Rc::clone(&shard),
-            Rc::clone(&senders),
-            peer,
-        )));
-    }
-    let mut listening_fds: Vec<RawFd> = setup.listeners.clone();
-    if let Some((_, fd)) = setup.test_listener {
-        listening_fds.push(fd);
-    }
-    for fd in setup.listeners {
-        // SAFETY: the fd is a listening TCP socket created for this shard and owned by nobody else.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        tasks.push(glommio::spawn_local(accept_loop(
-            Rc::clone(&shard),
-            listener,
-        )));
-    }
-    let test_addr = setup.test_listener.map(|(addr, fd)| {
-        // SAFETY: as above.
-        let listener = unsafe { TcpListener::from_raw_fd(fd) };
-        tasks.push(glommio::spawn_local(accept_loop(
-            Rc::clone(&shard),
-            listener,
-        )));
-        addr
-    });
-    let _ = ready.send((id, test_addr));
-    drop(ready);
-    let panic_at = (config.test_inject_panic == Some(id))
-        .then(|| std::time::Instant::now() + Duration::from_secs(1));
-    while !global.shutdown.load(Ordering::Relaxed) {
-        Timer::new(TICK).await;
-        shard.borrow_mut().tick();
-        if panic_at.is_some_and(|at| std::time::Instant::now() >= at) {
-            panic!("shard {id}: panic injected by --test-inject-panic");
-        }
-    }
-    tracing::debug!(shard = id, "shutting down");
-    // Wills first, on every shard, while every shard still delivers; then the connections.
-    shard.borrow_mut().publish_wills_for_shutdown();
-    Timer::new(SHUTDOWN_GRACE).await;
-    shard.borrow_mut().shutdown_all();
-    Timer::new(SHUTDOWN_GRACE).await;
-    // Stop listening explicitly: whatever still holds the listener objects, new connections are
-    // refused from here on. The fds stay owned (and are closed) by the listeners.
-    for fd in listening_fds {
-        // SAFETY: `fd` is a listening socket owned by one of this shard's listeners, still open.
-        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
-    }
-    // Dropping the tasks releases the listeners and the cross-shard queues.
-    senders.close();
-    drop(tasks);
-}
-
-async fn accept_loop(shard: Rc<RefCell<Shard>>, listener: TcpListener) {
-    loop {
-        match listener.accept().await {
-            Ok(stream) => {
-                let _ = stream.set_nodelay(true);
-                let Some(index) = shard.borrow_mut().register_conn() else {
-                    tracing::debug!("too many connections over the limit waiting for a refusal; closing a new one");
-                    continue;
-                };
-                glommio::spawn_local(run_connection(Rc::clone(&shard), stream, index)).detach();
-            }
-            Err(error) => {
-                // EMFILE and friends: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                Timer::new(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-async fn run_connection(shard: Rc<RefCell<Shard>>, mut stream: TcpStream, index: usize) {
-    loop {
-        let event = poll_fn(|cx| shard.borrow_mut().poll_conn(index, &mut stream, cx)).await;
-        match event {
-            ConnEvent::Data(data) => {
-                let mut shard = shard.borrow_mut();
-                shard.on_data(index, data);
-                shard.drain_local_inbox();
-            }
-            ConnEvent::Closed => break,
-        }
-        glommio::yield_if_needed().await;
-    }
-    shard.borrow_mut().on_conn_closed(index);
-}
-
-#[cfg(test)]
-mod footprint {
-    use super::*;
-
-    #[test]
-    /// The connection task's future lives as long as the connection: keep it small.
-    fn connection_future_is_small() {
-        LocalExecutorBuilder::new(Placement::Unbound)
-            .io_memory(64 << 10)
-            .spawn(|| async {
-                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-                let addr = listener.local_addr().unwrap();
-                let _client = std::net::TcpStream::connect(addr).unwrap();
-                let stream = listener.accept().await.unwrap();
-                let shard = Rc::new(RefCell::new(Shard::new(
-                    0,
-                    1,
-                    Rc::new(Config::default()),
-                    Arc::new(Global::default()),
-                )));
-                let future = run_connection(shard, stream, 0);
-                assert!(std::mem::size_of_val(&future) <= 384);
-            })
-            .unwrap()
-            .join()
-            .unwrap();
-    }
 }

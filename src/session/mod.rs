@@ -7,8 +7,10 @@
 //! send. Everything in it is plain `Send` data, so a session can move between shards on takeover
 //! and, later, be written to disk.
 
+mod lifecycle;
 mod message;
 
+pub use lifecycle::WillTiming;
 pub use message::{EncodeCache, Message};
 
 use std::collections::{HashMap, VecDeque};
@@ -32,10 +34,11 @@ pub struct SessionLimits {
     pub max_queued_bytes: usize,
 }
 
+/// The broker's defaults (`Config::default()` agrees; a test in the broker checks it).
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            max_inflight: 32,
+            max_inflight: 128,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
         }

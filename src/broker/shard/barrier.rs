@@ -7,9 +7,8 @@ use super::*;
 pub(super) enum BarrierAction {
     /// Answer a SUBSCRIBE: every shard now forwards matching publishes here.
     SubAck {
-        conn: usize,
-        serial: u64,
-        session: usize,
+        conn: ConnId,
+        session: SessionId,
         suback: Box<SubAck>,
         retained_for: Vec<(MqttStr, SubscriptionOptions, u32)>,
     },
@@ -62,12 +61,11 @@ impl Shard {
         match action {
             BarrierAction::SubAck {
                 conn,
-                serial,
                 session,
                 suback,
                 retained_for,
             } => {
-                if self.conns.get(conn).is_none_or(|c| c.serial != serial) {
+                if !self.conns.contains(conn) {
                     return;
                 }
                 self.write(conn, Packet::SubAck(*suback));
@@ -80,7 +78,7 @@ impl Shard {
                     } else {
                         &[subscription_id]
                     };
-                    let now = Instant::now();
+                    let now = self.now;
                     for message in found {
                         let qos = message.qos.min(options.qos);
                         self.deliver_to(session, &message, qos, true, ids, now);

@@ -6,12 +6,13 @@
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{ConnState, Global, Shard};
+use super::{ConnId, ConnState, Global, Shard};
 use crate::codec::{
-    decode, Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, Subscribe,
+    decode, Connect, MqttStr, Packet, Properties, ProtocolVersion, QoS, ReasonCode, Subscribe,
     SubscriptionOptions,
 };
 use crate::config::Config;
@@ -39,8 +40,7 @@ impl Rng {
 /// One client connection as the simulated network sees it.
 struct Client {
     shard: usize,
-    conn: usize,
-    serial: u64,
+    conn: ConnId,
     id: usize,
     protocol: ProtocolVersion,
     input: BytesMut,
@@ -58,6 +58,8 @@ struct Sim {
     /// Persistent ids whose subscription was acknowledged.
     subscribed: HashSet<usize>,
     connacks: usize,
+    /// Claims refused because a newer one superseded them.
+    refused: usize,
     /// What happened, for the failure message.
     log: Vec<String>,
 }
@@ -68,7 +70,15 @@ impl Sim {
         let global = Arc::new(Global::default());
         Sim {
             shards: (0..shards)
-                .map(|i| Shard::new(i, shards, Rc::clone(&config), Arc::clone(&global)))
+                .map(|i| {
+                    Shard::new(
+                        i,
+                        shards,
+                        Rc::clone(&config),
+                        Arc::clone(&global),
+                        Instant::now(),
+                    )
+                })
                 .collect(),
             clients: Vec::new(),
             ids: (0..ids)
@@ -79,24 +89,21 @@ impl Sim {
             established: HashSet::new(),
             subscribed: HashSet::new(),
             connacks: 0,
+            refused: 0,
             log: Vec::new(),
         }
     }
 
     fn alive(&self, client: &Client) -> bool {
-        self.shards[client.shard]
-            .conns
-            .get(client.conn)
-            .is_some_and(|c| c.serial == client.serial)
+        self.shards[client.shard].conns.contains(client.conn)
     }
 
     fn connect(&mut self, shard: usize, id: usize, v5: bool) {
-        let Some(conn) = self.shards[shard].register_conn() else {
+        let Some(conn) = self.shards[shard].on_accept(Instant::now()) else {
             return;
         };
-        let serial = self.shards[shard].conns[conn].serial;
         self.log.push(format!(
-            "connect id {id} on shard {shard} conn {conn} v5 {v5}"
+            "connect id {id} on shard {shard} conn {conn:?} v5 {v5}"
         ));
         let protocol = if v5 {
             ProtocolVersion::V5
@@ -125,16 +132,13 @@ impl Sim {
         self.clients.push(Client {
             shard,
             conn,
-            serial,
             id,
             protocol,
             input: BytesMut::new(),
             connected: false,
             subscribe_sent: false,
         });
-        let s = &mut self.shards[shard];
-        s.on_data(conn, bytes);
-        s.drain_local_inbox();
+        self.shards[shard].on_bytes(conn, bytes, Instant::now());
     }
 
     /// Reads what the broker wrote to each client; persistent clients subscribe once connected.
@@ -144,19 +148,23 @@ impl Sim {
                 continue;
             }
             let client = &self.clients[i];
-            let pending = &self.shards[client.shard].conns[client.conn].out;
-            if !pending.is_empty() {
+            let Some(pending) = self.shards[client.shard].conns.get(client.conn) else {
+                continue;
+            };
+            if !pending.out.is_empty() {
                 let line = format!(
-                    "  out to shard {} conn {} id {}: {:?}",
+                    "  out to shard {} conn {:?} id {}: {:?}",
                     client.shard,
                     client.conn,
                     client.id,
-                    &pending[..]
+                    &pending.out[..]
                 );
                 self.log.push(line);
             }
             let (shard, conn) = (self.clients[i].shard, self.clients[i].conn);
-            let out = std::mem::take(&mut self.shards[shard].conns[conn].out);
+            let Some(out) = self.shards[shard].output(conn).map(std::mem::take) else {
+                continue;
+            };
             let client = &mut self.clients[i];
             client.input.extend_from_slice(&out);
             let mut subscribe = false;
@@ -164,6 +172,17 @@ impl Sim {
                 .expect("the broker writes valid packets")
             {
                 match packet {
+                    Packet::ConnAck(connack) if connack.reason != ReasonCode::Success => {
+                        // A newer connection won the id before this claim's turn.
+                        assert!(
+                            matches!(
+                                connack.reason,
+                                ReasonCode::ServerBusy | ReasonCode::ServerUnavailable
+                            ),
+                            "unexpected refusal {connack:?}"
+                        );
+                        self.refused += 1;
+                    }
                     Packet::ConnAck(connack) => {
                         assert!(!client.connected, "a second CONNACK");
                         client.connected = true;
@@ -195,9 +214,7 @@ impl Sim {
                 })
                 .encode(client.protocol, &mut bytes)
                 .unwrap();
-                let s = &mut self.shards[shard];
-                s.on_data(conn, bytes);
-                s.drain_local_inbox();
+                self.shards[shard].on_bytes(conn, bytes, Instant::now());
             }
         }
     }
@@ -205,28 +222,28 @@ impl Sim {
     /// The runtime's part: a connection the shard asked to close is closed.
     fn reap_one(&mut self, rng: &mut Rng) {
         let shard = rng.below(self.shards.len());
-        let killed: Vec<usize> = self.shards[shard]
+        let killed: Vec<ConnId> = self.shards[shard]
             .conns
             .iter()
             .filter(|(_, c)| c.kill.is_some())
             .map(|(i, _)| i)
             .collect();
         if let Some(&conn) = killed.get(rng.below(killed.len().max(1))) {
-            self.log.push(format!("reap shard {shard} conn {conn}"));
-            self.shards[shard].on_conn_closed(conn);
+            self.log.push(format!("reap shard {shard} conn {conn:?}"));
+            self.shards[shard].on_closed(conn, Instant::now());
         }
     }
 
     fn reap_all(&mut self) {
         for shard in &mut self.shards {
-            let killed: Vec<usize> = shard
+            let killed: Vec<ConnId> = shard
                 .conns
                 .iter()
                 .filter(|(_, c)| c.kill.is_some())
                 .map(|(i, _)| i)
                 .collect();
             for conn in killed {
-                shard.on_conn_closed(conn);
+                shard.on_closed(conn, Instant::now());
             }
         }
     }
@@ -244,7 +261,7 @@ impl Sim {
             self.clients[i].conn,
             self.clients[i].protocol,
         );
-        self.log.push(format!("close shard {shard} conn {conn}"));
+        self.log.push(format!("close shard {shard} conn {conn:?}"));
         let s = &mut self.shards[shard];
         if self.clients[i].connected && rng.chance(50) {
             let mut bytes = BytesMut::new();
@@ -253,9 +270,9 @@ impl Sim {
             ))
             .encode(protocol, &mut bytes)
             .unwrap();
-            s.on_data(conn, bytes);
+            s.on_bytes(conn, bytes, Instant::now());
         }
-        s.on_conn_closed(conn);
+        s.on_closed(conn, Instant::now());
     }
 
     /// Delivers the oldest message of one random non-empty (from, to) queue.
@@ -263,16 +280,14 @@ impl Sim {
         let n = self.shards.len();
         let queues: Vec<(usize, usize)> = (0..n)
             .flat_map(|from| (0..n).map(move |to| (from, to)))
-            .filter(|&(from, to)| !self.shards[from].outbox[to].is_empty())
+            .filter(|&(from, to)| self.shards[from].has_outbox(to))
             .collect();
         let Some(&(from, to)) = queues.get(rng.below(queues.len().max(1))) else {
             return false;
         };
-        if let Some(message) = self.shards[from].outbox[to].pop_front() {
+        if let Some(message) = self.shards[from].pop_outbox(to) {
             self.log.push(format!("deliver {from}->{to}: {message:?}"));
-            let shard = &mut self.shards[to];
-            shard.handle_mesh(message);
-            shard.drain_local_inbox();
+            self.shards[to].on_mesh([message], Instant::now());
         }
         true
     }
@@ -305,7 +320,7 @@ impl Sim {
                 if self
                     .shards
                     .iter()
-                    .all(|s| s.outbox.iter().all(|q| q.is_empty()))
+                    .all(|s| (0..s.shards).all(|peer| !s.has_outbox(peer)))
                 {
                     return;
                 }
@@ -331,7 +346,7 @@ impl Sim {
                 *indexed.entry(client_id.as_str()).or_default() += 1;
                 assert!(
                     slots.insert(slot),
-                    "shard {shard_id}: two index entries for slot {slot}"
+                    "shard {shard_id}: two index entries for slot {slot:?}"
                 );
                 let entry = shard
                     .sessions
@@ -340,7 +355,7 @@ impl Sim {
                 assert_eq!(entry.session.client_id, *client_id);
                 assert!(entry.moved_to.is_none(), "a stub is indexed");
             }
-            for (slot, entry) in &shard.sessions {
+            for (slot, entry) in shard.sessions.iter() {
                 let client_id = entry.session.client_id.as_str();
                 if entry.moved_to.is_some() {
                     *stubs.entry(client_id).or_default() += 1;
@@ -358,18 +373,14 @@ impl Sim {
                         .get(conn)
                         .expect("session attached to a closed conn");
                     assert!(
-                        matches!(c.state, ConnState::Active { session, token } if session as usize == slot && token == entry.token),
+                        matches!(c.state, ConnState::Active { session } if session == slot),
                         "shard {shard_id}: session and connection disagree"
                     );
                 }
             }
-            for (index, conn) in &shard.conns {
-                if let ConnState::Active { session, token } = conn.state {
-                    let entry = shard
-                        .sessions
-                        .get(session as usize)
-                        .expect("active conn, free slot");
-                    assert_eq!(entry.token, token, "active conn with a stale handle");
+            for (index, conn) in shard.conns.iter() {
+                if let ConnState::Active { session } = conn.state {
+                    let entry = shard.sessions.get(session).expect("active conn, free slot");
                     assert_eq!(entry.conn, Some(index));
                     if conn.kill.is_none() {
                         *live_conns
@@ -422,7 +433,8 @@ impl Sim {
                         "{client_id}: owner shard"
                     );
                     assert_eq!(
-                        self.shards[shard].sessions[slot].token, r.owner.token,
+                        self.shards[shard].sessions.get(slot).map(|e| e.token),
+                        Some(r.owner.token),
                         "{client_id}: owner token"
                     );
                 }
@@ -435,7 +447,10 @@ impl Sim {
                 if self.subscribed.contains(&id) {
                     let filter = format!("t/{client_id}");
                     assert!(
-                        self.shards[shard].sessions[slot]
+                        self.shards[shard]
+                            .sessions
+                            .get(slot)
+                            .expect("indexed session")
                             .session
                             .subscriptions
                             .contains_key(filter.as_str()),

@@ -6,13 +6,10 @@ use super::*;
 /// connect timeout) to tell them why; past this many more, new ones are closed at once.
 pub(super) const MAX_OVER_LIMIT_CONNS: usize = 256;
 
-/// Size of the shard's socket read buffer.
-pub(super) const SCRATCH_SIZE: usize = 64 * 1024;
-
 /// Why a connection is being closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kill {
-    /// Reason (sent in a DISCONNECT to MQTT 5.0 clients when `notify` is set).
+    /// Reason (sent in a DISCONNECT to MQTT 5.0 clients when the server ends the connection).
     pub reason: ReasonCode,
     /// The client sent DISCONNECT: no will.
     pub graceful: bool,
@@ -27,12 +24,9 @@ pub(super) enum ConnState {
     Claiming {
         token: u64,
     },
-    /// Attached to the session in slot `session` whose claim token is `token` (the handle's
-    /// generation: a slot reused by another session has another token). A `u32` slot keeps
-    /// the state, and so every connection, 8 bytes smaller.
+    /// Attached to a session (whose `conn` points back here).
     Active {
-        session: u32,
-        token: u64,
+        session: SessionId,
     },
     /// Session taken over by another connection; nothing left to clean up.
     Detached,
@@ -41,7 +35,6 @@ pub(super) enum ConnState {
 /// A network connection's state on its shard.
 #[derive(Debug)]
 pub struct Conn {
-    pub(super) serial: u64,
     pub(super) state: ConnState,
     pub(super) protocol: ProtocolVersion,
     pub(super) keep_alive: u16,
@@ -49,7 +42,6 @@ pub struct Conn {
     pub(super) last_seen: u64,
     pub(super) out: BytesMut,
     pub(super) leftover: BytesMut,
-    pub(super) waker: Option<Waker>,
     pub(super) kill: Option<Kill>,
     pub(super) reprocess: bool,
     /// Waiting for other shards before answering (a SUBACK or a retained PUBACK): no further
@@ -59,26 +51,41 @@ pub struct Conn {
     /// until that queue is half empty again (or the next timer tick, so that two clients
     /// feeding each other can never wait on each other for good).
     pub(super) throttled: bool,
+    /// A wake-up for this connection is queued for the runtime (so it is queued once).
+    pub(super) wake_queued: bool,
+    /// The wheel bucket of this connection's one live timer entry (0: none).
+    pub(super) timer_bucket: u32,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
     pub(super) aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
 }
 
-/// What a connection task learns from polling its socket.
-#[derive(Debug)]
-pub enum ConnEvent {
-    /// Bytes arrived (or buffered bytes must be processed again).
-    Data(BytesMut),
-    /// The connection is over; `graceful` when the client sent DISCONNECT.
-    Closed,
+/// What the runtime should do next with a connection's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadState {
+    /// Read from the socket and hand the bytes to [`Shard::on_bytes`].
+    Read,
+    /// Call [`Shard::on_bytes`] with no new bytes: input kept while reading was paused can be
+    /// handled now.
+    Reprocess,
+    /// Do not read; wait for a wake-up.
+    Wait,
+    /// Flush what [`Shard::output`] holds (one attempt), then close the socket and call
+    /// [`Shard::on_closed`].
+    Close,
 }
 
 impl Shard {
-    /// Registers a freshly accepted connection. Beyond a connection limit it is registered as
-    /// over the limit (its CONNECT gets a refusing CONNACK); `None` when even those are too
-    /// many and the connection should be closed at once.
-    pub fn register_conn(&mut self) -> Option<usize> {
+    /// A connection was accepted. Beyond a connection limit it is registered as over the limit
+    /// (its CONNECT gets a refusing CONNACK); `None` when even those are too many and the
+    /// socket should be closed at once.
+    pub fn on_accept(&mut self, now: Instant) -> Option<ConnId> {
+        self.set_now(now);
+        self.register_conn()
+    }
+
+    pub(super) fn register_conn(&mut self) -> Option<ConnId> {
         let now_ms = self.clock_ms();
         let max_total = self.config.max_connections;
         let max_here = self.config.max_connections_per_shard;
@@ -90,15 +97,10 @@ impl Shard {
                 over_limit = true;
             }
         }
-        if over_limit {
-            if self.over_limit >= MAX_OVER_LIMIT_CONNS {
-                return None;
-            }
-            self.over_limit += 1;
+        if over_limit && self.over_limit >= MAX_OVER_LIMIT_CONNS {
+            return None;
         }
-        let serial = self.next_serial();
-        let index = self.conns.insert(Conn {
-            serial,
+        let inserted = self.conns.insert(Conn {
             state: if over_limit {
                 ConnState::OverLimit
             } else {
@@ -109,30 +111,54 @@ impl Shard {
             last_seen: now_ms,
             out: BytesMut::new(),
             leftover: BytesMut::new(),
-            waker: None,
             kill: None,
             reprocess: false,
             paused: false,
             throttled: false,
+            wake_queued: false,
+            timer_bucket: 0,
             aliases_in: None,
         });
-        let deadline = Self::bucket(now_ms + 1000 * u64::from(self.config.connect_timeout.max(1)));
-        self.wheel
-            .entry(deadline)
-            .or_default()
-            .push(WheelEntry::Conn { index, serial });
-        Some(index)
+        let Some(conn) = inserted else {
+            if !over_limit {
+                self.global.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            return None;
+        };
+        if over_limit {
+            self.over_limit += 1;
+        }
+        self.stats.connections_accepted += 1;
+        let connect_timeout = 1000 * u64::from(self.config.connect_timeout.max(1));
+        self.schedule_conn_check(conn, now_ms + connect_timeout);
+        Some(conn)
     }
 
-    pub(super) fn wake_conn(&mut self, index: usize) {
+    /// Queues a wake-up for the runtime: the connection has output, must close, or may read.
+    pub(super) fn wake_conn(&mut self, index: ConnId) {
         if let Some(conn) = self.conns.get_mut(index) {
-            if let Some(waker) = conn.waker.take() {
-                waker.wake();
+            if !conn.wake_queued {
+                conn.wake_queued = true;
+                self.wakes.push(index);
             }
         }
     }
 
-    pub(super) fn kill_conn(&mut self, index: usize, reason: ReasonCode, graceful: bool) {
+    /// Hands the runtime every connection that needs its attention since the last call.
+    pub fn drain_wakes(&mut self, mut wake: impl FnMut(ConnId)) {
+        let mut wakes = std::mem::take(&mut self.wakes);
+        for conn in wakes.drain(..) {
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.wake_queued = false;
+                wake(conn);
+            }
+        }
+        self.wakes = wakes;
+    }
+
+    /// The server ends the connection: an MQTT 5.0 client that is connected gets a DISCONNECT
+    /// with `reason` first, unless `graceful` (the client itself disconnected).
+    pub(super) fn kill_conn(&mut self, index: ConnId, reason: ReasonCode, graceful: bool) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -147,81 +173,95 @@ impl Shard {
         self.wake_conn(index);
     }
 
-    /// Drives one connection's socket: flushes output, reads input, registers for wake-ups.
-    /// Called from the connection task's `poll_fn`; the shard borrow ends when it returns.
-    pub fn poll_conn<S>(
-        &mut self,
-        index: usize,
-        stream: &mut S,
-        cx: &mut Context<'_>,
-    ) -> Poll<ConnEvent>
-    where
-        S: futures_lite::io::AsyncRead + futures_lite::io::AsyncWrite + Unpin,
-    {
-        use std::pin::Pin;
+    /// The client sent DISCONNECT: close after what is already queued for it (acknowledgements
+    /// of packets from the same read included), with its will unless `graceful`.
+    pub(super) fn client_disconnected(&mut self, index: ConnId, graceful: bool) {
         let Some(conn) = self.conns.get_mut(index) else {
-            return Poll::Ready(ConnEvent::Closed);
+            return;
         };
-        while !conn.out.is_empty() {
-            match Pin::new(&mut *stream).poll_write(cx, &conn.out) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(ConnEvent::Closed),
-                Poll::Ready(Ok(written)) => conn.out.advance(written),
-                Poll::Pending => break,
-            }
+        if conn.kill.is_none() {
+            conn.kill = Some(Kill {
+                reason: ReasonCode::Success,
+                graceful,
+            });
+            self.wake_conn(index);
         }
-        if conn.out.is_empty() {
-            // Messages queued while the client was a slow consumer go out once it has caught up.
-            if let ConnState::Active { session, token } = conn.state {
-                if let Some(entry) = self
-                    .sessions
-                    .get_mut(session as usize)
-                    .filter(|e| e.token == token)
-                {
-                    let session = &mut entry.session;
-                    if session.queued_len() > 0
-                        && session.fill_window(&mut conn.out, Instant::now()) > 0
-                    {
-                        cx.waker().wake_by_ref();
-                    }
+    }
+
+    /// The bytes waiting to be written to `conn`'s socket. The runtime writes from the front
+    /// and advances the buffer by what the socket took.
+    pub fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut> {
+        self.conns.get_mut(conn).map(|c| &mut c.out)
+    }
+
+    /// The runtime wrote everything [`Shard::output`] held: messages queued while the client
+    /// was a slow consumer go out now. Returns whether there is new output.
+    pub fn on_flushed(&mut self, conn: ConnId, now: Instant) -> bool {
+        self.set_now(now);
+        let Some(c) = self.conns.get_mut(conn) else {
+            return false;
+        };
+        if !c.out.is_empty() {
+            return true;
+        }
+        if let ConnState::Active { session } = c.state {
+            if let Some(entry) = self.sessions.get_mut(session) {
+                let session = &mut entry.session;
+                if session.queued_len() > 0 && session.fill_window(&mut c.out, self.now) > 0 {
+                    return true;
                 }
             }
         }
-        if conn.out.is_empty() && conn.out.capacity() > 0 {
+        if c.out.capacity() > 0 {
             // No output buffer is kept while there is nothing to send: an idle connection
             // costs no buffer memory.
-            conn.out = BytesMut::new();
+            c.out = BytesMut::new();
         }
-        if conn.kill.is_some() {
+        false
+    }
+
+    /// Whether the runtime should read `conn`'s socket now. A connection that may not read
+    /// because of cross-shard backpressure is woken when the backpressure ends.
+    pub fn read_state(&mut self, conn: ConnId) -> ReadState {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return ReadState::Close;
+        };
+        if c.kill.is_some() {
             // One flush attempt for a pending DISCONNECT, then close: a peer that does not read
             // must not keep the connection alive.
-            return Poll::Ready(ConnEvent::Closed);
+            return ReadState::Close;
         }
-        if conn.reprocess {
-            conn.reprocess = false;
-            return Poll::Ready(ConnEvent::Data(BytesMut::new()));
+        if c.reprocess {
+            c.reprocess = false;
+            return ReadState::Reprocess;
         }
-        let reading =
-            !matches!(conn.state, ConnState::Claiming { .. }) && !conn.paused && !conn.throttled;
-        if reading && self.backpressured {
-            self.paused_readers.push(cx.waker().clone());
-        } else if reading {
-            match Pin::new(&mut *stream).poll_read(cx, &mut self.scratch) {
-                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(ConnEvent::Closed),
-                Poll::Ready(Ok(read)) => {
-                    return Poll::Ready(ConnEvent::Data(BytesMut::from(&self.scratch[..read])));
-                }
-                Poll::Pending => {}
-            }
+        if matches!(c.state, ConnState::Claiming { .. }) || c.paused || c.throttled {
+            return ReadState::Wait;
         }
-        let conn = &mut self.conns[index];
-        if !conn.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
-            conn.waker = Some(cx.waker().clone());
+        if self.outbox.backpressured() {
+            self.paused_readers.push(conn);
+            return ReadState::Wait;
         }
-        Poll::Pending
+        ReadState::Read
+    }
+
+    /// Bytes arrived on `conn` (empty after [`ReadState::Reprocess`]).
+    pub fn on_bytes(&mut self, conn: ConnId, data: BytesMut, now: Instant) {
+        self.set_now(now);
+        self.stats.bytes_in += data.len() as u64;
+        self.on_data(conn, data);
+        self.drain_local_inbox();
+    }
+
+    /// The runtime closed `conn`'s socket (after [`ReadState::Close`], or because the peer
+    /// went away): the will, the session, the slot.
+    pub fn on_closed(&mut self, conn: ConnId, now: Instant) {
+        self.set_now(now);
+        self.on_conn_closed(conn);
     }
 
     /// Decodes and handles everything complete in `data` (after any leftover partial frame).
-    pub fn on_data(&mut self, index: usize, data: BytesMut) {
+    pub(super) fn on_data(&mut self, index: ConnId, data: BytesMut) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -237,8 +277,7 @@ impl Shard {
         if let Some(conn) = self.conns.get_mut(index) {
             conn.last_seen = now_ms;
         }
-        loop {
-            let conn = &mut self.conns[index];
+        while let Some(conn) = self.conns.get_mut(index) {
             if conn.kill.is_some()
                 || conn.paused
                 || conn.throttled
@@ -266,9 +305,11 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_decode_error(&mut self, index: usize, error: DecodeError) {
-        let conn = &mut self.conns[index];
-        tracing::debug!(shard = self.id, conn = index, %error, "closing connection on bad input");
+    pub(super) fn on_decode_error(&mut self, index: ConnId, error: DecodeError) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        tracing::debug!(shard = self.id, conn = ?index, %error, "closing connection on bad input");
         if matches!(conn.state, ConnState::AwaitConnect | ConnState::OverLimit) {
             if let DecodeError::UnsupportedProtocolVersion(level) = error {
                 // The client's protocol is unknown: answer in 3.1.1 form (return code 1), as
@@ -288,6 +329,7 @@ impl Shard {
                 reason: error.reason_code(),
                 graceful: false,
             });
+            self.wake_conn(index);
             return;
         }
         self.kill_conn(index, error.reason_code(), false);
@@ -295,11 +337,11 @@ impl Shard {
 
     /// The connection task ended: publish the will unless the client disconnected properly,
     /// end or park the session, free the connection.
-    pub fn on_conn_closed(&mut self, index: usize) {
-        if !self.conns.contains(index) {
+    pub(super) fn on_conn_closed(&mut self, index: ConnId) {
+        let Some(conn) = self.conns.remove(index) else {
             return;
-        }
-        let conn = self.conns.remove(index);
+        };
+        self.stats.connections_closed += 1;
         if matches!(conn.state, ConnState::OverLimit) {
             self.over_limit -= 1;
         } else {
@@ -315,17 +357,16 @@ impl Shard {
                     claim.conn = None;
                 }
             }
-            ConnState::Active { session, token } => {
-                let session = session as usize;
+            ConnState::Active { session } => {
                 let now_ms = self.clock_ms();
                 let Some(entry) = self
                     .sessions
                     .get_mut(session)
-                    .filter(|e| e.token == token && e.conn == Some(index))
+                    .filter(|e| e.conn == Some(index))
                 else {
                     tracing::debug!(
                         shard = self.id,
-                        conn = index,
+                        conn = ?index,
                         "closed connection had a stale session handle"
                     );
                     self.drain_local_inbox();
@@ -335,20 +376,19 @@ impl Shard {
                 let will = entry.session.will.take();
                 let client_id = entry.session.client_id.clone();
                 if let (false, Some(will)) = (graceful, will) {
-                    let delay = will.properties.will_delay_interval.unwrap_or(0);
-                    if delay == 0 || entry.session.clean {
-                        // No delay, or the session ends now: the will goes out now.
-                        self.publish_will(&client_id, will);
-                    } else {
-                        entry.pending_will = Some(will);
-                        let token = entry.token;
-                        self.wheel
-                            .entry(Self::bucket(now_ms + 1000 * u64::from(delay)))
-                            .or_default()
-                            .push(WheelEntry::Will {
-                                index: session,
-                                token,
-                            });
+                    match entry
+                        .session
+                        .will_timing(will.properties.will_delay_interval)
+                    {
+                        WillTiming::Now => self.publish_will(&client_id, will),
+                        WillTiming::After(delay) => {
+                            entry.pending_will = Some(will);
+                            let token = entry.token;
+                            self.wheel
+                                .entry(Self::bucket(now_ms + 1000 * u64::from(delay)))
+                                .or_default()
+                                .push(WheelEntry::Will { session, token });
+                        }
                     }
                 }
                 if self.sessions.get(session).is_some_and(|e| e.session.clean) {
@@ -361,7 +401,7 @@ impl Shard {
         self.drain_local_inbox();
     }
 
-    pub(super) fn resume_reading(&mut self, conn: usize) {
+    pub(super) fn resume_reading(&mut self, conn: ConnId) {
         if let Some(c) = self.conns.get_mut(conn) {
             c.paused = false;
             c.reprocess = !c.leftover.is_empty();
@@ -370,8 +410,9 @@ impl Shard {
     }
 
     /// Second phase of shutdown: closes every connection (MQTT 5 clients get DISCONNECT 0x8B).
-    pub fn shutdown_all(&mut self) {
-        let indices: Vec<usize> = self.conns.iter().map(|(index, _)| index).collect();
+    pub fn shutdown_all(&mut self, now: Instant) {
+        self.set_now(now);
+        let indices = self.conns.handles();
         for index in indices {
             self.kill_conn(index, ReasonCode::ServerShuttingDown, false);
         }

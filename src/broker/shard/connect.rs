@@ -3,15 +3,16 @@
 use super::*;
 
 impl Shard {
-    pub(super) fn on_connect(&mut self, index: usize, mut connect: Box<Connect>) {
+    pub(super) fn on_connect(&mut self, index: ConnId, mut connect: Box<Connect>) {
         let protocol = connect.protocol;
-        {
-            let conn = &mut self.conns[index];
-            conn.protocol = protocol;
-            conn.keep_alive = connect.keep_alive;
-        }
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        conn.protocol = protocol;
+        conn.keep_alive = connect.keep_alive;
+        let over_limit = matches!(conn.state, ConnState::OverLimit);
         let refuse = |shard: &mut Shard, reason: ReasonCode| shard.refuse_connect(index, reason);
-        if matches!(self.conns[index].state, ConnState::OverLimit) {
+        if over_limit {
             tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
             return refuse(self, ReasonCode::QuotaExceeded);
         }
@@ -41,7 +42,7 @@ impl Shard {
                 return refuse(self, ReasonCode::ClientIdentifierNotValid);
             }
             let serial = self.next_serial();
-            let nanos = self.started.elapsed().as_nanos() as u64;
+            let nanos = self.now.saturating_duration_since(self.started).as_nanos() as u64;
             connect.client_id = MqttStr::from(format!("shardmq-{}-{serial:x}-{nanos:x}", self.id));
             assigned_id = true;
         }
@@ -65,7 +66,9 @@ impl Shard {
             shard: self.id as u16,
             clean_start: connect.clean_start,
         };
-        self.conns[index].state = ConnState::Claiming { token };
+        if let Some(conn) = self.conns.get_mut(index) {
+            conn.state = ConnState::Claiming { token };
+        }
         self.pending_claims.insert(
             token,
             PendingClaim {
@@ -79,7 +82,7 @@ impl Shard {
 
     /// Answers a CONNECT with a refusing CONNACK (in the connection's protocol version: 3.x
     /// gets the closest return code) and closes the connection.
-    pub(super) fn refuse_connect(&mut self, index: usize, reason: ReasonCode) {
+    pub(super) fn refuse_connect(&mut self, index: ConnId, reason: ReasonCode) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -88,6 +91,7 @@ impl Shard {
             ..Default::default()
         };
         let _ = Packet::ConnAck(connack).encode(conn.protocol, &mut conn.out);
+        self.stats.connects_refused += 1;
         conn.kill = Some(Kill {
             reason,
             graceful: false,

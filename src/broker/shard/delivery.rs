@@ -17,7 +17,7 @@ impl Shard {
         if matches.len() > 1 {
             matches.sort_unstable_by_key(|&(session, _, id)| (session, id));
         }
-        let now = Instant::now();
+        let now = self.now;
         let mut start = 0;
         while start < matches.len() {
             // One delivery per session: the highest granted QoS of its matching subscriptions,
@@ -57,7 +57,7 @@ impl Shard {
 
     pub(super) fn deliver_to(
         &mut self,
-        session: usize,
+        session: SessionId,
         message: &Arc<Message>,
         qos: QoS,
         retain: bool,
@@ -70,7 +70,7 @@ impl Shard {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn deliver_tagged(
         &mut self,
-        session: usize,
+        session: SessionId,
         message: &Arc<Message>,
         qos: QoS,
         retain: bool,
@@ -99,16 +99,8 @@ impl Shard {
             return;
         }
         if let Some(recent) = entry.recent.as_mut() {
-            if recent.until.is_some_and(|until| until <= now) {
-                entry.recent = None;
-            } else {
-                if recent.messages.iter().any(|(m, _)| Arc::ptr_eq(m, message)) {
-                    return;
-                }
-                if recent.messages.len() >= MOVE_DEDUP_CAPACITY {
-                    recent.messages.pop_front();
-                }
-                recent.messages.push_back((Arc::clone(message), now));
+            if !recent.first_time(message) {
+                return;
             }
         }
         let max_buffer = self.config.max_write_buffer;
@@ -140,6 +132,7 @@ impl Shard {
             now,
         );
         let queued = session.queued_len();
+        self.stats.deliveries += 1;
         self.stats.dropped_queue_full += session.dropped_queue_full - before.0;
         self.stats.dropped_qos0 += session.dropped_qos0 - before.1;
         self.stats.dropped_other += session.dropped_expired + session.dropped_too_large - before.2;

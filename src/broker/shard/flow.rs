@@ -5,7 +5,7 @@ use super::*;
 impl Shard {
     /// Backpressure instead of loss: the local connection whose publish just filled half of a
     /// subscriber's queue stops being read until that queue drains.
-    pub(super) fn throttle_publisher(&mut self, congested: usize) {
+    pub(super) fn throttle_publisher(&mut self, congested: SessionId) {
         let Some(publisher) = self.current_publisher else {
             return;
         };
@@ -18,17 +18,18 @@ impl Shard {
             return;
         }
         conn.throttled = true;
-        self.throttled.push((publisher, conn.serial, congested));
+        self.stats.publishers_throttled += 1;
+        self.throttled.push((publisher, congested));
     }
 
     /// Resumes publishers waiting on `session` (all of them when `session` is `None`) once its
     /// queue is at most a quarter full.
-    pub(super) fn release_throttled(&mut self, session: Option<usize>) {
+    pub(super) fn release_throttled(&mut self, session: Option<SessionId>) {
         if self.throttled.is_empty() {
             return;
         }
         let low_water = self.config.max_queued_messages / 4;
-        let drained = |shard: &Shard, s: usize| {
+        let drained = |shard: &Shard, s: SessionId| {
             shard
                 .sessions
                 .get(s)
@@ -36,24 +37,22 @@ impl Shard {
         };
         let mut released = Vec::new();
         let mut throttled = std::mem::take(&mut self.throttled);
-        throttled.retain(|&(conn, serial, waiting_on)| {
+        throttled.retain(|&(conn, waiting_on)| {
             let due = match session {
                 None => true,
                 Some(s) => s == waiting_on && drained(self, s),
             };
             if due {
-                released.push((conn, serial));
+                released.push(conn);
             }
             !due
         });
         self.throttled = throttled;
-        for (conn, serial) in released {
+        for conn in released {
             if let Some(c) = self.conns.get_mut(conn) {
-                if c.serial == serial {
-                    c.throttled = false;
-                    c.reprocess = !c.leftover.is_empty();
-                    self.wake_conn(conn);
-                }
+                c.throttled = false;
+                c.reprocess = !c.leftover.is_empty();
+                self.wake_conn(conn);
             }
         }
     }

@@ -48,29 +48,28 @@
 //! dropped event with a debug log, never a panic.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use core_router::interest::{InterestIndex, LocalInterest, ShardSet};
 use core_router::retained::RetainedStore;
 use core_router::topic;
 use core_router::trie::SubscriptionTrie;
-use slab::Slab;
 
-use super::mesh::{HandoverKind, ShardMsg};
+use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
+use super::mesh::{HandoverKind, Outbox, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };
 use crate::config::{Config, SharedStrategy};
-use crate::session::{EncodeCache, Message, PeerLimits, Session, SessionLimits};
+use crate::session::{EncodeCache, Message, Session, SessionLimits, WillTiming};
 
 mod barrier;
 mod conn;
@@ -89,8 +88,8 @@ mod takeover;
 mod timers;
 
 use barrier::*;
-pub use conn::ConnEvent;
 use conn::*;
+pub use conn::{Conn, Kill, ReadState};
 use registry::*;
 use retained::*;
 use sessions::*;
@@ -120,15 +119,18 @@ pub struct Shard {
     limits: SessionLimits,
     global: Arc<Global>,
     started: Instant,
-    now: u32,
+    /// The time of the input being handled (given by the runtime; the shard reads no clock).
+    now: Instant,
+    /// Whole seconds since `started`, as of the last tick (the timing wheel's position).
+    now_secs: u32,
     next_serial: u64,
-    conns: Slab<Conn>,
+    conns: GenSlab<ConnKind, Conn>,
     // Boxed: a slab grows by doubling, and spare slots of a 264-byte entry would cost more than
     // the pointer.
-    sessions: Slab<Box<SessionEntry>>,
-    by_client_id: HashMap<MqttStr, usize>,
+    sessions: GenSlab<SessionKind, Box<SessionEntry>>,
+    by_client_id: HashMap<MqttStr, SessionId>,
     /// Local subscriptions: filter -> session slot, with options and subscription identifier.
-    subscriptions: SubscriptionTrie<usize, (SubscriptionOptions, u32)>,
+    subscriptions: SubscriptionTrie<SessionId, (SubscriptionOptions, u32)>,
     local_interest: LocalInterest,
     interest: InterestIndex,
     retained: RetainedStore<Arc<Message>>,
@@ -143,27 +145,36 @@ pub struct Shard {
     auth: crate::auth::AuthMethods,
     barriers: HashMap<u64, Barrier>,
     /// The connection whose PUBLISH is being routed right now (for publisher throttling).
-    current_publisher: Option<usize>,
-    /// Throttled publishers: (connection, its serial, the congested session).
-    throttled: Vec<(usize, u64, usize)>,
+    current_publisher: Option<ConnId>,
+    /// Throttled publishers: (connection, the congested session).
+    throttled: Vec<(ConnId, SessionId)>,
     /// Stubs of sessions that moved away, by the new claim's token.
-    stubs: HashMap<u64, usize>,
+    stubs: HashMap<u64, SessionId>,
     held_acks: HashMap<u64, HeldAck>,
     pending_claims: HashMap<u64, PendingClaim>,
-    outbox: Vec<VecDeque<ShardMsg>>,
-    outbox_wakers: Vec<Option<Waker>>,
+    outbox: Outbox,
     local_inbox: VecDeque<ShardMsg>,
-    backpressured: bool,
     /// Connections registered over a connection limit, waiting for their refusing CONNACK.
     over_limit: usize,
-    paused_readers: Vec<Waker>,
-    scratch: Box<[u8]>,
-    matches: Vec<(usize, SubscriptionOptions, u32)>,
+    /// Connections that wanted to read while cross-shard backpressure was on.
+    paused_readers: Vec<ConnId>,
+    /// Connections that need the runtime's attention (see [`Shard::drain_wakes`]).
+    wakes: Vec<ConnId>,
+    matches: Vec<(SessionId, SubscriptionOptions, u32)>,
     subscription_ids: Vec<u32>,
     cache: EncodeCache,
     wheel: BTreeMap<u32, Vec<WheelEntry>>,
     /// Counters.
-    pub stats: ShardStats,
+    stats: ShardStats,
+}
+
+/// The session limits a configuration sets.
+fn session_limits(config: &Config) -> SessionLimits {
+    SessionLimits {
+        max_inflight: config.max_inflight,
+        max_queued_messages: config.max_queued_messages,
+        max_queued_bytes: config.max_queued_bytes,
+    }
 }
 
 fn stable_hash(bytes: &[u8]) -> u64 {
@@ -175,22 +186,25 @@ fn stable_hash(bytes: &[u8]) -> u64 {
 
 impl Shard {
     /// A shard with no connections yet.
-    pub fn new(id: usize, shards: usize, config: Rc<Config>, global: Arc<Global>) -> Self {
-        let limits = SessionLimits {
-            max_inflight: config.max_inflight,
-            max_queued_messages: config.max_queued_messages,
-            max_queued_bytes: config.max_queued_bytes,
-        };
+    pub fn new(
+        id: usize,
+        shards: usize,
+        config: Rc<Config>,
+        global: Arc<Global>,
+        now: Instant,
+    ) -> Self {
+        let limits = session_limits(&config);
         Shard {
             id,
             shards,
             limits,
             global,
-            started: Instant::now(),
-            now: 0,
+            started: now,
+            now,
+            now_secs: 0,
             next_serial: 1,
-            conns: Slab::new(),
-            sessions: Slab::new(),
+            conns: GenSlab::new(),
+            sessions: GenSlab::new(),
             by_client_id: HashMap::new(),
             subscriptions: SubscriptionTrie::new(),
             local_interest: LocalInterest::new(id as u16),
@@ -208,13 +222,11 @@ impl Shard {
             stubs: HashMap::new(),
             held_acks: HashMap::new(),
             pending_claims: HashMap::new(),
-            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
-            outbox_wakers: (0..shards).map(|_| None).collect(),
+            outbox: Outbox::new(shards),
             local_inbox: VecDeque::new(),
-            backpressured: false,
             over_limit: 0,
             paused_readers: Vec::new(),
-            scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+            wakes: Vec::new(),
             matches: Vec::new(),
             subscription_ids: Vec::new(),
             cache: EncodeCache::default(),
@@ -222,6 +234,23 @@ impl Shard {
             stats: ShardStats::default(),
             config,
         }
+    }
+
+    /// A new configuration (reload): limits and timeouts apply to new work from now on;
+    /// sessions take the new queue limits when they next attach.
+    pub fn on_config(&mut self, config: Rc<Config>) {
+        self.limits = session_limits(&config);
+        self.config = config;
+    }
+
+    /// A snapshot of this shard's counters.
+    pub fn stats(&self) -> ShardStats {
+        self.stats
+    }
+
+    /// Open connections on this shard.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
     }
 
     fn home_shard(&self, client_id: &str) -> usize {
@@ -232,14 +261,14 @@ impl Shard {
         (stable_hash(topic.as_bytes()).rotate_left(17) % self.shards as u64) as usize
     }
 
+    /// Milliseconds since the shard started, at the current input.
     fn clock_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+        self.now.saturating_duration_since(self.started).as_millis() as u64
     }
 
-    /// The wheel bucket (whole seconds, rounded up) in which a deadline is checked: never
-    /// before the deadline itself.
-    fn bucket(deadline_ms: u64) -> u32 {
-        u32::try_from(deadline_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+    /// Advances the shard's notion of time (never backwards).
+    fn set_now(&mut self, now: Instant) {
+        self.now = self.now.max(now);
     }
 
     fn next_serial(&mut self) -> u64 {
@@ -253,7 +282,7 @@ impl Shard {
     }
 
     /// Applies one message from a peer (or from this shard to itself).
-    pub fn handle_mesh(&mut self, message: ShardMsg) {
+    pub(super) fn handle_mesh(&mut self, message: ShardMsg) {
         match message {
             ShardMsg::Publish(message) => {
                 self.route_local(&message);
@@ -338,19 +367,18 @@ impl Shard {
         }
     }
 
-    fn handle_packet(&mut self, index: usize, packet: Packet) {
+    fn handle_packet(&mut self, index: ConnId, packet: Packet) {
         let Some(session) = self.session_of(index) else {
             match packet {
                 Packet::Connect(connect)
-                    if matches!(
-                        self.conns[index].state,
-                        ConnState::AwaitConnect | ConnState::OverLimit
-                    ) =>
+                    if self.conns.get(index).is_some_and(|c| {
+                        matches!(c.state, ConnState::AwaitConnect | ConnState::OverLimit)
+                    }) =>
                 {
                     self.on_connect(index, connect)
                 }
                 _ => {
-                    tracing::debug!(shard = self.id, conn = index, "first packet is not CONNECT");
+                    tracing::debug!(shard = self.id, conn = ?index, "first packet is not CONNECT");
                     self.kill_conn(index, ReasonCode::ProtocolError, false);
                 }
             }
@@ -362,7 +390,10 @@ impl Shard {
             Packet::PubRec(ack) => self.on_ack(index, session, AckKind::Rec, ack),
             Packet::PubComp(ack) => self.on_ack(index, session, AckKind::Comp, ack),
             Packet::PubRel(ack) => {
-                let known = self.sessions[session].session.on_pubrel(ack.packet_id);
+                let known = self
+                    .sessions
+                    .get_mut(session)
+                    .is_some_and(|e| e.session.on_pubrel(ack.packet_id));
                 let mut complete = Ack::new(ack.packet_id);
                 if !known {
                     complete.reason = ReasonCode::PacketIdentifierNotFound;
@@ -373,28 +404,16 @@ impl Shard {
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(index, session, unsubscribe),
             Packet::PingReq => self.write(index, Packet::PingResp),
             Packet::Disconnect(disconnect) => {
-                if let Some(expiry) = disconnect.properties.session_expiry_interval {
-                    let entry = &mut self.sessions[session].session;
-                    if entry.clean && expiry != 0 {
-                        // MQTT 5.0 §3.14.2.2.2: a session that began with expiry 0 cannot be
-                        // given one at DISCONNECT.
-                        return self.kill_conn(index, ReasonCode::ProtocolError, false);
-                    }
-                    entry.clean = expiry == 0;
-                    entry.expiry = (expiry != u32::MAX).then_some(expiry);
-                }
-                if disconnect.reason == ReasonCode::DisconnectWithWill {
-                    self.kill_conn(index, ReasonCode::Success, false);
-                    if let Some(conn) = self.conns.get_mut(index) {
-                        conn.out.clear();
-                    }
-                } else {
-                    self.sessions[session].session.will = None;
-                    self.kill_conn(index, ReasonCode::Success, true);
+                let Some(entry) = self.sessions.get_mut(session) else {
+                    return;
+                };
+                match entry.session.on_disconnect(&disconnect) {
+                    Ok(with_will) => self.client_disconnected(index, !with_will),
+                    Err(reason) => self.kill_conn(index, reason, false),
                 }
             }
             Packet::Connect(_) => {
-                tracing::debug!(shard = self.id, conn = index, "second CONNECT");
+                tracing::debug!(shard = self.id, conn = ?index, "second CONNECT");
                 self.kill_conn(index, ReasonCode::ProtocolError, false);
             }
             // AUTH without an authentication method, and packets only a server sends.
@@ -406,7 +425,7 @@ impl Shard {
         }
     }
 
-    fn write(&mut self, index: usize, packet: Packet) {
+    fn write(&mut self, index: ConnId, packet: Packet) {
         if let Some(conn) = self.conns.get_mut(index) {
             let was_empty = conn.out.is_empty();
             if let Err(error) = packet.encode(conn.protocol, &mut conn.out) {
@@ -419,16 +438,15 @@ impl Shard {
     }
 
     /// The session attached to connection `index`, if its handle is still valid.
-    fn session_of(&self, index: usize) -> Option<usize> {
+    fn session_of(&self, index: ConnId) -> Option<SessionId> {
         match self.conns.get(index)?.state {
-            ConnState::Active { session, token } => {
-                let session = session as usize;
+            ConnState::Active { session } => {
                 let valid = self
                     .sessions
                     .get(session)
-                    .is_some_and(|e| e.token == token && e.conn == Some(index));
+                    .is_some_and(|e| e.conn == Some(index));
                 if !valid {
-                    tracing::debug!(shard = self.id, conn = index, "stale session handle");
+                    tracing::debug!(shard = self.id, conn = ?index, "stale session handle");
                 }
                 valid.then_some(session)
             }
@@ -448,13 +466,28 @@ enum AckKind {
 mod claim_model;
 
 #[cfg(test)]
+mod defaults {
+    #[test]
+    /// The session module's defaults are the broker's defaults.
+    fn session_limits_default_matches_the_config_default() {
+        let config = crate::config::Config::default();
+        assert_eq!(
+            super::session_limits(&config),
+            crate::session::SessionLimits::default()
+        );
+    }
+}
+
+#[cfg(test)]
 mod footprint {
     /// Memory per idle connection is a product target (at most 2 KiB including glommio's own
     /// ~0.9 KiB): these structs are allocated once per connection or session, so growth here
     /// is a regression.
     #[test]
     fn per_connection_structs_stay_small() {
-        assert!(std::mem::size_of::<super::Conn>() <= 128);
+        // Connections: 104 bytes (no serial and no waker since the runtime owns wakers and
+        // handles carry generations).
+        assert!(std::mem::size_of::<super::Conn>() <= 112);
         assert!(std::mem::size_of::<super::SessionEntry>() <= 352);
     }
 }

@@ -1,12 +1,8 @@
-//! The shard side of the cross-shard mesh: per-peer outboxes with water marks, the local inbox, and the backpressure they put on socket reads.
+//! The shard side of the cross-shard mesh: sending to peers (through the [`Outbox`]) and to
+//! itself (the local inbox), the inputs that deliver peers' messages, and the backpressure
+//! outboxes put on socket reads.
 
 use super::*;
-
-/// Outbox length (messages) past which a shard stops reading client sockets.
-pub(super) const OUTBOX_HIGH_WATER: usize = 64 * 1024;
-
-/// Outbox length under which reading resumes.
-pub(super) const OUTBOX_LOW_WATER: usize = 16 * 1024;
 
 impl Shard {
     pub(super) fn send(&mut self, shard: usize, message: ShardMsg) {
@@ -14,13 +10,9 @@ impl Shard {
             self.local_inbox.push_back(message);
             return;
         }
-        self.outbox[shard].push_back(message);
-        if let Some(waker) = self.outbox_wakers[shard].take() {
-            waker.wake();
-        }
-        if self.outbox[shard].len() > OUTBOX_HIGH_WATER && !self.backpressured {
+        if self.outbox.push(shard, message) {
             tracing::debug!(shard = self.id, peer = shard, "cross-shard backpressure on");
-            self.backpressured = true;
+            self.stats.backpressure_episodes += 1;
         }
     }
 
@@ -32,35 +24,45 @@ impl Shard {
         }
     }
 
-    /// Hands the pump for `peer` its next batch, or registers its waker.
-    pub fn take_outbox_batch(
-        &mut self,
-        peer: usize,
-        max: usize,
-        cx: &mut Context<'_>,
-    ) -> Poll<Vec<ShardMsg>> {
-        let queue = &mut self.outbox[peer];
-        if queue.is_empty() {
-            self.outbox_wakers[peer] = Some(cx.waker().clone());
-            return Poll::Pending;
+    /// A batch of messages from a peer (or several): applied in order.
+    pub fn on_mesh(&mut self, batch: impl IntoIterator<Item = ShardMsg>, now: Instant) {
+        self.set_now(now);
+        for message in batch {
+            self.handle_mesh(message);
         }
-        let take = queue.len().min(max);
-        Poll::Ready(queue.drain(..take).collect())
+        self.drain_local_inbox();
     }
 
-    /// Resumes socket reads once every outbox is under the low-water mark.
-    pub fn relieve_backpressure(&mut self) {
-        if self.backpressured && self.outbox.iter().all(|q| q.len() < OUTBOX_LOW_WATER) {
+    /// Whether messages wait for `peer` (the runtime then calls [`Shard::take_outbox_batch`]).
+    pub fn has_outbox(&self, peer: usize) -> bool {
+        self.outbox.has_pending(peer)
+    }
+
+    /// Up to `max` of the oldest messages for `peer`.
+    pub fn take_outbox_batch(&mut self, peer: usize, max: usize) -> Option<Vec<ShardMsg>> {
+        self.outbox.take_batch(peer, max)
+    }
+
+    /// The oldest message for `peer` (for simulations that deliver one message at a time).
+    pub fn pop_outbox(&mut self, peer: usize) -> Option<ShardMsg> {
+        self.outbox.pop(peer)
+    }
+
+    /// The runtime moved outbox messages into the mesh: resumes socket reads once every outbox
+    /// is under the low-water mark.
+    pub fn on_outbox_drained(&mut self) {
+        if self.outbox.relieve() {
             tracing::debug!(shard = self.id, "cross-shard backpressure off");
-            self.backpressured = false;
-            for waker in self.paused_readers.drain(..) {
-                waker.wake();
+            let mut paused = std::mem::take(&mut self.paused_readers);
+            for conn in paused.drain(..) {
+                self.wake_conn(conn);
             }
+            self.paused_readers = paused;
         }
     }
 
     /// Processes messages this shard sent to itself (claims and retained updates it owns).
-    pub fn drain_local_inbox(&mut self) {
+    pub(super) fn drain_local_inbox(&mut self) {
         while let Some(message) = self.local_inbox.pop_front() {
             self.handle_mesh(message);
         }

@@ -12,16 +12,22 @@ impl Shard {
         .is_ok()
     }
 
-    pub(super) fn on_publish(&mut self, index: usize, session: usize, mut publish: Publish) {
+    pub(super) fn on_publish(&mut self, index: ConnId, session: SessionId, mut publish: Publish) {
         self.stats.publishes_in += 1;
-        let protocol = self.conns[index].protocol;
+        let (Some(conn), Some(entry)) = (self.conns.get(index), self.sessions.get(session)) else {
+            return;
+        };
+        let protocol = conn.protocol;
+        let publisher = entry.session.client_id.clone();
         if let Some(alias) = publish.properties.topic_alias.take() {
             // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
             // (re)defines it; an empty topic uses it.
             if alias > self.config.topic_alias_maximum {
                 return self.kill_conn(index, ReasonCode::TopicAliasInvalid, false);
             }
-            let conn = &mut self.conns[index];
+            let Some(conn) = self.conns.get_mut(index) else {
+                return;
+            };
             let aliases = conn.aliases_in.get_or_insert_with(Default::default);
             if publish.topic.is_empty() {
                 match aliases.get(&alias) {
@@ -41,11 +47,14 @@ impl Shard {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        let receive_maximum = usize::from(self.config.receive_maximum);
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
         if qos == QoS::ExactlyOnce
             && protocol.is_v5()
-            && !self.sessions[session].session.has_incoming_qos2(packet_id)
-            && self.sessions[session].session.incoming_qos2_len()
-                >= usize::from(self.config.receive_maximum)
+            && !entry.session.has_incoming_qos2(packet_id)
+            && entry.session.incoming_qos2_len() >= receive_maximum
         {
             // More unreleased QoS 2 publishes than the Receive Maximum we announced.
             return self.kill_conn(index, ReasonCode::ReceiveMaximumExceeded, false);
@@ -58,8 +67,7 @@ impl Shard {
         // is not kept, so the client may reuse it at once.
         let route = !refused
             && !payload_invalid
-            && (qos != QoS::ExactlyOnce
-                || self.sessions[session].session.on_incoming_qos2(packet_id));
+            && (qos != QoS::ExactlyOnce || entry.session.on_incoming_qos2(packet_id));
         if refused {
             tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
         }
@@ -71,14 +79,14 @@ impl Shard {
             let expires_at = properties
                 .message_expiry_interval
                 .take()
-                .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+                .map(|secs| self.now + Duration::from_secs(u64::from(secs)));
             let message = Arc::new(Message {
                 topic: publish.topic,
                 payload: publish.payload,
                 qos,
                 retain: publish.retain,
                 properties,
-                publisher: self.sessions[session].session.client_id.clone(),
+                publisher,
                 expires_at,
             });
             self.current_publisher = Some(index);
@@ -109,38 +117,39 @@ impl Shard {
             // A retained message is acknowledged once its topic's owner has applied it, so a
             // client that saw the PUBACK finds it on every shard.
             Some(token) => {
-                let serial = self.conns[index].serial;
-                self.conns[index].paused = true;
-                self.held_acks.insert(
-                    token,
-                    HeldAck {
-                        conn: index,
-                        serial,
-                        packet,
-                    },
-                );
+                if let Some(conn) = self.conns.get_mut(index) {
+                    conn.paused = true;
+                    self.held_acks.insert(
+                        token,
+                        HeldAck {
+                            conn: index,
+                            packet,
+                        },
+                    );
+                }
             }
             None => self.write(index, packet),
         }
     }
 
-    pub(super) fn on_ack(&mut self, index: usize, session: usize, kind: AckKind, ack: Ack) {
+    pub(super) fn on_ack(&mut self, index: ConnId, session: SessionId, kind: AckKind, ack: Ack) {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
         let was_empty = conn.out.is_empty();
-        let entry = &mut self.sessions[session].session;
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return;
+        };
+        let entry = &mut entry.session;
         let result = match kind {
-            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out, Instant::now()),
-            AckKind::Rec => {
-                entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out, Instant::now())
-            }
-            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out, Instant::now()),
+            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out, self.now),
+            AckKind::Rec => entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out, self.now),
+            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out, self.now),
         };
         if result.is_err() {
             return self.kill_conn(index, ReasonCode::ProtocolError, false);
         }
-        if was_empty && !self.conns[index].out.is_empty() {
+        if was_empty && !conn.out.is_empty() {
             self.wake_conn(index);
         }
         self.release_throttled(Some(session));
@@ -151,7 +160,7 @@ impl Shard {
         let expires_at = will
             .properties
             .message_expiry_interval
-            .map(|secs| Instant::now() + Duration::from_secs(u64::from(secs)));
+            .map(|secs| self.now + Duration::from_secs(u64::from(secs)));
         let properties = Properties {
             payload_format_indicator: will.properties.payload_format_indicator,
             content_type: will.properties.content_type,

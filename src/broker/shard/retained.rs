@@ -5,8 +5,7 @@ use super::*;
 /// A PUBACK/PUBREC held until the topic's owner shard has applied a retained update.
 #[derive(Debug)]
 pub(super) struct HeldAck {
-    pub(super) conn: usize,
-    pub(super) serial: u64,
+    pub(super) conn: ConnId,
     pub(super) packet: Packet,
 }
 
@@ -26,11 +25,7 @@ impl Shard {
         let Some(held) = self.held_acks.remove(&token) else {
             return;
         };
-        if self
-            .conns
-            .get(held.conn)
-            .is_some_and(|c| c.serial == held.serial)
-        {
+        if self.conns.contains(held.conn) {
             self.write(held.conn, held.packet);
             self.resume_reading(held.conn);
         }

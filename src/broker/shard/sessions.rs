@@ -5,7 +5,7 @@ use super::*;
 #[derive(Debug)]
 pub(super) struct SessionEntry {
     pub(super) session: Session,
-    pub(super) conn: Option<usize>,
+    pub(super) conn: Option<ConnId>,
     pub(super) token: u64,
     /// Milliseconds since the shard started, when the session went offline.
     pub(super) offline_since: Option<u64>,
@@ -19,12 +19,31 @@ pub(super) struct SessionEntry {
     pub(super) recent: Option<Box<RecentDeliveries>>,
 }
 
-/// Messages a session received recently, for deduplication during a move between shards.
-#[derive(Debug)]
+/// Messages a session received recently, for deduplication during a move between shards: a
+/// message can reach it both directly and through the old shard's stub. Identity is the
+/// message's allocation (one `Arc` per published message, shared by every path); the `Arc`s
+/// are kept so an address cannot be reused while it is remembered.
+#[derive(Debug, Default)]
 pub(super) struct RecentDeliveries {
-    pub(super) messages: VecDeque<(Arc<Message>, Instant)>,
-    /// When the move is known everywhere plus a margin; `None` while it is still in progress.
-    pub(super) until: Option<Instant>,
+    seen: HashSet<*const Message>,
+    order: VecDeque<Arc<Message>>,
+}
+
+impl RecentDeliveries {
+    /// Whether `message` is new to the session (and remembers it). Constant time; at most
+    /// `MOVE_DEDUP_CAPACITY` messages are remembered.
+    pub(super) fn first_time(&mut self, message: &Arc<Message>) -> bool {
+        if !self.seen.insert(Arc::as_ptr(message)) {
+            return false;
+        }
+        if self.order.len() >= MOVE_DEDUP_CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&Arc::as_ptr(&oldest));
+            }
+        }
+        self.order.push_back(Arc::clone(message));
+        true
+    }
 }
 
 /// How long after a move completes duplicates are still filtered.
@@ -34,7 +53,8 @@ pub(super) const MOVE_DEDUP_MARGIN: Duration = Duration::from_secs(2);
 pub(super) const MOVE_DEDUP_CAPACITY: usize = 65_536;
 
 impl Shard {
-    pub(super) fn install_session(&mut self, session: Session, token: u64) -> usize {
+    /// Adds a session to this shard (index, subscriptions); `None` when the slab is full.
+    pub(super) fn install_session(&mut self, session: Session, token: u64) -> Option<SessionId> {
         let client_id = session.client_id.clone();
         let filters: Vec<(MqttStr, (SubscriptionOptions, u32))> = session
             .subscriptions
@@ -49,7 +69,7 @@ impl Shard {
             pending_will: None,
             moved_to: None,
             recent: None,
-        }));
+        }))?;
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
@@ -70,10 +90,10 @@ impl Shard {
         for (filter, options) in filters {
             self.add_subscription(slot, &filter, options);
         }
-        slot
+        Some(slot)
     }
 
-    pub(super) fn park_session(&mut self, session: usize) {
+    pub(super) fn park_session(&mut self, session: SessionId) {
         let now_ms = self.clock_ms();
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
@@ -85,16 +105,13 @@ impl Shard {
             self.wheel
                 .entry(deadline)
                 .or_default()
-                .push(WheelEntry::Session {
-                    index: session,
-                    token,
-                });
+                .push(WheelEntry::Session { session, token });
         }
     }
 
     /// Removes a session from this shard: its subscriptions, its registry entry.
-    pub(super) fn end_session(&mut self, session: usize) {
-        let Some(mut entry) = self.sessions.try_remove(session) else {
+    pub(super) fn end_session(&mut self, session: SessionId) {
+        let Some(mut entry) = self.sessions.remove(session) else {
             return;
         };
         let orphans = entry.session.take_shared_undelivered();
@@ -108,14 +125,7 @@ impl Shard {
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(session, filter);
         }
-        let home = self.home_shard(&entry.session.client_id);
-        self.send(
-            home,
-            ShardMsg::Release {
-                client_id: entry.session.client_id,
-                token: entry.token,
-            },
-        );
+        self.release(entry.session.client_id, entry.token);
         // A member left with messages it had not acknowledged: they go to another member.
         for (group, message) in orphans {
             self.route_shared_group(&group, &message);

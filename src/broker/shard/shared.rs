@@ -5,15 +5,15 @@ use super::*;
 /// The members of one shared-subscription group on this shard.
 #[derive(Debug, Default)]
 pub(super) struct SharedGroup {
-    pub(super) members: Vec<(usize, SubscriptionOptions, u32)>,
+    pub(super) members: Vec<(SessionId, SubscriptionOptions, u32)>,
     pub(super) cursor: usize,
-    pub(super) sticky: Option<usize>,
+    pub(super) sticky: Option<SessionId>,
 }
 
 impl Shard {
     pub(super) fn add_shared_member(
         &mut self,
-        session: usize,
+        session: SessionId,
         full: &MqttStr,
         options: (SubscriptionOptions, u32),
     ) {
@@ -34,7 +34,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn remove_shared_member(&mut self, session: usize, full: &MqttStr) {
+    pub(super) fn remove_shared_member(&mut self, session: SessionId, full: &MqttStr) {
         let Some(group) = self.shared_groups.get_mut(full) else {
             return;
         };
@@ -169,7 +169,7 @@ impl Shard {
                 .and_then(|s| members.iter().position(|m| m.0 == s))
                 .unwrap_or(0),
         };
-        let online = |shard: &Shard, session: usize| {
+        let online = |shard: &Shard, session: SessionId| {
             shard
                 .sessions
                 .get(session)
@@ -196,7 +196,7 @@ impl Shard {
             retain,
             ids,
             Some(group_key),
-            Instant::now(),
+            self.now,
         );
     }
 }

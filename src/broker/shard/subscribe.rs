@@ -5,7 +5,7 @@ use super::*;
 impl Shard {
     pub(super) fn add_subscription(
         &mut self,
-        session: usize,
+        session: SessionId,
         filter: &MqttStr,
         options: (SubscriptionOptions, u32),
     ) {
@@ -24,7 +24,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn remove_subscription(&mut self, session: usize, filter: &MqttStr) {
+    pub(super) fn remove_subscription(&mut self, session: SessionId, filter: &MqttStr) {
         if topic::parse_shared(filter).is_some() {
             return self.remove_shared_member(session, filter);
         }
@@ -36,8 +36,10 @@ impl Shard {
         }
     }
 
-    pub(super) fn on_subscribe(&mut self, index: usize, session: usize, subscribe: Subscribe) {
-        let protocol = self.conns[index].protocol;
+    pub(super) fn on_subscribe(&mut self, index: ConnId, session: SessionId, subscribe: Subscribe) {
+        let Some(protocol) = self.conns.get(index).map(|c| c.protocol) else {
+            return;
+        };
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         let subscription_id = subscribe
@@ -53,7 +55,10 @@ impl Shard {
             }
             let shared = topic::parse_shared(&filter).is_some();
             let entry = (options, subscription_id);
-            let existed = self.sessions[session]
+            let Some(existing) = self.sessions.get_mut(session) else {
+                return;
+            };
+            let existed = existing
                 .session
                 .subscriptions
                 .insert(filter.clone(), entry)
@@ -88,10 +93,8 @@ impl Shard {
             .into_iter()
             .map(|(filter, options)| (filter, options, subscription_id))
             .collect();
-        let serial = self.conns[index].serial;
         let action = BarrierAction::SubAck {
             conn: index,
-            serial,
             session,
             suback: Box::new(suback),
             retained_for,
@@ -99,23 +102,24 @@ impl Shard {
         // SUBACK only once every other shard has applied the interest change (and any
         // retained update it had already accepted): a publish the client sees acknowledged
         // anywhere after its SUBACK is then routed here.
-        self.conns[index].paused = true;
+        if let Some(conn) = self.conns.get_mut(index) {
+            conn.paused = true;
+        }
         self.start_barrier(action);
     }
 
     pub(super) fn on_unsubscribe(
         &mut self,
-        index: usize,
-        session: usize,
+        index: ConnId,
+        session: SessionId,
         unsubscribe: Unsubscribe,
     ) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         for filter in &unsubscribe.filters {
-            let existed = self.sessions[session]
-                .session
-                .subscriptions
-                .remove(filter)
-                .is_some();
+            let existed = self
+                .sessions
+                .get_mut(session)
+                .is_some_and(|e| e.session.subscriptions.remove(filter).is_some());
             if existed {
                 self.remove_subscription(session, filter);
                 reasons.push(ReasonCode::Success);

@@ -4,7 +4,7 @@ use super::*;
 
 #[derive(Debug)]
 pub(super) struct PendingClaim {
-    pub(super) conn: Option<usize>,
+    pub(super) conn: Option<ConnId>,
     pub(super) connect: Box<Connect>,
     pub(super) assigned_id: bool,
 }
@@ -12,7 +12,7 @@ pub(super) struct PendingClaim {
 /// What `on_takeover` did with the session.
 pub(super) enum Handover {
     Ended,
-    InPlace(usize),
+    InPlace(SessionId),
     Moved(Box<Session>),
 }
 
@@ -29,6 +29,12 @@ impl Shard {
             tracing::debug!(shard = self.id, client = %claim.connect.client_id, "claim superseded by a newer connection");
             self.refuse_connect(index, ReasonCode::ServerBusy);
         }
+    }
+
+    /// Tells the home shard that the session of claim `token` has ended (or never began).
+    pub(super) fn release(&mut self, client_id: MqttStr, token: u64) {
+        let home = self.home_shard(&client_id);
+        self.send(home, ShardMsg::Release { client_id, token });
     }
 
     /// Tells the home shard that claim `token` has settled here.
@@ -52,8 +58,17 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(slot).filter(|e| e.token == token) else {
             return;
         };
-        if let Some(recent) = entry.recent.as_mut() {
-            recent.until = Some(Instant::now() + MOVE_DEDUP_MARGIN);
+        if entry.recent.is_some() {
+            // Copies sent directly by other shards before they learned of the move may still
+            // be on their way: keep filtering for a margin.
+            let deadline = self.clock_ms() + MOVE_DEDUP_MARGIN.as_millis() as u64;
+            self.wheel
+                .entry(Self::bucket(deadline))
+                .or_default()
+                .push(WheelEntry::DedupEnd {
+                    session: slot,
+                    token,
+                });
         }
         self.settle(&client_id, token);
     }
@@ -98,7 +113,7 @@ impl Shard {
     /// in place for `new_token`, or turns it into a forwarding stub and returns its data.
     pub(super) fn hand_over(
         &mut self,
-        slot: usize,
+        slot: SessionId,
         client_id: &MqttStr,
         new_shard: u16,
         new_token: u64,
@@ -107,7 +122,7 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(slot) else {
             return Handover::Ended;
         };
-        let ends = clean_start || entry.session.clean;
+        let ends = entry.session.ends_on_takeover(clean_start);
         let pending_will = entry.pending_will.take();
         let old_conn = entry.conn.take();
         let live_will = old_conn.and_then(|_| entry.session.will.take());
@@ -122,8 +137,8 @@ impl Shard {
             // The old connection closes without a DISCONNECT from its client: its will fires,
             // unless it has a will delay that the new connection now cancels (MQTT 5.0).
             if let Some(will) = live_will {
-                let delay = will.properties.will_delay_interval.unwrap_or(0);
-                if delay == 0 || ends {
+                let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
+                if !delayed || ends {
                     self.publish_will(client_id, will);
                 }
             }
@@ -206,23 +221,16 @@ impl Shard {
                 Some(session) if !connect.clean_start => {
                     let mut session = *session;
                     session.will = None;
-                    let slot = self.install_session(session, token);
+                    let Some(slot) = self.install_session(session, token) else {
+                        return self.release(connect.client_id, token);
+                    };
                     self.park_session(slot);
                     match stub_shard {
                         Some(shard) => self.start_stub_release(shard, token, slot),
                         None => self.settle(&connect.client_id, token),
                     }
                 }
-                _ => {
-                    let home = self.home_shard(&connect.client_id);
-                    self.send(
-                        home,
-                        ShardMsg::Release {
-                            client_id: connect.client_id,
-                            token,
-                        },
-                    );
-                }
+                _ => self.release(connect.client_id, token),
             }
             return;
         };
@@ -236,55 +244,32 @@ impl Shard {
                 };
                 entry.pending_will = None;
                 entry.offline_since = None;
-                let mut session = std::mem::replace(
+                std::mem::replace(
                     &mut entry.session,
                     Session::new(MqttStr::default(), protocol, true, limits),
-                );
-                session.protocol = protocol;
-                session.set_limits(limits);
-                session
+                )
             }
-            (None, previous) => match previous {
-                Some(session) if !connect.clean_start => {
-                    let mut session = *session;
-                    session.protocol = protocol;
-                    session.set_limits(self.limits);
-                    session
-                }
-                _ => Session::new(
-                    connect.client_id.clone(),
-                    protocol,
-                    connect.clean_start,
-                    self.limits,
-                ),
-            },
+            (None, Some(session)) if !connect.clean_start => *session,
+            (None, _) => Session::new(
+                connect.client_id.clone(),
+                protocol,
+                connect.clean_start,
+                self.limits,
+            ),
         };
-        if protocol.is_v5() {
-            // MQTT 5.0: clean start only discards an old session; how long this one lasts is
-            // the session expiry interval (0, the default, ends it with the connection).
-            let expiry = connect.properties.session_expiry_interval.unwrap_or(0);
-            session.clean = expiry == 0;
-            session.expiry = (expiry != u32::MAX).then_some(expiry);
-            session.attach(PeerLimits {
-                max_packet_size: connect.properties.maximum_packet_size.unwrap_or(u32::MAX),
-                topic_alias_max: connect.properties.topic_alias_maximum.unwrap_or(0),
-                receive_maximum: connect.properties.receive_maximum.unwrap_or(u16::MAX),
-            });
-        } else {
-            session.clean = connect.clean_start;
-            session.expiry = self
-                .config
-                .persistent_session_expiry
-                .map(|secs| u32::try_from(secs).unwrap_or(u32::MAX));
-            session.attach(PeerLimits::default());
-        }
-        session.will = connect.will.map(Box::new);
+        session.set_limits(self.limits);
+        session.apply_connect(&connect, self.config.persistent_session_expiry);
         let slot = match in_place.and_then(|slot| self.sessions.get_mut(slot).map(|e| (slot, e))) {
             Some((slot, entry)) => {
                 entry.session = session;
-                slot
+                Some(slot)
             }
             None => self.install_session(session, token),
+        };
+        let Some(slot) = slot else {
+            tracing::error!(shard = self.id, "no room for another session");
+            self.refuse_connect(index, ReasonCode::QuotaExceeded);
+            return self.release(connect.client_id, token);
         };
         if let Some(entry) = self.sessions.get_mut(slot) {
             entry.conn = Some(index);
@@ -317,26 +302,19 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        let Ok(session) = u32::try_from(slot) else {
-            tracing::error!(shard = self.id, "more than 2^32 sessions on one shard");
-            return self.kill_conn(index, ReasonCode::QuotaExceeded, false);
-        };
-        conn.state = ConnState::Active { session, token };
+        conn.state = ConnState::Active { session: slot };
         conn.last_seen = now_ms;
+        conn.keep_alive = connect.keep_alive;
         conn.reprocess = !conn.leftover.is_empty();
-        let serial = conn.serial;
         let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
         if session_present {
             if let Some(entry) = self.sessions.get_mut(slot) {
-                entry.session.resume(&mut conn.out, Instant::now());
+                entry.session.resume(&mut conn.out, self.now);
             }
         }
         if connect.keep_alive > 0 {
-            let deadline = Self::bucket(now_ms + 1500 * u64::from(connect.keep_alive));
-            self.wheel
-                .entry(deadline)
-                .or_default()
-                .push(WheelEntry::Conn { index, serial });
+            // The connection's one timer entry moves from the connect timeout to keep-alive.
+            self.schedule_conn_check(index, now_ms + 1500 * u64::from(connect.keep_alive));
         }
         tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
         self.wake_conn(index);
@@ -346,14 +324,11 @@ impl Shard {
     /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly
     /// after, deliveries to the session are deduplicated; the claim settles when the old shard
     /// confirms the stub is gone (`StubGone`).
-    pub(super) fn start_stub_release(&mut self, shard: u16, token: u64, slot: usize) {
+    pub(super) fn start_stub_release(&mut self, shard: u16, token: u64, slot: SessionId) {
         let Some(entry) = self.sessions.get_mut(slot) else {
             return;
         };
-        entry.recent = Some(Box::new(RecentDeliveries {
-            messages: VecDeque::new(),
-            until: None,
-        }));
+        entry.recent = Some(Box::default());
         let action = BarrierAction::ReleaseStub {
             shard,
             token,
@@ -373,7 +348,9 @@ impl Shard {
         if !is_stub {
             return;
         }
-        let entry = self.sessions.remove(slot);
+        let Some(entry) = self.sessions.remove(slot) else {
+            return;
+        };
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(slot, filter);
         }
@@ -399,7 +376,7 @@ impl Shard {
                     retain,
                     &subscription_ids,
                     group.as_ref(),
-                    Instant::now(),
+                    self.now,
                 ),
             _ => {
                 tracing::debug!(shard = self.id, client = %client_id, "forwarded message for a session that moved on");

@@ -1,40 +1,90 @@
-//! The timing wheel: keep-alive and connect timeouts, will delay, session expiry; wills at shutdown.
+//! The timing wheel: keep-alive and connect timeouts, will delay, session expiry, the end of
+//! move deduplication; wills at shutdown.
+//!
+//! Buckets are whole seconds since the shard started; a deadline is checked in the bucket that
+//! ends at or after it, never before. Each connection has at most one live entry (its
+//! `timer_bucket`); entries left in other buckets are stale and skipped.
 
 use super::*;
 
 #[derive(Debug, Clone, Copy)]
 pub(super) enum WheelEntry {
-    Conn { index: usize, serial: u64 },
-    Session { index: usize, token: u64 },
-    Will { index: usize, token: u64 },
+    Conn { conn: ConnId },
+    Session { session: SessionId, token: u64 },
+    Will { session: SessionId, token: u64 },
+    DedupEnd { session: SessionId, token: u64 },
 }
 
 impl Shard {
-    /// Advances the shard clock: keep-alive and CONNECT timeouts, session expiry. Called a few
-    /// times a second; the wheel holds one entry per connection, not one timer each.
-    pub fn tick(&mut self) {
-        self.now = self.started.elapsed().as_secs() as u32;
+    /// Time passed: keep-alive and CONNECT timeouts, will delays, session expiry.
+    pub fn on_tick(&mut self, now: Instant) {
+        self.set_now(now);
+        self.now_secs = self.now.saturating_duration_since(self.started).as_secs() as u32;
         self.release_throttled(None);
         while let Some(entry) = self.wheel.first_entry() {
-            if *entry.key() > self.now {
+            let bucket = *entry.key();
+            if bucket > self.now_secs {
                 break;
             }
             for item in entry.remove() {
                 match item {
-                    WheelEntry::Conn { index, serial } => self.check_keep_alive(index, serial),
-                    WheelEntry::Session { index, token } => self.check_session_expiry(index, token),
-                    WheelEntry::Will { index, token } => self.check_will_delay(index, token),
+                    WheelEntry::Conn { conn } => self.check_keep_alive(conn, bucket),
+                    WheelEntry::Session { session, token } => {
+                        self.check_session_expiry(session, token)
+                    }
+                    WheelEntry::Will { session, token } => self.check_will_delay(session, token),
+                    WheelEntry::DedupEnd { session, token } => {
+                        if let Some(entry) = self.sessions.get_mut(session) {
+                            if entry.token == token {
+                                entry.recent = None;
+                            }
+                        }
+                    }
                 }
             }
         }
         self.drain_local_inbox();
     }
 
-    pub(super) fn check_keep_alive(&mut self, index: usize, serial: u64) {
-        let Some(conn) = self.conns.get(index) else {
+    /// When the shard next needs [`Shard::on_tick`] (the earliest wheel bucket), if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let (&bucket, _) = self.wheel.first_key_value()?;
+        Some(self.started + Duration::from_secs(u64::from(bucket)))
+    }
+
+    /// The wheel bucket (whole seconds, rounded up) in which a deadline is checked: never
+    /// before the deadline itself.
+    pub(super) fn bucket(deadline_ms: u64) -> u32 {
+        u32::try_from(deadline_ms.div_ceil(1000)).unwrap_or(u32::MAX)
+    }
+
+    /// Makes sure `conn` is checked at `deadline_ms` (or earlier): one live entry per
+    /// connection, moved earlier when needed, never duplicated.
+    pub(super) fn schedule_conn_check(&mut self, conn: ConnId, deadline_ms: u64) {
+        let bucket = Self::bucket(deadline_ms);
+        let Some(c) = self.conns.get_mut(conn) else {
             return;
         };
-        if conn.serial != serial || conn.kill.is_some() {
+        if c.timer_bucket != 0 && c.timer_bucket <= bucket {
+            return;
+        }
+        c.timer_bucket = bucket;
+        self.wheel
+            .entry(bucket)
+            .or_default()
+            .push(WheelEntry::Conn { conn });
+    }
+
+    pub(super) fn check_keep_alive(&mut self, index: ConnId, bucket: u32) {
+        let Some(conn) = self.conns.get_mut(index) else {
+            return;
+        };
+        if conn.timer_bucket != bucket {
+            // A stale entry: the connection's check moved to another bucket.
+            return;
+        }
+        conn.timer_bucket = 0;
+        if conn.kill.is_some() {
             return;
         }
         let (deadline, reason) = match conn.state {
@@ -51,17 +101,15 @@ impl Shard {
             ),
         };
         if deadline <= self.clock_ms() {
-            tracing::debug!(shard = self.id, conn = index, %reason, "closing idle connection");
+            tracing::debug!(shard = self.id, conn = ?index, %reason, "closing idle connection");
+            self.stats.keep_alive_timeouts += 1;
             self.kill_conn(index, reason, false);
         } else {
-            self.wheel
-                .entry(Self::bucket(deadline))
-                .or_default()
-                .push(WheelEntry::Conn { index, serial });
+            self.schedule_conn_check(index, deadline);
         }
     }
 
-    pub(super) fn check_will_delay(&mut self, index: usize, token: u64) {
+    pub(super) fn check_will_delay(&mut self, index: SessionId, token: u64) {
         let Some(entry) = self.sessions.get_mut(index) else {
             return;
         };
@@ -74,7 +122,7 @@ impl Shard {
         }
     }
 
-    pub(super) fn check_session_expiry(&mut self, index: usize, token: u64) {
+    pub(super) fn check_session_expiry(&mut self, index: SessionId, token: u64) {
         let Some(entry) = self.sessions.get(index) else {
             return;
         };
@@ -88,16 +136,19 @@ impl Shard {
         let since = entry.offline_since.unwrap_or(now_ms);
         if now_ms.saturating_sub(since) >= 1000 * u64::from(expiry) {
             tracing::debug!(shard = self.id, client = %entry.session.client_id, "session expired");
+            self.stats.sessions_expired += 1;
             self.end_session(index);
         }
     }
 
     /// First phase of shutdown: every will (of connected clients and delayed ones) goes out
     /// while all shards still deliver.
-    pub fn publish_wills_for_shutdown(&mut self) {
-        let sessions: Vec<usize> = self.sessions.iter().map(|(index, _)| index).collect();
-        for index in sessions {
-            let entry = &mut self.sessions[index];
+    pub fn publish_wills_for_shutdown(&mut self, now: Instant) {
+        self.set_now(now);
+        for index in self.sessions.handles() {
+            let Some(entry) = self.sessions.get_mut(index) else {
+                continue;
+            };
             let client_id = entry.session.client_id.clone();
             let wills: Vec<Box<LastWill>> = entry
                 .session

@@ -1,0 +1,364 @@
+//! The glommio runtime that drives one shard: the only code that touches sockets, the clock
+//! and the cross-shard queues. The shard itself is a state machine (`super::shard`): every
+//! input carries `now`, and after every input the runtime collects what the shard wants done
+//! (connections to wake for writing, reading or closing; outbox batches to move into the mesh).
+//!
+//! One task per connection, one pump task per peer, one receive task per peer and the timer
+//! loop; they share the shard through `Rc<RefCell<Driver>>` and never hold the borrow across an
+//! `.await`.
+
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, RawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::{mpsc, Arc};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+use glommio::channels::shared_channel::ConnectedReceiver;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+
+use super::handles::ConnId;
+use super::mesh::Batch;
+use super::shard::{Global, ReadState, Shard, ShardStats};
+use crate::config::Config;
+
+/// How often each shard advances its clock (keep-alive, expiry, shutdown check).
+const TICK: Duration = Duration::from_millis(200);
+/// Time given at shutdown for DISCONNECTs and wills to go out before the shards stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(400);
+/// Largest batch a pump sends at once.
+const MAX_BATCH: usize = 512;
+/// Size of the shard's socket read buffer (shared by all its connections).
+const SCRATCH_SIZE: usize = 64 * 1024;
+
+/// Sockets and settings one shard starts with.
+pub(super) struct ShardSetup {
+    pub(super) cpu: Option<usize>,
+    pub(super) listeners: Vec<RawFd>,
+    pub(super) test_listener: Option<(SocketAddr, RawFd)>,
+}
+
+/// A shard and the runtime's side tables: who to wake when the shard asks.
+pub(super) struct Driver {
+    shard: Shard,
+    /// Connection tasks waiting for the shard, by connection slot.
+    conn_wakers: Vec<Option<Waker>>,
+    /// Pump tasks waiting for outbox messages, by peer.
+    pump_wakers: Vec<Option<Waker>>,
+    scratch: Box<[u8]>,
+}
+
+impl Driver {
+    fn new(shard: Shard, shards: usize) -> Self {
+        Driver {
+            shard,
+            conn_wakers: Vec::new(),
+            pump_wakers: (0..shards).map(|_| None).collect(),
+            scratch: vec![0u8; SCRATCH_SIZE].into_boxed_slice(),
+        }
+    }
+
+    /// Delivers what the shard asked for during the last input: wake-ups for connection tasks
+    /// and for the pumps of peers with outbox messages.
+    fn dispatch(&mut self) {
+        let wakers = &mut self.conn_wakers;
+        self.shard.drain_wakes(|conn| {
+            if let Some(waker) = wakers.get_mut(conn.slot()).and_then(Option::take) {
+                waker.wake();
+            }
+        });
+        for (peer, slot) in self.pump_wakers.iter_mut().enumerate() {
+            if self.shard.has_outbox(peer) {
+                if let Some(waker) = slot.take() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+
+    fn register(&mut self, conn: ConnId, waker: &Waker) {
+        let slot = conn.slot();
+        if self.conn_wakers.len() <= slot {
+            self.conn_wakers.resize_with(slot + 1, || None);
+        }
+        let entry = &mut self.conn_wakers[slot];
+        if !entry.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *entry = Some(waker.clone());
+        }
+    }
+
+    /// Drives one connection's socket: flushes output, reads input, registers for wake-ups.
+    fn poll_conn<S>(&mut self, conn: ConnId, stream: &mut S, cx: &mut Context<'_>) -> Poll<Event>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let Some(out) = self.shard.output(conn) else {
+                return Poll::Ready(Event::Closed);
+            };
+            let mut blocked = false;
+            while !out.is_empty() {
+                match Pin::new(&mut *stream).poll_write(cx, out) {
+                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
+                    Poll::Ready(Ok(written)) => out.advance(written),
+                    Poll::Pending => {
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            if blocked || !self.shard.on_flushed(conn, Instant::now()) {
+                break;
+            }
+        }
+        match self.shard.read_state(conn) {
+            ReadState::Close => return Poll::Ready(Event::Closed),
+            ReadState::Reprocess => return Poll::Ready(Event::Data(BytesMut::new())),
+            ReadState::Wait => {}
+            ReadState::Read => match Pin::new(&mut *stream).poll_read(cx, &mut self.scratch) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
+                Poll::Ready(Ok(read)) => {
+                    return Poll::Ready(Event::Data(BytesMut::from(&self.scratch[..read])));
+                }
+                Poll::Pending => {}
+            },
+        }
+        self.register(conn, cx.waker());
+        Poll::Pending
+    }
+}
+
+/// What a connection task learns from polling its socket.
+#[derive(Debug)]
+enum Event {
+    /// Bytes arrived (or input kept while paused must be handled).
+    Data(BytesMut),
+    /// The connection is over.
+    Closed,
+}
+
+/// Runs one shard until the broker shuts down.
+pub(super) async fn run_shard(
+    config: Config,
+    global: Arc<Global>,
+    mesh: MeshBuilder<Batch, Full>,
+    setup: ShardSetup,
+    ready: mpsc::Sender<(usize, Option<SocketAddr>)>,
+    stats: Arc<std::sync::Mutex<ShardStats>>,
+    reloads: crossbeam_channel::Receiver<Arc<Config>>,
+) {
+    // Joining the mesh is also the start barrier: it completes once every shard has joined.
+    let Ok((senders, receivers)) = mesh.join().await else {
+        tracing::error!("could not join the cross-shard mesh");
+        return;
+    };
+    let id = senders.peer_id();
+    let shards = senders.nr_consumers();
+    let config = Rc::new(config);
+    let shard = Shard::new(
+        id,
+        shards,
+        Rc::clone(&config),
+        Arc::clone(&global),
+        Instant::now(),
+    );
+    let driver = Rc::new(RefCell::new(Driver::new(shard, shards)));
+    let senders = Rc::new(senders);
+    // Kept (not detached) so that dropping them at shutdown cancels them.
+    let mut tasks = Vec::new();
+    let mut receivers = receivers;
+    for (peer, receiver) in receivers.streams() {
+        if peer != id {
+            tasks.push(glommio::spawn_local(receive(Rc::clone(&driver), receiver)));
+        }
+    }
+    for peer in (0..shards).filter(|&p| p != id) {
+        tasks.push(glommio::spawn_local(pump(
+            Rc::clone(&driver),
+            Rc::clone(&senders),
+            peer,
+        )));
+    }
+    let mut listening_fds: Vec<RawFd> = setup.listeners.clone();
+    if let Some((_, fd)) = setup.test_listener {
+        listening_fds.push(fd);
+    }
+    for fd in setup.listeners {
+        // SAFETY: the fd is a listening TCP socket created for this shard and owned by nobody else.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        tasks.push(glommio::spawn_local(accept_loop(
+            Rc::clone(&driver),
+            listener,
+        )));
+    }
+    let test_addr = setup.test_listener.map(|(addr, fd)| {
+        // SAFETY: as above.
+        let listener = unsafe { TcpListener::from_raw_fd(fd) };
+        tasks.push(glommio::spawn_local(accept_loop(
+            Rc::clone(&driver),
+            listener,
+        )));
+        addr
+    });
+    let _ = ready.send((id, test_addr));
+    drop(ready);
+    let panic_at = (config.test_inject_panic == Some(id)).then(|| Instant::now() + TICK * 5);
+    while !global.shutdown.load(Ordering::Relaxed) {
+        Timer::new(TICK).await;
+        {
+            let mut driver = driver.borrow_mut();
+            while let Ok(config) = reloads.try_recv() {
+                driver.shard.on_config(Rc::new((*config).clone()));
+            }
+            driver.shard.on_tick(Instant::now());
+            driver.dispatch();
+            if let Ok(mut snapshot) = stats.lock() {
+                *snapshot = driver.shard.stats();
+            }
+        }
+        if panic_at.is_some_and(|at| Instant::now() >= at) {
+            panic!("shard {id}: panic injected by --test-inject-panic");
+        }
+    }
+    tracing::debug!(shard = id, "shutting down");
+    // Wills first, on every shard, while every shard still delivers; then the connections.
+    {
+        let mut driver = driver.borrow_mut();
+        driver.shard.publish_wills_for_shutdown(Instant::now());
+        driver.dispatch();
+    }
+    Timer::new(SHUTDOWN_GRACE).await;
+    {
+        let mut driver = driver.borrow_mut();
+        driver.shard.shutdown_all(Instant::now());
+        driver.dispatch();
+    }
+    Timer::new(SHUTDOWN_GRACE).await;
+    // Stop listening explicitly: whatever still holds the listener objects, new connections are
+    // refused from here on. The fds stay owned (and are closed) by the listeners.
+    for fd in listening_fds {
+        // SAFETY: `fd` is a listening socket owned by one of this shard's listeners, still open.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    }
+    // Dropping the tasks releases the listeners and the cross-shard queues.
+    senders.close();
+    drop(tasks);
+}
+
+async fn accept_loop(driver: Rc<RefCell<Driver>>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let Some(conn) = driver.borrow_mut().shard.on_accept(Instant::now()) else {
+                    tracing::debug!(
+                        "too many connections over the limit waiting for a refusal; closing a new one"
+                    );
+                    continue;
+                };
+                glommio::spawn_local(run_connection(Rc::clone(&driver), stream, conn)).detach();
+            }
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                Timer::new(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn run_connection(driver: Rc<RefCell<Driver>>, mut stream: TcpStream, conn: ConnId) {
+    loop {
+        let event = poll_fn(|cx| driver.borrow_mut().poll_conn(conn, &mut stream, cx)).await;
+        match event {
+            Event::Data(data) => {
+                let mut driver = driver.borrow_mut();
+                driver.shard.on_bytes(conn, data, Instant::now());
+                driver.dispatch();
+            }
+            Event::Closed => break,
+        }
+        glommio::yield_if_needed().await;
+    }
+    let mut driver = driver.borrow_mut();
+    driver.shard.on_closed(conn, Instant::now());
+    driver.dispatch();
+}
+
+/// Moves `peer`'s outbox into the mesh, forever. Awaiting room in the queue happens only here,
+/// never in a task that also drains inbound queues (glommio issue #555: that can deadlock).
+async fn pump(driver: Rc<RefCell<Driver>>, senders: Rc<Senders<Batch>>, peer: usize) {
+    loop {
+        let batch = poll_fn(|cx| {
+            let mut driver = driver.borrow_mut();
+            match driver.shard.take_outbox_batch(peer, MAX_BATCH) {
+                Some(batch) => Poll::Ready(batch),
+                None => {
+                    driver.pump_wakers[peer] = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await;
+        if senders.send_to(peer, batch).await.is_err() {
+            tracing::debug!(peer, "cross-shard queue closed");
+            return;
+        }
+        let mut driver = driver.borrow_mut();
+        driver.shard.on_outbox_drained();
+        driver.dispatch();
+    }
+}
+
+/// Applies every batch a peer sends, forever.
+async fn receive(driver: Rc<RefCell<Driver>>, receiver: ConnectedReceiver<Batch>) {
+    while let Some(batch) = receiver.recv().await {
+        {
+            let mut driver = driver.borrow_mut();
+            driver.shard.on_mesh(batch, Instant::now());
+            driver.dispatch();
+        }
+        glommio::yield_if_needed().await;
+    }
+}
+
+#[cfg(test)]
+mod footprint {
+    use super::*;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    #[test]
+    /// The connection task's future lives as long as the connection: keep it small.
+    fn connection_future_is_small() {
+        LocalExecutorBuilder::new(Placement::Unbound)
+            .io_memory(64 << 10)
+            .spawn(|| async {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = listener.local_addr().unwrap();
+                let _client = std::net::TcpStream::connect(addr).unwrap();
+                let stream = listener.accept().await.unwrap();
+                let shard = Shard::new(
+                    0,
+                    1,
+                    Rc::new(Config::default()),
+                    Arc::new(Global::default()),
+                    Instant::now(),
+                );
+                let driver = Rc::new(RefCell::new(Driver::new(shard, 1)));
+                let conn = driver.borrow_mut().shard.on_accept(Instant::now()).unwrap();
+                let future = run_connection(driver, stream, conn);
+                assert!(std::mem::size_of_val(&future) <= 384);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}
