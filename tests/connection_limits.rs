@@ -170,3 +170,37 @@ fn silent_client_over_the_limit_is_closed_after_the_connect_timeout() {
     expect_refused(broker.shard(1), "silent-v5", ProtocolVersion::V5);
     a.ping();
 }
+
+/// A `[[listener]]` table's own `max_connections`: counted across shards for that listener
+/// only; other listeners are not affected.
+#[test]
+fn per_listener_limit_refuses_with_connack() {
+    let broker = Broker::start_with(|config| {
+        config.listen = vec![];
+        config.listener = vec![
+            shardmq::config::ListenerConfig {
+                max_connections: 1,
+                ..shardmq::config::ListenerConfig::mqtt("127.0.0.1:0".parse().unwrap())
+            },
+            shardmq::config::ListenerConfig::mqtt("127.0.0.1:0".parse().unwrap()),
+        ];
+    });
+    let limited = broker.addr;
+    let (mut first, connack) = Raw::try_connect(limited, connect_packet("listener-a", true));
+    assert_eq!(connack.reason, ReasonCode::Success);
+    let refused = expect_refused(limited, "listener-b", ProtocolVersion::V5);
+    assert_eq!(refused.reason, ReasonCode::QuotaExceeded);
+    // The per-shard test listeners are not that listener: still open.
+    let (mut other, connack) =
+        Raw::try_connect(broker.shard(1), connect_packet("listener-c", true));
+    assert_eq!(connack.reason, ReasonCode::Success);
+    other.ping();
+    first.ping();
+    first.disconnect();
+    wait_until(TIMEOUT, "the listener's count to drop", || {
+        broker.connections() == 1
+    });
+    let (mut again, connack) = Raw::try_connect(limited, connect_packet("listener-d", true));
+    assert_eq!(connack.reason, ReasonCode::Success);
+    again.ping();
+}

@@ -2,6 +2,7 @@
 //! listen address (SO_REUSEPORT) and owning the connections it accepts.
 
 pub mod handles;
+pub mod hooks;
 mod listener;
 mod mesh;
 mod runtime;
@@ -12,7 +13,7 @@ pub use shard::{Global, ReadState, Shard, ShardStats};
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
@@ -213,12 +214,15 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
         })
         .collect();
     let mut listen_addrs = Vec::new();
-    for &addr in &config.listen {
+    let listeners = config.listeners();
+    for (index, listener) in listeners.iter().enumerate() {
+        let addr = listener.address;
         let (bound, fds) = listener::reuseport_group(addr, shards, config.backlog)
             .map_err(|source| StartError::Listen { addr, source })?;
+        tracing::info!(listener = listener.name.as_deref().unwrap_or(""), %bound, protocol = ?listener.protocol, "listening");
         listen_addrs.push(bound);
         for (setup, fd) in setups.iter_mut().zip(fds) {
-            setup.listeners.push(fd);
+            setup.listeners.push((index, fd));
         }
     }
     if config.per_shard_listeners {
@@ -232,7 +236,10 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
             setup.test_listener = Some(test);
         }
     }
-    let global = Arc::new(Global::default());
+    let global = Arc::new(Global {
+        listener_connections: listeners.iter().map(|_| AtomicUsize::new(0)).collect(),
+        ..Global::default()
+    });
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Option<SocketAddr>)>();
     let (exits_tx, exits) = crossbeam_channel::unbounded();

@@ -42,7 +42,8 @@ const SCRATCH_SIZE: usize = 64 * 1024;
 /// Sockets and settings one shard starts with.
 pub(super) struct ShardSetup {
     pub(super) cpu: Option<usize>,
-    pub(super) listeners: Vec<RawFd>,
+    /// Listening sockets with the index of the listener (in `Config::listeners`) each serves.
+    pub(super) listeners: Vec<(usize, RawFd)>,
     pub(super) test_listener: Option<(SocketAddr, RawFd)>,
 }
 
@@ -187,16 +188,17 @@ pub(super) async fn run_shard(
             peer,
         )));
     }
-    let mut listening_fds: Vec<RawFd> = setup.listeners.clone();
+    let mut listening_fds: Vec<RawFd> = setup.listeners.iter().map(|&(_, fd)| fd).collect();
     if let Some((_, fd)) = setup.test_listener {
         listening_fds.push(fd);
     }
-    for fd in setup.listeners {
+    for (index, fd) in setup.listeners {
         // SAFETY: the fd is a listening TCP socket created for this shard and owned by nobody else.
         let listener = unsafe { TcpListener::from_raw_fd(fd) };
         tasks.push(glommio::spawn_local(accept_loop(
             Rc::clone(&driver),
             listener,
+            Some(index),
         )));
     }
     let test_addr = setup.test_listener.map(|(addr, fd)| {
@@ -205,6 +207,7 @@ pub(super) async fn run_shard(
         tasks.push(glommio::spawn_local(accept_loop(
             Rc::clone(&driver),
             listener,
+            None,
         )));
         addr
     });
@@ -253,12 +256,18 @@ pub(super) async fn run_shard(
     drop(tasks);
 }
 
-async fn accept_loop(driver: Rc<RefCell<Driver>>, listener: TcpListener) {
+/// Accepts connections for one listener (`None`: the test hook's per-shard listener, which
+/// has no settings of its own).
+async fn accept_loop(driver: Rc<RefCell<Driver>>, listener: TcpListener, index: Option<usize>) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let Some(conn) = driver.borrow_mut().shard.on_accept(Instant::now()) else {
+                let accepted = driver
+                    .borrow_mut()
+                    .shard
+                    .on_accept_from(index, Instant::now());
+                let Some(conn) = accepted else {
                     tracing::debug!(
                         "too many connections over the limit waiting for a refusal; closing a new one"
                     );

@@ -77,6 +77,7 @@ impl Session {
             self.attach(PeerLimits::default());
         }
         self.will = connect.will.clone().map(Box::new);
+        self.username = connect.username.as_deref().map(Box::from);
     }
 }
 

@@ -136,6 +136,8 @@ impl Default for PeerLimits {
 pub struct Session {
     /// Client identifier.
     pub client_id: MqttStr,
+    /// The user name the session's client connected with (the owner of the client id).
+    pub username: Option<Box<str>>,
     /// Protocol of the current (or last) connection.
     pub protocol: ProtocolVersion,
     /// Clean session: state ends with the connection.
@@ -158,14 +160,16 @@ pub struct Session {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
     incoming_qos2: Vec<u16>,
+    // Per-session drop counters are u32 (wrapping; the shard sums differences into u64
+    // totals): they are in every session, and an idle session's footprint matters.
     /// Messages dropped because a queue bound was reached (counted, as documented).
-    pub dropped_queue_full: u64,
+    pub dropped_queue_full: u32,
     /// QoS 0 messages dropped because the client was offline or congested.
-    pub dropped_qos0: u64,
+    pub dropped_qos0: u32,
     /// Messages dropped because they expired before delivery.
-    pub dropped_expired: u64,
+    pub dropped_expired: u32,
     /// Messages not sent because they exceed the client's maximum packet size.
-    pub dropped_too_large: u64,
+    pub dropped_too_large: u32,
 }
 
 impl Session {
@@ -178,6 +182,7 @@ impl Session {
     ) -> Self {
         Session {
             client_id,
+            username: None,
             protocol,
             clean,
             expiry: None,
@@ -352,7 +357,7 @@ impl Session {
         now: Instant,
     ) -> Delivery {
         if message.is_expired(now) {
-            self.dropped_expired += 1;
+            self.dropped_expired = self.dropped_expired.wrapping_add(1);
             return Delivery::Dropped;
         }
         if qos == QoS::AtMostOnce {
@@ -371,12 +376,12 @@ impl Session {
                     ) {
                         Delivery::Sent
                     } else {
-                        self.dropped_too_large += 1;
+                        self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                         Delivery::Dropped
                     }
                 }
                 None => {
-                    self.dropped_qos0 += 1;
+                    self.dropped_qos0 = self.dropped_qos0.wrapping_add(1);
                     Delivery::Dropped
                 }
             };
@@ -395,7 +400,7 @@ impl Session {
                     Some(cache),
                     now,
                 ) {
-                    self.dropped_too_large += 1;
+                    self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                     return Delivery::Dropped;
                 }
                 self.inflight.push_back(Inflight {
@@ -431,7 +436,7 @@ impl Session {
             && self.queued_bytes + size > self.limits.max_queued_bytes;
         if full_count || full_bytes {
             // Newest is dropped, as Mosquitto does: what was queued first keeps its place.
-            self.dropped_queue_full += 1;
+            self.dropped_queue_full = self.dropped_queue_full.wrapping_add(1);
             return Delivery::Dropped;
         }
         self.queued_bytes += size;
@@ -448,7 +453,7 @@ impl Session {
             };
             self.queued_bytes -= queued.message.payload.len();
             if queued.message.is_expired(now) {
-                self.dropped_expired += 1;
+                self.dropped_expired = self.dropped_expired.wrapping_add(1);
                 continue;
             }
             let packet_id = if queued.qos == QoS::AtMostOnce {
@@ -468,7 +473,7 @@ impl Session {
                 None,
                 now,
             ) {
-                self.dropped_too_large += 1;
+                self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                 continue;
             }
             sent += 1;

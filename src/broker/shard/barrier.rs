@@ -11,6 +11,8 @@ pub(super) enum BarrierAction {
         session: SessionId,
         suback: Box<SubAck>,
         retained_for: Vec<(MqttStr, SubscriptionOptions, u32)>,
+        /// When the journal has the new subscriptions.
+        durability: Durability,
     },
     /// A moved session is now routed to here by every shard: the old shard drops its stub.
     ReleaseStub {
@@ -64,11 +66,12 @@ impl Shard {
                 session,
                 suback,
                 retained_for,
+                durability,
             } => {
                 if !self.conns.contains(conn) {
                     return;
                 }
-                self.write(conn, Packet::SubAck(*suback));
+                self.ack_when_durable(conn, Packet::SubAck(*suback), durability);
                 for (filter, options, subscription_id) in retained_for {
                     let mut found = Vec::new();
                     self.retained

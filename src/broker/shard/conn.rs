@@ -6,6 +6,9 @@ use super::*;
 /// connect timeout) to tell them why; past this many more, new ones are closed at once.
 pub(super) const MAX_OVER_LIMIT_CONNS: usize = 256;
 
+/// `Conn::listener` of a connection no listener counts.
+pub(super) const NOT_COUNTED: u16 = u16::MAX;
+
 /// Why a connection is being closed by the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Kill {
@@ -55,6 +58,9 @@ pub struct Conn {
     pub(super) wake_queued: bool,
     /// The wheel bucket of this connection's one live timer entry (0: none).
     pub(super) timer_bucket: u32,
+    /// The listener it came through, when that listener's connections are counted
+    /// ([`NOT_COUNTED`] otherwise; a plain `u16` keeps `Conn` within its budget).
+    pub(super) listener: u16,
     /// Inbound topic aliases (MQTT 5.0), allocated on first use.
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -81,11 +87,17 @@ impl Shard {
     /// (its CONNECT gets a refusing CONNACK); `None` when even those are too many and the
     /// socket should be closed at once.
     pub fn on_accept(&mut self, now: Instant) -> Option<ConnId> {
-        self.set_now(now);
-        self.register_conn()
+        self.on_accept_from(None, now)
     }
 
-    pub(super) fn register_conn(&mut self) -> Option<ConnId> {
+    /// [`Shard::on_accept`] for a connection that came through listener `listener` (its index
+    /// in `Config::listeners`), whose own connection limit applies too.
+    pub fn on_accept_from(&mut self, listener: Option<usize>, now: Instant) -> Option<ConnId> {
+        self.set_now(now);
+        self.register_conn(listener)
+    }
+
+    pub(super) fn register_conn(&mut self, listener: Option<usize>) -> Option<ConnId> {
         let now_ms = self.clock_ms();
         let max_total = self.config.max_connections;
         let max_here = self.config.max_connections_per_shard;
@@ -95,6 +107,23 @@ impl Shard {
             if max_total != 0 && total > max_total {
                 self.global.connections.fetch_sub(1, Ordering::Relaxed);
                 over_limit = true;
+            }
+        }
+        // The listener's own limit, counted across shards.
+        let mut counted_listener = NOT_COUNTED;
+        if let Some((index, count)) =
+            listener.and_then(|index| Some((index, self.global.listener_connections.get(index)?)))
+        {
+            if !over_limit {
+                let limit = self.listener_limits.get(index).copied().unwrap_or(0);
+                let open = count.fetch_add(1, Ordering::Relaxed) + 1;
+                if limit != 0 && open > limit {
+                    count.fetch_sub(1, Ordering::Relaxed);
+                    self.global.connections.fetch_sub(1, Ordering::Relaxed);
+                    over_limit = true;
+                } else {
+                    counted_listener = u16::try_from(index).unwrap_or(NOT_COUNTED);
+                }
             }
         }
         if over_limit && self.over_limit >= MAX_OVER_LIMIT_CONNS {
@@ -117,12 +146,14 @@ impl Shard {
             throttled: false,
             wake_queued: false,
             timer_bucket: 0,
+            listener: counted_listener,
             aliases_in: None,
         });
         let Some(conn) = inserted else {
             if !over_limit {
                 self.global.connections.fetch_sub(1, Ordering::Relaxed);
             }
+            self.uncount_listener(counted_listener);
             return None;
         };
         if over_limit {
@@ -132,6 +163,15 @@ impl Shard {
         let connect_timeout = 1000 * u64::from(self.config.connect_timeout.max(1));
         self.schedule_conn_check(conn, now_ms + connect_timeout);
         Some(conn)
+    }
+
+    fn uncount_listener(&mut self, listener: u16) {
+        if listener == NOT_COUNTED {
+            return;
+        }
+        if let Some(count) = self.global.listener_connections.get(usize::from(listener)) {
+            count.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Queues a wake-up for the runtime: the connection has output, must close, or may read.
@@ -342,6 +382,7 @@ impl Shard {
             return;
         };
         self.stats.connections_closed += 1;
+        self.uncount_listener(conn.listener);
         if matches!(conn.state, ConnState::OverLimit) {
             self.over_limit -= 1;
         } else {

@@ -1,4 +1,5 @@
-//! CONNECT: checks, client-id assignment, enhanced authentication, and the claim that starts the ownership protocol.
+//! CONNECT: limits, admission (credentials and enhanced authentication, through the
+//! admission hook), client-id assignment, and the claim that starts the ownership protocol.
 
 use super::*;
 
@@ -16,25 +17,10 @@ impl Shard {
             tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
             return refuse(self, ReasonCode::QuotaExceeded);
         }
-        if let Some(method) = &connect.properties.authentication_method {
-            // Enhanced authentication (crate::auth): unknown methods get 0x8C. A registered
-            // method decides in one step; multi-step AUTH exchanges are not wired up yet.
-            let step = self.auth.find(method).map(|auth| {
-                let mut state = None;
-                auth.start(
-                    &connect.client_id,
-                    connect.properties.authentication_data.as_ref(),
-                    &mut state,
-                )
-            });
-            match step {
-                None => return refuse(self, ReasonCode::BadAuthenticationMethod),
-                Some(crate::auth::AuthStep::Success) => {}
-                Some(crate::auth::AuthStep::Fail(reason)) => return refuse(self, reason),
-                Some(crate::auth::AuthStep::Continue(_)) => {
-                    return refuse(self, ReasonCode::ImplementationSpecificError)
-                }
-            }
+        // Credentials, enhanced authentication, and whatever else the admission hook checks.
+        if let Err(reason) = self.hooks.admission.admit(&connect) {
+            tracing::debug!(shard = self.id, client = %connect.client_id, %reason, "CONNECT refused by admission");
+            return refuse(self, reason);
         }
         let mut assigned_id = false;
         if connect.client_id.is_empty() {

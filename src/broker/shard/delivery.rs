@@ -98,6 +98,16 @@ impl Shard {
             );
             return;
         }
+        if self.hooks.authorization.checks_deliveries() {
+            let client = ClientRef {
+                client_id: &entry.session.client_id,
+                username: entry.session.username.as_deref(),
+            };
+            if !self.hooks.authorization.may_receive(client, &message.topic) {
+                self.stats.not_authorized += 1;
+                return;
+            }
+        }
         if let Some(recent) = entry.recent.as_mut() {
             if !recent.first_time(message) {
                 return;
@@ -119,7 +129,9 @@ impl Shard {
         let before = (
             session.dropped_queue_full,
             session.dropped_qos0,
-            session.dropped_expired + session.dropped_too_large,
+            session
+                .dropped_expired
+                .wrapping_add(session.dropped_too_large),
         );
         session.deliver(
             message,
@@ -133,9 +145,13 @@ impl Shard {
         );
         let queued = session.queued_len();
         self.stats.deliveries += 1;
-        self.stats.dropped_queue_full += session.dropped_queue_full - before.0;
-        self.stats.dropped_qos0 += session.dropped_qos0 - before.1;
-        self.stats.dropped_other += session.dropped_expired + session.dropped_too_large - before.2;
+        let other = session
+            .dropped_expired
+            .wrapping_add(session.dropped_too_large);
+        self.stats.dropped_queue_full +=
+            u64::from(session.dropped_queue_full.wrapping_sub(before.0));
+        self.stats.dropped_qos0 += u64::from(session.dropped_qos0.wrapping_sub(before.1));
+        self.stats.dropped_other += u64::from(other.wrapping_sub(before.2));
         if let Some(index) = index {
             if was_empty {
                 self.wake_conn(index);

@@ -62,6 +62,7 @@ use core_router::topic;
 use core_router::trie::SubscriptionTrie;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
+use super::hooks::{ClientRef, Durability, Hooks, JournalRecord};
 use super::mesh::{HandoverKind, Outbox, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
@@ -75,6 +76,7 @@ mod barrier;
 mod conn;
 mod connect;
 mod delivery;
+mod durable;
 mod flow;
 mod outbox;
 mod publish;
@@ -90,6 +92,7 @@ mod timers;
 use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
+use durable::*;
 use registry::*;
 use retained::*;
 use sessions::*;
@@ -107,6 +110,8 @@ pub struct Global {
     pub connections: AtomicUsize,
     /// A shard thread died (panicked): the broker cannot serve correctly any more.
     pub failed: AtomicBool,
+    /// Open connections per listener (index in `Config::listeners`), all shards.
+    pub listener_connections: Vec<AtomicUsize>,
 }
 
 /// A shard: its connections, sessions, subscriptions, replicas and outboxes.
@@ -142,7 +147,9 @@ pub struct Shard {
     shared_cursor: HashMap<MqttStr, usize>,
     random_state: u64,
     registry: HashMap<MqttStr, Registration>,
-    auth: crate::auth::AuthMethods,
+    hooks: Hooks,
+    /// Outputs held until the journal reports them durable, in sequence order.
+    held_outputs: VecDeque<HeldOutput>,
     barriers: HashMap<u64, Barrier>,
     /// The connection whose PUBLISH is being routed right now (for publisher throttling).
     current_publisher: Option<ConnId>,
@@ -154,6 +161,8 @@ pub struct Shard {
     pending_claims: HashMap<u64, PendingClaim>,
     outbox: Outbox,
     local_inbox: VecDeque<ShardMsg>,
+    /// Each listener's own connection limit (0: none), by listener index.
+    listener_limits: Vec<usize>,
     /// Connections registered over a connection limit, waiting for their refusing CONNACK.
     over_limit: usize,
     /// Connections that wanted to read while cross-shard backpressure was on.
@@ -166,6 +175,15 @@ pub struct Shard {
     wheel: BTreeMap<u32, Vec<WheelEntry>>,
     /// Counters.
     stats: ShardStats,
+}
+
+/// Each listener's connection limit, by listener index.
+fn listener_limits(config: &Config) -> Vec<usize> {
+    config
+        .listeners()
+        .iter()
+        .map(|listener| listener.max_connections)
+        .collect()
 }
 
 /// The session limits a configuration sets.
@@ -215,7 +233,8 @@ impl Shard {
             shared_cursor: HashMap::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
-            auth: crate::auth::AuthMethods::default(),
+            hooks: Hooks::default(),
+            held_outputs: VecDeque::new(),
             barriers: HashMap::new(),
             current_publisher: None,
             throttled: Vec::new(),
@@ -225,6 +244,7 @@ impl Shard {
             outbox: Outbox::new(shards),
             local_inbox: VecDeque::new(),
             over_limit: 0,
+            listener_limits: listener_limits(&config),
             paused_readers: Vec::new(),
             wakes: Vec::new(),
             matches: Vec::new(),
@@ -236,10 +256,17 @@ impl Shard {
         }
     }
 
+    /// Replaces the hooks (admission, authorization, journal). The runtime sets them before
+    /// the shard takes its first connection.
+    pub fn set_hooks(&mut self, hooks: Hooks) {
+        self.hooks = hooks;
+    }
+
     /// A new configuration (reload): limits and timeouts apply to new work from now on;
     /// sessions take the new queue limits when they next attach.
     pub fn on_config(&mut self, config: Rc<Config>) {
         self.limits = session_limits(&config);
+        self.listener_limits = listener_limits(&config);
         self.config = config;
     }
 
@@ -295,15 +322,7 @@ impl Shard {
                 message,
                 ack,
             } => {
-                self.apply_retained(&topic, message.clone());
-                self.broadcast(|| ShardMsg::RetainApply {
-                    topic: topic.clone(),
-                    message: message.clone(),
-                });
-                if let Some((shard, token)) = ack {
-                    // After the broadcast: whoever hears of this ack sees the update first.
-                    self.send(usize::from(shard), ShardMsg::RetainAck { token });
-                }
+                self.own_retained_update(&topic, message, ack);
             }
             ShardMsg::RetainAck { token } => self.release_held_ack(token),
             ShardMsg::Ping { from, token } => {
@@ -390,15 +409,22 @@ impl Shard {
             Packet::PubRec(ack) => self.on_ack(index, session, AckKind::Rec, ack),
             Packet::PubComp(ack) => self.on_ack(index, session, AckKind::Comp, ack),
             Packet::PubRel(ack) => {
-                let known = self
-                    .sessions
-                    .get_mut(session)
-                    .is_some_and(|e| e.session.on_pubrel(ack.packet_id));
+                let Some(entry) = self.sessions.get_mut(session) else {
+                    return;
+                };
+                let known = entry.session.on_pubrel(ack.packet_id);
                 let mut complete = Ack::new(ack.packet_id);
-                if !known {
+                let mut durability = Durability::Now;
+                if known {
+                    let client_id = entry.session.client_id.clone();
+                    durability = self.journal(&JournalRecord::Released {
+                        client_id: &client_id,
+                        packet_id: ack.packet_id,
+                    });
+                } else {
                     complete.reason = ReasonCode::PacketIdentifierNotFound;
                 }
-                self.write(index, Packet::PubComp(complete));
+                self.ack_when_durable(index, Packet::PubComp(complete), durability);
             }
             Packet::Subscribe(subscribe) => self.on_subscribe(index, session, subscribe),
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(index, session, unsubscribe),
@@ -464,6 +490,9 @@ enum AckKind {
 
 #[cfg(test)]
 mod claim_model;
+
+#[cfg(test)]
+mod hook_tests;
 
 #[cfg(test)]
 mod defaults {

@@ -19,6 +19,14 @@ impl Shard {
         };
         let protocol = conn.protocol;
         let publisher = entry.session.client_id.clone();
+        // `$SYS/...` belongs to the broker: clients may not publish there. Everything else is
+        // the authorization hook's call.
+        let client = ClientRef {
+            client_id: &entry.session.client_id,
+            username: entry.session.username.as_deref(),
+        };
+        let refused = publish.topic.starts_with("$SYS")
+            || !self.hooks.authorization.may_publish(client, &publish.topic);
         if let Some(alias) = publish.properties.topic_alias.take() {
             // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
             // (re)defines it; an empty topic uses it.
@@ -59,8 +67,6 @@ impl Shard {
             // More unreleased QoS 2 publishes than the Receive Maximum we announced.
             return self.kill_conn(index, ReasonCode::ReceiveMaximumExceeded, false);
         }
-        // `$SYS/...` belongs to the broker: clients may not publish there.
-        let refused = publish.topic.starts_with("$SYS");
         let payload_invalid = publish.properties.payload_format_indicator == Some(1)
             && std::str::from_utf8(&publish.payload).is_err();
         // A refused QoS 2 publish ends with its error PUBREC (MQTT 5.0 §4.3.3): its packet id
@@ -69,8 +75,10 @@ impl Shard {
             && !payload_invalid
             && (qos != QoS::ExactlyOnce || entry.session.on_incoming_qos2(packet_id));
         if refused {
-            tracing::debug!(shard = self.id, topic = %publish.topic, "refused publish to $SYS");
+            tracing::debug!(shard = self.id, topic = %publish.topic, "publish not authorized");
+            self.stats.not_authorized += 1;
         }
+        let mut durability = Durability::Now;
         let mut matched = true;
         let mut retain_ack = None;
         if route {
@@ -89,11 +97,28 @@ impl Shard {
                 publisher,
                 expires_at,
             });
+            if qos != QoS::AtMostOnce {
+                durability = self.journal(&JournalRecord::Published {
+                    client_id: &message.publisher,
+                    packet_id,
+                    qos,
+                    message: &message,
+                });
+            }
             self.current_publisher = Some(index);
-            let (any, ack) = self.route_publish(message);
+            let (any, retained) = self.route_publish(message);
             self.current_publisher = None;
             matched = any;
-            retain_ack = ack;
+            match retained {
+                RetainWait::Owner(token) => retain_ack = Some(token),
+                RetainWait::Journal(Durability::At(at)) => {
+                    durability = match durability {
+                        Durability::At(published) => Durability::At(published.max(at)),
+                        Durability::Now => Durability::At(at),
+                    }
+                }
+                RetainWait::Journal(Durability::Now) | RetainWait::Nothing => {}
+            }
         }
         let reason = match () {
             _ if !protocol.is_v5() => ReasonCode::Success,
@@ -124,11 +149,12 @@ impl Shard {
                         HeldAck {
                             conn: index,
                             packet,
+                            durability,
                         },
                     );
                 }
             }
-            None => self.write(index, packet),
+            None => self.ack_when_durable(index, packet, durability),
         }
     }
 
@@ -185,10 +211,11 @@ impl Shard {
     /// Routes a message published on this shard: retained store, local subscribers, and one
     /// forward per other interested shard.
     /// Returns whether any subscriber (on any shard, as far as the replicas know) matched.
-    /// `retain_ack` is set when a retained update went to another shard with a request to
-    /// confirm it (the caller holds the client's acknowledgement until then).
-    pub(super) fn route_publish(&mut self, message: Arc<Message>) -> (bool, Option<u64>) {
-        let mut retain_ack = None;
+    /// `retain_ack` says what the client's acknowledgement waits for when the message updates
+    /// a retained topic: the owner shard's confirmation, or (when this shard owns the topic)
+    /// the journal.
+    pub(super) fn route_publish(&mut self, message: Arc<Message>) -> (bool, RetainWait) {
+        let mut retain_ack = RetainWait::Nothing;
         if message.retain {
             let owned = if message.payload.is_empty() {
                 None
@@ -202,21 +229,22 @@ impl Shard {
                 }))
             };
             let owner = self.topic_owner(&message.topic);
-            let ack = if owner != self.id {
-                let token = self.new_token();
-                retain_ack = Some(token);
-                Some((self.id as u16, token))
+            if owner == self.id {
+                // This shard serialises the topic: apply now, in publish order.
+                let durability = self.own_retained_update(&message.topic, owned, None);
+                retain_ack = RetainWait::Journal(durability);
             } else {
-                None
-            };
-            self.send(
-                owner,
-                ShardMsg::RetainUpdate {
-                    topic: message.topic.clone(),
-                    message: owned,
-                    ack,
-                },
-            );
+                let token = self.new_token();
+                retain_ack = RetainWait::Owner(token);
+                self.send(
+                    owner,
+                    ShardMsg::RetainUpdate {
+                        topic: message.topic.clone(),
+                        message: owned,
+                        ack: Some((self.id as u16, token)),
+                    },
+                );
+            }
         }
         let mut matched = self.route_local(&message);
         matched |= self.route_shared(&message);
@@ -230,4 +258,15 @@ impl Shard {
         }
         (matched, retain_ack)
     }
+}
+
+/// What the acknowledgement of a retained publish waits for.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RetainWait {
+    /// Not a retained update.
+    Nothing,
+    /// The owner shard's `RetainAck` with this token.
+    Owner(u64),
+    /// This shard owns the topic: the journal's record of the update.
+    Journal(Durability),
 }

@@ -114,6 +114,10 @@ impl Shard {
         let Some(mut entry) = self.sessions.remove(session) else {
             return;
         };
+        self.journal(&JournalRecord::SessionEnded {
+            client_id: &entry.session.client_id,
+            token: entry.token,
+        });
         let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).

@@ -48,13 +48,41 @@ impl Shard {
             .first()
             .copied()
             .unwrap_or(0);
+        let mut durability = Durability::Now;
         for (filter, options) in subscribe.filters {
             if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
             }
-            let shared = topic::parse_shared(&filter).is_some();
+            let parsed = topic::parse_shared(&filter);
+            let shared = parsed.is_some();
+            let inner = match &parsed {
+                Some(Ok(shared)) => shared.filter,
+                _ => filter.as_str(),
+            };
+            let Some(client) = self.client_of(session) else {
+                return;
+            };
+            if !self.hooks.authorization.may_subscribe(client, inner) {
+                tracing::debug!(shard = self.id, %filter, "subscription not authorized");
+                self.stats.not_authorized += 1;
+                reasons.push(ReasonCode::NotAuthorized);
+                continue;
+            }
             let entry = (options, subscription_id);
+            let Some(existing) = self.sessions.get_mut(session) else {
+                return;
+            };
+            if !existing.session.clean {
+                let client_id = existing.session.client_id.clone();
+                let recorded = self.journal(&JournalRecord::Subscribed {
+                    client_id: &client_id,
+                    filter: &filter,
+                    options,
+                    subscription_id,
+                });
+                durability = later(durability, recorded);
+            }
             let Some(existing) = self.sessions.get_mut(session) else {
                 return;
             };
@@ -98,6 +126,7 @@ impl Shard {
             session,
             suback: Box::new(suback),
             retained_for,
+            durability,
         };
         // SUBACK only once every other shard has applied the interest change (and any
         // retained update it had already accepted): a publish the client sees acknowledged
@@ -115,11 +144,20 @@ impl Shard {
         unsubscribe: Unsubscribe,
     ) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
+        let mut durability = Durability::Now;
         for filter in &unsubscribe.filters {
-            let existed = self
-                .sessions
-                .get_mut(session)
-                .is_some_and(|e| e.session.subscriptions.remove(filter).is_some());
+            let Some(entry) = self.sessions.get_mut(session) else {
+                return;
+            };
+            let existed = entry.session.subscriptions.remove(filter).is_some();
+            if existed && !entry.session.clean {
+                let client_id = entry.session.client_id.clone();
+                let recorded = self.journal(&JournalRecord::Unsubscribed {
+                    client_id: &client_id,
+                    filter,
+                });
+                durability = later(durability, recorded);
+            }
             if existed {
                 self.remove_subscription(session, filter);
                 reasons.push(ReasonCode::Success);
@@ -127,13 +165,11 @@ impl Shard {
                 reasons.push(ReasonCode::NoSubscriptionExisted);
             }
         }
-        self.write(
-            index,
-            Packet::UnsubAck(UnsubAck {
-                packet_id: unsubscribe.packet_id,
-                properties: Properties::default(),
-                reasons,
-            }),
-        );
+        let unsuback = Packet::UnsubAck(UnsubAck {
+            packet_id: unsubscribe.packet_id,
+            properties: Properties::default(),
+            reasons,
+        });
+        self.ack_when_durable(index, unsuback, durability);
     }
 }

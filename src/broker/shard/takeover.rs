@@ -271,8 +271,21 @@ impl Shard {
             self.refuse_connect(index, ReasonCode::QuotaExceeded);
             return self.release(connect.client_id, token);
         };
+        let mut started = None;
         if let Some(entry) = self.sessions.get_mut(slot) {
             entry.conn = Some(index);
+            if !entry.session.clean {
+                started = Some((entry.session.client_id.clone(), entry.session.expiry));
+            }
+        }
+        if let Some((client_id, expiry)) = started {
+            // The CONNACK itself is not held for the journal yet: the durable-session work
+            // decides how a held CONNACK and the resumed messages behind it are ordered.
+            self.journal(&JournalRecord::SessionStarted {
+                client_id: &client_id,
+                token,
+                expiry,
+            });
         }
         match stub_shard {
             Some(shard) => self.start_stub_release(shard, token, slot),

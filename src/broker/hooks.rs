@@ -1,0 +1,214 @@
+//! The narrow interfaces through which features attach to a shard, each with a default that
+//! does what the broker does without the feature:
+//!
+//! - [`Admission`]: decides on a CONNECT (credentials, enhanced authentication, client-id
+//!   rules) and names the CONNACK reason code when it refuses. Default: enhanced
+//!   authentication through [`AuthMethods`] (unknown methods get 0x8C), everyone else admitted.
+//! - [`Authorization`]: may this client publish to a topic, subscribe to a filter, receive a
+//!   message? Default: yes (the broker's own rule, `$SYS` is read-only, stays in the shard).
+//! - [`Journal`]: every durable state change as a plain-data [`JournalRecord`]; the journal
+//!   answers whether the change is already durable or will be at a sequence number, and the
+//!   shard holds the acknowledgement that depends on it until [`Shard::on_durable`] says so.
+//!   Default: nothing is persisted, everything is "durable" at once.
+//! - Counters: [`ShardStats`], a plain struct the shard bumps and the runtime snapshots.
+//!
+//! Hooks run on the shard thread, inside the state machine: they must not block.
+//!
+//! [`Shard::on_durable`]: super::Shard::on_durable
+//! [`ShardStats`]: super::ShardStats
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::auth::{AuthMethods, AuthStep};
+use crate::codec::{Connect, MqttStr, QoS, ReasonCode, SubscriptionOptions};
+use crate::session::Message;
+
+/// Who a check is about.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientRef<'a> {
+    /// The client identifier.
+    pub client_id: &'a str,
+    /// The user name the client connected with, if any.
+    pub username: Option<&'a str>,
+}
+
+/// Decides whether a CONNECT may proceed.
+pub trait Admission: fmt::Debug {
+    /// `Ok(())` to go on with the connection; `Err(reason)` to refuse it with that CONNACK
+    /// reason code (3.x clients get the closest return code).
+    fn admit(&self, connect: &Connect) -> Result<(), ReasonCode>;
+}
+
+/// Today's admission: MQTT 5.0 enhanced authentication through the registered methods.
+#[derive(Debug, Default)]
+pub struct DefaultAdmission {
+    /// Enhanced-authentication methods (none ship yet).
+    pub methods: AuthMethods,
+}
+
+impl Admission for DefaultAdmission {
+    fn admit(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        let Some(method) = &connect.properties.authentication_method else {
+            return Ok(());
+        };
+        // Unknown methods get 0x8C (MQTT 5.0 §4.12). A registered method decides in one step;
+        // multi-step AUTH exchanges are not wired up yet.
+        let Some(auth) = self.methods.find(method) else {
+            return Err(ReasonCode::BadAuthenticationMethod);
+        };
+        let mut state = None;
+        match auth.start(
+            &connect.client_id,
+            connect.properties.authentication_data.as_ref(),
+            &mut state,
+        ) {
+            AuthStep::Success => Ok(()),
+            AuthStep::Fail(reason) => Err(reason),
+            AuthStep::Continue(_) => Err(ReasonCode::ImplementationSpecificError),
+        }
+    }
+}
+
+/// Decides what a client may do with topics.
+pub trait Authorization: fmt::Debug {
+    /// May `client` publish to `topic`?
+    fn may_publish(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        let _ = (client, topic);
+        true
+    }
+
+    /// May `client` subscribe to `filter` (a `$share/group/` prefix already stripped)?
+    fn may_subscribe(&self, client: ClientRef<'_>, filter: &str) -> bool {
+        let _ = (client, filter);
+        true
+    }
+
+    /// Whether [`Authorization::may_receive`] can ever say no. When false (the default) the
+    /// shard skips the per-delivery call entirely.
+    fn checks_deliveries(&self) -> bool {
+        false
+    }
+
+    /// May `client` receive a message published to `topic` (retained ones included)?
+    fn may_receive(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        let _ = (client, topic);
+        true
+    }
+}
+
+/// Everyone may do everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AllowAll;
+
+impl Authorization for AllowAll {}
+
+/// A durable state change, as plain data.
+#[derive(Debug, Clone, Copy)]
+pub enum JournalRecord<'a> {
+    /// A session that outlives its connection was created or taken over by claim `token`.
+    SessionStarted {
+        /// Client identifier.
+        client_id: &'a MqttStr,
+        /// The claim that now owns the session (its generation).
+        token: u64,
+        /// Seconds the session lives after its connection ends (`None`: forever).
+        expiry: Option<u32>,
+    },
+    /// The session ended (expired, or replaced by a clean start).
+    SessionEnded {
+        /// Client identifier.
+        client_id: &'a MqttStr,
+        /// The claim that owned it.
+        token: u64,
+    },
+    /// A persistent session subscribed.
+    Subscribed {
+        /// Client identifier.
+        client_id: &'a MqttStr,
+        /// The filter.
+        filter: &'a MqttStr,
+        /// Its options.
+        options: SubscriptionOptions,
+        /// Its subscription identifier (0: none).
+        subscription_id: u32,
+    },
+    /// A persistent session unsubscribed.
+    Unsubscribed {
+        /// Client identifier.
+        client_id: &'a MqttStr,
+        /// The filter.
+        filter: &'a MqttStr,
+    },
+    /// A QoS 1/2 message was accepted from a client (its PUBACK/PUBREC depends on this).
+    Published {
+        /// The publishing client.
+        client_id: &'a MqttStr,
+        /// Its packet identifier.
+        packet_id: u16,
+        /// QoS it was published with.
+        qos: QoS,
+        /// The message.
+        message: &'a Arc<Message>,
+    },
+    /// An inbound QoS 2 packet id was released (PUBREL): the exchange is over.
+    Released {
+        /// Client identifier.
+        client_id: &'a MqttStr,
+        /// The packet identifier.
+        packet_id: u16,
+    },
+    /// This shard, as the topic's owner, applied a retained update.
+    Retained {
+        /// The topic.
+        topic: &'a str,
+        /// The message, or `None` when the retained message was cleared.
+        message: Option<&'a Arc<Message>>,
+    },
+}
+
+/// When a journal record is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Now (or never needed): acknowledge at once.
+    Now,
+    /// Once the journal reports sequence number `0` durable ([`super::Shard::on_durable`]).
+    At(u64),
+}
+
+/// Records durable state changes.
+pub trait Journal: fmt::Debug {
+    /// Records `record`; says when it is durable.
+    fn append(&mut self, record: &JournalRecord<'_>) -> Durability;
+}
+
+/// No persistence: every change is "durable" at once, nothing is written.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append(&mut self, _record: &JournalRecord<'_>) -> Durability {
+        Durability::Now
+    }
+}
+
+/// The hooks one shard uses.
+#[derive(Debug)]
+pub struct Hooks {
+    /// CONNECT decisions.
+    pub admission: Box<dyn Admission>,
+    /// Topic permissions.
+    pub authorization: Box<dyn Authorization>,
+    /// Durable state changes.
+    pub journal: Box<dyn Journal>,
+}
+
+impl Default for Hooks {
+    fn default() -> Self {
+        Hooks {
+            admission: Box::new(DefaultAdmission::default()),
+            authorization: Box::new(AllowAll),
+            journal: Box::new(NoJournal),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! The hooks as the shard uses them: a refusing admission, a restrictive authorization and a
+//! journal that makes changes durable later, driven through the sans-I/O inputs of one shard.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::{ConnId, Global, Shard};
+use crate::broker::hooks::{
+    Admission, AllowAll, Authorization, ClientRef, DefaultAdmission, Durability, Hooks, Journal,
+    JournalRecord, NoJournal,
+};
+use crate::codec::{
+    decode, Ack, Connect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    Subscribe, SubscriptionOptions,
+};
+use crate::config::Config;
+
+#[derive(Debug)]
+struct RefuseUser(&'static str);
+
+impl Admission for RefuseUser {
+    fn admit(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        match connect.username.as_deref() {
+            Some(user) if user == self.0 => Err(ReasonCode::BadUserNameOrPassword),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `secret/...` is off limits to everyone but user `admin`.
+#[derive(Debug)]
+struct SecretTopics;
+
+impl Authorization for SecretTopics {
+    fn may_publish(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        !topic.starts_with("secret/") || client.username == Some("admin")
+    }
+    fn may_subscribe(&self, client: ClientRef<'_>, filter: &str) -> bool {
+        !filter.starts_with("secret/") || client.username == Some("admin")
+    }
+    fn checks_deliveries(&self) -> bool {
+        true
+    }
+    fn may_receive(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        !topic.starts_with("secret/") || client.username == Some("admin")
+    }
+}
+
+/// Every record becomes durable at the next sequence number, when the test says so.
+#[derive(Debug, Default)]
+struct SlowJournal {
+    records: Rc<RefCell<Vec<String>>>,
+    next: u64,
+}
+
+impl Journal for SlowJournal {
+    fn append(&mut self, record: &JournalRecord<'_>) -> Durability {
+        let name = match record {
+            JournalRecord::SessionStarted { .. } => "session-started",
+            JournalRecord::SessionEnded { .. } => "session-ended",
+            JournalRecord::Subscribed { .. } => "subscribed",
+            JournalRecord::Unsubscribed { .. } => "unsubscribed",
+            JournalRecord::Published { .. } => "published",
+            JournalRecord::Released { .. } => "released",
+            JournalRecord::Retained { .. } => "retained",
+        };
+        self.records.borrow_mut().push(name.to_string());
+        self.next += 1;
+        Durability::At(self.next)
+    }
+}
+
+struct Client {
+    conn: ConnId,
+    protocol: ProtocolVersion,
+    input: BytesMut,
+}
+
+fn shard(hooks: Hooks) -> Shard {
+    let mut shard = Shard::new(
+        0,
+        1,
+        Rc::new(Config::default()),
+        Arc::new(Global::default()),
+        Instant::now(),
+    );
+    shard.set_hooks(hooks);
+    shard
+}
+
+fn send(shard: &mut Shard, client: &Client, packet: Packet) {
+    let mut bytes = BytesMut::new();
+    packet.encode(client.protocol, &mut bytes).unwrap();
+    shard.on_bytes(client.conn, bytes, Instant::now());
+}
+
+fn received(shard: &mut Shard, client: &mut Client) -> Vec<Packet> {
+    if let Some(out) = shard.output(client.conn) {
+        client.input.extend_from_slice(&std::mem::take(out));
+    }
+    let mut packets = Vec::new();
+    while let Some(packet) = decode(&mut client.input, client.protocol, usize::MAX).unwrap() {
+        packets.push(packet);
+    }
+    packets
+}
+
+fn connect(shard: &mut Shard, id: &str, user: Option<&str>, clean: bool) -> (Client, Packet) {
+    let conn = shard.on_accept(Instant::now()).unwrap();
+    let mut client = Client {
+        conn,
+        protocol: ProtocolVersion::V5,
+        input: BytesMut::new(),
+    };
+    let mut properties = Properties::default();
+    if !clean {
+        properties.session_expiry_interval = Some(300);
+    }
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: clean,
+        keep_alive: 0,
+        client_id: MqttStr::from(id),
+        will: None,
+        username: user.map(MqttStr::from),
+        password: None,
+        properties,
+    };
+    send(shard, &client, Packet::Connect(Box::new(connect)));
+    let mut packets = received(shard, &mut client);
+    assert_eq!(packets.len(), 1, "one CONNACK: {packets:?}");
+    (client, packets.remove(0))
+}
+
+fn subscribe(shard: &mut Shard, client: &Client, filter: &str, qos: QoS) {
+    send(
+        shard,
+        client,
+        Packet::Subscribe(Subscribe {
+            packet_id: 1,
+            properties: Properties::default(),
+            filters: vec![(MqttStr::from(filter), SubscriptionOptions::with_qos(qos))],
+        }),
+    );
+}
+
+fn publish(shard: &mut Shard, client: &Client, topic: &str, qos: QoS, id: u16, retain: bool) {
+    send(
+        shard,
+        client,
+        Packet::Publish(Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: MqttStr::from(topic),
+            packet_id: id,
+            properties: Properties::default(),
+            payload: bytes::Bytes::from_static(b"x"),
+        }),
+    );
+}
+
+#[test]
+fn admission_refusal_is_the_connacks_reason() {
+    let mut shard = shard(Hooks {
+        admission: Box::new(RefuseUser("mallory")),
+        authorization: Box::new(AllowAll),
+        journal: Box::new(NoJournal),
+    });
+    let (_, connack) = connect(&mut shard, "a", Some("mallory"), true);
+    assert!(
+        matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::BadUserNameOrPassword),
+        "{connack:?}"
+    );
+    let (_, connack) = connect(&mut shard, "b", Some("alice"), true);
+    assert!(matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::Success));
+    assert_eq!(shard.stats().connects_refused, 1);
+}
+
+#[test]
+fn default_admission_refuses_unknown_authentication_methods() {
+    let mut shard = shard(Hooks::default());
+    let conn = shard.on_accept(Instant::now()).unwrap();
+    let mut client = Client {
+        conn,
+        protocol: ProtocolVersion::V5,
+        input: BytesMut::new(),
+    };
+    let properties = Properties {
+        authentication_method: Some(MqttStr::from("SCRAM-SHA-1")),
+        ..Properties::default()
+    };
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 0,
+        client_id: MqttStr::from("c"),
+        will: None,
+        username: None,
+        password: None,
+        properties,
+    };
+    send(&mut shard, &client, Packet::Connect(Box::new(connect)));
+    let packets = received(&mut shard, &mut client);
+    assert!(
+        matches!(&packets[..], [Packet::ConnAck(c)] if c.reason == ReasonCode::BadAuthenticationMethod)
+    );
+    assert!(format!("{:?}", DefaultAdmission::default()).contains("methods"));
+}
+
+#[test]
+fn authorization_guards_publish_subscribe_and_delivery() {
+    let mut shard = shard(Hooks {
+        admission: Box::new(DefaultAdmission::default()),
+        authorization: Box::new(SecretTopics),
+        journal: Box::new(NoJournal),
+    });
+    let (mut admin, _) = connect(&mut shard, "admin", Some("admin"), true);
+    let (mut bob, _) = connect(&mut shard, "bob", Some("bob"), true);
+    subscribe(&mut shard, &admin, "secret/#", QoS::AtLeastOnce);
+    subscribe(&mut shard, &bob, "secret/#", QoS::AtLeastOnce);
+    subscribe(&mut shard, &bob, "#", QoS::AtLeastOnce);
+    let subacks: Vec<_> = received(&mut shard, &mut bob);
+    assert!(
+        matches!(&subacks[..], [Packet::SubAck(a), Packet::SubAck(b)]
+            if a.reasons == [ReasonCode::NotAuthorized] && b.reasons == [ReasonCode::GrantedQos1]),
+        "{subacks:?}"
+    );
+    received(&mut shard, &mut admin);
+    // Bob may not publish there: PUBACK 0x87, nothing delivered.
+    publish(&mut shard, &bob, "secret/plans", QoS::AtLeastOnce, 7, false);
+    let acks = received(&mut shard, &mut bob);
+    assert!(
+        matches!(
+            &acks[..],
+            [Packet::PubAck(Ack {
+                packet_id: 7,
+                reason: ReasonCode::NotAuthorized,
+                ..
+            })]
+        ),
+        "{acks:?}"
+    );
+    assert!(received(&mut shard, &mut admin).is_empty());
+    // The admin may; bob's `#` subscription must not leak it.
+    publish(
+        &mut shard,
+        &admin,
+        "secret/plans",
+        QoS::AtLeastOnce,
+        8,
+        false,
+    );
+    let got = received(&mut shard, &mut admin);
+    assert!(got
+        .iter()
+        .any(|p| matches!(p, Packet::Publish(p) if p.topic == "secret/plans")));
+    assert!(received(&mut shard, &mut bob).is_empty());
+    assert_eq!(shard.stats().not_authorized, 3);
+}
+
+#[test]
+fn acknowledgements_wait_for_the_journal_in_order() {
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let mut shard = shard(Hooks {
+        admission: Box::new(DefaultAdmission::default()),
+        authorization: Box::new(AllowAll),
+        journal: Box::new(SlowJournal {
+            records: Rc::clone(&records),
+            next: 0,
+        }),
+    });
+    let (mut client, _) = connect(&mut shard, "p", None, false);
+    assert_eq!(*records.borrow(), ["session-started"]);
+    subscribe(&mut shard, &client, "t/#", QoS::AtLeastOnce);
+    publish(&mut shard, &client, "t/a", QoS::AtLeastOnce, 1, false);
+    publish(&mut shard, &client, "t/r", QoS::AtLeastOnce, 2, true);
+    // A PINGRESP has nothing to wait for; acknowledgements do, in order.
+    send(&mut shard, &client, Packet::PingReq);
+    let early = received(&mut shard, &mut client);
+    assert!(
+        early
+            .iter()
+            .all(|p| !matches!(p, Packet::SubAck(_) | Packet::PubAck(_))),
+        "nothing acknowledged before the journal: {early:?}"
+    );
+    assert_eq!(
+        *records.borrow(),
+        [
+            "session-started",
+            "subscribed",
+            "published",
+            "published",
+            "retained"
+        ]
+    );
+    // Durable up to the subscription: the SUBACK only.
+    shard.on_durable(2, Instant::now());
+    let acks = received(&mut shard, &mut client);
+    assert!(matches!(&acks[..], [Packet::SubAck(_)]), "{acks:?}");
+    // Up to the retained record: both PUBACKs, in order.
+    shard.on_durable(5, Instant::now());
+    let acks: Vec<u16> = received(&mut shard, &mut client)
+        .into_iter()
+        .filter_map(|p| match p {
+            Packet::PubAck(ack) => Some(ack.packet_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [1, 2]);
+}
