@@ -145,6 +145,8 @@ pub struct Shard {
     /// filter), the shards that have members.
     shared_index: SubscriptionTrie<MqttStr, ShardSet>,
     shared_cursor: HashMap<MqttStr, usize>,
+    /// Reused by shared-subscription routing for the matching groups of one message.
+    shared_scratch: Vec<MqttStr>,
     random_state: u64,
     registry: HashMap<MqttStr, Registration>,
     hooks: Hooks,
@@ -231,6 +233,7 @@ impl Shard {
             shared_groups: HashMap::new(),
             shared_index: SubscriptionTrie::new(),
             shared_cursor: HashMap::new(),
+            shared_scratch: Vec::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
             hooks: Hooks::default(),

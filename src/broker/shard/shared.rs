@@ -92,13 +92,16 @@ impl Shard {
         if self.shared_index.is_empty() {
             return false;
         }
-        let mut groups: Vec<MqttStr> = Vec::new();
+        // A scratch list reused across messages: routing allocates nothing per message.
+        let mut groups = std::mem::take(&mut self.shared_scratch);
+        groups.clear();
         self.shared_index
             .for_each_match(&message.topic, |group, _| groups.push(group.clone()));
         let matched = !groups.is_empty();
-        for group in groups {
+        for group in groups.drain(..) {
             self.route_shared_group(&group, message);
         }
+        self.shared_scratch = groups;
         matched
     }
 
@@ -156,7 +159,8 @@ impl Shard {
             }
             return;
         };
-        let members = group.members.clone();
+        // Chosen under a shared borrow of the group: no copy of the member list per message.
+        let members = &group.members;
         let count = members.len();
         if count == 0 {
             return;
