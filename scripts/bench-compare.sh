@@ -71,7 +71,8 @@ log() { echo "[bench-compare] $*" >&2; }
 
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 HARNESS="$TARGET/release/bench-harness"
-SHARDMQ_BIN="$TARGET/release/shardmq"
+# SHARDMQ_BIN=/path/to/shardmq measures another build (e.g. a baseline for before/after runs).
+SHARDMQ_BIN="${SHARDMQ_BIN:-$TARGET/release/shardmq}"
 DATE=$(date +%Y-%m-%d)
 HOST=$(hostname 2>/dev/null || cat /proc/sys/kernel/hostname)
 STEM="$DATE-$HOST"

@@ -481,6 +481,16 @@ fn run(seed: u64, shards: usize, ids: usize, steps: usize) -> usize {
         sim.check_always();
         sim.check_settled();
     }
+    // Move deduplication ends by the clock, deliveries or not: no quiet moved session keeps
+    // its memory of recent messages.
+    let later = Instant::now() + std::time::Duration::from_secs(5);
+    for shard in &mut sim.shards {
+        shard.on_tick(later);
+        assert!(
+            shard.sessions.iter().all(|(_, e)| e.recent.is_none()),
+            "move deduplication outlived its margin"
+        );
+    }
     sim.connacks
 }
 

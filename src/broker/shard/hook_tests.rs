@@ -313,3 +313,54 @@ fn acknowledgements_wait_for_the_journal_in_order() {
         .collect();
     assert_eq!(acks, [1, 2]);
 }
+
+#[test]
+/// Each connection has at most one live entry on the timing wheel, however many packets and
+/// ticks go by (it once had one for the connect timeout and one for keep-alive, both
+/// rescheduling forever).
+fn one_timer_entry_per_connection() {
+    let mut shard = shard(Hooks::default());
+    let start = Instant::now();
+    let conn = shard.on_accept(start).unwrap();
+    let mut client = Client {
+        conn,
+        protocol: ProtocolVersion::V5,
+        input: BytesMut::new(),
+    };
+    let connect = Connect {
+        protocol: ProtocolVersion::V5,
+        clean_start: true,
+        keep_alive: 2,
+        client_id: MqttStr::from("ka"),
+        will: None,
+        username: None,
+        password: None,
+        properties: Properties::default(),
+    };
+    send(&mut shard, &client, Packet::Connect(Box::new(connect)));
+    let entries = |shard: &Shard| {
+        shard
+            .wheel
+            .values()
+            .flatten()
+            .filter(|e| matches!(e, super::WheelEntry::Conn { conn: c } if *c == conn))
+            .count()
+    };
+    for second in 1..=30u64 {
+        let now = start + std::time::Duration::from_millis(second * 1000);
+        let mut ping = BytesMut::new();
+        Packet::PingReq.encode(client.protocol, &mut ping).unwrap();
+        shard.on_bytes(conn, ping, now);
+        shard.on_tick(now);
+        let live = shard.conns.get(conn).map(|c| c.timer_bucket);
+        assert_ne!(live, None, "a pinging client stays connected");
+        assert!(entries(&shard) <= 2, "{} wheel entries", entries(&shard));
+    }
+    received(&mut shard, &mut client);
+    // Silent from now on: closed after 1.5 keep-alive periods (3 s), checked on the wheel.
+    let silent = start + std::time::Duration::from_secs(30);
+    shard.on_tick(silent + std::time::Duration::from_secs(2));
+    assert!(shard.conns.get(conn).is_some_and(|c| c.kill.is_none()));
+    shard.on_tick(silent + std::time::Duration::from_secs(4));
+    assert!(shard.conns.get(conn).is_some_and(|c| c.kill.is_some()));
+}

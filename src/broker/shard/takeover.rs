@@ -65,10 +65,7 @@ impl Shard {
             self.wheel
                 .entry(Self::bucket(deadline))
                 .or_default()
-                .push(WheelEntry::DedupEnd {
-                    session: slot,
-                    token,
-                });
+                .push(WheelEntry::DedupEnd { session: slot });
         }
         self.settle(&client_id, token);
     }

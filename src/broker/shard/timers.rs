@@ -12,7 +12,7 @@ pub(super) enum WheelEntry {
     Conn { conn: ConnId },
     Session { session: SessionId, token: u64 },
     Will { session: SessionId, token: u64 },
-    DedupEnd { session: SessionId, token: u64 },
+    DedupEnd { session: SessionId },
 }
 
 impl Shard {
@@ -33,11 +33,12 @@ impl Shard {
                         self.check_session_expiry(session, token)
                     }
                     WheelEntry::Will { session, token } => self.check_will_delay(session, token),
-                    WheelEntry::DedupEnd { session, token } => {
+                    WheelEntry::DedupEnd { session } => {
+                        // The handle's generation is enough: a session is deduplicated once per
+                        // arrival on this shard, and in-place takeovers since then change its
+                        // token but not the fact that the move is long over.
                         if let Some(entry) = self.sessions.get_mut(session) {
-                            if entry.token == token {
-                                entry.recent = None;
-                            }
+                            entry.recent = None;
                         }
                     }
                 }
