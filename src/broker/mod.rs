@@ -64,6 +64,35 @@ pub struct BrokerHandle {
     reloads: Vec<crossbeam_channel::Sender<Arc<Config>>>,
 }
 
+/// Read access to the broker's counters from any thread. Each shard publishes a snapshot of
+/// its [`ShardStats`] once per tick; reading takes a short lock on that snapshot only, never
+/// anything on a shard's hot path.
+#[derive(Debug, Clone)]
+pub struct StatsSource {
+    shards: Vec<Arc<Mutex<ShardStats>>>,
+    global: Arc<Global>,
+}
+
+impl StatsSource {
+    /// Each shard's counters, by shard index.
+    pub fn shard_stats(&self) -> Vec<ShardStats> {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map(|s| *s).unwrap_or_default())
+            .collect()
+    }
+
+    /// Open client connections, all shards.
+    pub fn connections(&self) -> usize {
+        self.global.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether every shard is running (none failed, the broker is not stopping).
+    pub fn healthy(&self) -> bool {
+        !self.global.failed.load(Ordering::SeqCst) && !self.global.shutdown.load(Ordering::SeqCst)
+    }
+}
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadReport {
@@ -115,10 +144,15 @@ impl BrokerHandle {
 
     /// Each shard's counters, as of its last tick (a few times a second).
     pub fn stats(&self) -> Vec<ShardStats> {
-        self.stats
-            .iter()
-            .map(|s| s.lock().map(|s| *s).unwrap_or_default())
-            .collect()
+        self.stats_source().shard_stats()
+    }
+
+    /// A cheap, cloneable view of the broker's counters for other threads (metrics, `$SYS`).
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource {
+            shards: self.stats.clone(),
+            global: Arc::clone(&self.global),
+        }
     }
 
     /// Open client connections, all shards.
