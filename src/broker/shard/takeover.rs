@@ -326,6 +326,7 @@ impl Shard {
             // The connection's one timer entry moves from the connect timeout to keep-alive.
             self.schedule_conn_check(index, now_ms + 1500 * u64::from(connect.keep_alive));
         }
+        self.stats.connects += 1;
         tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
         self.wake_conn(index);
     }
