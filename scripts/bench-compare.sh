@@ -14,7 +14,9 @@
 #   --warmup S        warm-up seconds per run (default 2; --quick: 1)
 #   --quick           short runs at small scales
 #   --qos N           QoS of every scenario (default 1, as in the Open MQTT Benchmark Suite)
-#   --brokers LIST    comma-separated subset of shardmq,mosquitto,rumqttd (default all)
+#   --brokers LIST    comma-separated subset of shardmq,mosquitto,rumqttd (default all), plus
+#                     shardmq-base: another shardmq build named by SHARDMQ_BASELINE=/path, for
+#                     before/after comparisons in one run (not in the default list)
 #   --scenarios LIST  comma-separated subset of conn,p2p-max,p2p-paced,fanout,fanin-wildcard,
 #                     fanin-shared,latency (default all)
 #   --port N          first TCP port to use (default 18900; each broker gets its own)
@@ -155,7 +157,7 @@ fi
 
 # --- Broker configurations ---------------------------------------------------------------------
 port_of() {
-    case "$1" in shardmq) echo "$PORT_BASE" ;; mosquitto) echo $((PORT_BASE + 1)) ;; rumqttd) echo $((PORT_BASE + 2)) ;; esac
+    case "$1" in shardmq) echo "$PORT_BASE" ;; mosquitto) echo $((PORT_BASE + 1)) ;; rumqttd) echo $((PORT_BASE + 2)) ;; shardmq-base) echo $((PORT_BASE + 3)) ;; esac
 }
 
 MOSQUITTO_CONF="$WORK/mosquitto.conf"
@@ -211,6 +213,7 @@ start_broker() {
     local blog="$WORK/$name.log"
     case "$name" in
         shardmq) "${PIN_BROKER[@]}" "$SHARDMQ_BIN" --listen "127.0.0.1:$port" --shards 1 >>"$blog" 2>&1 & ;;
+        shardmq-base) "${PIN_BROKER[@]}" "$SHARDMQ_BASELINE" --listen "127.0.0.1:$port" --shards 1 >>"$blog" 2>&1 & ;;
         mosquitto) "${PIN_BROKER[@]}" "$MOSQUITTO_BIN" -c "$MOSQUITTO_CONF" >>"$blog" 2>&1 & ;;
         rumqttd) "${PIN_BROKER[@]}" "$RUMQTTD_BIN" --quiet --config "$RUMQTTD_CONF" >>"$blog" 2>&1 & ;;
     esac
@@ -262,10 +265,11 @@ scenario_args() {
 
 # --- Runs --------------------------------------------------------------------------------------
 declare -A AVAILABLE
-for b in shardmq mosquitto rumqttd; do
+for b in shardmq shardmq-base mosquitto rumqttd; do
     want "$b" || continue
     case "$b" in
         shardmq) [ "$SHARDMQ_OK" = 1 ] && AVAILABLE[$b]=1 ;;
+        shardmq-base) [ -x "${SHARDMQ_BASELINE:-}" ] && AVAILABLE[$b]=1 || log "SHARDMQ_BASELINE is not an executable: shardmq-base skipped" ;;
         mosquitto) [ -n "$MOSQUITTO_BIN" ] && AVAILABLE[$b]=1 || log "mosquitto not available: skipped" ;;
         rumqttd) [ -n "$RUMQTTD_BIN" ] && AVAILABLE[$b]=1 || log "rumqttd not available: skipped" ;;
     esac
@@ -274,7 +278,7 @@ done
 SKIPPED=()
 FAILED_RUNS=0
 IFS=',' read -r -a SCENARIO_LIST <<<"$SCENARIOS"
-for b in shardmq mosquitto rumqttd; do
+for b in shardmq shardmq-base mosquitto rumqttd; do
     [ -n "${AVAILABLE[$b]:-}" ] || continue
     for s in "${SCENARIO_LIST[@]}"; do
         args=$(scenario_args "$s")

@@ -140,6 +140,8 @@ pub struct Config {
     pub receive_maximum: u16,
     /// How shared subscriptions pick a member: round_robin, random or sticky.
     pub shared_subscription_strategy: SharedStrategy,
+    /// Seconds between `$SYS/broker/...` updates (Mosquitto's names, retained); 0 = off.
+    pub sys_interval: u64,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -173,6 +175,7 @@ impl Default for Config {
             topic_alias_maximum: 1024,
             receive_maximum: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
+            sys_interval: 10,
             per_shard_listeners: false,
             test_inject_panic: None,
         }
@@ -313,6 +316,9 @@ pub struct Flags {
     /// Shared-subscription member selection.
     #[arg(long, value_enum)]
     pub shared_subscription_strategy: Option<SharedStrategy>,
+    /// Seconds between $SYS updates (0 = off).
+    #[arg(long)]
+    pub sys_interval: Option<u64>,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -361,7 +367,8 @@ impl Config {
             backlog,
             topic_alias_maximum,
             receive_maximum,
-            shared_subscription_strategy
+            shared_subscription_strategy,
+            sys_interval
         );
         if flags.shards.is_some() {
             config.shards = flags.shards;
@@ -503,6 +510,7 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         topic_alias_maximum,
         receive_maximum,
         shared_subscription_strategy,
+        sys_interval,
         per_shard_listeners,
         test_inject_panic: _,
     } = new;
@@ -537,7 +545,8 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_write_buffer,
         topic_alias_maximum,
         receive_maximum,
-        shared_subscription_strategy
+        shared_subscription_strategy,
+        sys_interval
     );
     (applied, restart_needed)
 }

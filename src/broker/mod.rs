@@ -7,6 +7,7 @@ mod listener;
 mod mesh;
 mod runtime;
 mod shard;
+pub mod sys;
 
 pub use listener::{allowed_cpus, check_io_uring};
 pub use shard::{Global, ReadState, Shard, ShardStats};
@@ -22,7 +23,7 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 
 use crate::config::{parse_cpu_list, Config};
 use mesh::Batch;
-use runtime::{run_shard, ShardSetup};
+use runtime::{run_shard, ShardLinks, ShardSetup};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -277,7 +278,9 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);
     let (ready_tx, ready_rx) = mpsc::channel::<(usize, Option<SocketAddr>)>();
     let (exits_tx, exits) = crossbeam_channel::unbounded();
-    let mut stats = Vec::with_capacity(shards);
+    let stats: Vec<Arc<Mutex<ShardStats>>> = (0..shards)
+        .map(|_| Arc::new(Mutex::new(ShardStats::default())))
+        .collect();
     let mut reloads = Vec::with_capacity(shards);
     for (index, setup) in setups.into_iter().enumerate() {
         let placement = match setup.cpu {
@@ -285,29 +288,26 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
             None => Placement::Unbound,
         };
         let config = config.clone();
-        let shard_global = Arc::clone(&global);
-        let shard_stats = Arc::new(Mutex::new(ShardStats::default()));
-        stats.push(Arc::clone(&shard_stats));
         let (reload_tx, reload_rx) = crossbeam_channel::unbounded();
         reloads.push(reload_tx);
+        let links = ShardLinks {
+            global: Arc::clone(&global),
+            stats: Arc::clone(&stats[index]),
+            reloads: reload_rx,
+            // Shard 0 publishes `$SYS` from every shard's snapshot.
+            all_stats: if index == 0 {
+                stats.clone()
+            } else {
+                Vec::new()
+            },
+        };
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("shard-{index}"))
             // No file I/O on shards: the smallest registered-buffer area glommio accepts.
             .io_memory(64 << 10)
-            .spawn(move || async move {
-                run_shard(
-                    config,
-                    shard_global,
-                    mesh,
-                    setup,
-                    ready,
-                    shard_stats,
-                    reload_rx,
-                )
-                .await
-            })
+            .spawn(move || async move { run_shard(config, links, mesh, setup, ready).await })
             .map_err(|e| StartError::Executor(e.to_string()))?;
         watch_shard(index, handle, Arc::clone(&global), exits_tx.clone())
             .map_err(|e| StartError::Executor(e.to_string()))?;

@@ -28,6 +28,7 @@ use glommio::timer::Timer;
 use super::handles::ConnId;
 use super::mesh::Batch;
 use super::shard::{Global, ReadState, Shard, ShardStats};
+use super::sys::{self, SysState, Totals};
 use crate::config::Config;
 
 /// How often each shard advances its clock (keep-alive, expiry, shutdown check).
@@ -45,6 +46,17 @@ pub(super) struct ShardSetup {
     /// Listening sockets with the index of the listener (in `Config::listeners`) each serves.
     pub(super) listeners: Vec<(usize, RawFd)>,
     pub(super) test_listener: Option<(SocketAddr, RawFd)>,
+}
+
+/// How a shard's runtime reaches the rest of the process.
+pub(super) struct ShardLinks {
+    pub(super) global: Arc<Global>,
+    /// Where this shard publishes its counter snapshot, once per tick.
+    pub(super) stats: Arc<std::sync::Mutex<ShardStats>>,
+    /// New configurations (reload).
+    pub(super) reloads: crossbeam_channel::Receiver<Arc<Config>>,
+    /// Every shard's snapshot, for the shard that publishes `$SYS` (empty on the others).
+    pub(super) all_stats: Vec<Arc<std::sync::Mutex<ShardStats>>>,
 }
 
 /// A shard and the runtime's side tables: who to wake when the shard asks.
@@ -106,16 +118,21 @@ impl Driver {
                 return Poll::Ready(Event::Closed);
             };
             let mut blocked = false;
+            let mut total = 0;
             while !out.is_empty() {
                 match Pin::new(&mut *stream).poll_write(cx, out) {
                     Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(Event::Closed),
-                    Poll::Ready(Ok(written)) => out.advance(written),
+                    Poll::Ready(Ok(written)) => {
+                        out.advance(written);
+                        total += written;
+                    }
                     Poll::Pending => {
                         blocked = true;
                         break;
                     }
                 }
             }
+            self.shard.on_written(total);
             if blocked || !self.shard.on_flushed(conn, Instant::now()) {
                 break;
             }
@@ -149,13 +166,17 @@ enum Event {
 /// Runs one shard until the broker shuts down.
 pub(super) async fn run_shard(
     config: Config,
-    global: Arc<Global>,
+    links: ShardLinks,
     mesh: MeshBuilder<Batch, Full>,
     setup: ShardSetup,
     ready: mpsc::Sender<(usize, Option<SocketAddr>)>,
-    stats: Arc<std::sync::Mutex<ShardStats>>,
-    reloads: crossbeam_channel::Receiver<Arc<Config>>,
 ) {
+    let ShardLinks {
+        global,
+        stats,
+        reloads,
+        all_stats,
+    } = links;
     // Joining the mesh is also the start barrier: it completes once every shard has joined.
     let Ok((senders, receivers)) = mesh.join().await else {
         tracing::error!("could not join the cross-shard mesh");
@@ -214,6 +235,8 @@ pub(super) async fn run_shard(
     let _ = ready.send((id, test_addr));
     drop(ready);
     let panic_at = (config.test_inject_panic == Some(id)).then(|| Instant::now() + TICK * 5);
+    let mut sys =
+        (!all_stats.is_empty()).then(|| SysPublisher::new(all_stats, Arc::clone(&global)));
     while !global.shutdown.load(Ordering::Relaxed) {
         Timer::new(TICK).await;
         {
@@ -225,6 +248,11 @@ pub(super) async fn run_shard(
             driver.dispatch();
             if let Ok(mut snapshot) = stats.lock() {
                 *snapshot = driver.shard.stats();
+            }
+            if let Some(sys) = sys.as_mut() {
+                let interval = driver.shard.config().sys_interval;
+                sys.maybe_publish(&mut driver.shard, interval, Instant::now());
+                driver.dispatch();
             }
         }
         if panic_at.is_some_and(|at| Instant::now() >= at) {
@@ -337,6 +365,64 @@ async fn receive(driver: Rc<RefCell<Driver>>, receiver: ConnectedReceiver<Batch>
         }
         glommio::yield_if_needed().await;
     }
+}
+
+/// Shard 0's `$SYS` duty: every `sys_interval` seconds, every shard's snapshot summed and
+/// published as retained messages.
+struct SysPublisher {
+    sources: Vec<Arc<std::sync::Mutex<ShardStats>>>,
+    global: Arc<Global>,
+    started: Instant,
+    last: Option<Instant>,
+    state: SysState,
+}
+
+impl SysPublisher {
+    fn new(sources: Vec<Arc<std::sync::Mutex<ShardStats>>>, global: Arc<Global>) -> Self {
+        SysPublisher {
+            sources,
+            global,
+            started: Instant::now(),
+            last: None,
+            state: SysState::default(),
+        }
+    }
+
+    fn maybe_publish(&mut self, shard: &mut Shard, interval_secs: u64, now: Instant) {
+        if interval_secs == 0 {
+            return;
+        }
+        let elapsed = self.last.map(|last| now.saturating_duration_since(last));
+        if elapsed.is_some_and(|e| e < Duration::from_secs(interval_secs)) {
+            return;
+        }
+        self.last = Some(now);
+        let snapshots: Vec<ShardStats> = self
+            .sources
+            .iter()
+            .map(|s| s.lock().map(|s| *s).unwrap_or_default())
+            .collect();
+        let totals = Totals {
+            stats: sys::sum(&snapshots),
+            connections: self.global.connections.load(Ordering::Relaxed) as u64,
+            uptime: now.saturating_duration_since(self.started).as_secs(),
+            memory: resident_bytes(),
+        };
+        for (topic, payload) in self.state.update(&totals, elapsed.unwrap_or_default()) {
+            shard.publish_internal(&topic, bytes::Bytes::from(payload), now);
+        }
+    }
+}
+
+/// The process's resident set size, from /proc (0 if unreadable).
+fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|text| text.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 #[cfg(test)]

@@ -247,8 +247,13 @@ impl Shard {
         if let ConnState::Active { session } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
                 let session = &mut entry.session;
-                if session.queued_len() > 0 && session.fill_window(&mut c.out, self.now) > 0 {
-                    return true;
+                if session.queued_len() > 0 {
+                    let sent = session.fill_window(&mut c.out, self.now) as u64;
+                    self.stats.publishes_out += sent;
+                    self.stats.packets_out += sent;
+                    if sent > 0 {
+                        return true;
+                    }
                 }
             }
         }

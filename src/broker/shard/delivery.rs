@@ -133,7 +133,7 @@ impl Shard {
                 .dropped_expired
                 .wrapping_add(session.dropped_too_large),
         );
-        session.deliver(
+        let outcome = session.deliver(
             message,
             qos,
             retain,
@@ -145,6 +145,10 @@ impl Shard {
         );
         let queued = session.queued_len();
         self.stats.deliveries += 1;
+        if outcome == Delivery::Sent {
+            self.stats.publishes_out += 1;
+            self.stats.packets_out += 1;
+        }
         let other = session
             .dropped_expired
             .wrapping_add(session.dropped_too_large);

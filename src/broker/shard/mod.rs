@@ -70,7 +70,7 @@ use crate::codec::{
     Unsubscribe,
 };
 use crate::config::{Config, SharedStrategy};
-use crate::session::{EncodeCache, Message, Session, SessionLimits, WillTiming};
+use crate::session::{Delivery, EncodeCache, Message, Session, SessionLimits, WillTiming};
 
 mod barrier;
 mod conn;
@@ -273,9 +273,25 @@ impl Shard {
         self.config = config;
     }
 
-    /// A snapshot of this shard's counters.
+    /// A snapshot of this shard's counters (gauges filled in now, in constant time).
     pub fn stats(&self) -> ShardStats {
-        self.stats
+        let shared_members: usize = self.shared_groups.values().map(|g| g.members.len()).sum();
+        ShardStats {
+            sessions: (self.sessions.len() - self.stubs.len()) as u64,
+            subscriptions: (self.subscriptions.len() + shared_members) as u64,
+            retained: self.retained.len() as u64,
+            ..self.stats
+        }
+    }
+
+    /// The configuration in force (the last one given by [`Shard::on_config`]).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The runtime wrote `bytes` to a client socket (for the byte counters).
+    pub fn on_written(&mut self, bytes: usize) {
+        self.stats.bytes_out += bytes as u64;
     }
 
     /// Open connections on this shard.
@@ -390,6 +406,7 @@ impl Shard {
     }
 
     fn handle_packet(&mut self, index: ConnId, packet: Packet) {
+        self.stats.packets_in += 1;
         let Some(session) = self.session_of(index) else {
             match packet {
                 Packet::Connect(connect)
@@ -456,6 +473,7 @@ impl Shard {
 
     fn write(&mut self, index: ConnId, packet: Packet) {
         if let Some(conn) = self.conns.get_mut(index) {
+            self.stats.packets_out += 1;
             let was_empty = conn.out.is_empty();
             if let Err(error) = packet.encode(conn.protocol, &mut conn.out) {
                 tracing::warn!(%error, "failed to encode a packet");

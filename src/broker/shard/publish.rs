@@ -181,6 +181,22 @@ impl Shard {
         self.release_throttled(Some(session));
     }
 
+    /// A message the broker itself publishes (`$SYS/...`): retained, QoS 0, from no client.
+    pub fn publish_internal(&mut self, topic: &str, payload: Bytes, now: Instant) {
+        self.set_now(now);
+        let message = Arc::new(Message {
+            topic: MqttStr::from(topic),
+            payload,
+            qos: QoS::AtMostOnce,
+            retain: true,
+            properties: Properties::default(),
+            publisher: MqttStr::default(),
+            expires_at: None,
+        });
+        self.route_publish(message);
+        self.drain_local_inbox();
+    }
+
     pub(super) fn publish_will(&mut self, client_id: &MqttStr, will: Box<LastWill>) {
         let will = *will;
         let expires_at = will

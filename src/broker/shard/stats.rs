@@ -18,6 +18,14 @@ pub struct ShardStats {
     pub sessions_expired: u64,
     /// Bytes read from client sockets.
     pub bytes_in: u64,
+    /// Bytes written to client sockets.
+    pub bytes_out: u64,
+    /// MQTT packets received from clients (every type).
+    pub packets_in: u64,
+    /// MQTT packets sent to clients (every type; PUBLISH included).
+    pub packets_out: u64,
+    /// PUBLISH packets sent to clients.
+    pub publishes_out: u64,
     /// PUBLISH packets received from clients.
     pub publishes_in: u64,
     /// Messages handed to local sessions (one per session and message).
@@ -36,6 +44,12 @@ pub struct ShardStats {
     pub publishers_throttled: u64,
     /// Times cross-shard backpressure stopped socket reads.
     pub backpressure_episodes: u64,
+    /// Sessions on this shard (gauge, at the snapshot).
+    pub sessions: u64,
+    /// Subscriptions of this shard's sessions, shared ones included (gauge).
+    pub subscriptions: u64,
+    /// Retained messages (gauge; every shard holds a full replica).
+    pub retained: u64,
     /// Events the ownership protocol rules out (a grant for an unknown claim, a second session
     /// for one client id), repaired and logged. Always 0 unless there is a bug.
     pub protocol_violations: u64,
