@@ -180,7 +180,8 @@ mod tests {
         let mut load = Load::default();
         let mut value = 0;
         load.update(value, Duration::from_secs(10));
-        for _ in 0..200 {
+        // 100 minutes: even the 15-minute average has converged.
+        for _ in 0..600 {
             value += 100; // 100 per 10 s = 600 per minute
             load.update(value, Duration::from_secs(10));
         }
