@@ -192,3 +192,28 @@ fn flags_and_a_subcommand_do_not_mix() {
     let out = shardmq(&["no-such-command"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// The sample configuration shipped in `packaging/` is valid and mentions every key the broker
+/// knows (test hooks aside), so operators find each setting there.
+#[test]
+fn packaged_sample_config_is_valid_and_complete() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/shardmq.toml");
+    let out = shardmq(&["check-config", "--config", sample]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let defaults = shardmq(&["check-config"]);
+    let sample_text = std::fs::read_to_string(sample).unwrap();
+    for line in text(&defaults.stdout).lines() {
+        let key = line
+            .trim_start_matches("# ")
+            .split([' ', '=', ':'])
+            .next()
+            .unwrap_or_default();
+        if key.is_empty() || key == "per_shard_listeners" {
+            continue;
+        }
+        assert!(
+            sample_text.contains(key),
+            "packaging/shardmq.toml does not mention `{key}`"
+        );
+    }
+}
