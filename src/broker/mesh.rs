@@ -4,10 +4,10 @@
 //! carrying batches. A shard never waits on a send: messages for a peer go into that peer's
 //! outbox, and the runtime moves outbox batches into the queue.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
-use core_router::interest::InterestDelta;
+use core_router::interest::{InterestDelta, ShardSet};
 
 use crate::codec::{MqttStr, QoS};
 use crate::session::{Message, Session};
@@ -100,6 +100,8 @@ pub enum ShardMsg {
         session: Option<Box<Session>>,
         /// How the previous owner handed the session over, when it continues.
         handover: Option<HandoverKind>,
+        /// What the session received recently on its way (deduplication during moves).
+        recent: Option<Box<RecentDeliveries>>,
     },
     /// A delivery that reached the stub of a session that moved to the receiving shard.
     Forward {
@@ -158,6 +160,72 @@ pub enum ShardMsg {
         token: u64,
     },
 }
+
+/// Messages a session received recently, for deduplication during a move between shards: a
+/// message can reach it both directly and through the old shard's stub. The set travels with
+/// the session when it moves on, and starts with what the session still holds. Identity is the
+/// message's allocation (one `Arc` per published message, shared by every path); the `Arc`s
+/// are kept so an address cannot be reused while it is remembered.
+#[derive(Debug, Default)]
+pub struct RecentDeliveries {
+    seen: HashSet<*const Message>,
+    order: VecDeque<Arc<Message>>,
+    /// While the session's new shard waits for every peer to acknowledge the move (a barrier):
+    /// the peers that have, whose direct publishes may reach the session. A peer's publishes
+    /// sent before that reached the session through the old shard's stub instead.
+    gate: Option<ShardSet>,
+}
+
+impl RecentDeliveries {
+    /// Whether `message` is new to the session (and remembers it). Constant time; at most
+    /// `MOVE_DEDUP_CAPACITY` messages are remembered.
+    pub fn first_time(&mut self, message: &Arc<Message>) -> bool {
+        if !self.seen.insert(Arc::as_ptr(message)) {
+            return false;
+        }
+        if self.order.len() >= MOVE_DEDUP_CAPACITY {
+            if let Some(oldest) = self.order.pop_front() {
+                self.seen.remove(&Arc::as_ptr(&oldest));
+            }
+        }
+        self.order.push_back(Arc::clone(message));
+        true
+    }
+
+    /// Remembers `message` as received.
+    pub fn remember(&mut self, message: &Arc<Message>) {
+        self.first_time(message);
+    }
+
+    /// Starts holding back direct publishes from peers until each acknowledges the move.
+    pub fn close_gate(&mut self) {
+        self.gate = Some(ShardSet::default());
+    }
+
+    /// `peer` has acknowledged the move.
+    pub fn open_for(&mut self, peer: usize) {
+        if let Some(gate) = self.gate.as_mut() {
+            gate.insert(peer);
+        }
+    }
+
+    /// Every peer has acknowledged the move.
+    pub fn open_gate(&mut self) {
+        self.gate = None;
+    }
+
+    /// Whether a direct publish from `peer` must not reach the session yet.
+    pub fn holds_back(&self, peer: usize) -> bool {
+        self.gate.as_ref().is_some_and(|gate| !gate.contains(peer))
+    }
+}
+
+// Only an address, used for identity while the `Arc` is held in `order`: never dereferenced.
+// SAFETY: the pointers are compared, never read, so sending them between shards is sound.
+unsafe impl Send for RecentDeliveries {}
+
+/// Most messages remembered for deduplication per moving session.
+pub const MOVE_DEDUP_CAPACITY: usize = 65_536;
 
 /// How a continuing session was handed over on takeover.
 #[derive(Debug, Clone, Copy)]

@@ -199,7 +199,11 @@ pub(super) async fn run_shard(
     let mut receivers = receivers;
     for (peer, receiver) in receivers.streams() {
         if peer != id {
-            tasks.push(glommio::spawn_local(receive(Rc::clone(&driver), receiver)));
+            tasks.push(glommio::spawn_local(receive(
+                Rc::clone(&driver),
+                receiver,
+                peer,
+            )));
         }
     }
     for peer in (0..shards).filter(|&p| p != id) {
@@ -356,11 +360,11 @@ async fn pump(driver: Rc<RefCell<Driver>>, senders: Rc<Senders<Batch>>, peer: us
 }
 
 /// Applies every batch a peer sends, forever.
-async fn receive(driver: Rc<RefCell<Driver>>, receiver: ConnectedReceiver<Batch>) {
+async fn receive(driver: Rc<RefCell<Driver>>, receiver: ConnectedReceiver<Batch>, peer: usize) {
     while let Some(batch) = receiver.recv().await {
         {
             let mut driver = driver.borrow_mut();
-            driver.shard.on_mesh(batch, Instant::now());
+            driver.shard.on_mesh_from(peer, batch, Instant::now());
             driver.dispatch();
         }
         glommio::yield_if_needed().await;

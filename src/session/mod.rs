@@ -208,6 +208,14 @@ impl Session {
         self.inflight.iter()
     }
 
+    /// Every message the session holds for its client: in flight first, then queued.
+    pub fn pending_messages(&self) -> impl Iterator<Item = &Arc<Message>> {
+        self.inflight
+            .iter()
+            .map(|i| &i.message)
+            .chain(self.queue.iter().map(|q| &q.message))
+    }
+
     /// The messages that reached this session through a shared subscription and were not
     /// acknowledged (or not yet sent): when a member leaves, they go to another member
     /// (MQTT 5.0 §4.8.2). A QoS 2 message already PUBREC'd counts as received.

@@ -14,6 +14,16 @@ pub(super) enum BarrierAction {
         /// When the journal has the new subscriptions.
         durability: Durability,
     },
+    /// Old owner: every shard has applied what this shard sent for a session that moves away;
+    /// hand it over (the `Granted` message).
+    HandOver { shard: u16, message: Box<ShardMsg> },
+    /// Old owner: everything other shards sent here while they still routed to the stub has
+    /// been forwarded; drop it and tell the new owner.
+    DropStub {
+        token: u64,
+        client_id: MqttStr,
+        to: u16,
+    },
     /// A moved session is now routed to here by every shard: the old shard drops its stub.
     ReleaseStub {
         shard: u16,
@@ -47,11 +57,23 @@ impl Shard {
         self.broadcast(|| ShardMsg::Ping { from, token });
     }
 
-    pub(super) fn on_pong(&mut self, token: u64) {
+    pub(super) fn on_pong(&mut self, token: u64, from: Option<usize>) {
         let Some(barrier) = self.barriers.get_mut(&token) else {
             return;
         };
         barrier.remaining -= 1;
+        if let (Some(peer), BarrierAction::ReleaseStub { client_id, .. }) = (from, &barrier.action)
+        {
+            // That peer now routes to the moved session here: its direct publishes may reach it.
+            if let Some(recent) = self
+                .by_client_id
+                .get(client_id)
+                .and_then(|&slot| self.sessions.get_mut(slot))
+                .and_then(|e| e.recent.as_mut())
+            {
+                recent.open_for(peer);
+            }
+        }
         if barrier.remaining == 0 {
             if let Some(barrier) = self.barriers.remove(&token) {
                 self.complete_barrier(barrier.action);
@@ -89,11 +111,29 @@ impl Shard {
                 }
                 self.resume_reading(conn);
             }
+            BarrierAction::HandOver { shard, message } => self.send(usize::from(shard), *message),
+            BarrierAction::DropStub {
+                token,
+                client_id,
+                to,
+            } => {
+                self.remove_stub(token);
+                self.send(usize::from(to), ShardMsg::StubGone { client_id, token });
+            }
             BarrierAction::ReleaseStub {
                 shard,
                 token,
                 client_id,
             } => {
+                if let Some(recent) = self
+                    .by_client_id
+                    .get(&client_id)
+                    .and_then(|&slot| self.sessions.get_mut(slot))
+                    .filter(|e| e.token == token)
+                    .and_then(|e| e.recent.as_mut())
+                {
+                    recent.open_gate();
+                }
                 // The stub's last forwards reach us before its StubGone (FIFO queues): the
                 // move completes, and the claim settles, when that arrives.
                 let from = self.id as u16;

@@ -287,7 +287,7 @@ impl Sim {
         };
         if let Some(message) = self.shards[from].pop_outbox(to) {
             self.log.push(format!("deliver {from}->{to}: {message:?}"));
-            self.shards[to].on_mesh([message], Instant::now());
+            self.shards[to].on_mesh_from(from, [message], Instant::now());
         }
         true
     }

@@ -61,6 +61,7 @@ impl Shard {
                 conn: Some(index),
                 connect,
                 assigned_id,
+                forwards: Vec::new(),
             },
         );
         self.send(home, claim);

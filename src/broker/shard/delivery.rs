@@ -7,6 +7,12 @@ impl Shard {
     /// matching subscriptions.
     /// Returns whether any local subscription matched.
     pub(super) fn route_local(&mut self, message: &Arc<Message>) -> bool {
+        self.route_local_from(message, None)
+    }
+
+    /// [`Shard::route_local`] for a publish that peer `from` routed here: sessions that just
+    /// moved here take it only once that peer has acknowledged the move.
+    pub(super) fn route_local_from(&mut self, message: &Arc<Message>, from: Option<usize>) -> bool {
         let mut matches = std::mem::take(&mut self.matches);
         let mut ids = std::mem::take(&mut self.subscription_ids);
         matches.clear();
@@ -44,6 +50,18 @@ impl Shard {
                     .is_none_or(|e| e.session.client_id == message.publisher)
             {
                 continue;
+            }
+            if let Some(peer) = from {
+                let held_back = self
+                    .sessions
+                    .get(session)
+                    .and_then(|e| e.recent.as_ref())
+                    .is_some_and(|recent| recent.holds_back(peer));
+                if held_back {
+                    // Routed before that shard knew of the move: the session gets this message
+                    // through its old shard's stub.
+                    continue;
+                }
             }
             let qos = message.qos.min(options.qos);
             let retain = options.retain_as_published && message.retain;

@@ -48,7 +48,7 @@
 //! dropped event with a debug log, never a panic.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -63,7 +63,7 @@ use core_router::trie::SubscriptionTrie;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
 use super::hooks::{ClientRef, Durability, Hooks, JournalRecord};
-use super::mesh::{HandoverKind, Outbox, ShardMsg};
+use super::mesh::{HandoverKind, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
@@ -171,6 +171,8 @@ pub struct Shard {
     paused_readers: Vec<ConnId>,
     /// Connections that need the runtime's attention (see [`Shard::drain_wakes`]).
     wakes: Vec<ConnId>,
+    /// The peer whose batch is being applied (see [`Shard::on_mesh_from`]).
+    mesh_source: Option<usize>,
     matches: Vec<(SessionId, SubscriptionOptions, u32)>,
     subscription_ids: Vec<u32>,
     cache: EncodeCache,
@@ -250,6 +252,7 @@ impl Shard {
             listener_limits: listener_limits(&config),
             paused_readers: Vec::new(),
             wakes: Vec::new(),
+            mesh_source: None,
             matches: Vec::new(),
             subscription_ids: Vec::new(),
             cache: EncodeCache::default(),
@@ -331,7 +334,7 @@ impl Shard {
     pub(super) fn handle_mesh(&mut self, message: ShardMsg) {
         match message {
             ShardMsg::Publish(message) => {
-                self.route_local(&message);
+                self.route_local_from(&message, self.mesh_source);
             }
             ShardMsg::Interest(delta) => {
                 self.interest.apply(&delta);
@@ -347,7 +350,7 @@ impl Shard {
             ShardMsg::Ping { from, token } => {
                 self.send(usize::from(from), ShardMsg::Pong { token });
             }
-            ShardMsg::Pong { token } => self.on_pong(token),
+            ShardMsg::Pong { token } => self.on_pong(token, self.mesh_source),
             ShardMsg::RetainApply { topic, message } => self.apply_retained(&topic, message),
             ShardMsg::SharedInterest {
                 filter,
@@ -372,7 +375,8 @@ impl Shard {
                 token,
                 session,
                 handover,
-            } => self.on_granted(token, session, handover),
+                recent,
+            } => self.on_granted(token, session, handover, recent),
             ShardMsg::Forward {
                 client_id,
                 token,
@@ -395,8 +399,13 @@ impl Shard {
                 token,
                 from,
             } => {
-                self.remove_stub(token);
-                self.send(usize::from(from), ShardMsg::StubGone { client_id, token });
+                // Other shards may still have deliveries for the stub on their way here
+                // (sent before they learned of the move): drop it once those arrived.
+                self.start_barrier(BarrierAction::DropStub {
+                    token,
+                    client_id,
+                    to: from,
+                });
             }
             ShardMsg::StubGone { client_id, token } => self.on_stub_gone(client_id, token),
             ShardMsg::Settled { client_id, token } => self.on_settled(client_id, token),

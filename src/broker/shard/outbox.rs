@@ -24,7 +24,24 @@ impl Shard {
         }
     }
 
-    /// A batch of messages from a peer (or several): applied in order.
+    /// A batch of messages from peer `from`, applied in order.
+    pub fn on_mesh_from(
+        &mut self,
+        from: usize,
+        batch: impl IntoIterator<Item = ShardMsg>,
+        now: Instant,
+    ) {
+        self.set_now(now);
+        self.mesh_source = Some(from);
+        for message in batch {
+            self.handle_mesh(message);
+        }
+        self.mesh_source = None;
+        self.drain_local_inbox();
+    }
+
+    /// A batch of messages from an unnamed peer. Prefer [`Shard::on_mesh_from`]: sessions that
+    /// just moved here rely on knowing which peer routed a publish.
     pub fn on_mesh(&mut self, batch: impl IntoIterator<Item = ShardMsg>, now: Instant) {
         self.set_now(now);
         for message in batch {

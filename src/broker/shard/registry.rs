@@ -53,6 +53,7 @@ impl Shard {
                     token,
                     session: None,
                     handover: None,
+                    recent: None,
                 },
             );
         };
@@ -133,6 +134,7 @@ impl Shard {
                         token: next.owner.token,
                         session: None,
                         handover: None,
+                        recent: None,
                     },
                 );
             }

@@ -19,38 +19,8 @@ pub(super) struct SessionEntry {
     pub(super) recent: Option<Box<RecentDeliveries>>,
 }
 
-/// Messages a session received recently, for deduplication during a move between shards: a
-/// message can reach it both directly and through the old shard's stub. Identity is the
-/// message's allocation (one `Arc` per published message, shared by every path); the `Arc`s
-/// are kept so an address cannot be reused while it is remembered.
-#[derive(Debug, Default)]
-pub(super) struct RecentDeliveries {
-    seen: HashSet<*const Message>,
-    order: VecDeque<Arc<Message>>,
-}
-
-impl RecentDeliveries {
-    /// Whether `message` is new to the session (and remembers it). Constant time; at most
-    /// `MOVE_DEDUP_CAPACITY` messages are remembered.
-    pub(super) fn first_time(&mut self, message: &Arc<Message>) -> bool {
-        if !self.seen.insert(Arc::as_ptr(message)) {
-            return false;
-        }
-        if self.order.len() >= MOVE_DEDUP_CAPACITY {
-            if let Some(oldest) = self.order.pop_front() {
-                self.seen.remove(&Arc::as_ptr(&oldest));
-            }
-        }
-        self.order.push_back(Arc::clone(message));
-        true
-    }
-}
-
 /// How long after a move completes duplicates are still filtered.
 pub(super) const MOVE_DEDUP_MARGIN: Duration = Duration::from_secs(2);
-
-/// Most messages remembered for deduplication per moving session.
-pub(super) const MOVE_DEDUP_CAPACITY: usize = 65_536;
 
 impl Shard {
     /// Adds a session to this shard (index, subscriptions); `None` when the slab is full.

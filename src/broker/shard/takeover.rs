@@ -7,13 +7,29 @@ pub(super) struct PendingClaim {
     pub(super) conn: Option<ConnId>,
     pub(super) connect: Box<Connect>,
     pub(super) assigned_id: bool,
+    /// Deliveries a forwarding stub sent for this claim's session before the session arrived
+    /// here (the old shard waits for a barrier before handing it over), in arrival order.
+    pub(super) forwards: Vec<Forwarded>,
+}
+
+/// Most forwarded deliveries kept for a session on its way to this shard.
+const MAX_IN_TRANSIT: usize = 65_536;
+
+/// A delivery forwarded by a stub, kept until the session is installed.
+#[derive(Debug)]
+pub(super) struct Forwarded {
+    pub(super) message: Arc<Message>,
+    pub(super) qos: QoS,
+    pub(super) retain: bool,
+    pub(super) subscription_ids: Vec<u32>,
+    pub(super) group: Option<MqttStr>,
 }
 
 /// What `on_takeover` did with the session.
 pub(super) enum Handover {
     Ended,
     InPlace(SessionId),
-    Moved(Box<Session>),
+    Moved(Box<Session>, Option<Box<RecentDeliveries>>),
 }
 
 impl Shard {
@@ -91,19 +107,31 @@ impl Shard {
         }
         let handover =
             session.map(|slot| self.hand_over(slot, &client_id, new_shard, new_token, clean_start));
-        let (session, handover) = match handover {
-            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot))),
-            Some(Handover::Moved(data)) => (Some(data), Some(HandoverKind::Stub(self.id as u16))),
-            Some(Handover::Ended) | None => (None, None),
+        let moved = matches!(handover, Some(Handover::Moved(..)));
+        let (session, handover, recent) = match handover {
+            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot)), None),
+            Some(Handover::Moved(data, recent)) => {
+                (Some(data), Some(HandoverKind::Stub(self.id as u16)), recent)
+            }
+            Some(Handover::Ended) | None => (None, None, None),
         };
-        self.send(
-            usize::from(new_shard),
-            ShardMsg::Granted {
-                token: new_token,
-                session,
-                handover,
-            },
-        );
+        let granted = ShardMsg::Granted {
+            token: new_token,
+            session,
+            handover,
+            recent,
+        };
+        if moved {
+            // The session continues elsewhere only once every shard has applied what this
+            // shard sent on its behalf (retained updates, publishes): its old connection's
+            // work can never land after its new connection's.
+            self.start_barrier(BarrierAction::HandOver {
+                shard: new_shard,
+                message: Box::new(granted),
+            });
+        } else {
+            self.send(usize::from(new_shard), granted);
+        }
     }
 
     /// Detaches the session in `slot` from its connection (closing it) and ends it, keeps it
@@ -170,10 +198,12 @@ impl Shard {
         stub.subscriptions = entry.session.subscriptions.clone();
         let data = std::mem::replace(&mut entry.session, stub);
         entry.moved_to = Some((new_shard, new_token));
-        entry.recent = None;
+        // What the session got recently goes with it: a copy of one of those messages may still
+        // reach it on its new shard.
+        let recent = entry.recent.take();
         self.by_client_id.remove(client_id);
         self.stubs.insert(new_token, slot);
-        Handover::Moved(Box::new(data))
+        Handover::Moved(Box::new(data), recent)
     }
 
     /// Claimant role: the id is ours; finish the CONNECT (or, when the connection is already
@@ -184,15 +214,31 @@ impl Shard {
         token: u64,
         previous: Option<Box<Session>>,
         handover: Option<HandoverKind>,
+        recent: Option<Box<RecentDeliveries>>,
     ) {
-        let now_ms = self.clock_ms();
-        let Some(claim) = self.pending_claims.remove(&token) else {
+        if !self.pending_claims.contains_key(&token) {
             // Every claim is answered once, by Granted or Denied: this is a protocol bug. Keep
             // the broker alive and say so.
             tracing::error!(shard = self.id, token, "grant for an unknown claim ignored");
             self.stats.protocol_violations += 1;
             return;
+        }
+        self.finish_grant(token, previous, handover, recent);
+    }
+
+    /// Finishes a grant: installs or resumes the session and answers the CONNECT.
+    fn finish_grant(
+        &mut self,
+        token: u64,
+        previous: Option<Box<Session>>,
+        handover: Option<HandoverKind>,
+        mut recent: Option<Box<RecentDeliveries>>,
+    ) {
+        let now_ms = self.clock_ms();
+        let Some(claim) = self.pending_claims.remove(&token) else {
+            return;
         };
+        let forwards = claim.forwards;
         let connect = claim.connect;
         let in_place = match handover {
             Some(HandoverKind::InPlace(slot))
@@ -223,9 +269,10 @@ impl Shard {
                     };
                     self.park_session(slot);
                     match stub_shard {
-                        Some(shard) => self.start_stub_release(shard, token, slot),
+                        Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
                         None => self.settle(&connect.client_id, token),
                     }
+                    self.replay_forwards(slot, forwards);
                 }
                 _ => self.release(connect.client_id, token),
             }
@@ -285,7 +332,7 @@ impl Shard {
             });
         }
         match stub_shard {
-            Some(shard) => self.start_stub_release(shard, token, slot),
+            Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
             None => self.settle(&connect.client_id, token),
         }
         let mut properties = Properties::default();
@@ -326,20 +373,49 @@ impl Shard {
             // The connection's one timer entry moves from the connect timeout to keep-alive.
             self.schedule_conn_check(index, now_ms + 1500 * u64::from(connect.keep_alive));
         }
+        self.replay_forwards(slot, forwards);
         self.stats.connects += 1;
         tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
         self.wake_conn(index);
+    }
+
+    /// Delivers what a stub forwarded while the session was on its way here.
+    fn replay_forwards(&mut self, slot: SessionId, forwards: Vec<Forwarded>) {
+        for f in forwards {
+            self.deliver_tagged(
+                slot,
+                &f.message,
+                f.qos,
+                f.retain,
+                &f.subscription_ids,
+                f.group.as_ref(),
+                self.now,
+            );
+        }
     }
 
     /// A session arrived from `shard`, which keeps a forwarding stub: once every shard routes
     /// here (a barrier over the interest deltas just sent), the stub can go. Until shortly
     /// after, deliveries to the session are deduplicated; the claim settles when the old shard
     /// confirms the stub is gone (`StubGone`).
-    pub(super) fn start_stub_release(&mut self, shard: u16, token: u64, slot: SessionId) {
+    pub(super) fn start_stub_release(
+        &mut self,
+        shard: u16,
+        token: u64,
+        slot: SessionId,
+        recent: Option<Box<RecentDeliveries>>,
+    ) {
         let Some(entry) = self.sessions.get_mut(slot) else {
             return;
         };
-        entry.recent = Some(Box::default());
+        // Deduplicate against what the session received on its previous shards and what it
+        // still holds: a copy of any of those may still arrive here.
+        let mut recent = recent.unwrap_or_default();
+        for message in entry.session.pending_messages() {
+            recent.remember(message);
+        }
+        recent.close_gate();
+        entry.recent = Some(recent);
         let action = BarrierAction::ReleaseStub {
             shard,
             token,
@@ -390,6 +466,23 @@ impl Shard {
                     self.now,
                 ),
             _ => {
+                if let Some(claim) = self.pending_claims.get_mut(&token) {
+                    // The session is on its way here: keep the delivery until it is installed.
+                    // These messages were accepted for the session already; the bound only
+                    // protects memory (the mesh's own backpressure keeps it far from here).
+                    if claim.forwards.len() < MAX_IN_TRANSIT {
+                        claim.forwards.push(Forwarded {
+                            message,
+                            qos,
+                            retain,
+                            subscription_ids,
+                            group,
+                        });
+                    } else {
+                        self.stats.dropped_queue_full += 1;
+                    }
+                    return;
+                }
                 tracing::debug!(shard = self.id, client = %client_id, "forwarded message for a session that moved on");
             }
         }
