@@ -28,12 +28,24 @@
 //!
 //! On the shards: a claimant that gets `Granted{t}` installs the session (moved or fresh) and
 //! sends `Settled{t}` once nothing can still be addressed to the previous place: at once for a
-//! fresh or in-place session, after `StubGone` when the session moved from another shard (the
-//! old shard keeps a forwarding stub until every shard routes to the new place; `StubGone`
-//! arrives after the last delivery the stub forwarded). The owner of `t` answers
-//! `TakeOver{t -> u}` by closing `t`'s connection and handing the session to `u` (in place on
-//! the same shard, moved with a stub to another, or ended on clean start). A session that ends
-//! sends `Release{t}`; messages about stale tokens are ignored.
+//! fresh or in-place session, after `StubGone` when the session moved from another shard. The
+//! owner of `t` answers `TakeOver{t -> u}` by closing `t`'s connection and handing the session
+//! to `u` (in place on the same shard, moved with a stub to another, or ended on clean start).
+//! A session that ends sends `Release{t}`; messages about stale tokens are ignored.
+//!
+//! A move between shards (old shard O, new shard N, every other shard P) runs three barriers
+//! (a barrier: ping every peer, act once all have answered; queues are FIFO per pair):
+//! 1. O turns the session into a forwarding stub and sends `Granted` only after its barrier:
+//!    everything O sent on the session's behalf (retained updates, publishes) has been applied
+//!    everywhere, so the old connection's work never lands after the new one's.
+//! 2. N installs the session (subscriptions, interest deltas), then pings every peer; once all
+//!    answered (every peer routes here) it sends `StubDone` to O. Meanwhile N deduplicates
+//!    deliveries against what the session received on its previous shards and still holds,
+//!    and takes a peer's direct publishes only after that peer's answer: earlier ones reached
+//!    the session through O's stub. Deliveries the stub forwarded before the session arrived
+//!    are kept in the claim and delivered at install.
+//! 3. O drops the stub only after its own barrier (every peer's earlier deliveries to the stub
+//!    have arrived and been forwarded), then sends `StubGone`; N's claim settles.
 //!
 //! Invariants (checked after every step by the claim-protocol model test):
 //! - at most one takeover per client id is in flight, so a `TakeOver{t}` always reaches a shard
@@ -41,7 +53,9 @@
 //! - at any time at most one session per client id is indexed (`by_client_id`) on any shard,
 //!   at most one live connection is attached to it, and no session is reachable from two
 //!   index entries;
-//! - at most one forwarding stub exists per client id.
+//! - at most one forwarding stub exists per client id;
+//! - a QoS 1/2 message accepted for a live session reaches it, a QoS 2 message once, across
+//!   moves (checked by the multi-shard simulation tests, `tests/simulation.rs`).
 //!
 //! Handles that travel between shards or outlive a borrow (session slots in conns, barriers,
 //! handovers) are checked against the session's claim token before use: a stale handle is a
