@@ -255,7 +255,7 @@ pub struct Flags {
     /// TOML config file (keys as the long flags, with underscores).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Address to listen on (repeatable); replaces the file's `listen` list, its [[listener]]
+    /// Address to listen on (repeatable); replaces the file's `listen` list, its `[[listener]]`
     /// tables still apply. Default 0.0.0.0:1883 when neither is set.
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
