@@ -278,9 +278,13 @@ done
 SKIPPED=()
 FAILED_RUNS=0
 IFS=',' read -r -a SCENARIO_LIST <<<"$SCENARIOS"
-for b in shardmq shardmq-base mosquitto rumqttd; do
-    [ -n "${AVAILABLE[$b]:-}" ] || continue
-    for s in "${SCENARIO_LIST[@]}"; do
+# Scenario by scenario, every broker in turn: brokers compared with each other run minutes
+# apart at most, so a change in the machine's load shows in all of them alike.
+declare -A BROKEN
+for s in "${SCENARIO_LIST[@]}"; do
+    for b in shardmq shardmq-base mosquitto rumqttd; do
+        [ -n "${AVAILABLE[$b]:-}" ] || continue
+        [ -z "${BROKEN[$b]:-}" ] || continue
         args=$(scenario_args "$s")
         if ! start_broker "$b"; then
             if [ "$b" = shardmq ]; then
@@ -289,7 +293,8 @@ for b in shardmq shardmq-base mosquitto rumqttd; do
                 log "SKIPPING $b: it did not start"
             fi
             SKIPPED+=("$b")
-            continue 2
+            BROKEN[$b]=1
+            continue
         fi
         warm=$WARMUP
         [ "$s" = conn ] && warm=0

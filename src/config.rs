@@ -142,6 +142,10 @@ pub struct Config {
     pub shared_subscription_strategy: SharedStrategy,
     /// Seconds between `$SYS/broker/...` updates (Mosquitto's names, retained); 0 = off.
     pub sys_interval: u64,
+    /// Address of the Prometheus endpoint (`GET /metrics`, `GET /healthz`), served by a thread
+    /// that is not a shard; unset = none. Changing it needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -176,6 +180,7 @@ impl Default for Config {
             receive_maximum: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             sys_interval: 10,
+            metrics_listen: None,
             per_shard_listeners: false,
             test_inject_panic: None,
         }
@@ -319,6 +324,10 @@ pub struct Flags {
     /// Seconds between $SYS updates (0 = off).
     #[arg(long)]
     pub sys_interval: Option<u64>,
+    /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this
+    /// address, e.g. 127.0.0.1:9100.
+    #[arg(long)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -379,6 +388,9 @@ impl Config {
         if flags.persistent_session_expiry.is_some() {
             config.persistent_session_expiry = flags.persistent_session_expiry;
         }
+        if flags.metrics_listen.is_some() {
+            config.metrics_listen = flags.metrics_listen;
+        }
         config.per_shard_listeners |= flags.per_shard_listeners;
         config.test_inject_panic = flags.test_inject_panic;
         config.validate()?;
@@ -397,8 +409,8 @@ impl Config {
     }
 
     /// The configuration as a config file with every key, defaults included. TOML has no null,
-    /// so the optional keys that are unset (`shards`, `cpus`, `persistent_session_expiry`)
-    /// appear as comments saying what unset means.
+    /// so the optional keys that are unset (`shards`, `cpus`, `persistent_session_expiry`,
+    /// `metrics_listen`) appear as comments saying what unset means.
     pub fn to_toml(&self) -> Result<String, toml::ser::Error> {
         let mut text = String::new();
         let unset = [
@@ -408,6 +420,11 @@ impl Config {
                 self.persistent_session_expiry.is_none(),
                 "persistent_session_expiry",
                 "kept forever",
+            ),
+            (
+                self.metrics_listen.is_none(),
+                "metrics_listen",
+                "no metrics endpoint",
             ),
         ];
         for (is_unset, key, meaning) in unset {
@@ -444,6 +461,13 @@ impl Config {
                 return Err(ConfigError::Invalid(format!(
                     "address {} is bound twice (listen and [[listener]] addresses must differ)",
                     listener.address
+                )));
+            }
+        }
+        if let Some(metrics) = self.metrics_listen {
+            if metrics.port() != 0 && bound.contains(&metrics) {
+                return Err(ConfigError::Invalid(format!(
+                    "metrics_listen {metrics} is also an MQTT listener address"
                 )));
             }
         }
@@ -484,8 +508,9 @@ impl Config {
 
 /// What changed between two configurations, by config key: `(applied, restart_needed)`.
 /// `restart_needed` lists the changed keys that only take effect at start (`listen`,
-/// `listener`, `shards`, `cpus`, `backlog`, `mesh_capacity`, `per_shard_listeners`); every other
-/// changed key is in `applied`. Both are empty when nothing changed.
+/// `listener`, `shards`, `cpus`, `backlog`, `mesh_capacity`, `metrics_listen`,
+/// `per_shard_listeners`); every other changed key is in `applied`. Both are empty when
+/// nothing changed.
 pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
     // Destructured without `..`: a new field fails to compile here until it is classified.
     let Config {
@@ -511,6 +536,7 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         receive_maximum,
         shared_subscription_strategy,
         sys_interval,
+        metrics_listen,
         per_shard_listeners,
         test_inject_panic: _,
     } = new;
@@ -528,6 +554,7 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         cpus,
         backlog,
         mesh_capacity,
+        metrics_listen,
         per_shard_listeners
     );
     diff!(
@@ -874,6 +901,7 @@ protocol = "mqtt"
         new.listen = vec![addr("127.0.0.1:1")];
         new.cpus = Some("0".into());
         new.mesh_capacity = 8;
+        new.metrics_listen = Some(addr("127.0.0.1:9100"));
         new.per_shard_listeners = true;
         new.max_connections = 10;
         // Not a config key: never reported.
@@ -882,7 +910,46 @@ protocol = "mqtt"
         assert_eq!(applied, vec!["max_connections"]);
         assert_eq!(
             restart_needed,
-            vec!["listen", "cpus", "mesh_capacity", "per_shard_listeners"]
+            vec![
+                "listen",
+                "cpus",
+                "mesh_capacity",
+                "metrics_listen",
+                "per_shard_listeners"
+            ]
         );
+    }
+
+    #[test]
+    fn metrics_listen_from_file_and_flag() {
+        let dir = TempDir::new("metrics");
+        let path = dir.file("metrics_listen = \"127.0.0.1:9100\"\n");
+        let config = load(&path, &[]).unwrap();
+        assert_eq!(config.metrics_listen, Some(addr("127.0.0.1:9100")));
+        let config = load(&path, &["--metrics-listen", "127.0.0.1:9200"]).unwrap();
+        assert_eq!(config.metrics_listen, Some(addr("127.0.0.1:9200")));
+        let text = config.to_toml().unwrap();
+        assert!(
+            text.contains("metrics_listen = \"127.0.0.1:9200\""),
+            "{text}"
+        );
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
+
+        // Unset by default, printed as a comment.
+        let config = Config::from_flags(Flags::parse_from(["shardmq"])).unwrap();
+        assert_eq!(config.metrics_listen, None);
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("# metrics_listen: unset"), "{text}");
+
+        // Not on an MQTT listener's address.
+        let flags = Flags::parse_from([
+            "shardmq",
+            "--listen",
+            "127.0.0.1:1886",
+            "--metrics-listen",
+            "127.0.0.1:1886",
+        ]);
+        let error = Config::from_flags(flags).unwrap_err();
+        assert!(error.to_string().contains("metrics_listen"), "{error}");
     }
 }

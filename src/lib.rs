@@ -8,6 +8,8 @@
 //! - `core-router` (separate crate): topic trie, replicated interest index, retained store.
 //! - [`broker`] and [`config`] (feature `runtime`): the glommio shard runtime, listeners and
 //!   cross-shard wiring.
+//! - [`metrics`] (feature `runtime`): the Prometheus endpoint (`/metrics`, `/healthz`), served
+//!   off the shard threads from the snapshots the shards publish.
 //!
 //! The codec and the session build without the `runtime` feature: no glommio, no sockets.
 #![warn(missing_docs, missing_debug_implementations)]
@@ -20,3 +22,5 @@ pub mod session;
 pub mod broker;
 #[cfg(feature = "runtime")]
 pub mod config;
+#[cfg(feature = "runtime")]
+pub mod metrics;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use shardmq::broker::{self, BrokerHandle};
 use shardmq::config::{Cli, Command, Config, Flags};
+use shardmq::metrics::{self, MetricsServer};
 use tracing_subscriber::{reload, EnvFilter};
 
 #[cfg(feature = "mimalloc")]
@@ -78,6 +79,17 @@ fn serve(flags: Flags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // The metrics endpoint, once every shard accepts; kept until the broker has stopped, so
+    // that /healthz says 503 while clients are being disconnected.
+    let metrics = match start_metrics(&config, &handle) {
+        Ok(metrics) => metrics,
+        Err(error) => {
+            eprintln!("shardmq: {error}");
+            handle.shutdown();
+            handle.join();
+            return ExitCode::from(2);
+        }
+    };
     // Wait for a signal, and watch the shards meanwhile: a dead shard ends the process with a
     // failure status so that a supervisor restarts it, instead of leaving it half alive.
     loop {
@@ -94,6 +106,7 @@ fn serve(flags: Flags) -> ExitCode {
                 tracing::info!(signal, "stopping: disconnecting clients");
                 handle.shutdown();
                 handle.join();
+                drop(metrics);
                 tracing::info!("stopped");
                 return ExitCode::SUCCESS;
             }
@@ -105,9 +118,21 @@ fn serve(flags: Flags) -> ExitCode {
             if !handle.join_timeout(FAILED_STOP_GRACE) {
                 tracing::error!("the remaining shards did not stop in time; exiting anyway");
             }
+            drop(metrics);
             return ExitCode::from(EXIT_SHARD_DIED);
         }
     }
+}
+
+/// Starts the Prometheus endpoint if `metrics_listen` is set.
+fn start_metrics(config: &Config, handle: &BrokerHandle) -> Result<Option<MetricsServer>, String> {
+    let Some(addr) = config.metrics_listen else {
+        return Ok(None);
+    };
+    let server = metrics::spawn(addr, handle.stats_source())
+        .map_err(|error| format!("cannot serve metrics on {addr}: {error}"))?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics and /healthz");
+    Ok(Some(server))
 }
 
 /// SIGHUP: builds the configuration again the way it was built at start (the same flags over

@@ -1126,3 +1126,15 @@ impl Raw {
         drop(self.stream);
     }
 }
+
+// ----- metrics -------------------------------------------------------------------------------
+
+impl Broker {
+    /// The broker's counters for other threads (what the metrics endpoint serves).
+    pub fn stats_source(&self) -> shardmq::broker::StatsSource {
+        self.handle
+            .as_ref()
+            .expect("the broker is running")
+            .stats_source()
+    }
+}

@@ -1,0 +1,562 @@
+//! The Prometheus endpoint: `/metrics` read through a real Prometheus text parser
+//! (`prometheus-parse`) and checked against known traffic, `/healthz`, the HTTP edges (unknown
+//! paths, other methods, oversized, malformed and stalled requests), shutdown, and
+//! `--metrics-listen` through the binary.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{ack_publish, Broker, Raw, TIMEOUT};
+use prometheus_parse::{Scrape, Value};
+use shardmq::codec::QoS;
+use shardmq::metrics::{self, MetricsServer};
+
+/// Every per-shard counter family, as exported.
+const COUNTERS: [&str; 21] = [
+    "shardmq_connections_accepted_total",
+    "shardmq_connections_closed_total",
+    "shardmq_connects_total",
+    "shardmq_connects_refused_total",
+    "shardmq_keep_alive_timeouts_total",
+    "shardmq_sessions_expired_total",
+    "shardmq_bytes_in_total",
+    "shardmq_bytes_out_total",
+    "shardmq_packets_in_total",
+    "shardmq_packets_out_total",
+    "shardmq_publishes_out_total",
+    "shardmq_publishes_in_total",
+    "shardmq_deliveries_total",
+    "shardmq_forwarded_total",
+    "shardmq_dropped_queue_full_total",
+    "shardmq_dropped_qos0_total",
+    "shardmq_dropped_other_total",
+    "shardmq_not_authorized_total",
+    "shardmq_publishers_throttled_total",
+    "shardmq_backpressure_episodes_total",
+    "shardmq_protocol_violations_total",
+];
+
+/// Every per-shard gauge family.
+const SHARD_GAUGES: [&str; 3] = [
+    "shardmq_sessions",
+    "shardmq_subscriptions",
+    "shardmq_retained",
+];
+
+/// The global gauges (no labels).
+const GLOBAL_GAUGES: [&str; 2] = ["shardmq_connections", "shardmq_up"];
+
+// ----- a minimal HTTP client -------------------------------------------------------------------
+
+/// An HTTP answer.
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Sends `request` as it is, reads the answer to the end of the stream (the server closes
+/// every connection) and parses it; checks `Connection: close` and `Content-Length`.
+fn exchange(addr: SocketAddr, request: &[u8]) -> Response {
+    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to /metrics");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    stream.write_all(request).expect("send the request");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).expect("read the answer");
+    let mut headers = [httparse::EMPTY_HEADER; 16];
+    let mut response = httparse::Response::new(&mut headers);
+    let head = match response.parse(&raw) {
+        Ok(httparse::Status::Complete(head)) => head,
+        other => panic!(
+            "not an HTTP answer ({other:?}): {:?}",
+            String::from_utf8_lossy(&raw)
+        ),
+    };
+    let answer = Response {
+        status: response.code.unwrap(),
+        headers: response
+            .headers
+            .iter()
+            .map(|h| {
+                let value = String::from_utf8(h.value.to_vec()).unwrap();
+                (h.name.to_string(), value)
+            })
+            .collect(),
+        body: String::from_utf8(raw[head..].to_vec()).expect("a UTF-8 body"),
+    };
+    assert_eq!(response.version, Some(1), "HTTP/1.1");
+    assert_eq!(answer.header("Connection"), Some("close"));
+    assert_eq!(
+        answer.header("Content-Length"),
+        Some(answer.body.len().to_string().as_str())
+    );
+    answer
+}
+
+fn get(addr: SocketAddr, path: &str) -> Response {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n");
+    exchange(addr, request.as_bytes())
+}
+
+/// `/metrics`, parsed by `prometheus-parse`.
+fn scrape(addr: SocketAddr) -> Scrape {
+    let response = get(addr, "/metrics");
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(
+        response.header("Content-Type"),
+        Some("text/plain; version=0.0.4; charset=utf-8")
+    );
+    assert_eq!(response.header("Content-Type"), Some(metrics::CONTENT_TYPE));
+    Scrape::parse(response.body.lines().map(|line| Ok(line.to_owned())))
+        .expect("prometheus-parse reads /metrics")
+}
+
+/// `name`'s samples by shard; each must be a counter (a gauge if `name` is one of
+/// [`SHARD_GAUGES`]) with a `shard` label.
+fn per_shard(scrape: &Scrape, name: &str) -> Vec<(usize, f64)> {
+    let gauge = SHARD_GAUGES.contains(&name);
+    let mut samples: Vec<(usize, f64)> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let value = match s.value {
+                Value::Counter(value) if !gauge => value,
+                Value::Gauge(value) if gauge => value,
+                _ => panic!(
+                    "{name} is not typed as a {}: {s:?}",
+                    if gauge { "gauge" } else { "counter" }
+                ),
+            };
+            let shard = s.labels.get("shard").unwrap_or_else(|| {
+                panic!("{name} without a shard label: {s:?}");
+            });
+            assert_eq!(s.labels.len(), 1, "{name}: only the shard label: {s:?}");
+            (shard.parse().expect("a numeric shard label"), value)
+        })
+        .collect();
+    samples.sort_by_key(|(shard, _)| *shard);
+    samples
+}
+
+fn total(scrape: &Scrape, name: &str) -> f64 {
+    per_shard(scrape, name).iter().map(|(_, v)| v).sum()
+}
+
+fn on_shard(scrape: &Scrape, name: &str, shard: usize) -> f64 {
+    per_shard(scrape, name)
+        .into_iter()
+        .find(|(s, _)| *s == shard)
+        .unwrap_or_else(|| panic!("no {name}{{shard=\"{shard}\"}}"))
+        .1
+}
+
+/// A global gauge (one sample, no labels).
+fn gauge(scrape: &Scrape, name: &str) -> f64 {
+    let samples: Vec<_> = scrape.samples.iter().filter(|s| s.metric == name).collect();
+    assert_eq!(samples.len(), 1, "one {name} sample: {samples:?}");
+    assert!(samples[0].labels.is_empty(), "{:?}", samples[0]);
+    match samples[0].value {
+        Value::Gauge(value) => value,
+        ref other => panic!("{name} is not typed as a gauge: {other:?}"),
+    }
+}
+
+/// Scrapes until `check` holds (the shards publish their counters every 200 ms tick).
+fn scrape_until(addr: SocketAddr, what: &str, mut check: impl FnMut(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let scrape = scrape(addr);
+        if check(&scrape) {
+            return scrape;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed {what} within {TIMEOUT:?}: {:#?}",
+            scrape.samples
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn spawn_metrics(broker: &Broker) -> MetricsServer {
+    metrics::spawn("127.0.0.1:0".parse().unwrap(), broker.stats_source())
+        .expect("the metrics endpoint starts")
+}
+
+// ----- in-process broker ---------------------------------------------------------------------
+
+/// Three clients (subscriber and publisher on shard 0, an idle one on shard 1), ten QoS 1
+/// messages: /metrics shows exactly that, per shard, typed and labelled.
+#[test]
+fn metrics_reflect_known_traffic() {
+    let broker = Broker::start();
+    let server = spawn_metrics(&broker);
+    let addr = server.local_addr();
+
+    let (mut sub, _) = Raw::connect(broker.shard(0), "metrics-sub", true);
+    sub.subscribe(1, "metrics/t", QoS::AtLeastOnce);
+    let (mut publisher, _) = Raw::connect(broker.shard(0), "metrics-pub", true);
+    let (idle, _) = Raw::connect(broker.shard(1), "metrics-idle", true);
+    for i in 0..10u16 {
+        publisher.publish(
+            "metrics/t",
+            format!("m{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            i + 1,
+        );
+        let got = sub.recv_publish();
+        assert_eq!(got.payload, format!("m{i}").as_bytes());
+        ack_publish(&mut sub, &got);
+    }
+    sub.ping();
+
+    let scrape = scrape_until(addr, "10 publishes and 10 deliveries", |s| {
+        total(s, "shardmq_publishes_in_total") == 10.0
+            && total(s, "shardmq_deliveries_total") >= 10.0
+    });
+    assert_eq!(total(&scrape, "shardmq_publishes_in_total"), 10.0);
+    assert_eq!(on_shard(&scrape, "shardmq_publishes_in_total", 0), 10.0);
+    assert_eq!(on_shard(&scrape, "shardmq_publishes_in_total", 1), 0.0);
+    assert!(total(&scrape, "shardmq_deliveries_total") >= 10.0);
+    assert!(on_shard(&scrape, "shardmq_deliveries_total", 0) >= 10.0);
+    assert_eq!(
+        on_shard(&scrape, "shardmq_connections_accepted_total", 0),
+        2.0
+    );
+    assert_eq!(
+        on_shard(&scrape, "shardmq_connections_accepted_total", 1),
+        1.0
+    );
+    assert!(on_shard(&scrape, "shardmq_bytes_in_total", 1) > 0.0);
+    assert!(on_shard(&scrape, "shardmq_publishes_out_total", 0) >= 10.0);
+    assert!(on_shard(&scrape, "shardmq_packets_in_total", 0) >= 10.0);
+    assert!(on_shard(&scrape, "shardmq_bytes_out_total", 0) > 0.0);
+    assert_eq!(on_shard(&scrape, "shardmq_sessions", 0), 2.0);
+    assert_eq!(on_shard(&scrape, "shardmq_sessions", 1), 1.0);
+    assert_eq!(on_shard(&scrape, "shardmq_subscriptions", 0), 1.0);
+    assert_eq!(on_shard(&scrape, "shardmq_subscriptions", 1), 0.0);
+    assert_eq!(total(&scrape, "shardmq_protocol_violations_total"), 0.0);
+    assert_eq!(gauge(&scrape, "shardmq_connections"), 3.0);
+    assert_eq!(broker.connections(), 3);
+    assert_eq!(gauge(&scrape, "shardmq_up"), 1.0);
+
+    // Every per-shard family: one sample per shard, labelled, documented; no other series.
+    for name in COUNTERS.into_iter().chain(SHARD_GAUGES) {
+        let shards: Vec<usize> = per_shard(&scrape, name).iter().map(|(s, _)| *s).collect();
+        assert_eq!(shards, vec![0, 1], "{name}");
+        assert!(scrape.docs.contains_key(name), "HELP for {name}");
+    }
+    for sample in &scrape.samples {
+        match sample.value {
+            Value::Counter(_) => {
+                assert!(COUNTERS.contains(&sample.metric.as_str()), "{sample:?}");
+                assert!(sample.labels.get("shard").is_some(), "{sample:?}");
+            }
+            Value::Gauge(_) if SHARD_GAUGES.contains(&sample.metric.as_str()) => {
+                assert!(sample.labels.get("shard").is_some(), "{sample:?}");
+            }
+            Value::Gauge(_) => assert!(
+                GLOBAL_GAUGES.contains(&sample.metric.as_str()),
+                "{sample:?}"
+            ),
+            _ => panic!("untyped or unexpected sample: {sample:?}"),
+        }
+    }
+    assert_eq!(
+        scrape.samples.len(),
+        (COUNTERS.len() + SHARD_GAUGES.len()) * 2 + GLOBAL_GAUGES.len()
+    );
+
+    // The connection gauge follows clients leaving.
+    idle.disconnect();
+    scrape_until(
+        addr,
+        "2 connections, 1 closed, no session on shard 1",
+        |s| {
+            gauge(s, "shardmq_connections") == 2.0
+                && on_shard(s, "shardmq_connections_closed_total", 1) == 1.0
+                && on_shard(s, "shardmq_sessions", 1) == 0.0
+        },
+    );
+    drop((sub, publisher));
+}
+
+/// /healthz is 200 while the broker runs and 503 once it stops, and `shardmq_up` follows.
+#[test]
+fn healthz_follows_the_broker() {
+    let mut broker = Broker::start();
+    let server = spawn_metrics(&broker);
+    let addr = server.local_addr();
+
+    let health = get(addr, "/healthz");
+    assert_eq!(health.status, 200);
+    assert_eq!(health.body.trim(), "ok");
+    assert_eq!(gauge(&scrape(addr), "shardmq_up"), 1.0);
+
+    assert!(broker.stop(Duration::from_secs(10)), "the broker stops");
+    let health = get(addr, "/healthz");
+    assert_eq!(health.status, 503, "{}", health.body);
+    let scrape = scrape(addr);
+    assert_eq!(gauge(&scrape, "shardmq_up"), 0.0);
+    assert_eq!(gauge(&scrape, "shardmq_connections"), 0.0);
+}
+
+/// Unknown paths, other methods, oversized, malformed and stalled requests get their status
+/// codes, and the endpoint keeps serving; after shutdown nothing listens.
+#[test]
+fn http_edges_and_shutdown() {
+    let broker = Broker::start();
+    let mut server = spawn_metrics(&broker);
+    let addr = server.local_addr();
+
+    assert_eq!(get(addr, "/").status, 404);
+    assert_eq!(get(addr, "/metricsx").status, 404);
+    assert_eq!(get(addr, "/metrics?name[]=x").status, 200);
+
+    let post = exchange(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("Allow"), Some("GET"));
+    let head = exchange(addr, b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(head.status, 405);
+
+    assert_eq!(exchange(addr, b"\x01\x02 nonsense\r\n\r\n").status, 400);
+
+    // Exactly 8 KiB without the end of the headers: the most the server reads.
+    let mut oversized = b"GET /metrics HTTP/1.1\r\nX-Padding: ".to_vec();
+    oversized.resize(8 * 1024, b'a');
+    assert_eq!(exchange(addr, &oversized).status, 431);
+
+    // A client that never finishes its request is answered after ~2 s, not waited for.
+    let started = Instant::now();
+    let stalled = exchange(addr, b"GET /metrics HTTP/1.1\r\n");
+    assert_eq!(stalled.status, 408);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A client that leaves without a request costs nothing.
+    drop(TcpStream::connect(addr).unwrap());
+    assert_eq!(get(addr, "/healthz").status, 200);
+
+    server.shutdown();
+    server.shutdown();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_err(),
+        "nothing listens on {addr} after shutdown"
+    );
+}
+
+/// How long one scrape of 2 shards takes, request to answer over loopback (a figure to read,
+/// not a check): `cargo test --release --test metrics -- --ignored --nocapture scrape_cost`.
+#[test]
+#[ignore]
+fn scrape_cost() {
+    let broker = Broker::start();
+    let server = spawn_metrics(&broker);
+    let addr = server.local_addr();
+    let scrapes = 1000;
+    let started = Instant::now();
+    let mut bytes = 0;
+    for _ in 0..scrapes {
+        let response = get(addr, "/metrics");
+        assert_eq!(response.status, 200);
+        bytes = response.body.len();
+    }
+    let per = started.elapsed() / scrapes;
+    println!("{scrapes} scrapes of {bytes} bytes (2 shards): {per:?} per scrape");
+}
+
+// ----- the binary ----------------------------------------------------------------------------
+
+/// A loopback port nobody listens on (bound, read, released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `shardmq` process with its output collected; killed (SIGKILL, by its own pid)
+/// and reaped on drop, so a failing test leaves nothing behind.
+struct Process {
+    child: Child,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Process {
+    fn spawn(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the shardmq binary");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&output)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&output)),
+        ];
+        Process {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; the child has not been reaped (we hold it).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Child::kill signals this child's pid only (SIGKILL).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// `--metrics-listen`: /healthz answers 200 once the broker runs, /metrics parses, SIGTERM
+/// still exits 0.
+#[test]
+fn binary_serves_metrics_and_stops_on_sigterm() {
+    let mqtt = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let metrics_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut process = Process::spawn(&[
+        "--listen",
+        &mqtt.to_string(),
+        "--metrics-listen",
+        &metrics_addr.to_string(),
+        "--shards",
+        "2",
+        "--log-level",
+        "info",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            panic!("shardmq exited ({status}):\n{}", process.output());
+        }
+        if TcpStream::connect_timeout(&metrics_addr, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics endpoint on {metrics_addr} within 10 s:\n{}",
+            process.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let health = get(metrics_addr, "/healthz");
+    assert_eq!(health.status, 200, "{}", process.output());
+    assert_eq!(health.body.trim(), "ok");
+    let scrape = scrape(metrics_addr);
+    assert_eq!(gauge(&scrape, "shardmq_up"), 1.0);
+    assert_eq!(
+        per_shard(&scrape, "shardmq_publishes_in_total").len(),
+        2,
+        "two shards"
+    );
+    // The MQTT listener is up too.
+    TcpStream::connect_timeout(&mqtt, TIMEOUT).expect("MQTT listener");
+
+    process.signal(libc::SIGTERM);
+    let Some(status) = process.wait_exit(Duration::from_secs(10)) else {
+        panic!("no exit within 10 s of SIGTERM:\n{}", process.output());
+    };
+    let output = process.output();
+    assert!(status.success(), "exit status {status}:\n{output}");
+    assert!(
+        output.contains(&metrics_addr.to_string()),
+        "the metrics address is logged:\n{output}"
+    );
+}
+
+/// A metrics address that cannot be bound stops the broker with status 2, saying why.
+#[test]
+fn binary_refuses_a_taken_metrics_address() {
+    let taken = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    let mqtt = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut process = Process::spawn(&[
+        "--listen",
+        &mqtt.to_string(),
+        "--metrics-listen",
+        &taken_addr.to_string(),
+        "--shards",
+        "1",
+        "--log-level",
+        "warn",
+    ]);
+    let Some(status) = process.wait_exit(Duration::from_secs(10)) else {
+        panic!(
+            "still running with a taken metrics address:\n{}",
+            process.output()
+        );
+    };
+    let output = process.output();
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(output.contains("cannot serve metrics"), "{output}");
+    drop(taken);
+}
