@@ -331,6 +331,10 @@ async fn run_connection(driver: Rc<RefCell<Driver>>, mut stream: TcpStream, conn
     }
     let mut driver = driver.borrow_mut();
     driver.shard.on_closed(conn, Instant::now());
+    // The task is ending: its waker must not keep it (and its future) alive in the table.
+    if let Some(slot) = driver.conn_wakers.get_mut(conn.slot()) {
+        *slot = None;
+    }
     driver.dispatch();
 }
 
