@@ -101,26 +101,25 @@ impl<K, V> GenSlab<K, V> {
     /// Stores `value`; its handle is unlike every handle issued before for the same slot.
     /// `None` when 2^32 - 1 slots are in use.
     pub fn insert(&mut self, value: V) -> Option<Handle<K>> {
-        if self.free != NO_FREE {
-            let slot = self.free;
-            let entry = &mut self.slots[slot as usize];
-            let Slot::Vacant {
-                generation,
-                next_free,
-            } = *entry
-            else {
-                unreachable!("the free list holds vacant slots only");
-            };
+        let free = self.free as usize;
+        // The free list holds vacant slots only (`NO_FREE` is past the end); should it ever
+        // point elsewhere, the value goes to a new slot rather than over a live one.
+        if let Some(&Slot::Vacant {
+            generation,
+            next_free,
+        }) = self.slots.get(free)
+        {
             let generation = generation.wrapping_add(1);
             self.free = next_free;
-            *entry = Slot::Occupied { generation, value };
+            self.slots[free] = Slot::Occupied { generation, value };
             self.len += 1;
             return Some(Handle {
-                slot,
+                slot: free as u32,
                 generation,
                 kind: PhantomData,
             });
         }
+        self.free = NO_FREE;
         let slot = u32::try_from(self.slots.len())
             .ok()
             .filter(|&s| s != NO_FREE)?;

@@ -61,7 +61,7 @@ impl Shard {
         let Some(barrier) = self.barriers.get_mut(&token) else {
             return;
         };
-        barrier.remaining -= 1;
+        barrier.remaining = barrier.remaining.saturating_sub(1);
         if let (Some(peer), BarrierAction::ReleaseStub { client_id, .. }) = (from, &barrier.action)
         {
             // That peer now routes to the moved session here: its direct publishes may reach it.
