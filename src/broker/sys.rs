@@ -79,40 +79,11 @@ pub struct Totals {
     pub memory: u64,
 }
 
-/// Sums shards' counters field by field.
+/// Sums shards' counters field by field (`retained`: the largest replica).
 pub fn sum(shards: &[ShardStats]) -> ShardStats {
     let mut total = ShardStats::default();
     for s in shards {
-        macro_rules! add {
-            ($($field:ident),*) => { $( total.$field += s.$field; )* };
-        }
-        add!(
-            connections_accepted,
-            connections_closed,
-            connects,
-            connects_refused,
-            keep_alive_timeouts,
-            sessions_expired,
-            bytes_in,
-            bytes_out,
-            packets_in,
-            packets_out,
-            publishes_out,
-            publishes_in,
-            deliveries,
-            forwarded,
-            dropped_queue_full,
-            dropped_qos0,
-            dropped_other,
-            not_authorized,
-            publishers_throttled,
-            backpressure_episodes,
-            sessions,
-            subscriptions,
-            protocol_violations
-        );
-        // Every shard holds the same retained replica.
-        total.retained = total.retained.max(s.retained);
+        total += *s;
     }
     total
 }

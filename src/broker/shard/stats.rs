@@ -54,3 +54,61 @@ pub struct ShardStats {
     /// for one client id), repaired and logged. Always 0 unless there is a bug.
     pub protocol_violations: u64,
 }
+
+/// Broker-wide totals: every counter and gauge summed, except `retained`, which every shard
+/// holds in full (a replica), so the total is the largest.
+impl std::ops::AddAssign for ShardStats {
+    fn add_assign(&mut self, other: ShardStats) {
+        // Destructured without `..`: a new field fails to compile here until it is summed.
+        let ShardStats {
+            connections_accepted,
+            connections_closed,
+            connects,
+            connects_refused,
+            keep_alive_timeouts,
+            sessions_expired,
+            bytes_in,
+            bytes_out,
+            packets_in,
+            packets_out,
+            publishes_out,
+            publishes_in,
+            deliveries,
+            forwarded,
+            dropped_queue_full,
+            dropped_qos0,
+            dropped_other,
+            not_authorized,
+            publishers_throttled,
+            backpressure_episodes,
+            sessions,
+            subscriptions,
+            retained,
+            protocol_violations,
+        } = other;
+        self.connections_accepted += connections_accepted;
+        self.connections_closed += connections_closed;
+        self.connects += connects;
+        self.connects_refused += connects_refused;
+        self.keep_alive_timeouts += keep_alive_timeouts;
+        self.sessions_expired += sessions_expired;
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+        self.packets_in += packets_in;
+        self.packets_out += packets_out;
+        self.publishes_out += publishes_out;
+        self.publishes_in += publishes_in;
+        self.deliveries += deliveries;
+        self.forwarded += forwarded;
+        self.dropped_queue_full += dropped_queue_full;
+        self.dropped_qos0 += dropped_qos0;
+        self.dropped_other += dropped_other;
+        self.not_authorized += not_authorized;
+        self.publishers_throttled += publishers_throttled;
+        self.backpressure_episodes += backpressure_episodes;
+        self.sessions += sessions;
+        self.subscriptions += subscriptions;
+        self.retained = self.retained.max(retained);
+        self.protocol_violations += protocol_violations;
+    }
+}
