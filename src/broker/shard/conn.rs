@@ -405,6 +405,9 @@ impl Shard {
             }
             ConnState::Active { session } => {
                 let now_ms = self.clock_ms();
+                if let Some(entry) = self.sessions.get(session) {
+                    log_disconnect(self.id, &entry.session.client_id, conn.kill);
+                }
                 let Some(entry) = self
                     .sessions
                     .get_mut(session)
@@ -462,5 +465,26 @@ impl Shard {
         for index in indices {
             self.kill_conn(index, ReasonCode::ServerShuttingDown, false);
         }
+    }
+}
+
+/// Mosquitto's disconnect lines, so existing log tooling finds them.
+fn log_disconnect(shard: usize, client_id: &MqttStr, kill: Option<Kill>) {
+    match kill {
+        Some(Kill {
+            reason: ReasonCode::Success,
+            ..
+        }) => tracing::info!(shard, "Client {client_id} disconnected."),
+        Some(Kill {
+            reason: ReasonCode::KeepAliveTimeout,
+            ..
+        }) => tracing::info!(
+            shard,
+            "Client {client_id} has exceeded timeout, disconnecting."
+        ),
+        Some(Kill { reason, .. }) => {
+            tracing::info!(shard, %reason, "Client {client_id} disconnected: {reason}.")
+        }
+        None => tracing::info!(shard, "Client {client_id} closed its connection."),
     }
 }

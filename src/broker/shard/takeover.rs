@@ -158,7 +158,10 @@ impl Shard {
             }
         }
         if let Some(conn) = old_conn {
-            tracing::debug!(shard = self.id, client = %client_id, "session taken over");
+            tracing::info!(
+                shard = self.id,
+                "Client {client_id} already connected, closing old connection."
+            );
             // The old connection closes without a DISCONNECT from its client: its will fires,
             // unless it has a will delay that the new connection now cancels (MQTT 5.0).
             if let Some(will) = live_will {
@@ -375,7 +378,26 @@ impl Shard {
         }
         self.replay_forwards(slot, forwards);
         self.stats.connects += 1;
-        tracing::debug!(shard = self.id, client = %connect.client_id, session_present, "client connected");
+        // Mosquitto's line, so existing log tooling finds it (p1/p2/p5: MQTT 3.1/3.1.1/5.0).
+        let level = match protocol {
+            ProtocolVersion::V3_1 => 1,
+            ProtocolVersion::V3_1_1 => 2,
+            ProtocolVersion::V5 => 5,
+        };
+        let user = connect
+            .username
+            .as_deref()
+            .map(|u| format!(", u'{u}'"))
+            .unwrap_or_default();
+        tracing::info!(
+            shard = self.id,
+            conn = ?index,
+            session_present,
+            "New client connected as {} (p{level}, c{}, k{}{user}).",
+            connect.client_id,
+            u8::from(connect.clean_start),
+            connect.keep_alive,
+        );
         self.wake_conn(index);
     }
 
