@@ -142,6 +142,13 @@ pub struct Config {
     pub shared_subscription_strategy: SharedStrategy,
     /// Seconds between `$SYS/broker/...` updates (Mosquitto's names, retained); 0 = off.
     pub sys_interval: u64,
+    /// Subscriptions one client may hold; beyond it SUBACK 0x97 (3.x: 0x80). 0 = unlimited.
+    pub max_subscriptions_per_client: usize,
+    /// Retained messages the broker keeps; a retained publish to a new topic beyond it is
+    /// delivered but not retained (counted and logged). 0 = unlimited.
+    pub max_retained_messages: usize,
+    /// Payload bytes of retained messages the broker keeps (same rule). 0 = unlimited.
+    pub max_retained_bytes: usize,
     /// Address of the Prometheus endpoint (`GET /metrics`, `GET /healthz`), served by a thread
     /// that is not a shard; unset = none. Changing it needs a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -180,6 +187,9 @@ impl Default for Config {
             receive_maximum: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
             sys_interval: 10,
+            max_subscriptions_per_client: 0,
+            max_retained_messages: 0,
+            max_retained_bytes: 0,
             metrics_listen: None,
             per_shard_listeners: false,
             test_inject_panic: None,
@@ -324,6 +334,15 @@ pub struct Flags {
     /// Seconds between $SYS updates (0 = off).
     #[arg(long)]
     pub sys_interval: Option<u64>,
+    /// Subscriptions per client (0 = unlimited).
+    #[arg(long)]
+    pub max_subscriptions_per_client: Option<usize>,
+    /// Retained messages kept (0 = unlimited).
+    #[arg(long)]
+    pub max_retained_messages: Option<usize>,
+    /// Retained payload bytes kept (0 = unlimited).
+    #[arg(long)]
+    pub max_retained_bytes: Option<usize>,
     /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this
     /// address, e.g. 127.0.0.1:9100.
     #[arg(long)]
@@ -377,7 +396,10 @@ impl Config {
             topic_alias_maximum,
             receive_maximum,
             shared_subscription_strategy,
-            sys_interval
+            sys_interval,
+            max_subscriptions_per_client,
+            max_retained_messages,
+            max_retained_bytes
         );
         if flags.shards.is_some() {
             config.shards = flags.shards;
@@ -536,6 +558,9 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         receive_maximum,
         shared_subscription_strategy,
         sys_interval,
+        max_subscriptions_per_client,
+        max_retained_messages,
+        max_retained_bytes,
         metrics_listen,
         per_shard_listeners,
         test_inject_panic: _,
@@ -573,7 +598,10 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         topic_alias_maximum,
         receive_maximum,
         shared_subscription_strategy,
-        sys_interval
+        sys_interval,
+        max_subscriptions_per_client,
+        max_retained_messages,
+        max_retained_bytes
     );
     (applied, restart_needed)
 }

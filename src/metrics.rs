@@ -288,7 +288,7 @@ fn route(method: &str, target: &str) -> Route {
 }
 
 /// Number of fields in [`ShardStats`].
-const FIELDS: usize = 24;
+const FIELDS: usize = 26;
 
 /// One [`ShardStats`] field as exported: name (without prefix, and without `_total` for a
 /// counter), help, type (counter or gauge) and value.
@@ -317,6 +317,8 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
         dropped_qos0,
         dropped_other,
         not_authorized,
+        subscriptions_refused,
+        retained_refused,
         publishers_throttled,
         backpressure_episodes,
         sessions,
@@ -432,6 +434,18 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
             "PUBLISH or SUBSCRIBE refused by the authorization hook.",
             Counter,
             not_authorized,
+        ),
+        (
+            "subscriptions_refused",
+            "Subscriptions refused at max_subscriptions_per_client.",
+            Counter,
+            subscriptions_refused,
+        ),
+        (
+            "retained_refused",
+            "Retained messages not kept at max_retained_messages / max_retained_bytes.",
+            Counter,
+            retained_refused,
         ),
         (
             "publishers_throttled",

@@ -1138,3 +1138,13 @@ impl Broker {
             .stats_source()
     }
 }
+
+impl Broker {
+    /// Each shard's counters as of its last tick.
+    pub fn stats(&self) -> Vec<shardmq::broker::ShardStats> {
+        self.handle
+            .as_ref()
+            .map(BrokerHandle::stats)
+            .unwrap_or_default()
+    }
+}

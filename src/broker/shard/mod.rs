@@ -153,6 +153,10 @@ pub struct Shard {
     local_interest: LocalInterest,
     interest: InterestIndex,
     retained: RetainedStore<Arc<Message>>,
+    /// Payload bytes of the retained replica.
+    retained_bytes: usize,
+    /// A refusal for the retained bounds was logged (once per episode).
+    retained_full_logged: bool,
     /// Shared-subscription groups with members on this shard, by `$share/{group}/{filter}`.
     shared_groups: HashMap<MqttStr, SharedGroup>,
     /// Replicated: for each group (keyed by its full `$share/...` filter, stored under the inner
@@ -246,6 +250,8 @@ impl Shard {
             local_interest: LocalInterest::new(id as u16),
             interest: InterestIndex::new(),
             retained: RetainedStore::new(),
+            retained_bytes: 0,
+            retained_full_logged: false,
             shared_groups: HashMap::new(),
             shared_index: SubscriptionTrie::new(),
             shared_cursor: HashMap::new(),

@@ -21,6 +21,26 @@ impl Shard {
         message: Option<Arc<Message>>,
         ack: Option<(u16, u64)>,
     ) -> Durability {
+        if let Some(new) = &message {
+            if !self.retained_fits(topic, new) {
+                // Over the retained bounds: the message was delivered, it is not kept.
+                self.stats.retained_refused += 1;
+                if !self.retained_full_logged {
+                    self.retained_full_logged = true;
+                    tracing::warn!(
+                        shard = self.id,
+                        %topic,
+                        stored = self.retained.len(),
+                        bytes = self.retained_bytes,
+                        "retained store full (max_retained_messages / max_retained_bytes): new retained messages are not kept"
+                    );
+                }
+                if let Some((shard, token)) = ack {
+                    self.send(usize::from(shard), ShardMsg::RetainAck { token });
+                }
+                return Durability::Now;
+            }
+        }
         let durability = self.journal(&JournalRecord::Retained {
             topic,
             message: message.as_ref(),
@@ -38,14 +58,29 @@ impl Shard {
         durability
     }
 
+    /// Whether storing `new` under `topic` stays within the retained bounds.
+    fn retained_fits(&self, topic: &str, new: &Message) -> bool {
+        let max_messages = self.config.max_retained_messages;
+        let max_bytes = self.config.max_retained_bytes;
+        let old = self.retained.get(topic).map(|m| m.payload.len());
+        if max_messages != 0 && old.is_none() && self.retained.len() >= max_messages {
+            return false;
+        }
+        let bytes = self.retained_bytes - old.unwrap_or(0) + new.payload.len();
+        max_bytes == 0 || bytes <= max_bytes
+    }
+
     pub(super) fn apply_retained(&mut self, topic: &str, message: Option<Arc<Message>>) {
-        match message {
-            Some(message) => {
-                self.retained.set(topic, message);
-            }
-            None => {
-                self.retained.remove(topic);
-            }
+        let added = message.as_ref().map_or(0, |m| m.payload.len());
+        let old = match message {
+            Some(message) => self.retained.set(topic, message),
+            None => self.retained.remove(topic),
+        };
+        self.retained_bytes =
+            self.retained_bytes - old.as_ref().map_or(0, |m| m.payload.len()) + added;
+        if self.retained_full_logged && old.is_some() && added == 0 {
+            // Room again after a removal: the next refusal is a new episode worth a log line.
+            self.retained_full_logged = false;
         }
     }
 

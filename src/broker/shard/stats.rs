@@ -40,6 +40,10 @@ pub struct ShardStats {
     pub dropped_other: u64,
     /// PUBLISH or SUBSCRIBE refused by the authorization hook.
     pub not_authorized: u64,
+    /// Subscriptions refused at `max_subscriptions_per_client`.
+    pub subscriptions_refused: u64,
+    /// Retained messages not kept at `max_retained_messages` / `max_retained_bytes`.
+    pub retained_refused: u64,
     /// Times a publisher was paused because a local subscriber's queue was half full.
     pub publishers_throttled: u64,
     /// Times cross-shard backpressure stopped socket reads.
@@ -79,6 +83,8 @@ impl std::ops::AddAssign for ShardStats {
             dropped_qos0,
             dropped_other,
             not_authorized,
+            subscriptions_refused,
+            retained_refused,
             publishers_throttled,
             backpressure_episodes,
             sessions,
@@ -104,6 +110,8 @@ impl std::ops::AddAssign for ShardStats {
         self.dropped_qos0 += dropped_qos0;
         self.dropped_other += dropped_other;
         self.not_authorized += not_authorized;
+        self.subscriptions_refused += subscriptions_refused;
+        self.retained_refused += retained_refused;
         self.publishers_throttled += publishers_throttled;
         self.backpressure_episodes += backpressure_episodes;
         self.sessions += sessions;

@@ -73,6 +73,15 @@ impl Shard {
             let Some(existing) = self.sessions.get_mut(session) else {
                 return;
             };
+            let limit = self.config.max_subscriptions_per_client;
+            if limit != 0
+                && existing.session.subscriptions.len() >= limit
+                && !existing.session.subscriptions.contains_key(&filter)
+            {
+                self.stats.subscriptions_refused += 1;
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             if !existing.session.clean {
                 let client_id = existing.session.client_id.clone();
                 let recorded = self.journal(&JournalRecord::Subscribed {
