@@ -14,6 +14,7 @@
 //! The codec and the session build without the `runtime` feature: no glommio, no sockets.
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod acl;
 pub mod auth;
 pub mod codec;
 pub mod session;
