@@ -6,6 +6,8 @@
 //! (SCRAM, Kerberos, a token exchange) is added by implementing [`Authenticator`] and
 //! registering it in [`AuthMethods`].
 
+pub mod password;
+
 use bytes::Bytes;
 
 use crate::codec::{MqttStr, ReasonCode};
