@@ -18,7 +18,7 @@ use shardmq::codec::QoS;
 use shardmq::metrics::{self, MetricsServer};
 
 /// Every per-shard counter family, as exported.
-const COUNTERS: [&str; 21] = [
+const COUNTERS: [&str; 23] = [
     "shardmq_connections_accepted_total",
     "shardmq_connections_closed_total",
     "shardmq_connects_total",
@@ -37,6 +37,8 @@ const COUNTERS: [&str; 21] = [
     "shardmq_dropped_qos0_total",
     "shardmq_dropped_other_total",
     "shardmq_not_authorized_total",
+    "shardmq_subscriptions_refused_total",
+    "shardmq_retained_refused_total",
     "shardmq_publishers_throttled_total",
     "shardmq_backpressure_episodes_total",
     "shardmq_protocol_violations_total",
