@@ -330,6 +330,9 @@ async fn run_connection(driver: Rc<RefCell<Driver>>, mut stream: TcpStream, conn
         glommio::yield_if_needed().await;
     }
     let mut driver = driver.borrow_mut();
+    if let Some(kill) = driver.shard.close_reason(conn) {
+        tracing::trace!(conn = ?conn, reason = %kill.reason, graceful = kill.graceful, "closing");
+    }
     driver.shard.on_closed(conn, Instant::now());
     // The task is ending: its waker must not keep it (and its future) alive in the table.
     if let Some(slot) = driver.conn_wakers.get_mut(conn.slot()) {

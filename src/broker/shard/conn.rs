@@ -265,6 +265,12 @@ impl Shard {
         false
     }
 
+    /// Why the shard is closing `conn` (after [`ReadState::Close`]): the reason code, and
+    /// whether the client ended it itself. `None` while the connection is not being closed.
+    pub fn close_reason(&self, conn: ConnId) -> Option<Kill> {
+        self.conns.get(conn).and_then(|c| c.kill)
+    }
+
     /// Whether the runtime should read `conn`'s socket now. A connection that may not read
     /// because of cross-shard backpressure is woken when the backpressure ends.
     pub fn read_state(&mut self, conn: ConnId) -> ReadState {

@@ -171,11 +171,16 @@ fn admission_refusal_is_the_connacks_reason() {
         authorization: Box::new(AllowAll),
         journal: Box::new(NoJournal),
     });
-    let (_, connack) = connect(&mut shard, "a", Some("mallory"), true);
+    let (refused, connack) = connect(&mut shard, "a", Some("mallory"), true);
     assert!(
         matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::BadUserNameOrPassword),
         "{connack:?}"
     );
+    // The runtime learns that, and why, the connection closes.
+    assert_eq!(shard.read_state(refused.conn), super::ReadState::Close);
+    let kill = shard.close_reason(refused.conn).expect("a close reason");
+    assert_eq!(kill.reason, ReasonCode::BadUserNameOrPassword);
+    assert!(!kill.graceful);
     let (_, connack) = connect(&mut shard, "b", Some("alice"), true);
     assert!(matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::Success));
     assert_eq!(shard.stats().connects_refused, 1);
