@@ -40,16 +40,6 @@ impl Shard {
         self.drain_local_inbox();
     }
 
-    /// A batch of messages from an unnamed peer. Prefer [`Shard::on_mesh_from`]: sessions that
-    /// just moved here rely on knowing which peer routed a publish.
-    pub fn on_mesh(&mut self, batch: impl IntoIterator<Item = ShardMsg>, now: Instant) {
-        self.set_now(now);
-        for message in batch {
-            self.handle_mesh(message);
-        }
-        self.drain_local_inbox();
-    }
-
     /// Whether messages wait for `peer` (the runtime then calls [`Shard::take_outbox_batch`]).
     pub fn has_outbox(&self, peer: usize) -> bool {
         self.outbox.has_pending(peer)
