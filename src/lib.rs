@@ -25,3 +25,5 @@ pub mod broker;
 pub mod config;
 #[cfg(feature = "runtime")]
 pub mod metrics;
+#[cfg(feature = "runtime")]
+pub mod net;

@@ -26,6 +26,16 @@ impl<T> Handle<T> {
     pub fn generation(self) -> u32 {
         self.generation
     }
+
+    /// Rebuilds a handle from its parts (e.g. carried through an io_uring request's user
+    /// data). A handle that was never issued, or is stale, still finds nothing in its slab.
+    pub fn from_parts(slot: u32, generation: u32) -> Self {
+        Handle {
+            slot,
+            generation,
+            kind: PhantomData,
+        }
+    }
 }
 
 impl<T> Clone for Handle<T> {

@@ -27,6 +27,8 @@ pub fn reuseport_group(
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        // Accepted sockets inherit it (Linux copies the listener's TCP options).
+        socket.set_nodelay(true)?;
         socket.bind(&bound.into())?;
         socket.listen(backlog)?;
         if bound.port() == 0 {
@@ -44,6 +46,7 @@ pub fn reuseport_group(
 pub fn loopback_listener(backlog: i32) -> io::Result<(SocketAddr, RawFd)> {
     let socket = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     socket.set_nonblocking(true)?;
+    socket.set_nodelay(true)?;
     socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())?;
     socket.listen(backlog)?;
     let addr = socket
@@ -69,25 +72,22 @@ pub fn allowed_cpus() -> io::Result<Vec<usize>> {
 }
 
 /// Fails with a clear message when io_uring cannot be used (old kernel, a container's seccomp
-/// profile, or `kernel.io_uring_disabled`).
+/// profile, or `kernel.io_uring_disabled`), or lacks a feature the engine needs (multishot
+/// receive with a provided-buffer ring: Linux 6.0).
 pub fn check_io_uring() -> io::Result<()> {
-    #[repr(C)]
-    struct Params([u32; 30]);
-    let mut params = Params([0; 30]);
-    // SAFETY: io_uring_setup reads and writes exactly one io_uring_params (120 bytes).
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, &mut params as *mut Params) };
-    if fd < 0 {
-        let error = io::Error::last_os_error();
-        return Err(io::Error::new(
+    match crate::net::Engine::probe() {
+        Ok(mode) => {
+            tracing::debug!(%mode, "io_uring engine features present");
+            Ok(())
+        }
+        Err(error) => Err(io::Error::new(
             error.kind(),
             format!(
-                "io_uring is unavailable ({error}). shardmq needs Linux >= 5.8 with io_uring \
-                 allowed: check `sysctl kernel.io_uring_disabled` and, in Docker, run with a \
-                 seccomp profile that permits io_uring_setup/io_uring_enter/io_uring_register"
+                "io_uring is unavailable or too old ({error}). shardmq needs Linux >= 6.0 with \
+                 io_uring allowed: check `sysctl kernel.io_uring_disabled` and, in Docker, run \
+                 with a seccomp profile that permits io_uring_setup/io_uring_enter/\
+                 io_uring_register"
             ),
-        ));
+        )),
     }
-    // SAFETY: fd is a descriptor we own.
-    unsafe { libc::close(fd as RawFd) };
-    Ok(())
 }

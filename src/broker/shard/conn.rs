@@ -304,6 +304,45 @@ impl Shard {
         self.drain_local_inbox();
     }
 
+    /// Bytes arrived on `conn`, in a buffer the runtime reuses: they are copied once, onto
+    /// the end of the partial packet kept from the last read if there is one.
+    pub fn on_received(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        let data = if c.leftover.is_empty() {
+            BytesMut::from(bytes)
+        } else {
+            let mut data = std::mem::take(&mut c.leftover);
+            data.extend_from_slice(bytes);
+            data
+        };
+        self.set_now(now);
+        self.stats.bytes_in += bytes.len() as u64;
+        self.on_data(conn, data);
+        self.drain_local_inbox();
+    }
+
+    /// This shard's number.
+    pub fn shard_id(&self) -> usize {
+        self.id
+    }
+
+    /// Whether connections wait for the runtime's attention (see [`Shard::drain_wakes`]).
+    pub fn has_wakes(&self) -> bool {
+        !self.wakes.is_empty()
+    }
+
+    /// Whether closing `conn` should half-close and linger: the server ended it (a refusing
+    /// CONNACK or a DISCONNECT went out), so a client still sending reads the reason instead
+    /// of a reset. A client that disconnected itself, or went away, does not linger.
+    pub fn lingers_on_close(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn)
+            .and_then(|c| c.kill)
+            .is_some_and(|kill| !kill.graceful)
+    }
+
     /// The runtime closed `conn`'s socket (after [`ReadState::Close`], or because the peer
     /// went away): the will, the session, the slot.
     pub fn on_closed(&mut self, conn: ConnId, now: Instant) {

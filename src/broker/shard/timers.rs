@@ -77,6 +77,8 @@ impl Shard {
     }
 
     pub(super) fn check_keep_alive(&mut self, index: ConnId, bucket: u32) {
+        let now_ms = self.clock_ms();
+        let backpressured = self.outbox.backpressured();
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
@@ -87,6 +89,13 @@ impl Shard {
         conn.timer_bucket = 0;
         if conn.kill.is_some() {
             return;
+        }
+        if matches!(conn.state, ConnState::Active { .. })
+            && (conn.paused || conn.throttled || backpressured)
+        {
+            // The broker is not reading this client: its silence is ours, not its own. The
+            // keep-alive period restarts when reading resumes.
+            conn.last_seen = now_ms;
         }
         let (deadline, reason) = match conn.state {
             ConnState::AwaitConnect | ConnState::OverLimit | ConnState::Claiming { .. } => (
@@ -101,7 +110,7 @@ impl Shard {
                 ReasonCode::KeepAliveTimeout,
             ),
         };
-        if deadline <= self.clock_ms() {
+        if deadline <= now_ms {
             tracing::debug!(shard = self.id, conn = ?index, %reason, "closing idle connection");
             self.stats.keep_alive_timeouts += 1;
             self.kill_conn(index, reason, false);

@@ -1,0 +1,479 @@
+//! The engine against real loopback sockets, driven by a toy handler (echo, or a fixed reply),
+//! so that each socket-level behaviour is checked without the MQTT state machine.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, IntoRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use super::engine::Engine;
+use super::ring::Completion;
+use super::token::{Op, Token};
+use super::{EngineConfig, Handler};
+use crate::broker::handles::{ConnId, ConnKind, GenSlab};
+use crate::broker::ReadState;
+
+#[derive(Debug, Default)]
+struct ToyConn {
+    out: BytesMut,
+    received: Vec<u8>,
+    close: bool,
+    paused: bool,
+}
+
+/// Echoes what it receives (unless `reply` is set: then it answers every read with it).
+#[derive(Debug, Default)]
+struct Toy {
+    conns: GenSlab<ConnKind, ToyConn>,
+    wakes: Vec<ConnId>,
+    echo: bool,
+    accepted: Vec<ConnId>,
+    closed: Vec<(ConnId, Vec<u8>)>,
+    written: usize,
+}
+
+impl Toy {
+    fn echo() -> Self {
+        Toy {
+            echo: true,
+            ..Toy::default()
+        }
+    }
+    fn conn(&mut self, conn: ConnId) -> &mut ToyConn {
+        self.conns.get_mut(conn).expect("live connection")
+    }
+}
+
+impl Handler for Toy {
+    fn accept(&mut self, _listener: Option<usize>, _now: Instant) -> Option<ConnId> {
+        let conn = self.conns.insert(ToyConn::default())?;
+        self.accepted.push(conn);
+        Some(conn)
+    }
+    fn received(&mut self, conn: ConnId, bytes: &[u8], _now: Instant) {
+        let echo = self.echo;
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.received.extend_from_slice(bytes);
+            if echo {
+                c.out.extend_from_slice(bytes);
+            }
+            self.wakes.push(conn);
+        }
+    }
+    fn reprocess(&mut self, _conn: ConnId, _now: Instant) {}
+    fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut> {
+        self.conns.get_mut(conn).map(|c| &mut c.out)
+    }
+    fn written(&mut self, _conn: ConnId, bytes: usize) {
+        self.written += bytes;
+    }
+    fn flushed(&mut self, _conn: ConnId, _now: Instant) -> bool {
+        false
+    }
+    fn read_state(&mut self, conn: ConnId) -> ReadState {
+        match self.conns.get(conn) {
+            None => ReadState::Close,
+            Some(c) if c.close => ReadState::Close,
+            Some(c) if c.paused => ReadState::Wait,
+            Some(_) => ReadState::Read,
+        }
+    }
+    fn lingers(&self, conn: ConnId) -> bool {
+        self.conns.get(conn).is_some_and(|c| c.close)
+    }
+    fn closed(&mut self, conn: ConnId, _now: Instant) {
+        if let Some(c) = self.conns.remove(conn) {
+            self.closed.push((conn, c.received));
+        }
+    }
+    fn drain_wakes(&mut self, wake: &mut dyn FnMut(ConnId)) {
+        for conn in self.wakes.drain(..) {
+            wake(conn);
+        }
+    }
+}
+
+fn listener() -> (SocketAddr, RawFd) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    (listener.local_addr().unwrap(), listener.into_raw_fd())
+}
+
+/// Runs engine passes (sleeping on the eventfd when idle) until `done` or the deadline.
+fn pump_until(
+    engine: &mut Engine,
+    toy: &mut Toy,
+    timeout: Duration,
+    mut done: impl FnMut(&mut Engine, &mut Toy) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if done(engine, toy) {
+            return true;
+        }
+        let busy = engine.turn(toy, Instant::now()).unwrap();
+        if !busy && engine.prepare_sleep() {
+            let mut pfd = libc::pollfd {
+                fd: engine.eventfd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut pfd, 1, 5) };
+            if pfd.revents != 0 {
+                let mut counter = [0u8; 8];
+                // SAFETY: reads 8 bytes into a local buffer.
+                unsafe { libc::read(engine.eventfd(), counter.as_mut_ptr().cast(), 8) };
+            }
+            engine.woke();
+        }
+    }
+    done(engine, toy)
+}
+
+#[test]
+fn echoes_and_closes_cleanly() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut toy = Toy::echo();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    client.write_all(b"hello engine").unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| { t.written >= 12 }
+    ));
+    let mut back = [0u8; 12];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello engine");
+    drop(client);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |e, t| t.closed.len() == 1 && e.open_sockets() == 0
+    ));
+    assert_eq!(toy.closed[0].1, b"hello engine");
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+/// A reply far larger than the socket buffer goes out in several sends, in order, complete.
+fn partial_writes_deliver_everything_in_order() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut toy = Toy::default();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| !t.accepted.is_empty()
+    ));
+    let conn = toy.accepted[0];
+    let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    toy.conn(conn).out.extend_from_slice(&payload);
+    toy.wakes.push(conn);
+    let expected = payload.clone();
+    let reader = std::thread::spawn(move || {
+        let mut client = client;
+        let mut got = vec![0u8; expected.len()];
+        // A slow reader: the socket buffer fills and sends come back short.
+        for chunk in got.chunks_mut(1 << 20) {
+            std::thread::sleep(Duration::from_millis(5));
+            client.read_exact(chunk).unwrap();
+        }
+        got == expected
+    });
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(30),
+        |_, t| t.written >= payload.len()
+    ));
+    assert!(reader.join().unwrap(), "bytes arrived intact and in order");
+    assert!(
+        engine.stats().partial_sends > 0,
+        "16 MiB cannot go out in one send on loopback: {:?}",
+        engine.stats()
+    );
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+/// More readable connections than receive buffers: receives end with ENOBUFS, are re-armed,
+/// and no byte is lost or reordered on any connection.
+fn buffer_ring_exhaustion_loses_nothing() {
+    let config = EngineConfig {
+        buffers: 4,
+        buffer_size: 64,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config).unwrap();
+    let mut toy = Toy::default();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    const CLIENTS: usize = 64;
+    const BYTES: usize = 4096;
+    let mut clients: Vec<TcpStream> = (0..CLIENTS)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.accepted.len() == CLIENTS
+    ));
+    // Every client writes before the engine runs again: all readable at once.
+    for (i, client) in clients.iter_mut().enumerate() {
+        let data: Vec<u8> = (0..BYTES).map(|j| ((i * 7 + j) % 256) as u8).collect();
+        client.write_all(&data).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(20),
+        |_, t| t.conns.iter().all(|(_, c)| c.received.len() >= BYTES)
+    ));
+    let mut seen = Vec::new();
+    for (_, c) in toy.conns.iter() {
+        assert_eq!(c.received.len(), BYTES);
+        // Which client this is: 7 is invertible mod 256, so the first byte names it.
+        let client = (0..CLIENTS)
+            .find(|i| (i * 7) % 256 == usize::from(c.received[0]))
+            .expect("a known client");
+        let expected: Vec<u8> = (0..BYTES).map(|j| ((client * 7 + j) % 256) as u8).collect();
+        assert_eq!(c.received, expected, "client {client}");
+        seen.push(client);
+    }
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), CLIENTS);
+    let stats = engine.stats();
+    assert!(
+        stats.buffer_ring_empty > 0,
+        "64 connections with 4 buffers must exhaust the ring: {stats:?}"
+    );
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+/// The peer resets while a large send is in flight: the socket closes, the handler hears of
+/// it once, nothing leaks.
+fn peer_reset_mid_send_closes_cleanly() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut toy = Toy::default();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let client = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| !t.accepted.is_empty()
+    ));
+    let conn = toy.accepted[0];
+    toy.conn(conn).out.extend_from_slice(&vec![1u8; 32 << 20]);
+    toy.wakes.push(conn);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |e, _| e.stats().sends > 0
+    ));
+    // SO_LINGER 0: close sends a reset.
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: sets an option on our own socket with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        )
+    };
+    drop(client);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |e, t| t.closed.len() == 1 && e.open_sockets() == 0
+    ));
+    // Descriptor leaks are counted exactly in tests/engine_scale.rs (its own process; here
+    // other tests open descriptors in parallel).
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+/// A completion carrying an old generation for a slot that now belongs to another socket is
+/// ignored (and its buffer goes back to the ring, so the ring keeps working).
+fn late_completion_for_a_reused_slot_is_ignored() {
+    let config = EngineConfig {
+        buffers: 2,
+        buffer_size: 64,
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config).unwrap();
+    let mut toy = Toy::echo();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let first = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.accepted.len() == 1
+    ));
+    drop(first);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |e, _| e.open_sockets() == 0
+    ));
+    let mut second = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.accepted.len() == 2
+    ));
+    // The first socket had slot 0, generation 0; the second reuses slot 0 with generation 1.
+    let stale = Token::new(Op::Recv, 0, 0).encode();
+    let before = engine.stats().stale_completions;
+    for bid in 0..2u32 {
+        // Pretend the kernel delivered 5 bytes in buffer `bid` for the old socket.
+        let flags = io_uring_flags_for_buffer(bid);
+        engine
+            .complete(
+                &mut toy,
+                Completion {
+                    user_data: stale,
+                    result: 5,
+                    flags,
+                },
+                Instant::now(),
+            )
+            .unwrap();
+    }
+    assert_eq!(engine.stats().stale_completions, before + 2);
+    assert!(toy.conns.iter().all(|(_, c)| c.received.is_empty()));
+    // Both buffers went back: the new socket still echoes through the 2-buffer ring.
+    second.write_all(b"still works").unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.written >= 11
+    ));
+    let mut back = [0u8; 11];
+    second.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still works");
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+fn io_uring_flags_for_buffer(bid: u32) -> u32 {
+    const IORING_CQE_F_BUFFER: u32 = 1;
+    const IORING_CQE_BUFFER_SHIFT: u32 = 16;
+    IORING_CQE_F_BUFFER | (bid << IORING_CQE_BUFFER_SHIFT)
+}
+
+#[test]
+/// A server-side close half-closes and lingers: a client that keeps sending still reads the
+/// last reply, then sees EOF (not a reset), and the socket is gone within the linger time.
+fn server_close_lingers_so_the_client_reads_the_reply() {
+    let config = EngineConfig {
+        linger: Duration::from_millis(300),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config).unwrap();
+    let mut toy = Toy::default();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| !t.accepted.is_empty()
+    ));
+    let conn = toy.accepted[0];
+    // The client sends a lot the server will never read ...
+    client.write_all(&vec![9u8; 256 << 10]).unwrap();
+    // ... while the server answers and closes.
+    let c = toy.conn(conn);
+    c.out.extend_from_slice(b"refused");
+    c.close = true;
+    toy.wakes.push(conn);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.closed.len() == 1
+    ));
+    let reader = std::thread::spawn(move || {
+        let mut reply = Vec::new();
+        let result = client.read_to_end(&mut reply);
+        (result.map_err(|e| e.kind()), reply)
+    });
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |e, _| e.open_sockets() == 0
+    ));
+    let (result, reply) = reader.join().unwrap();
+    assert_eq!(reply, b"refused");
+    assert!(result.is_ok(), "EOF, not a reset: {result:?}");
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
+
+#[test]
+/// Pausing cancels the multishot receive (bytes stay in the socket); resuming re-arms it and
+/// nothing is lost.
+fn pause_and_resume_reading() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut toy = Toy::default();
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| !t.accepted.is_empty()
+    ));
+    let conn = toy.accepted[0];
+    toy.conn(conn).paused = true;
+    toy.wakes.push(conn);
+    pump_until(&mut engine, &mut toy, Duration::from_millis(100), |_, _| false);
+    client.write_all(b"while paused").unwrap();
+    pump_until(&mut engine, &mut toy, Duration::from_millis(200), |_, _| false);
+    assert!(toy.conn(conn).received.is_empty(), "nothing read while paused");
+    toy.conn(conn).paused = false;
+    toy.wakes.push(conn);
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.conns.get(conn).is_some_and(|c| c.received == b"while paused")
+    ));
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
+}
