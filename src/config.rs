@@ -12,6 +12,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::AuthFiles;
+use crate::auth::LoadedFile;
+
 /// How a shared subscription picks the member that receives a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
@@ -75,11 +78,21 @@ impl ListenerConfig {
     }
 }
 
-/// The listen address used when neither `listen` nor `[[listener]]` is configured.
-pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::UNSPECIFIED,
-    1883,
-));
+/// The listen addresses used when neither `listen` nor `[[listener]]` is configured: loopback
+/// only (IPv4 and IPv6), so that a broker started without any configuration is not reachable
+/// from the network. The IPv6 one is skipped with a log line when it cannot be bound.
+pub const DEFAULT_LISTEN: [SocketAddr; 2] = [
+    SocketAddr::V4(std::net::SocketAddrV4::new(
+        std::net::Ipv4Addr::LOCALHOST,
+        1883,
+    )),
+    SocketAddr::V6(std::net::SocketAddrV6::new(
+        std::net::Ipv6Addr::LOCALHOST,
+        1883,
+        0,
+        0,
+    )),
+];
 
 /// Everything the broker can be told. Field names are the config-file keys.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
@@ -89,7 +102,8 @@ pub struct Config {
     /// Each is a `[[listener]]` with the defaults (see [`Config::listeners`]).
     ///
     /// Precedence: `--listen` flags replace this list (the file's `listen` key, or the default);
-    /// they never remove `[[listener]]` tables. The default `["0.0.0.0:1883"]` applies only when
+    /// they never remove `[[listener]]` tables. The default `["127.0.0.1:1883", "[::1]:1883"]`
+    /// (loopback only; see [`DEFAULT_LISTEN`]) applies only when
     /// neither `listen` nor `[[listener]]` is given: a file with `[[listener]]` tables and no
     /// `listen` key has an empty `listen`. (A `Config` built in code from `Config::default()`
     /// keeps the default address: clear `listen` there if only the tables are wanted.)
@@ -153,6 +167,27 @@ pub struct Config {
     /// that is not a shard; unset = none. Changing it needs a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Mosquitto password file (`user:$7$...` lines, as written by `mosquitto_passwd` or
+    /// `shardmq passwd`). Once set, clients must give a user name and password from it (CONNACK
+    /// 0x86 / 3.x: 4 otherwise) and anonymous clients are refused (0x87 / 5) unless
+    /// `allow_anonymous` is true. Read at start and on every SIGHUP; a bad file keeps the
+    /// running configuration.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file (`user`, `topic`, `pattern` lines). Once set, everything not granted
+    /// is denied. Read at start and on every SIGHUP (existing subscriptions are checked again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without a user name are accepted. Unset: yes without a password file
+    /// (then every listener must be on loopback), no with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_anonymous: Option<bool>,
+    /// Highest keep-alive a client may ask for, in seconds; 65535 = no limit. MQTT 5 clients
+    /// asking for more (or for 0) get this value as Server Keep Alive; MQTT 3.x clients asking
+    /// for more are refused (CONNACK 2), 3.x keep-alive 0 stays allowed.
+    pub max_keepalive: u16,
+    /// Use the user name as the client id (clients without a user name are refused, 0x87 / 5).
+    pub use_username_as_clientid: bool,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -160,12 +195,16 @@ pub struct Config {
     /// the process instead of leaving it half alive). Not a config-file key.
     #[serde(skip)]
     pub test_inject_panic: Option<usize>,
+    /// The contents of `password_file` and `acl_file`, as loaded by
+    /// [`Config::load_auth_files`] (shared read-only by every shard). Not a config key.
+    #[serde(skip)]
+    pub auth_files: AuthFiles,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![DEFAULT_LISTEN],
+            listen: DEFAULT_LISTEN.to_vec(),
             listener: Vec::new(),
             shards: None,
             cpus: None,
@@ -191,8 +230,14 @@ impl Default for Config {
             max_retained_messages: 0,
             max_retained_bytes: 0,
             metrics_listen: None,
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
+            max_keepalive: u16::MAX,
+            use_username_as_clientid: false,
             per_shard_listeners: false,
             test_inject_panic: None,
+            auth_files: AuthFiles::default(),
         }
     }
 }
@@ -257,6 +302,33 @@ pub enum Command {
     /// it and prints it with every key, defaults included. Exit status 2 if it is invalid, with
     /// the reason (file, line and key) on stderr.
     CheckConfig(Flags),
+    /// Create or update a password file (Mosquitto's format, like `mosquitto_passwd`).
+    ///
+    /// `shardmq passwd [-c] FILE USER` prompts for the password twice; `-b FILE USER PASSWORD`
+    /// takes it from the command line; `-D FILE USER` deletes the user. `-c` creates the file
+    /// (replacing an existing one). Entries are PBKDF2-SHA512 (`$7$`); the file is replaced
+    /// atomically and has mode 0600.
+    Passwd(PasswdArgs),
+}
+
+/// The arguments of `shardmq passwd`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PasswdArgs {
+    /// Create a new password file (an existing one is overwritten).
+    #[arg(short = 'c', conflicts_with = "delete")]
+    pub create: bool,
+    /// Batch mode: the password is the last argument instead of being prompted for.
+    #[arg(short = 'b', conflicts_with = "delete")]
+    pub batch: bool,
+    /// Delete the user from the file.
+    #[arg(short = 'D')]
+    pub delete: bool,
+    /// The password file.
+    pub file: PathBuf,
+    /// The user name.
+    pub username: String,
+    /// The password (batch mode only).
+    pub password: Option<String>,
 }
 
 /// Command-line flags. Each one overrides the config key of the same name.
@@ -271,7 +343,7 @@ pub struct Flags {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on (repeatable); replaces the file's `listen` list, its `[[listener]]`
-    /// tables still apply. Default 0.0.0.0:1883 when neither is set.
+    /// tables still apply. Default 127.0.0.1:1883 and [::1]:1883 when neither is set.
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
     /// Number of shards; default one per allowed CPU.
@@ -347,6 +419,23 @@ pub struct Flags {
     /// address, e.g. 127.0.0.1:9100.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Mosquitto password file; clients must then authenticate (anonymous ones are refused
+    /// unless --allow-anonymous).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto ACL file; everything it does not grant is denied.
+    #[arg(long, value_name = "FILE")]
+    pub acl_file: Option<PathBuf>,
+    /// Accept clients without a user name (also on listeners that are not on loopback).
+    /// `--allow-anonymous false` refuses them.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub allow_anonymous: Option<bool>,
+    /// Highest keep-alive a client may ask for (65535 = no limit).
+    #[arg(long, value_name = "SECONDS")]
+    pub max_keepalive: Option<u16>,
+    /// Use the user name as the client id.
+    #[arg(long)]
+    pub use_username_as_clientid: bool,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -399,8 +488,19 @@ impl Config {
             sys_interval,
             max_subscriptions_per_client,
             max_retained_messages,
-            max_retained_bytes
+            max_retained_bytes,
+            max_keepalive
         );
+        if flags.password_file.is_some() {
+            config.password_file = flags.password_file;
+        }
+        if flags.acl_file.is_some() {
+            config.acl_file = flags.acl_file;
+        }
+        if flags.allow_anonymous.is_some() {
+            config.allow_anonymous = flags.allow_anonymous;
+        }
+        config.use_username_as_clientid |= flags.use_username_as_clientid;
         if flags.shards.is_some() {
             config.shards = flags.shards;
         }
@@ -416,7 +516,57 @@ impl Config {
         config.per_shard_listeners |= flags.per_shard_listeners;
         config.test_inject_panic = flags.test_inject_panic;
         config.validate()?;
+        config.load_auth_files()?;
         Ok(config)
+    }
+
+    /// Reads `password_file` and `acl_file` (anew, whatever was loaded before) into
+    /// [`Config::auth_files`]. [`Config::from_flags`] does it; a `Config` built in code needs it
+    /// before use ([`crate::broker::start`] and reloads call [`Config::ensure_auth_files`]).
+    pub fn load_auth_files(&mut self) -> Result<(), ConfigError> {
+        self.auth_files = AuthFiles {
+            passwords: match &self.password_file {
+                Some(path) => Some(
+                    LoadedFile::load(path, crate::auth::password::PasswordFile::parse)
+                        .map_err(|e| ConfigError::Invalid(format!("password_file {e}")))?,
+                ),
+                None => None,
+            },
+            acl: match &self.acl_file {
+                Some(path) => Some(
+                    LoadedFile::load(path, crate::acl::Acl::parse)
+                        .map_err(|e| ConfigError::Invalid(format!("acl_file {e}")))?,
+                ),
+                None => None,
+            },
+        };
+        Ok(())
+    }
+
+    /// Loads the auth files unless [`Config::auth_files`] already holds exactly the files named
+    /// by `password_file` and `acl_file`.
+    pub fn ensure_auth_files(&mut self) -> Result<(), ConfigError> {
+        let loaded = |file: Option<&PathBuf>, path: Option<&PathBuf>| file == path;
+        let passwords = self.auth_files.passwords.as_ref().map(|f| &f.path);
+        let acl = self.auth_files.acl.as_ref().map(|f| &f.path);
+        if loaded(passwords, self.password_file.as_ref()) && loaded(acl, self.acl_file.as_ref()) {
+            return Ok(());
+        }
+        self.load_auth_files()
+    }
+
+    /// Whether clients without a user name are accepted: `allow_anonymous` when set, otherwise
+    /// only without a password file (all listeners are then on loopback, see
+    /// [`Config::validate`]).
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.password_file.is_none())
+    }
+
+    /// Whether every listener is on a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        self.listeners()
+            .iter()
+            .all(|listener| listener.address.ip().is_loopback())
     }
 
     /// Parses a config file's text (not validated). Missing keys take their defaults, except
@@ -447,6 +597,21 @@ impl Config {
                 self.metrics_listen.is_none(),
                 "metrics_listen",
                 "no metrics endpoint",
+            ),
+            (
+                self.password_file.is_none(),
+                "password_file",
+                "no authentication",
+            ),
+            (
+                self.acl_file.is_none(),
+                "acl_file",
+                "every client may use every topic",
+            ),
+            (
+                self.allow_anonymous.is_none(),
+                "allow_anonymous",
+                "true without password_file (loopback listeners only), false with one",
             ),
         ];
         for (is_unset, key, meaning) in unset {
@@ -524,6 +689,18 @@ impl Config {
         if let Some(cpus) = &self.cpus {
             parse_cpu_list(cpus)?;
         }
+        // Safe by default (Mosquitto 2.0): without authentication, only loopback clients.
+        if self.password_file.is_none() && self.allow_anonymous != Some(true) {
+            if let Some(open) = listeners.iter().find(|l| !l.address.ip().is_loopback()) {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {} is not on loopback and no password_file is configured: anyone \
+                     on the network could connect without credentials. Configure a password file \
+                     (--password-file FILE, see `shardmq passwd`) or accept anonymous clients \
+                     explicitly (--allow-anonymous / allow_anonymous = true)",
+                    open.address
+                )));
+            }
+        }
         Ok(())
     }
 }
@@ -562,8 +739,14 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_retained_messages,
         max_retained_bytes,
         metrics_listen,
+        password_file,
+        acl_file,
+        allow_anonymous,
+        max_keepalive,
+        use_username_as_clientid,
         per_shard_listeners,
         test_inject_panic: _,
+        auth_files,
     } = new;
     let mut applied = Vec::new();
     let mut restart_needed = Vec::new();
@@ -601,8 +784,20 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         sys_interval,
         max_subscriptions_per_client,
         max_retained_messages,
-        max_retained_bytes
+        max_retained_bytes,
+        password_file,
+        acl_file,
+        allow_anonymous,
+        max_keepalive,
+        use_username_as_clientid
     );
+    // The files are read again on every reload: a changed file under the same path counts.
+    if old.password_file == *password_file && old.auth_files.passwords != auth_files.passwords {
+        applied.push("password_file".to_string());
+    }
+    if old.acl_file == *acl_file && old.auth_files.acl != auth_files.acl {
+        applied.push("acl_file".to_string());
+    }
     (applied, restart_needed)
 }
 
@@ -814,22 +1009,25 @@ protocol = "mqtt"
     #[test]
     fn listen_only_default() {
         let config = Config::from_flags(Flags::parse_from(["shardmq"])).unwrap();
-        assert_eq!(config.listen, vec![DEFAULT_LISTEN]);
+        assert_eq!(config.listen, DEFAULT_LISTEN.to_vec());
         assert!(config.listener.is_empty());
+        let defaults: Vec<_> = DEFAULT_LISTEN
+            .iter()
+            .map(|&a| ListenerConfig::mqtt(a))
+            .collect();
+        assert_eq!(config.listeners(), defaults);
         assert_eq!(
-            config.listeners(),
-            vec![ListenerConfig::mqtt(DEFAULT_LISTEN)]
+            DEFAULT_LISTEN,
+            [addr("127.0.0.1:1883"), addr("[::1]:1883")],
+            "loopback only by default"
         );
-        assert_eq!(DEFAULT_LISTEN, addr("0.0.0.0:1883"));
+        assert!(config.loopback_only());
 
         // A file that configures no listener keeps the default too.
         let dir = TempDir::new("default");
         let path = dir.file("max_inflight = 9\n");
         let config = load(&path, &[]).unwrap();
-        assert_eq!(
-            config.listeners(),
-            vec![ListenerConfig::mqtt(DEFAULT_LISTEN)]
-        );
+        assert_eq!(config.listeners(), defaults);
 
         // An explicitly empty listen list and no table: nothing to listen on.
         let path = dir.file("listen = []\n");
@@ -979,5 +1177,124 @@ protocol = "mqtt"
         ]);
         let error = Config::from_flags(flags).unwrap_err();
         assert!(error.to_string().contains("metrics_listen"), "{error}");
+    }
+
+    const PASSWORDS: &str =
+        "alice:$6$c2hhcmRtcS1zYWx0$GDOEqXcWpoBPz2MQ6RfzAqt+bMonCr5JFYNzJke4qL8frgqEq+GKaEt18J7sHPP8lY8d9EEi6SZhkdfcMPZqPQ==\n";
+
+    #[test]
+    fn auth_keys_from_file_and_flags() {
+        let dir = TempDir::new("auth");
+        let passwords = dir.0.join("passwd");
+        std::fs::write(&passwords, PASSWORDS).unwrap();
+        let acl = dir.0.join("acl");
+        std::fs::write(&acl, "user alice\ntopic readwrite a/#\n").unwrap();
+        let path = dir.file(&format!(
+            "password_file = {:?}\nacl_file = {:?}\nmax_keepalive = 60\nuse_username_as_clientid = true\n",
+            passwords, acl
+        ));
+        let config = load(&path, &[]).unwrap();
+        assert_eq!(config.password_file.as_deref(), Some(passwords.as_path()));
+        assert_eq!(config.max_keepalive, 60);
+        assert!(config.use_username_as_clientid);
+        assert_eq!(config.allow_anonymous, None);
+        assert!(
+            !config.anonymous_allowed(),
+            "a password file refuses anonymous clients"
+        );
+        let loaded = config.auth_files.passwords.as_ref().expect("loaded");
+        assert_eq!(loaded.data.len(), 1);
+        let acl_data = &config.auth_files.acl.as_ref().expect("loaded").data;
+        assert!(acl_data.may_publish(Some("alice"), "c", "a/b"));
+        assert!(!acl_data.may_publish(Some("bob"), "c", "a/b"));
+
+        let config = load(&path, &["--allow-anonymous", "--max-keepalive", "30"]).unwrap();
+        assert_eq!(config.allow_anonymous, Some(true));
+        assert!(config.anonymous_allowed());
+        assert_eq!(config.max_keepalive, 30);
+        let config = load(&path, &["--allow-anonymous", "false"]).unwrap();
+        assert_eq!(config.allow_anonymous, Some(false));
+
+        // Printed and read back; the unset ones are comments.
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("password_file = "), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap().acl_file, config.acl_file);
+        let text = Config::default().to_toml().unwrap();
+        assert!(text.contains("# password_file: unset"), "{text}");
+        assert!(text.contains("# allow_anonymous: unset"), "{text}");
+        assert!(text.contains("max_keepalive = 65535"), "{text}");
+
+        // A bad file is a clear error naming the file and the line.
+        std::fs::write(&passwords, "alice:$6$Kn+eCwFQiyHyVD1N\n").unwrap();
+        let error = load(&path, &[]).unwrap_err().to_string();
+        assert!(error.contains("password_file"), "{error}");
+        assert!(error.contains("passwd"), "{error}");
+        assert!(error.contains("line 1"), "{error}");
+        std::fs::write(&passwords, PASSWORDS).unwrap();
+        std::fs::write(&acl, "user alice\ntopic rw a/#\n").unwrap();
+        let error = load(&path, &[]).unwrap_err().to_string();
+        assert!(
+            error.contains("acl_file") && error.contains("line 2"),
+            "{error}"
+        );
+        std::fs::remove_file(&acl).unwrap();
+        let error = load(&path, &[]).unwrap_err().to_string();
+        assert!(error.contains("cannot read"), "{error}");
+    }
+
+    #[test]
+    fn non_loopback_listener_needs_authentication() {
+        let error = Config::from_flags(Flags::parse_from(["shardmq", "--listen", "0.0.0.0:1883"]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:1883"), "{error}");
+        assert!(error.contains("--allow-anonymous"), "{error}");
+        assert!(error.contains("--password-file"), "{error}");
+        let config = Config::from_flags(Flags::parse_from([
+            "shardmq",
+            "--listen",
+            "0.0.0.0:1883",
+            "--allow-anonymous",
+        ]))
+        .unwrap();
+        assert!(config.anonymous_allowed());
+        assert!(!config.loopback_only());
+
+        let dir = TempDir::new("open");
+        let passwords = dir.0.join("passwd");
+        std::fs::write(&passwords, PASSWORDS).unwrap();
+        let config = Config::from_flags(Flags::parse_from([
+            "shardmq",
+            "--listen",
+            "[::]:1883",
+            "--password-file",
+            passwords.to_str().unwrap(),
+        ]))
+        .unwrap();
+        assert!(!config.anonymous_allowed());
+        // A [[listener]] table is checked the same way.
+        let path = dir.file("[[listener]]\naddress = \"10.1.2.3:1884\"\n");
+        assert!(load(&path, &[]).is_err());
+    }
+
+    #[test]
+    fn reload_diff_sees_changed_auth_files() {
+        let dir = TempDir::new("authdiff");
+        let passwords = dir.0.join("passwd");
+        std::fs::write(&passwords, PASSWORDS).unwrap();
+        let path = dir.file(&format!("password_file = {passwords:?}\n"));
+        let old = load(&path, &[]).unwrap();
+        let same = load(&path, &[]).unwrap();
+        assert_eq!(reload_diff(&old, &same), (vec![], vec![]));
+        std::fs::write(&passwords, format!("{PASSWORDS}# a comment\n")).unwrap();
+        let changed = load(&path, &[]).unwrap();
+        assert_eq!(reload_diff(&old, &changed).0, vec!["password_file"]);
+        let mut new = old.clone();
+        new.max_keepalive = 10;
+        new.allow_anonymous = Some(true);
+        assert_eq!(
+            reload_diff(&old, &new).0,
+            vec!["allow_anonymous", "max_keepalive"]
+        );
     }
 }

@@ -17,6 +17,13 @@ fn main() -> ExitCode {
     match Cli::parse().into_command() {
         Command::Serve(flags) => serve(flags),
         Command::CheckConfig(flags) => check_config(flags),
+        Command::Passwd(args) => match shardmq::auth::passwd::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("shardmq passwd: {error}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
@@ -79,6 +86,7 @@ fn serve(flags: Flags) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log_access(&config);
     // The metrics endpoint, once every shard accepts; kept until the broker has stopped, so
     // that /healthz says 503 while clients are being disconnected.
     let metrics = match start_metrics(&config, &handle) {
@@ -121,6 +129,29 @@ fn serve(flags: Flags) -> ExitCode {
             drop(metrics);
             return ExitCode::from(EXIT_SHARD_DIED);
         }
+    }
+}
+
+/// Says who may connect, and how to open the broker up when it only serves loopback.
+fn log_access(config: &Config) {
+    let anonymous = config.anonymous_allowed();
+    match (&config.password_file, config.loopback_only()) {
+        (None, true) => tracing::info!(
+            "loopback only, anonymous clients accepted; to serve the network use \
+             `--listen 0.0.0.0:1883 --password-file FILE` (create it with `shardmq passwd -c FILE USER`) \
+             or `--listen 0.0.0.0:1883 --allow-anonymous`"
+        ),
+        (None, false) => tracing::warn!(
+            "allow_anonymous: clients from the network connect without credentials"
+        ),
+        (Some(file), _) => tracing::info!(
+            password_file = %file.display(),
+            anonymous,
+            "clients authenticate with the password file"
+        ),
+    }
+    if let Some(acl) = &config.acl_file {
+        tracing::info!(acl_file = %acl.display(), "topic access from the ACL file");
     }
 }
 

@@ -104,7 +104,11 @@ fn check_config_without_file_shows_the_defaults() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(stdout.contains("max_inflight = 128"), "{stdout}");
     let table: toml::Table = stdout.parse().unwrap();
-    assert_eq!(table["listen"][0].as_str(), Some("0.0.0.0:1883"));
+    // Loopback only by default.
+    assert_eq!(table["listen"][0].as_str(), Some("127.0.0.1:1883"));
+    assert_eq!(table["listen"][1].as_str(), Some("[::1]:1883"));
+    assert_eq!(table["max_keepalive"].as_integer(), Some(65535));
+    assert!(stdout.contains("# password_file: unset"), "{stdout}");
     assert_eq!(table["listener"].as_array().map(Vec::len), Some(0));
     assert_eq!(table["max_packet_size"].as_integer(), Some(1 << 20));
 }
@@ -119,7 +123,7 @@ fn check_config_with_only_listener_tables_has_no_default_listen() {
     let out = shardmq(&["check-config", "--config", path.to_str().unwrap()]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(!stdout.contains("0.0.0.0:1883"), "{stdout}");
+    assert!(!stdout.contains("127.0.0.1:1883"), "{stdout}");
     let table: toml::Table = stdout.parse().unwrap();
     assert_eq!(table["listen"].as_array().map(Vec::len), Some(0));
     assert_eq!(
@@ -177,7 +181,7 @@ fn help_lists_the_subcommands() {
     let out = shardmq(&["--help"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    for word in ["serve", "check-config", "--listen", "--config"] {
+    for word in ["serve", "check-config", "passwd", "--listen", "--config"] {
         assert!(stdout.contains(word), "{word} missing from:\n{stdout}");
     }
     let out = shardmq(&["check-config", "--help"]);

@@ -55,7 +55,13 @@ fn rss_bytes(pid: u32) -> u64 {
     status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .unwrap_or(0)
         * 1024
 }
@@ -80,7 +86,9 @@ fn round(addr: SocketAddr, round: usize) {
                 .set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let id = format!("scale-{round}-{}", batch * BATCH + i);
-            stream.write_all(&connect_packet(&id)).expect("send CONNECT");
+            stream
+                .write_all(&connect_packet(&id))
+                .expect("send CONNECT");
             streams.push(stream);
         }
         for stream in &mut streams {
@@ -109,7 +117,10 @@ fn settle(pid: u32, expected: usize) -> usize {
 fn eight_thousand_connections_twice_leak_nothing() {
     let limit = raise_fd_limit();
     if limit < (CONNECTIONS + 500) as u64 {
-        eprintln!("skipping: open-file limit {limit} is below {}", CONNECTIONS + 500);
+        eprintln!(
+            "skipping: open-file limit {limit} is below {}",
+            CONNECTIONS + 500
+        );
         return;
     }
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));

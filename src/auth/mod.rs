@@ -6,7 +6,11 @@
 //! (SCRAM, Kerberos, a token exchange) is added by implementing [`Authenticator`] and
 //! registering it in [`AuthMethods`].
 
+pub mod files;
+pub mod passwd;
 pub mod password;
+
+pub use files::{AuthFiles, LoadedFile};
 
 use bytes::Bytes;
 

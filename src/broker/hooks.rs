@@ -20,8 +20,12 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::acl::Acl;
+pub use crate::acl::SubscribeCheck;
+use crate::auth::password::{PasswordFile, Verdict};
 use crate::auth::{AuthMethods, AuthStep};
 use crate::codec::{Connect, MqttStr, QoS, ReasonCode, SubscriptionOptions};
+use crate::config::Config;
 use crate::session::Message;
 
 /// Who a check is about.
@@ -70,6 +74,66 @@ impl Admission for DefaultAdmission {
     }
 }
 
+/// Admission from the configuration: enhanced authentication as in [`DefaultAdmission`], then
+/// the password file and the anonymous-client rule (Mosquitto 2.0's semantics):
+///
+/// - a CONNECT without a user name is admitted only when anonymous clients are allowed
+///   ([`Config::anonymous_allowed`]), else refused with 0x87 Not authorized (3.x: 5);
+/// - with a password file, a user name must be in it with the right password, else 0x86 Bad
+///   user name or password (3.x: 4), for an unknown user and a wrong password alike (and for a
+///   user name without a password);
+/// - without a password file, a user name is taken as given.
+#[derive(Debug, Default)]
+pub struct ConfigAdmission {
+    /// Enhanced authentication (unknown methods get 0x8C).
+    pub enhanced: DefaultAdmission,
+    /// The password file, shared read-only by every shard.
+    pub passwords: Option<Arc<PasswordFile>>,
+    /// Whether clients without a user name are admitted.
+    pub allow_anonymous: bool,
+}
+
+impl ConfigAdmission {
+    /// The admission `config` asks for.
+    pub fn from_config(config: &Config) -> ConfigAdmission {
+        ConfigAdmission {
+            enhanced: DefaultAdmission::default(),
+            passwords: config
+                .auth_files
+                .passwords
+                .as_ref()
+                .map(|file| Arc::clone(&file.data)),
+            allow_anonymous: config.anonymous_allowed(),
+        }
+    }
+}
+
+impl Admission for ConfigAdmission {
+    fn admit(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        if connect.properties.authentication_method.is_some() {
+            // A registered method authenticates the client on its own.
+            return self.enhanced.admit(connect);
+        }
+        let Some(username) = &connect.username else {
+            return if self.allow_anonymous {
+                Ok(())
+            } else {
+                Err(ReasonCode::NotAuthorized)
+            };
+        };
+        let Some(passwords) = &self.passwords else {
+            return Ok(());
+        };
+        let Some(password) = &connect.password else {
+            return Err(ReasonCode::BadUserNameOrPassword);
+        };
+        match passwords.verify(username, password) {
+            Verdict::Ok => Ok(()),
+            Verdict::WrongPassword | Verdict::UnknownUser => Err(ReasonCode::BadUserNameOrPassword),
+        }
+    }
+}
+
 /// Decides what a client may do with topics.
 pub trait Authorization: fmt::Debug {
     /// May `client` publish to `topic`?
@@ -82,6 +146,21 @@ pub trait Authorization: fmt::Debug {
     fn may_subscribe(&self, client: ClientRef<'_>, filter: &str) -> bool {
         let _ = (client, filter);
         true
+    }
+
+    /// The subscribe-time decision, which also says whether deliveries through the filter need
+    /// [`Authorization::may_receive`]: the shard calls `may_receive` only for sessions holding
+    /// a subscription classified [`SubscribeCheck::AllowedCheckEachMessage`]. The default
+    /// derives it from [`Authorization::may_subscribe`] and
+    /// [`Authorization::checks_deliveries`].
+    fn subscribe_check(&self, client: ClientRef<'_>, filter: &str) -> SubscribeCheck {
+        if !self.may_subscribe(client, filter) {
+            SubscribeCheck::Denied
+        } else if self.checks_deliveries() {
+            SubscribeCheck::AllowedCheckEachMessage
+        } else {
+            SubscribeCheck::Allowed
+        }
     }
 
     /// Whether [`Authorization::may_receive`] can ever say no. When false (the default) the
@@ -102,6 +181,51 @@ pub trait Authorization: fmt::Debug {
 pub struct AllowAll;
 
 impl Authorization for AllowAll {}
+
+/// Authorization from a Mosquitto ACL file ([`Acl`]), shared read-only by every shard.
+#[derive(Debug, Clone)]
+pub struct AclAuthorization {
+    /// The rules.
+    pub acl: Arc<Acl>,
+}
+
+impl Authorization for AclAuthorization {
+    fn may_publish(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        self.acl
+            .may_publish(client.username, client.client_id, topic)
+    }
+
+    fn may_subscribe(&self, client: ClientRef<'_>, filter: &str) -> bool {
+        self.subscribe_check(client, filter) != SubscribeCheck::Denied
+    }
+
+    fn subscribe_check(&self, client: ClientRef<'_>, filter: &str) -> SubscribeCheck {
+        self.acl
+            .may_subscribe(client.username, client.client_id, filter)
+    }
+
+    fn checks_deliveries(&self) -> bool {
+        true
+    }
+
+    fn may_receive(&self, client: ClientRef<'_>, topic: &str) -> bool {
+        self.acl
+            .may_receive(client.username, client.client_id, topic)
+    }
+}
+
+/// The admission and authorization hooks `config` asks for (password file, anonymous rule,
+/// ACL file), sharing its loaded files.
+pub fn auth_hooks(config: &Config) -> (Box<dyn Admission>, Box<dyn Authorization>) {
+    let admission = Box::new(ConfigAdmission::from_config(config));
+    let authorization: Box<dyn Authorization> = match &config.auth_files.acl {
+        Some(acl) => Box::new(AclAuthorization {
+            acl: Arc::clone(&acl.data),
+        }),
+        None => Box::new(AllowAll),
+    };
+    (admission, authorization)
+}
 
 /// A durable state change, as plain data.
 #[derive(Debug, Clone, Copy)]

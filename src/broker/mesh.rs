@@ -78,6 +78,9 @@ pub enum ShardMsg {
         shard: u16,
         /// Clean start requested.
         clean_start: bool,
+        /// The user name of the connecting client: a client id belongs to the user whose
+        /// session holds it (checked when a password file authenticates user names).
+        username: Option<MqttStr>,
     },
     /// From the home shard to the current owner: give the session to `new_shard`.
     TakeOver {
@@ -147,10 +150,13 @@ pub enum ShardMsg {
         token: u64,
     },
     /// From the home shard to a claimant: a newer claim for the same client id arrived while
-    /// this one waited its turn; the connection is closed without a session.
+    /// this one waited its turn (`ServerBusy`), or the client id belongs to another user
+    /// (`NotAuthorized`); the connection is refused without a session.
     Denied {
         /// The claim.
         token: u64,
+        /// The CONNACK reason code.
+        reason: crate::codec::ReasonCode,
     },
     /// To the home shard: the session created by claim `token` has ended.
     Release {

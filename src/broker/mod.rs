@@ -45,6 +45,9 @@ pub enum StartError {
     /// An executor could not be created.
     #[error("cannot start shard executors: {0}")]
     Executor(String),
+    /// The configuration is invalid (e.g. its password or ACL file).
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// A running broker.
@@ -123,8 +126,9 @@ impl BrokerHandle {
     /// Hands a new configuration to every shard (the one reload path: SIGHUP and, later, other
     /// sources use it). Settings for new work (limits, timeouts, queue bounds) apply at each
     /// shard's next tick; keys that need a restart are reported, not applied.
-    pub fn reload(&self, config: Config) -> Result<ReloadReport, ReloadError> {
+    pub fn reload(&self, mut config: Config) -> Result<ReloadReport, ReloadError> {
         config.validate()?;
+        config.ensure_auth_files()?;
         let mut current = self
             .config
             .lock()
@@ -219,7 +223,8 @@ fn watch_shard(
 }
 
 /// Starts the broker: binds, spawns one executor per shard, returns once every shard accepts.
-pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
+pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
+    config.ensure_auth_files()?;
     check_io_uring().map_err(StartError::IoUring)?;
     let allowed = allowed_cpus().map_err(|e| StartError::Cpus(e.to_string()))?;
     let cpus = match &config.cpus {
@@ -252,8 +257,15 @@ pub fn start(config: Config) -> Result<BrokerHandle, StartError> {
     let listeners = config.listeners();
     for (index, listener) in listeners.iter().enumerate() {
         let addr = listener.address;
-        let (bound, fds) = listener::reuseport_group(addr, shards, config.backlog)
-            .map_err(|source| StartError::Listen { addr, source })?;
+        let (bound, fds) = match listener::reuseport_group(addr, shards, config.backlog) {
+            Ok(group) => group,
+            // The default [::1]:1883 is best effort (a host without IPv6 loopback).
+            Err(source) if addr.is_ipv6() && config.listen == crate::config::DEFAULT_LISTEN => {
+                tracing::info!(%addr, %source, "not listening on the default IPv6 loopback address");
+                continue;
+            }
+            Err(source) => return Err(StartError::Listen { addr, source }),
+        };
         tracing::info!(listener = listener.name.as_deref().unwrap_or(""), %bound, protocol = ?listener.protocol, "listening");
         listen_addrs.push(bound);
         for (setup, fd) in setups.iter_mut().zip(fds) {

@@ -154,7 +154,10 @@ impl Driver {
             Ok(busy) => busy,
             // The ring itself failed (not a socket): nothing of this shard can work any more,
             // and the process must not stay half-alive. The shard watcher exits non-zero.
-            Err(error) => panic!("shard {}: io_uring engine failed: {error}", self.shard.shard_id()),
+            Err(error) => panic!(
+                "shard {}: io_uring engine failed: {error}",
+                self.shard.shard_id()
+            ),
         };
         self.wake_pumps();
         busy
@@ -462,6 +465,10 @@ mod footprint {
     fn engine_records_are_small() {
         let size = Engine::record_size();
         assert!(size.socket <= 48, "socket record: {} bytes", size.socket);
-        assert!(size.conn_map_entry <= 12, "map entry: {} bytes", size.conn_map_entry);
+        assert!(
+            size.conn_map_entry <= 12,
+            "map entry: {} bytes",
+            size.conn_map_entry
+        );
     }
 }

@@ -76,12 +76,8 @@ impl BufRing {
         // SAFETY: the descriptor memory lives as long as `ring_buffers`, which the engine drops
         // only after the ring itself (field order), and it is page-aligned.
         let registered = unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                entries as u64,
-                count,
-                group,
-                0,
-            )
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, count, group, 0)
         };
         registered?;
         Ok(ring_buffers)
@@ -119,7 +115,11 @@ impl BufRing {
     fn publish(&self) {
         // SAFETY: the tail field is the first entry's reserved u16, inside the allocation and
         // suitably aligned; the kernel reads it atomically.
-        let tail = unsafe { &*(BufRingEntry::tail(self.entries).cast_mut().cast::<AtomicU16>()) };
+        let tail = unsafe {
+            &*(BufRingEntry::tail(self.entries)
+                .cast_mut()
+                .cast::<AtomicU16>())
+        };
         tail.store(self.tail, Ordering::Release);
     }
 }

@@ -407,7 +407,12 @@ impl Engine {
 
     /// Brings one socket in line with what the handler wants: its output sent, its receive
     /// armed or cancelled, or its close started.
-    fn service(&mut self, handler: &mut impl Handler, id: SocketId, now: Instant) -> io::Result<()> {
+    fn service(
+        &mut self,
+        handler: &mut impl Handler,
+        id: SocketId,
+        now: Instant,
+    ) -> io::Result<()> {
         let Some(socket) = self.sockets.get(id) else {
             return Ok(());
         };
@@ -722,7 +727,10 @@ impl Engine {
             self.by_conn.resize(slot + 1, None);
         }
         self.by_conn[slot] = Some(id);
-        debug_assert!(self.sockets.get(id).is_some_and(|s| s.transport.is_identity()));
+        debug_assert!(self
+            .sockets
+            .get(id)
+            .is_some_and(|s| s.transport.is_identity()));
         self.arm_recv(id)
     }
 

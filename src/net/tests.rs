@@ -462,17 +462,27 @@ fn pause_and_resume_reading() {
     let conn = toy.accepted[0];
     toy.conn(conn).paused = true;
     toy.wakes.push(conn);
-    pump_until(&mut engine, &mut toy, Duration::from_millis(100), |_, _| false);
+    pump_until(&mut engine, &mut toy, Duration::from_millis(100), |_, _| {
+        false
+    });
     client.write_all(b"while paused").unwrap();
-    pump_until(&mut engine, &mut toy, Duration::from_millis(200), |_, _| false);
-    assert!(toy.conn(conn).received.is_empty(), "nothing read while paused");
+    pump_until(&mut engine, &mut toy, Duration::from_millis(200), |_, _| {
+        false
+    });
+    assert!(
+        toy.conn(conn).received.is_empty(),
+        "nothing read while paused"
+    );
     toy.conn(conn).paused = false;
     toy.wakes.push(conn);
     assert!(pump_until(
         &mut engine,
         &mut toy,
         Duration::from_secs(5),
-        |_, t| t.conns.get(conn).is_some_and(|c| c.received == b"while paused")
+        |_, t| t
+            .conns
+            .get(conn)
+            .is_some_and(|c| c.received == b"while paused")
     ));
     // SAFETY: the listener is ours.
     unsafe { libc::close(fd) };

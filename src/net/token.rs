@@ -72,13 +72,7 @@ mod tests {
 
     #[test]
     fn round_trips_every_op_and_extreme_values() {
-        for op in [
-            Op::Accept,
-            Op::Recv,
-            Op::Send,
-            Op::Cancel,
-            Op::Close,
-        ] {
+        for op in [Op::Accept, Op::Recv, Op::Send, Op::Cancel, Op::Close] {
             for (slot, generation) in [(0, 0), (MAX_SLOT, u32::MAX), (12345, 7)] {
                 let token = Token::new(op, slot, generation);
                 assert_eq!(Token::decode(token.encode()), Some(token));

@@ -469,12 +469,13 @@ impl Shard {
                 entry.conn = None;
                 let will = entry.session.will.take();
                 let client_id = entry.session.client_id.clone();
+                let username = entry.session.username.clone();
                 if let (false, Some(will)) = (graceful, will) {
                     match entry
                         .session
                         .will_timing(will.properties.will_delay_interval)
                     {
-                        WillTiming::Now => self.publish_will(&client_id, will),
+                        WillTiming::Now => self.publish_will(&client_id, username.as_deref(), will),
                         WillTiming::After(delay) => {
                             entry.pending_will = Some(will);
                             let token = entry.token;

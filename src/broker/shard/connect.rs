@@ -19,8 +19,43 @@ impl Shard {
         }
         // Credentials, enhanced authentication, and whatever else the admission hook checks.
         if let Err(reason) = self.hooks.admission.admit(&connect) {
-            tracing::debug!(shard = self.id, client = %connect.client_id, %reason, "CONNECT refused by admission");
+            // The peer address is the runtime's, not the shard's: the client id and user name
+            // identify the attempt here.
+            tracing::info!(
+                shard = self.id,
+                client = %connect.client_id,
+                username = connect.username.as_deref().unwrap_or(""),
+                anonymous = connect.username.is_none(),
+                %reason,
+                "CONNECT refused: authentication failed"
+            );
             return refuse(self, reason);
+        }
+        let max_keepalive = self.config.max_keepalive;
+        if !protocol.is_v5() && max_keepalive < u16::MAX && connect.keep_alive > max_keepalive {
+            // MQTT 3.x cannot be told another keep-alive: refused as Mosquitto does (return
+            // code 2, identifier rejected). Keep-alive 0 (off) stays allowed.
+            tracing::info!(
+                shard = self.id,
+                client = %connect.client_id,
+                keep_alive = connect.keep_alive,
+                max_keepalive,
+                "CONNECT refused: keep-alive above max_keepalive"
+            );
+            return refuse(self, ReasonCode::ClientIdentifierNotValid);
+        }
+        if self.config.use_username_as_clientid {
+            match &connect.username {
+                Some(username) => connect.client_id = username.clone(),
+                None => {
+                    tracing::info!(
+                        shard = self.id,
+                        client = %connect.client_id,
+                        "CONNECT refused: use_username_as_clientid and no user name"
+                    );
+                    return refuse(self, ReasonCode::NotAuthorized);
+                }
+            }
         }
         let mut assigned_id = false;
         if connect.client_id.is_empty() {
@@ -51,6 +86,7 @@ impl Shard {
             token,
             shard: self.id as u16,
             clean_start: connect.clean_start,
+            username: connect.username.clone(),
         };
         if let Some(conn) = self.conns.get_mut(index) {
             conn.state = ConnState::Claiming { token };

@@ -116,7 +116,9 @@ impl Shard {
             );
             return;
         }
-        if self.hooks.authorization.checks_deliveries() {
+        // Only sessions holding a subscription that may match a topic the client may not read
+        // pay for a check (a filter is classified once, at subscribe time).
+        if entry.check_deliveries {
             let client = ClientRef {
                 client_id: &entry.session.client_id,
                 username: entry.session.username.as_deref(),

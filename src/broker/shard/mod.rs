@@ -76,7 +76,7 @@ use core_router::topic;
 use core_router::trie::SubscriptionTrie;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
-use super::hooks::{ClientRef, Durability, Hooks, JournalRecord};
+use super::hooks::{ClientRef, Durability, Hooks, JournalRecord, SubscribeCheck};
 use super::mesh::{HandoverKind, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
@@ -234,6 +234,12 @@ impl Shard {
         now: Instant,
     ) -> Self {
         let limits = session_limits(&config);
+        let (admission, authorization) = super::hooks::auth_hooks(&config);
+        let hooks = Hooks {
+            admission,
+            authorization,
+            ..Hooks::default()
+        };
         Shard {
             id,
             shards,
@@ -258,7 +264,7 @@ impl Shard {
             shared_scratch: Vec::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
             registry: HashMap::new(),
-            hooks: Hooks::default(),
+            hooks,
             held_outputs: VecDeque::new(),
             barriers: HashMap::new(),
             current_publisher: None,
@@ -282,18 +288,42 @@ impl Shard {
         }
     }
 
-    /// Replaces the hooks (admission, authorization, journal). The runtime sets them before
-    /// the shard takes its first connection.
+    /// Replaces the hooks (admission, authorization, journal). [`Shard::new`] installs the
+    /// admission and authorization the configuration asks for (password file, ACL file); this
+    /// replaces them, e.g. in tests, until a reload changes the auth settings.
     pub fn set_hooks(&mut self, hooks: Hooks) {
         self.hooks = hooks;
     }
 
     /// A new configuration (reload): limits and timeouts apply to new work from now on;
     /// sessions take the new queue limits when they next attach.
+    ///
+    /// Changed auth settings (a password or ACL file read anew, `allow_anonymous`) replace the
+    /// admission and authorization hooks at once: new CONNECTs, publishes and subscriptions
+    /// are checked against them. Connected clients stay connected. With a new ACL every
+    /// session's subscriptions are checked again: a subscription the new ACL denies is removed
+    /// (logged; the client is not told, as MQTT has no way to), and deliveries are re-classified
+    /// (checked per message or not).
     pub fn on_config(&mut self, config: Rc<Config>) {
         self.limits = session_limits(&config);
         self.listener_limits = listener_limits(&config);
+        let old = &self.config;
+        let new_acl = !crate::auth::LoadedFile::same(&old.auth_files.acl, &config.auth_files.acl);
+        let auth_changed = new_acl
+            || !crate::auth::LoadedFile::same(
+                &old.auth_files.passwords,
+                &config.auth_files.passwords,
+            )
+            || old.anonymous_allowed() != config.anonymous_allowed();
         self.config = config;
+        if auth_changed {
+            let (admission, authorization) = super::hooks::auth_hooks(&self.config);
+            self.hooks.admission = admission;
+            self.hooks.authorization = authorization;
+        }
+        if new_acl {
+            self.recheck_subscriptions();
+        }
     }
 
     /// A snapshot of this shard's counters (gauges filled in now, in constant time).
@@ -383,7 +413,8 @@ impl Shard {
                 token,
                 shard,
                 clean_start,
-            } => self.on_claim(client_id, token, shard, clean_start),
+                username,
+            } => self.on_claim(client_id, token, shard, clean_start, username),
             ShardMsg::TakeOver {
                 client_id,
                 old_token,
@@ -429,7 +460,7 @@ impl Shard {
             }
             ShardMsg::StubGone { client_id, token } => self.on_stub_gone(client_id, token),
             ShardMsg::Settled { client_id, token } => self.on_settled(client_id, token),
-            ShardMsg::Denied { token } => self.on_denied(token),
+            ShardMsg::Denied { token, reason } => self.on_denied(token, reason),
             ShardMsg::Release { client_id, token } => self.on_release(client_id, token),
         }
     }

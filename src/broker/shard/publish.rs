@@ -19,14 +19,6 @@ impl Shard {
         };
         let protocol = conn.protocol;
         let publisher = entry.session.client_id.clone();
-        // `$SYS/...` belongs to the broker: clients may not publish there. Everything else is
-        // the authorization hook's call.
-        let client = ClientRef {
-            client_id: &entry.session.client_id,
-            username: entry.session.username.as_deref(),
-        };
-        let refused = publish.topic.starts_with("$SYS")
-            || !self.hooks.authorization.may_publish(client, &publish.topic);
         if let Some(alias) = publish.properties.topic_alias.take() {
             // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
             // (re)defines it; an empty topic uses it.
@@ -53,6 +45,29 @@ impl Shard {
         if !self.topic_within_limits(&publish.topic) {
             return self.kill_conn(index, ReasonCode::TopicNameInvalid, false);
         }
+        // `$SYS/...` belongs to the broker: clients may not publish there. Everything else is
+        // the authorization hook's call, on the topic a topic alias stands for.
+        let Some(entry) = self.sessions.get(session) else {
+            return;
+        };
+        let client = ClientRef {
+            client_id: &entry.session.client_id,
+            username: entry.session.username.as_deref(),
+        };
+        let refused = publish.topic.starts_with("$SYS")
+            || !self.hooks.authorization.may_publish(client, &publish.topic);
+        if refused {
+            // 3.x: acknowledged and dropped (the protocol has no way to say no); 5.0: the
+            // PUBACK/PUBREC says 0x87 (a QoS 0 publish is dropped silently).
+            tracing::info!(
+                shard = self.id,
+                client = client.client_id,
+                username = client.username.unwrap_or(""),
+                topic = %publish.topic,
+                "PUBLISH denied: not authorized"
+            );
+            self.stats.not_authorized += 1;
+        }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
         let receive_maximum = usize::from(self.config.receive_maximum);
@@ -74,10 +89,6 @@ impl Shard {
         let route = !refused
             && !payload_invalid
             && (qos != QoS::ExactlyOnce || entry.session.on_incoming_qos2(packet_id));
-        if refused {
-            tracing::debug!(shard = self.id, topic = %publish.topic, "publish not authorized");
-            self.stats.not_authorized += 1;
-        }
         let mut durability = Durability::Now;
         let mut matched = true;
         let mut retain_ack = None;
@@ -197,7 +208,29 @@ impl Shard {
         self.drain_local_inbox();
     }
 
-    pub(super) fn publish_will(&mut self, client_id: &MqttStr, will: Box<LastWill>) {
+    /// Publishes a will, if the publisher (`client_id`, `username`) may publish to its topic
+    /// now (the check is made when the will is published, as in Mosquitto).
+    pub(super) fn publish_will(
+        &mut self,
+        client_id: &MqttStr,
+        username: Option<&str>,
+        will: Box<LastWill>,
+    ) {
+        let client = ClientRef {
+            client_id,
+            username,
+        };
+        if !self.hooks.authorization.may_publish(client, &will.topic) {
+            tracing::info!(
+                shard = self.id,
+                client = %client_id,
+                username = username.unwrap_or(""),
+                topic = %will.topic,
+                "will not published: not authorized"
+            );
+            self.stats.not_authorized += 1;
+            return;
+        }
         let will = *will;
         let expires_at = will
             .properties

@@ -9,17 +9,22 @@ pub(super) struct Owner {
 }
 
 /// A claim waiting at the home shard until the previous takeover of its client id settles.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct WaitingClaim {
     pub(super) owner: Owner,
     pub(super) clean_start: bool,
 }
 
 /// The home shard's record of one client id (see the module docs for its state machine).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Registration {
     /// The newest granted claim.
     pub(super) owner: Owner,
+    /// The user name of the owner's client. Only a claim with the same user name may take the
+    /// client id over while the registration lasts (the session lives or is stored), when user
+    /// names are authenticated (a password file is configured). Every granted claim passed
+    /// that check, so it is the user name of every claim of this registration.
+    pub(super) username: Option<MqttStr>,
     /// The owner's claimant has installed the session and no stub points at an older place.
     pub(super) settled: bool,
     /// The next claim, started once the owner settles.
@@ -36,13 +41,16 @@ impl Shard {
         token: u64,
         shard: u16,
         clean_start: bool,
+        username: Option<MqttStr>,
     ) {
         let claim = Owner { shard, token };
+        let users_own_ids = self.config.auth_files.passwords.is_some();
         let Some(registration) = self.registry.get_mut(&client_id) else {
             self.registry.insert(
                 client_id,
                 Registration {
                     owner: claim,
+                    username,
                     settled: false,
                     waiting: None,
                 },
@@ -57,6 +65,19 @@ impl Shard {
                 },
             );
         };
+        if users_own_ids && registration.username != username {
+            // The id belongs to another user's live or stored session: refused, not taken over
+            // (which would hand that user's queued messages to this client).
+            return self.send(
+                usize::from(shard),
+                ShardMsg::Denied {
+                    token,
+                    reason: ReasonCode::NotAuthorized,
+                },
+            );
+        }
+        // Same user (or user names not authenticated): the registration keeps the newest.
+        registration.username = username;
         if !registration.settled {
             // A takeover of this id is still in flight: this claim waits for it. An older
             // waiting claim lost the race before it was granted; its clean start still
@@ -68,6 +89,7 @@ impl Shard {
                     usize::from(older.owner.shard),
                     ShardMsg::Denied {
                         token: older.owner.token,
+                        reason: ReasonCode::ServerBusy,
                     },
                 );
             }

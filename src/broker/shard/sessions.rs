@@ -17,6 +17,19 @@ pub(super) struct SessionEntry {
     /// While a moved session may receive a message both directly and through the old shard's
     /// stub: what it already got, so nothing is delivered twice.
     pub(super) recent: Option<Box<RecentDeliveries>>,
+    /// Some subscription of this session may match a topic the client may not read: every
+    /// delivery to it asks [`super::hooks::Authorization::may_receive`]. Set when such a
+    /// subscription is added, recomputed on install and on an ACL reload; never cleared by an
+    /// unsubscribe (a needless check is harmless).
+    pub(super) check_deliveries: bool,
+}
+
+/// The filter an authorization check sees: without a `$share/{group}/` prefix.
+pub(super) fn inner_filter(filter: &str) -> &str {
+    match topic::parse_shared(filter) {
+        Some(Ok(shared)) => shared.filter,
+        _ => filter,
+    }
 }
 
 /// How long after a move completes duplicates are still filtered.
@@ -31,6 +44,7 @@ impl Shard {
             .iter()
             .map(|(f, o)| (f.clone(), *o))
             .collect();
+        let check_deliveries = self.needs_delivery_checks(&session);
         let slot = self.sessions.insert(Box::new(SessionEntry {
             session,
             conn: None,
@@ -39,6 +53,7 @@ impl Shard {
             pending_will: None,
             moved_to: None,
             recent: None,
+            check_deliveries,
         }))?;
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
@@ -61,6 +76,88 @@ impl Shard {
             self.add_subscription(slot, &filter, options);
         }
         Some(slot)
+    }
+
+    /// Whether any of `session`'s subscriptions needs a per-delivery read check.
+    pub(super) fn needs_delivery_checks(&self, session: &Session) -> bool {
+        let authorization = &self.hooks.authorization;
+        if !authorization.checks_deliveries() {
+            return false;
+        }
+        let client = ClientRef {
+            client_id: &session.client_id,
+            username: session.username.as_deref(),
+        };
+        session.subscriptions.keys().any(|filter| {
+            authorization.subscribe_check(client, inner_filter(filter)) != SubscribeCheck::Allowed
+        })
+    }
+
+    /// After an ACL reload: every session's subscriptions checked against the new rules. Denied
+    /// ones are removed (and logged); the per-delivery check is recomputed.
+    pub(super) fn recheck_subscriptions(&mut self) {
+        let slots: Vec<SessionId> = self.by_client_id.values().copied().collect();
+        let mut removed = 0usize;
+        for slot in slots {
+            let Some(entry) = self.sessions.get(slot) else {
+                continue;
+            };
+            if entry.moved_to.is_some() {
+                continue;
+            }
+            let session = &entry.session;
+            let client = ClientRef {
+                client_id: &session.client_id,
+                username: session.username.as_deref(),
+            };
+            let denied: Vec<MqttStr> = session
+                .subscriptions
+                .keys()
+                .filter(|filter| {
+                    self.hooks
+                        .authorization
+                        .subscribe_check(client, inner_filter(filter))
+                        == SubscribeCheck::Denied
+                })
+                .cloned()
+                .collect();
+            let client_id = session.client_id.clone();
+            let persistent = !session.clean;
+            for filter in denied {
+                tracing::info!(
+                    shard = self.id,
+                    client = %client_id,
+                    %filter,
+                    "subscription removed: the reloaded ACL denies it"
+                );
+                if let Some(entry) = self.sessions.get_mut(slot) {
+                    entry.session.subscriptions.remove(&filter);
+                }
+                if persistent {
+                    self.journal(&JournalRecord::Unsubscribed {
+                        client_id: &client_id,
+                        filter: &filter,
+                    });
+                }
+                self.remove_subscription(slot, &filter);
+                self.stats.not_authorized += 1;
+                removed += 1;
+            }
+            let check = self
+                .sessions
+                .get(slot)
+                .is_some_and(|e| self.needs_delivery_checks(&e.session));
+            if let Some(entry) = self.sessions.get_mut(slot) {
+                entry.check_deliveries = check;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(
+                shard = self.id,
+                removed,
+                "ACL reloaded: denied subscriptions removed"
+            );
+        }
     }
 
     pub(super) fn park_session(&mut self, session: SessionId) {
@@ -91,7 +188,8 @@ impl Shard {
         let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
-            self.publish_will(&entry.session.client_id, will);
+            let username = entry.session.username.as_deref();
+            self.publish_will(&entry.session.client_id, username, will);
         }
         if self.by_client_id.get(&entry.session.client_id) == Some(&session) {
             self.by_client_id.remove(&entry.session.client_id);

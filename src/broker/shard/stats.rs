@@ -38,7 +38,8 @@ pub struct ShardStats {
     pub dropped_qos0: u64,
     /// Messages dropped because they expired or exceed the client's maximum packet size.
     pub dropped_other: u64,
-    /// PUBLISH or SUBSCRIBE refused by the authorization hook.
+    /// PUBLISH, SUBSCRIBE, will or delivery refused by the authorization hook (and
+    /// subscriptions an ACL reload removed). Refused CONNECTs count in `connects_refused`.
     pub not_authorized: u64,
     /// Subscriptions refused at `max_subscriptions_per_client`.
     pub subscriptions_refused: u64,

@@ -63,8 +63,15 @@ impl Shard {
             let Some(client) = self.client_of(session) else {
                 return;
             };
-            if !self.hooks.authorization.may_subscribe(client, inner) {
-                tracing::debug!(shard = self.id, %filter, "subscription not authorized");
+            let check = self.hooks.authorization.subscribe_check(client, inner);
+            if check == SubscribeCheck::Denied {
+                tracing::info!(
+                    shard = self.id,
+                    client = client.client_id,
+                    username = client.username.unwrap_or(""),
+                    %filter,
+                    "SUBSCRIBE denied: not authorized"
+                );
                 self.stats.not_authorized += 1;
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
@@ -95,6 +102,9 @@ impl Shard {
             let Some(existing) = self.sessions.get_mut(session) else {
                 return;
             };
+            if check == SubscribeCheck::AllowedCheckEachMessage {
+                existing.check_deliveries = true;
+            }
             let existed = existing
                 .session
                 .subscriptions

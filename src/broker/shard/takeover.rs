@@ -34,10 +34,22 @@ pub(super) enum Handover {
 
 impl Shard {
     /// Claimant role: a newer connection won the client id before this claim's turn came.
-    pub(super) fn on_denied(&mut self, token: u64) {
+    pub(super) fn on_denied(&mut self, token: u64, reason: ReasonCode) {
         let Some(claim) = self.pending_claims.remove(&token) else {
             return;
         };
+        if reason == ReasonCode::NotAuthorized {
+            tracing::info!(
+                shard = self.id,
+                client = %claim.connect.client_id,
+                username = claim.connect.username.as_deref().unwrap_or(""),
+                "CONNECT refused: the client id belongs to another user's session"
+            );
+            if let Some(index) = claim.conn {
+                self.refuse_connect(index, reason);
+            }
+            return;
+        }
         if let Some(index) = claim.conn {
             // Several connections raced for this client id within one takeover's round trip;
             // a newer one won. The loser learns it with "server busy" (3.x: server
@@ -151,10 +163,11 @@ impl Shard {
         let pending_will = entry.pending_will.take();
         let old_conn = entry.conn.take();
         let live_will = old_conn.and_then(|_| entry.session.will.take());
+        let username = entry.session.username.clone();
         if let Some(will) = pending_will {
             // A reconnect within the will delay cancels the will, unless the session ends.
             if ends {
-                self.publish_will(client_id, will);
+                self.publish_will(client_id, username.as_deref(), will);
             }
         }
         if let Some(conn) = old_conn {
@@ -167,7 +180,7 @@ impl Shard {
             if let Some(will) = live_will {
                 let delayed = will.properties.will_delay_interval.unwrap_or(0) > 0;
                 if !delayed || ends {
-                    self.publish_will(client_id, will);
+                    self.publish_will(client_id, username.as_deref(), will);
                 }
             }
             self.kill_conn(conn, ReasonCode::SessionTakenOver, false);
@@ -338,6 +351,17 @@ impl Shard {
             Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
             None => self.settle(&connect.client_id, token),
         }
+        // max_keepalive: an MQTT 5 client asking for more, or for none, gets the maximum
+        // (Server Keep Alive); 3.x clients asking for more were refused at CONNECT.
+        let max_keepalive = self.config.max_keepalive;
+        let keep_alive = if protocol.is_v5()
+            && max_keepalive < u16::MAX
+            && (connect.keep_alive == 0 || connect.keep_alive > max_keepalive)
+        {
+            max_keepalive
+        } else {
+            connect.keep_alive
+        };
         let mut properties = Properties::default();
         if protocol.is_v5() {
             if claim.assigned_id {
@@ -347,6 +371,9 @@ impl Shard {
             properties.receive_maximum = Some(self.config.receive_maximum);
             if self.config.topic_alias_maximum > 0 {
                 properties.topic_alias_maximum = Some(self.config.topic_alias_maximum);
+            }
+            if connect.keep_alive != keep_alive {
+                properties.server_keep_alive = Some(keep_alive);
             }
             if connect.properties.request_response_information == Some(true) {
                 // Request/response: a topic prefix the client may use for responses.
@@ -364,7 +391,7 @@ impl Shard {
         };
         conn.state = ConnState::Active { session: slot };
         conn.last_seen = now_ms;
-        conn.keep_alive = connect.keep_alive;
+        conn.keep_alive = keep_alive;
         conn.reprocess = !conn.leftover.is_empty();
         let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
         if session_present {
@@ -372,9 +399,9 @@ impl Shard {
                 entry.session.resume(&mut conn.out, self.now);
             }
         }
-        if connect.keep_alive > 0 {
+        if keep_alive > 0 {
             // The connection's one timer entry moves from the connect timeout to keep-alive.
-            self.schedule_conn_check(index, now_ms + 1500 * u64::from(connect.keep_alive));
+            self.schedule_conn_check(index, now_ms + 1500 * u64::from(keep_alive));
         }
         self.replay_forwards(slot, forwards);
         self.stats.connects += 1;
@@ -396,7 +423,7 @@ impl Shard {
             "New client connected as {} (p{level}, c{}, k{}{user}).",
             connect.client_id,
             u8::from(connect.clean_start),
-            connect.keep_alive,
+            keep_alive,
         );
         self.wake_conn(index);
     }

@@ -128,7 +128,8 @@ impl Shard {
         }
         if let Some(will) = entry.pending_will.take() {
             let client_id = entry.session.client_id.clone();
-            self.publish_will(&client_id, will);
+            let username = entry.session.username.clone();
+            self.publish_will(&client_id, username.as_deref(), will);
         }
     }
 
@@ -160,6 +161,7 @@ impl Shard {
                 continue;
             };
             let client_id = entry.session.client_id.clone();
+            let username = entry.session.username.clone();
             let wills: Vec<Box<LastWill>> = entry
                 .session
                 .will
@@ -168,7 +170,7 @@ impl Shard {
                 .chain(entry.pending_will.take())
                 .collect();
             for will in wills {
-                self.publish_will(&client_id, will);
+                self.publish_will(&client_id, username.as_deref(), will);
             }
         }
         self.drain_local_inbox();

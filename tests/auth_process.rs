@@ -1,0 +1,390 @@
+//! The `shardmq` binary with a password file and an ACL file: SIGHUP reloads both (a bad new
+//! file keeps the running ones and says why; subscriptions the new ACL denies are removed), the
+//! start-up log says who may connect.
+
+mod common;
+
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{connect_packet, Raw, QUIET};
+use shardmq::auth::password::{PasswordFile, Verdict, DEFAULT_ITERATIONS};
+use shardmq::codec::{Connect, MqttStr, QoS, ReasonCode};
+
+/// A loopback port nobody listens on (bound, read, released).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+    listener.local_addr().unwrap().port()
+}
+
+/// A running `shardmq` process with its output collected; killed (SIGKILL, by its own pid)
+/// and reaped on drop, so a failing test leaves nothing behind.
+struct Process {
+    child: Child,
+    output: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+impl Process {
+    fn spawn(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn the shardmq binary");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), Arc::clone(&output)),
+            collect(child.stderr.take().unwrap(), Arc::clone(&output)),
+        ];
+        Process {
+            child,
+            output,
+            readers,
+        }
+    }
+
+    fn output(&self) -> String {
+        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+    }
+
+    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) on our own child's pid; the child has not been reaped (we hold it).
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // Child::kill signals this child's pid only (SIGKILL).
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => into.lock().unwrap().extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("shardmq-authp-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn passwords(users: &[(&str, &str)]) -> String {
+    let mut file = PasswordFile::default();
+    for (user, password) in users {
+        file.set(user, password.as_bytes(), DEFAULT_ITERATIONS, [7; 12])
+            .unwrap();
+    }
+    file.to_text()
+}
+
+fn login(client_id: &str, user: &str, password: &str) -> Connect {
+    let mut connect = connect_packet(client_id, true);
+    connect.username = Some(MqttStr::from(user));
+    connect.password = Some(Bytes::copy_from_slice(password.as_bytes()));
+    connect
+}
+
+fn connack(addr: SocketAddr, connect: Connect) -> ReasonCode {
+    Raw::try_connect(addr, connect).1.reason
+}
+
+/// Waits until the process output contains `text` `count` times.
+fn wait_for_log(process: &Process, text: &str, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while process.output().matches(text).count() < count {
+        assert!(
+            Instant::now() < deadline,
+            "no {text:?} (x{count}) in the log:\n{}",
+            process.output()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sighup_reloads_the_password_and_acl_files() {
+    let dir = TempDir::new("reload");
+    let password_path = dir.0.join("passwd");
+    let acl_path = dir.0.join("acl");
+    std::fs::write(
+        &password_path,
+        passwords(&[("alice", "one"), ("bob", "bob")]),
+    )
+    .unwrap();
+    std::fs::write(&acl_path, "user alice\ntopic a/#\nuser bob\ntopic #\n").unwrap();
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut process = Process::spawn(&[
+        "--listen",
+        &addr.to_string(),
+        "--shards",
+        "2",
+        "--password-file",
+        password_path.to_str().unwrap(),
+        "--acl-file",
+        acl_path.to_str().unwrap(),
+    ]);
+    wait_for_log(&process, "shardmq accepting connections", 1);
+    assert!(process
+        .output()
+        .contains("clients authenticate with the password file"));
+
+    let (mut alice, _) = Raw::connect_with(addr, login("alice-1", "alice", "one"));
+    assert_eq!(
+        alice.subscribe(1, "a/#", QoS::AtMostOnce).reasons,
+        vec![ReasonCode::Success]
+    );
+    assert_eq!(
+        connack(addr, login("alice-2", "alice", "two")),
+        ReasonCode::BadUserNameOrPassword
+    );
+    wait_for_log(&process, "CONNECT refused: authentication failed", 1);
+
+    // New password for alice, bob gone; alice may no longer read a/#.
+    std::fs::write(
+        &password_path,
+        passwords(&[("alice", "two"), ("carol", "c")]),
+    )
+    .unwrap();
+    std::fs::write(
+        &acl_path,
+        "user alice\ntopic write a/#\nuser carol\ntopic #\n",
+    )
+    .unwrap();
+    process.signal(libc::SIGHUP);
+    wait_for_log(&process, "configuration reloaded", 1);
+    assert!(
+        process.output().contains("password_file"),
+        "{}",
+        process.output()
+    );
+    wait_for_log(
+        &process,
+        "subscription removed: the reloaded ACL denies it",
+        1,
+    );
+    assert_eq!(
+        connack(addr, login("alice-3", "alice", "one")),
+        ReasonCode::BadUserNameOrPassword
+    );
+    assert_eq!(
+        connack(addr, login("bob-1", "bob", "bob")),
+        ReasonCode::BadUserNameOrPassword
+    );
+    let (mut carol, _) = Raw::connect_with(addr, login("carol-1", "carol", "c"));
+    // alice stays connected, but her a/# subscription is gone.
+    carol.publish("a/x", b"x", QoS::AtLeastOnce, false, 1);
+    alice.expect_silence(QUIET);
+    alice.ping();
+    assert_eq!(
+        alice.subscribe(2, "a/#", QoS::AtMostOnce).reasons,
+        vec![ReasonCode::UnspecifiedError]
+    );
+
+    // A bad file: the running configuration (and files) stay, the log says why.
+    std::fs::write(&acl_path, "user alice\ntopic sometimes a/#\n").unwrap();
+    process.signal(libc::SIGHUP);
+    wait_for_log(&process, "configuration not reloaded", 1);
+    assert!(
+        process.output().contains("acl_file"),
+        "{}",
+        process.output()
+    );
+    Raw::connect_with(addr, login("alice-4", "alice", "two"))
+        .0
+        .ping();
+    let (mut carol2, _) = Raw::connect_with(addr, login("carol-2", "carol", "c"));
+    assert_eq!(
+        carol2.subscribe(1, "z/#", QoS::AtMostOnce).reasons,
+        vec![ReasonCode::Success]
+    );
+
+    process.signal(libc::SIGTERM);
+    let status = process.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(status.success(), "{status:?}\n{}", process.output());
+}
+
+#[test]
+fn default_start_up_log_says_how_to_open_up() {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut process = Process::spawn(&["--listen", &addr.to_string(), "--shards", "1"]);
+    wait_for_log(&process, "shardmq accepting connections", 1);
+    let output = process.output();
+    assert!(
+        output.contains("--listen 0.0.0.0:1883 --allow-anonymous"),
+        "{output}"
+    );
+    assert!(output.contains("--password-file"), "{output}");
+    // Anonymous loopback clients are accepted.
+    Raw::connect(addr, "anon", true).0.ping();
+    process.signal(libc::SIGTERM);
+    assert!(process.wait_exit(Duration::from_secs(10)).is_some());
+}
+
+fn shardmq(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn passwd_subcommand_writes_a_mosquitto_password_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("passwd");
+    let path = dir.0.join("passwd");
+    let file = path.to_str().unwrap();
+    let out = shardmq(&["passwd", "-c", "-b", file, "alice", "s3cret"], "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Prompted (stdin is not a terminal here: two lines).
+    let out = shardmq(&["passwd", file, "bob"], "b0b\nb0b\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = shardmq(&["passwd", file, "carol"], "one\ntwo\n");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("do not match"));
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("alice:$7$101$"), "{text}");
+    let loaded = PasswordFile::load(&path).unwrap();
+    assert_eq!(loaded.verify("alice", b"s3cret"), Verdict::Ok);
+    assert_eq!(loaded.verify("bob", b"b0b"), Verdict::Ok);
+    assert_eq!(loaded.verify("carol", b"one"), Verdict::UnknownUser);
+    let out = shardmq(&["passwd", "-D", file, "alice"], "");
+    assert!(out.status.success());
+    let loaded = PasswordFile::load(&path).unwrap();
+    assert_eq!(loaded.verify("alice", b"s3cret"), Verdict::UnknownUser);
+
+    // The file works with the broker.
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+    let mut process = Process::spawn(&[
+        "--listen",
+        &addr.to_string(),
+        "--shards",
+        "1",
+        "--password-file",
+        file,
+    ]);
+    wait_for_log(&process, "shardmq accepting connections", 1);
+    Raw::connect_with(addr, login("bob", "bob", "b0b")).0.ping();
+    assert_eq!(
+        connack(addr, login("anon", "", "")),
+        ReasonCode::BadUserNameOrPassword
+    );
+    process.signal(libc::SIGTERM);
+    assert!(process.wait_exit(Duration::from_secs(10)).is_some());
+
+    // mosquitto_passwd, when installed, reads and updates our file.
+    if Command::new("mosquitto_passwd").arg("-h").output().is_ok() {
+        let out = Command::new("mosquitto_passwd")
+            .args(["-b", file, "dave", "d4ve"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let loaded = PasswordFile::load(&path).unwrap();
+        assert_eq!(loaded.verify("bob", b"b0b"), Verdict::Ok);
+        assert_eq!(loaded.verify("dave", b"d4ve"), Verdict::Ok);
+    }
+}
+
+#[test]
+fn bad_files_and_open_listeners_stop_the_start() {
+    let dir = TempDir::new("bad");
+    let path = dir.0.join("passwd");
+    std::fs::write(&path, "alice:$8$argon\n").unwrap();
+    let out = shardmq(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--password-file",
+            path.to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("password_file") && stderr.contains("line 1"),
+        "{stderr}"
+    );
+
+    let out = shardmq(&["--listen", "0.0.0.0:0"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not on loopback"), "{stderr}");
+    assert!(stderr.contains("--allow-anonymous"), "{stderr}");
+}
