@@ -288,7 +288,7 @@ fn route(method: &str, target: &str) -> Route {
 }
 
 /// Number of fields in [`ShardStats`].
-const FIELDS: usize = 26;
+const FIELDS: usize = 30;
 
 /// One [`ShardStats`] field as exported: name (without prefix, and without `_total` for a
 /// counter), help, type (counter or gauge) and value.
@@ -325,6 +325,10 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
         subscriptions,
         retained,
         protocol_violations,
+        ring_enters,
+        ring_submissions,
+        ring_completions,
+        ring_buffers_exhausted,
     } = *stats;
     [
         (
@@ -477,6 +481,30 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
             "Ownership-protocol violations repaired (always 0 unless there is a bug).",
             Counter,
             protocol_violations,
+        ),
+        (
+            "ring_enters",
+            "io_uring_enter calls of the shard's engine.",
+            Counter,
+            ring_enters,
+        ),
+        (
+            "ring_submissions",
+            "Requests the shard's engine submitted to its io_uring.",
+            Counter,
+            ring_submissions,
+        ),
+        (
+            "ring_completions",
+            "Completions the shard's engine reaped from its io_uring.",
+            Counter,
+            ring_completions,
+        ),
+        (
+            "ring_buffers_exhausted",
+            "Receive completions that found the provided-buffer ring empty (the receive is re-armed; nothing is lost).",
+            Counter,
+            ring_buffers_exhausted,
         ),
     ]
 }

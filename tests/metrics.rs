@@ -18,7 +18,7 @@ use shardmq::codec::QoS;
 use shardmq::metrics::{self, MetricsServer};
 
 /// Every per-shard counter family, as exported.
-const COUNTERS: [&str; 23] = [
+const COUNTERS: [&str; 27] = [
     "shardmq_connections_accepted_total",
     "shardmq_connections_closed_total",
     "shardmq_connects_total",
@@ -42,6 +42,10 @@ const COUNTERS: [&str; 23] = [
     "shardmq_publishers_throttled_total",
     "shardmq_backpressure_episodes_total",
     "shardmq_protocol_violations_total",
+    "shardmq_ring_enters_total",
+    "shardmq_ring_submissions_total",
+    "shardmq_ring_completions_total",
+    "shardmq_ring_buffers_exhausted_total",
 ];
 
 /// Every per-shard gauge family.
@@ -256,6 +260,12 @@ fn metrics_reflect_known_traffic() {
     assert_eq!(on_shard(&scrape, "shardmq_subscriptions", 0), 1.0);
     assert_eq!(on_shard(&scrape, "shardmq_subscriptions", 1), 0.0);
     assert_eq!(total(&scrape, "shardmq_protocol_violations_total"), 0.0);
+    // The engine's ring: at least one completion per packet read on shard 0 (receives) and
+    // fewer enters than completions (one enter serves many).
+    let completions = on_shard(&scrape, "shardmq_ring_completions_total", 0);
+    assert!(completions >= 10.0, "ring completions {completions}");
+    assert!(on_shard(&scrape, "shardmq_ring_submissions_total", 0) > 0.0);
+    assert!(on_shard(&scrape, "shardmq_ring_enters_total", 0) > 0.0);
     assert_eq!(gauge(&scrape, "shardmq_connections"), 3.0);
     assert_eq!(broker.connections(), 3);
     assert_eq!(gauge(&scrape, "shardmq_up"), 1.0);

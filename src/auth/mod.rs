@@ -7,6 +7,7 @@
 //! registering it in [`AuthMethods`].
 
 pub mod files;
+#[cfg(feature = "runtime")]
 pub mod passwd;
 pub mod password;
 

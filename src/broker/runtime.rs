@@ -148,6 +148,18 @@ impl Driver {
         }
     }
 
+    /// The shard's counters with the engine's added.
+    fn snapshot(&self) -> ShardStats {
+        let engine = self.engine.stats();
+        ShardStats {
+            ring_enters: engine.ring.enters,
+            ring_submissions: engine.ring.submitted,
+            ring_completions: engine.ring.completions,
+            ring_buffers_exhausted: engine.buffer_ring_empty,
+            ..self.shard.stats()
+        }
+    }
+
     /// One engine pass; whether it did anything.
     fn turn(&mut self) -> bool {
         let busy = match self.engine.turn(&mut self.shard, Instant::now()) {
@@ -270,8 +282,9 @@ pub(super) async fn run_shard(
             driver.dispatch();
             // Deadlines of closing sockets and accept retries are checked by engine passes.
             driver.kick_engine();
+            let snapshot_now = driver.snapshot();
             if let Ok(mut snapshot) = stats.lock() {
-                *snapshot = driver.shard.stats();
+                *snapshot = snapshot_now;
             }
             if let Some(sys) = sys.as_mut() {
                 let interval = driver.shard.config().sys_interval;

@@ -58,6 +58,14 @@ pub struct ShardStats {
     /// Events the ownership protocol rules out (a grant for an unknown claim, a second session
     /// for one client id), repaired and logged. Always 0 unless there is a bug.
     pub protocol_violations: u64,
+    /// io_uring_enter calls of the shard's engine. Filled in by the runtime.
+    pub ring_enters: u64,
+    /// Requests the shard's engine submitted to its io_uring. Filled in by the runtime.
+    pub ring_submissions: u64,
+    /// Completions the shard's engine reaped from its io_uring. Filled in by the runtime.
+    pub ring_completions: u64,
+    /// Receive completions that found the provided-buffer ring empty (the receive is re-armed; nothing is lost). Filled in by the runtime.
+    pub ring_buffers_exhausted: u64,
 }
 
 /// Broker-wide totals: every counter and gauge summed, except `retained`, which every shard
@@ -92,6 +100,10 @@ impl std::ops::AddAssign for ShardStats {
             subscriptions,
             retained,
             protocol_violations,
+            ring_enters,
+            ring_submissions,
+            ring_completions,
+            ring_buffers_exhausted,
         } = other;
         self.connections_accepted += connections_accepted;
         self.connections_closed += connections_closed;
@@ -119,5 +131,9 @@ impl std::ops::AddAssign for ShardStats {
         self.subscriptions += subscriptions;
         self.retained = self.retained.max(retained);
         self.protocol_violations += protocol_violations;
+        self.ring_enters += ring_enters;
+        self.ring_submissions += ring_submissions;
+        self.ring_completions += ring_completions;
+        self.ring_buffers_exhausted += ring_buffers_exhausted;
     }
 }
