@@ -42,6 +42,11 @@ pub enum Command {
     /// Latency: --pubs publisher/subscriber pairs (default 10) at a fixed moderate total rate
     /// (--total-rate, default 1000 msg/s); publish-to-receive latency percentiles.
     Latency(RunArgs),
+    /// Many quiet connections: --pubs publisher/subscriber pairs (default 1000), each pair on
+    /// its own topic, each publisher paced at a low --rate (default 20 msg/s), --payload default
+    /// 64 B. Point to point like p2p, named apart: the broker's cost per message when most
+    /// connections are idle most of the time (syscall-bound, not user-space-bound).
+    Quiet(RunArgs),
     /// Builds a markdown report with SVG charts from JSON result lines (bench-compare.sh).
     Report(ReportArgs),
 }
@@ -68,9 +73,10 @@ pub struct RunArgs {
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
-    /// Payload bytes (at least 16: publisher id, sequence number and send time).
-    #[arg(long, default_value_t = 16)]
-    pub payload: usize,
+    /// Payload bytes (at least 16: publisher id, sequence number and send time; default 16,
+    /// quiet: 64).
+    #[arg(long)]
+    pub payload: Option<usize>,
     /// MQTT protocol version: 3.1.1 or 5 (default 3.1.1; 5 for fan-in on shared subscriptions).
     #[arg(long, value_parser = ["3.1.1", "5"])]
     pub protocol: Option<String>,
@@ -138,6 +144,13 @@ pub struct RunArgs {
     /// Broker process id: its RSS and CPU time (from /proc) go into the result.
     #[arg(long)]
     pub broker_pid: Option<u32>,
+    /// Also count the broker's system calls and context switches with `perf stat -p` over the
+    /// measurement window (conn: over the set-up), for the report's "where the time goes"
+    /// (needs --broker-pid, perf and the permission to trace the broker). Without it, or when
+    /// perf fails, only /proc counters are recorded (context switches of all the broker's
+    /// threads, read/write-family syscalls from /proc/<pid>/io).
+    #[arg(long)]
+    pub perf: bool,
     /// Writes the latency histogram (conn: connect latency) as HdrHistogram percentile text.
     #[arg(long)]
     pub hdr_out: Option<PathBuf>,
@@ -170,6 +183,11 @@ pub struct ReportArgs {
     /// Free text for the report's method section (commands, pinning).
     #[arg(long)]
     pub notes: Option<String>,
+    /// JSON lines of the same scenarios run again with --perf: their broker counters replace
+    /// the main runs' in "where the time goes" (perf's tracing costs the broker CPU, so the
+    /// headline figures come from runs without it).
+    #[arg(long)]
+    pub counters: Option<PathBuf>,
 }
 
 /// The scenario kinds.
@@ -186,6 +204,8 @@ pub enum Scenario {
     Fanin,
     /// Latency at a moderate rate.
     Latency,
+    /// Many quiet point-to-point pairs.
+    Quiet,
 }
 
 impl Scenario {
@@ -197,6 +217,7 @@ impl Scenario {
             Scenario::Fanout => "fanout",
             Scenario::Fanin => "fanin",
             Scenario::Latency => "latency",
+            Scenario::Quiet => "quiet",
         }
     }
 }
@@ -262,6 +283,9 @@ pub struct Config {
     pub source_ips: usize,
     /// Broker pid.
     pub broker_pid: Option<u32>,
+    /// Count the broker's syscalls and context switches with perf.
+    #[serde(default)]
+    pub perf: bool,
     /// Histogram output.
     #[serde(skip)]
     pub hdr_out: Option<PathBuf>,
@@ -307,6 +331,11 @@ impl Config {
                 }
                 mode = Some(m);
             }
+            Scenario::Quiet => {
+                pubs = args.pubs.or(args.clients).unwrap_or(1000);
+                subs = pubs;
+                rate = args.rate.unwrap_or(20.0);
+            }
             Scenario::Latency => {
                 pubs = args.pubs.unwrap_or(10);
                 subs = pubs;
@@ -327,7 +356,10 @@ impl Config {
         if scenario != Scenario::Conn && (pubs == 0 || subs == 0) {
             return Err("need at least one publisher and one subscriber".into());
         }
-        if args.payload < MIN_PAYLOAD {
+        let payload = args
+            .payload
+            .unwrap_or(if scenario == Scenario::Quiet { 64 } else { 16 });
+        if payload < MIN_PAYLOAD {
             return Err(format!(
                 "--payload must be at least {MIN_PAYLOAD} bytes (sequence number and timestamp)"
             ));
@@ -381,7 +413,7 @@ impl Config {
             port: args.port,
             addr,
             qos: args.qos,
-            payload: args.payload,
+            payload,
             protocol,
             clients,
             pubs,
@@ -402,6 +434,7 @@ impl Config {
             share_group: args.share_group.clone(),
             source_ips,
             broker_pid: args.broker_pid,
+            perf: args.perf,
             hdr_out: args.hdr_out.clone(),
             worker_index: args.worker_index,
             run_id,
@@ -429,7 +462,14 @@ impl Config {
             "max".into()
         };
         match self.scenario {
-            Scenario::Conn => format!("conn-tcp-{}-{}", count(self.clients), n(self.conn_rate)),
+            Scenario::Conn => {
+                let rate = if self.conn_rate > 0.0 {
+                    n(self.conn_rate)
+                } else {
+                    "max".into()
+                };
+                format!("conn-tcp-{}-{rate}", count(self.clients))
+            }
             Scenario::Fanin => {
                 let kind = match self.mode {
                     Some(FaninMode::Wildcard) => "fanin",
@@ -528,6 +568,7 @@ mod tests {
             Command::Fanout(a) => (Scenario::Fanout, a),
             Command::Fanin(a) => (Scenario::Fanin, a),
             Command::Latency(a) => (Scenario::Latency, a),
+            Command::Quiet(a) => (Scenario::Quiet, a),
             Command::Report(_) => panic!("report"),
         }
     }
@@ -565,6 +606,32 @@ mod tests {
         let c = cfg(&["conn", "--clients", "10000", "--conn-rate", "100"]);
         assert_eq!(c.name, "conn-tcp-10K-100");
         assert_eq!(c.source_ips, 1);
+
+        let c = cfg(&[
+            "conn",
+            "--clients",
+            "10000",
+            "--conn-rate",
+            "0",
+            "--workers",
+            "2",
+        ]);
+        assert_eq!(c.name, "conn-tcp-10K-max");
+
+        let c = cfg(&["quiet"]);
+        assert_eq!((c.pubs, c.subs, c.rate, c.payload), (1000, 1000, 20.0, 64));
+        assert_eq!(c.expected_multiplier(), 1);
+        assert_eq!(c.target_out_per_s(), 20_000.0);
+        assert_eq!(c.name, "quiet-1K-1K-1K-20K");
+        assert!(!c.perf);
+
+        let c = cfg(&["quiet", "--pubs", "5000", "--rate", "2", "--perf"]);
+        assert_eq!(c.name, "quiet-5K-5K-5K-10K");
+        assert_eq!(c.total_connections(), 10_000);
+        assert!(c.perf);
+
+        let c = cfg(&["p2p"]);
+        assert_eq!(c.payload, 16);
     }
 
     #[test]
@@ -578,7 +645,7 @@ mod tests {
     #[test]
     fn rejects_bad_flags() {
         let (s, mut a) = args(&["p2p"]);
-        a.payload = 8;
+        a.payload = Some(8);
         assert!(Config::resolve(s, &a).is_err());
         let (s, mut a) = args(&["p2p"]);
         a.inflight = 0;

@@ -234,6 +234,7 @@ impl Engine {
             first_connect_ns: self.core.counts.first_connect_ns,
             last_connack_ns: self.core.counts.last_connack_ns,
             errors: self.core.errors.clone(),
+            cpu_s: 0.0,
         };
         let _ = ready.send(info);
         let go = loop {

@@ -6,6 +6,7 @@ mod engine;
 mod output;
 mod pacing;
 mod payload;
+mod perf;
 mod plan;
 mod report;
 mod run;
@@ -28,6 +29,7 @@ fn main() -> ExitCode {
         Command::Fanout(a) => (Scenario::Fanout, a),
         Command::Fanin(a) => (Scenario::Fanin, a),
         Command::Latency(a) => (Scenario::Latency, a),
+        Command::Quiet(a) => (Scenario::Quiet, a),
         Command::Report(a) => {
             return match report::run(&a) {
                 Ok(()) => ExitCode::SUCCESS,

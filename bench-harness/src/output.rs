@@ -127,6 +127,44 @@ pub struct Broker {
     pub cpu_s_per_million_delivered: Option<f64>,
     /// CPU use in the window, percent of one core.
     pub cpu_percent: f64,
+    /// Where the broker's time goes: system calls and context switches per delivered message
+    /// (conn: per connection set up).
+    #[serde(default)]
+    pub counters: Option<BrokerCounters>,
+}
+
+/// The broker's system calls and context switches over one span, per unit of work.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BrokerCounters {
+    /// "window" (the measurement window) or "set-up" (conn: first connect to the start).
+    pub span: String,
+    /// What the per-unit figures are per: "message" (delivered in the window) or
+    /// "connection" (set up).
+    pub unit: String,
+    /// Units in the span.
+    pub units: u64,
+    /// Broker CPU seconds (user + system) in the span.
+    pub cpu_s: f64,
+    /// System calls (perf `raw_syscalls:sys_enter`), with --perf.
+    pub syscalls: Option<u64>,
+    /// Context switches (perf `context-switches`), with --perf.
+    pub ctx_switches_perf: Option<u64>,
+    /// Voluntary context switches of all the broker's threads (/proc).
+    pub ctx_voluntary: u64,
+    /// Involuntary context switches of all the broker's threads (/proc).
+    pub ctx_involuntary: u64,
+    /// read- plus write-family system calls (/proc/<pid>/io syscr + syscw).
+    pub rw_syscalls: Option<u64>,
+    /// Broker CPU microseconds per unit.
+    pub cpu_us_per_unit: Option<f64>,
+    /// System calls per unit (perf).
+    pub syscalls_per_unit: Option<f64>,
+    /// Context switches per unit: perf's count, else voluntary + involuntary from /proc.
+    pub ctx_switches_per_unit: Option<f64>,
+    /// read/write-family system calls per unit (/proc).
+    pub rw_syscalls_per_unit: Option<f64>,
+    /// "perf" when perf counted, "/proc" otherwise.
+    pub source: String,
 }
 
 /// The harness's own load.
@@ -140,6 +178,13 @@ pub struct Harness {
     pub cores: usize,
     /// Over 90% of those cores: the figures may measure the harness, not the broker.
     pub saturated: bool,
+    /// CPU use during the connection set-up (first connect to the last CONNACK/SUBACK),
+    /// percent of one core (all processes, including their start).
+    #[serde(default)]
+    pub setup_cpu_percent: Option<f64>,
+    /// Over 90% of its cores during the set-up: connections/s may measure the harness.
+    #[serde(default)]
+    pub setup_saturated: bool,
 }
 
 /// One run: the JSON line.
@@ -243,11 +288,16 @@ pub fn build(cfg: &Config, outcome: &Outcome) -> (RunResult, Histogram<u64>, His
     });
     let cores = sys::available_cpus().min(cfg.threads * cfg.workers).max(1);
     let cpu_percent = round2(r.cpu_s / duration * 100.0);
+    let setup_cpu_percent = (setup_s > 0.0).then(|| round2(outcome.ready.cpu_s / setup_s * 100.0));
     let harness = Harness {
         cpu_percent,
         cpu_s: round3(r.cpu_s),
         cores,
         saturated: cpu_percent >= 90.0 * cores as f64,
+        setup_cpu_percent,
+        // Only a set-up long enough to measure: process start-up dominates a short one.
+        setup_saturated: setup_s >= 0.5
+            && setup_cpu_percent.is_some_and(|p| p >= 90.0 * cores as f64),
     };
     let mut result = RunResult {
         scenario: cfg.scenario.as_str().into(),
@@ -291,6 +341,15 @@ fn broker_figures(
         _ => 0.0,
     };
     let cpu_s_setup = b.at_go.map_or(0.0, |g| g.cpu_s - before.cpu_s);
+    let counters = if conn_scenario {
+        b.at_go
+            .map(|g| counters("set-up", "connection", &before, &g, conn_ok, outcome))
+    } else {
+        match (b.window_start, b.window_end) {
+            (Some(s), Some(e)) => Some(counters("window", "message", &s, &e, delivered, outcome)),
+            _ => None,
+        }
+    };
     Some(Broker {
         pid,
         rss_kb_before: before.rss_kb,
@@ -304,7 +363,48 @@ fn broker_figures(
         cpu_s_per_million_delivered: (delivered > 0)
             .then(|| round3(cpu_s / delivered as f64 * 1e6)),
         cpu_percent: round2(cpu_s / duration * 100.0),
+        counters,
     })
+}
+
+fn counters(
+    span: &str,
+    unit: &str,
+    start: &ProcSample,
+    end: &ProcSample,
+    units: u64,
+    outcome: &Outcome,
+) -> BrokerCounters {
+    let per = |v: f64| (units > 0).then(|| round3(v / units as f64));
+    let perf = outcome.perf.unwrap_or_default();
+    let ctx_voluntary = end.ctx_voluntary.saturating_sub(start.ctx_voluntary);
+    let ctx_involuntary = end.ctx_involuntary.saturating_sub(start.ctx_involuntary);
+    let rw_syscalls = match (start.rw_syscalls, end.rw_syscalls) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+        _ => None,
+    };
+    let cpu_s = (end.cpu_s - start.cpu_s).max(0.0);
+    let ctx = perf.ctx_switches.unwrap_or(ctx_voluntary + ctx_involuntary);
+    BrokerCounters {
+        span: span.into(),
+        unit: unit.into(),
+        units,
+        cpu_s: round3(cpu_s),
+        syscalls: perf.syscalls,
+        ctx_switches_perf: perf.ctx_switches,
+        ctx_voluntary,
+        ctx_involuntary,
+        rw_syscalls,
+        cpu_us_per_unit: per(cpu_s * 1e6),
+        syscalls_per_unit: perf.syscalls.and_then(|s| per(s as f64)),
+        ctx_switches_per_unit: per(ctx as f64),
+        rw_syscalls_per_unit: rw_syscalls.and_then(|s| per(s as f64)),
+        source: if outcome.perf.is_some() {
+            "perf".into()
+        } else {
+            "/proc".into()
+        },
+    }
 }
 
 /// Errors (the run failed) and warnings, from the counts.
@@ -393,6 +493,14 @@ pub fn judge(cfg: &Config, r: &RunResult, outcome: &Outcome) -> (Vec<String>, Ve
             "harness saturated ({:.0}% CPU on {} core(s)): the figures may measure the harness; \
              add --threads/--workers or cores",
             r.harness.cpu_percent, r.harness.cores
+        ));
+    }
+    if r.harness.setup_saturated {
+        warnings.push(format!(
+            "harness saturated during the connection set-up ({:.0}% CPU on {} core(s)): \
+             connections/s may measure the harness; add --workers or cores",
+            r.harness.setup_cpu_percent.unwrap_or(0.0),
+            r.harness.cores
         ));
     }
     (errors, warnings)
@@ -508,11 +616,41 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
             b.rss_kb_before as f64 / 1024.0,
             b.rss_kb_peak as f64 / 1024.0
         );
+        if let Some(c) = &b.counters {
+            let f = |v: Option<f64>| v.map_or("?".to_string(), |v| format!("{v:.2}"));
+            let _ = writeln!(
+                t,
+                "             per {} ({}, {}): cpu {} µs, syscalls {}, context switches {} \
+                 ({} voluntary, {} involuntary in all), read/write syscalls {}",
+                c.unit,
+                c.span,
+                c.source,
+                f(c.cpu_us_per_unit),
+                f(c.syscalls_per_unit),
+                f(c.ctx_switches_per_unit),
+                thousands(c.ctx_voluntary as f64),
+                thousands(c.ctx_involuntary as f64),
+                f(c.rw_syscalls_per_unit)
+            );
+        }
     }
     let h = &r.harness;
+    let setup = h
+        .setup_cpu_percent
+        .map(|p| {
+            format!(
+                "; set-up {p:.0}%{}",
+                if h.setup_saturated {
+                    " ** SATURATED **"
+                } else {
+                    ""
+                }
+            )
+        })
+        .unwrap_or_default();
     let _ = writeln!(
         t,
-        "harness      cpu {:.0}% of {} core(s){}",
+        "harness      cpu {:.0}% of {} core(s){}{setup}",
         h.cpu_percent,
         h.cores,
         if h.saturated { "  ** SATURATED **" } else { "" }
@@ -629,6 +767,7 @@ mod tests {
             },
             broker: BrokerSamples::default(),
             aborted: None,
+            perf: None,
         }
     }
 

@@ -67,7 +67,7 @@ pub fn plan_worker(cfg: &Config, worker: usize) -> Vec<Vec<ConnPlan>> {
     for i in 0..cfg.subs {
         let Some(thread) = mine(i) else { continue };
         let (filters, expect) = match cfg.scenario {
-            Scenario::P2p | Scenario::Latency => (
+            Scenario::P2p | Scenario::Latency | Scenario::Quiet => (
                 vec![format!("{prefix}/{scenario}/{i}")],
                 Expect::One(i as u32),
             ),
@@ -133,6 +133,7 @@ mod tests {
             Command::P2p(a) => Config::resolve(Scenario::P2p, &a).unwrap(),
             Command::Fanin(a) => Config::resolve(Scenario::Fanin, &a).unwrap(),
             Command::Conn(a) => Config::resolve(Scenario::Conn, &a).unwrap(),
+            Command::Quiet(a) => Config::resolve(Scenario::Quiet, &a).unwrap(),
             _ => unreachable!(),
         }
     }
@@ -172,6 +173,20 @@ mod tests {
         );
         assert!(t0.iter().any(
             |p| matches!(&p.role, RolePlan::Pub { id: 0, topic, .. } if topic == "bh/7/p2p/0")
+        ));
+    }
+
+    #[test]
+    fn quiet_pairs_are_point_to_point() {
+        let c = cfg(&["quiet", "--pubs", "3", "--threads", "1", "--run-id", "7"]);
+        let plans = &plan_worker(&c, 0)[0];
+        assert_eq!(plans.len(), 6);
+        assert!(
+            matches!(&plans[2].role, RolePlan::Sub { filters, expect: Expect::One(2) }
+            if filters == &vec!["bh/7/quiet/2".to_string()])
+        );
+        assert!(plans.iter().any(
+            |p| matches!(&p.role, RolePlan::Pub { id: 2, topic, .. } if topic == "bh/7/quiet/2")
         ));
     }
 

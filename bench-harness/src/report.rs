@@ -6,21 +6,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use crate::config::ReportArgs;
-use crate::output::RunResult;
+use crate::output::{BrokerCounters, RunResult};
 
 /// Reads the results and writes the report and its charts.
 pub fn run(args: &ReportArgs) -> Result<(), String> {
-    let text = std::fs::read_to_string(&args.input)
-        .map_err(|e| format!("cannot read {}: {e}", args.input.display()))?;
-    let mut runs = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() {
-            continue;
-        }
-        let run: RunResult = serde_json::from_str(line)
-            .map_err(|e| format!("{}:{}: {e}", args.input.display(), n + 1))?;
-        runs.push(run);
+    let mut runs = read_runs(&args.input)?;
+    if let Some(path) = &args.counters {
+        let perf_runs = read_runs(path)?;
+        take_counters(&mut runs, &perf_runs);
     }
     let machine = match &args.machine {
         Some(path) => Some(
@@ -51,6 +44,38 @@ pub fn run(args: &ReportArgs) -> Result<(), String> {
         charts.len()
     );
     Ok(())
+}
+
+fn read_runs(path: &Path) -> Result<Vec<RunResult>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut runs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let run: RunResult =
+            serde_json::from_str(line).map_err(|e| format!("{}:{}: {e}", path.display(), n + 1))?;
+        runs.push(run);
+    }
+    Ok(runs)
+}
+
+/// Gives each run the broker counters of the perf run of the same scenario and broker (the
+/// last one wins), so "where the time goes" comes from the perf runs and everything else from
+/// the runs without perf.
+fn take_counters(runs: &mut [RunResult], perf_runs: &[RunResult]) {
+    for run in runs.iter_mut() {
+        let counted = perf_runs
+            .iter()
+            .rev()
+            .filter(|p| p.name == run.name && p.label == run.label)
+            .find_map(|p| p.broker.as_ref()?.counters.clone());
+        if let (Some(c), Some(b)) = (counted, run.broker.as_mut()) {
+            b.counters = Some(c);
+        }
+    }
 }
 
 /// Runs arranged by scenario name and broker (the last run wins when one is repeated).
@@ -128,6 +153,52 @@ const CONN_RATE: Metric = Metric {
             None
         }
     },
+};
+
+/// The broker's counters of a run, if they are per `unit` ("message" or "connection").
+fn counters<'r>(r: &'r RunResult, unit: &str) -> Option<&'r BrokerCounters> {
+    r.broker
+        .as_ref()?
+        .counters
+        .as_ref()
+        .filter(|c| c.unit == unit && c.units > 0)
+}
+
+const SYSCALLS_PER_MSG: Metric = Metric {
+    title: "System calls per delivered message",
+    unit: "perf raw_syscalls:sys_enter",
+    lower_is_better: true,
+    get: |r| counters(r, "message")?.syscalls_per_unit,
+};
+const CTX_PER_MSG: Metric = Metric {
+    title: "Context switches per delivered message",
+    unit: "perf context-switches, else /proc voluntary + involuntary",
+    lower_is_better: true,
+    get: |r| counters(r, "message")?.ctx_switches_per_unit,
+};
+const RW_PER_MSG: Metric = Metric {
+    title: "read/write-family system calls per delivered message",
+    unit: "/proc/<pid>/io syscr + syscw",
+    lower_is_better: true,
+    get: |r| counters(r, "message")?.rw_syscalls_per_unit,
+};
+const SYSCALLS_PER_CONN: Metric = Metric {
+    title: "System calls per connection set up",
+    unit: "perf raw_syscalls:sys_enter over the set-up",
+    lower_is_better: true,
+    get: |r| counters(r, "connection")?.syscalls_per_unit,
+};
+const CTX_PER_CONN: Metric = Metric {
+    title: "Context switches per connection set up",
+    unit: "over the set-up",
+    lower_is_better: true,
+    get: |r| counters(r, "connection")?.ctx_switches_per_unit,
+};
+const CPU_PER_CONN: Metric = Metric {
+    title: "Broker CPU per connection set up",
+    unit: "µs",
+    lower_is_better: true,
+    get: |r| counters(r, "connection")?.cpu_us_per_unit,
 };
 
 impl<'a> Table<'a> {
@@ -322,6 +393,8 @@ impl<'a> Table<'a> {
                 let _ = writeln!(out, "## {heading}\n\n{section}");
             }
         }
+        self.where_time_goes(&mut out);
+        self.harness_bound(&mut out);
         if !charts.is_empty() {
             let _ = writeln!(out, "## Charts\n");
             for (file, _) in charts {
@@ -386,6 +459,115 @@ impl<'a> Table<'a> {
             let _ = writeln!(out);
         }
         out
+    }
+
+    /// "Where the time goes": system calls and context switches per unit of work.
+    fn where_time_goes(&self, out: &mut String) {
+        let runs: Vec<(&String, &String, &RunResult, &BrokerCounters)> = self
+            .scenarios
+            .iter()
+            .flat_map(|s| self.brokers.iter().map(move |b| (s, b)))
+            .filter_map(|(s, b)| {
+                let r = self.get(s, b)?;
+                let c = r.broker.as_ref()?.counters.as_ref()?;
+                (c.units > 0).then_some((s, b, r, c))
+            })
+            .collect();
+        if runs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "## Where the time goes\n\n\
+             The broker's system calls and context switches, all its threads, over the \
+             measurement window divided by the messages delivered in it (connection storms: \
+             over the set-up, divided by the connections set up). System calls are perf's \
+             `raw_syscalls:sys_enter` (`perf stat -p <broker>`, enabled by the harness exactly \
+             over the span; counting them puts every system call of the machine on the \
+             kernel's tracing path, which costs the broker CPU, so bench-compare.sh takes \
+             these counts from a second run of each scenario, whose CPU is in this section \
+             only, and the headline figures from the runs without perf); \
+             without perf only /proc is read: context switches from \
+             /proc/<pid>/task/*/status and read/write-family calls from /proc/<pid>/io \
+             (`syscr` + `syscw`: read/write/readv/writev, not recv/send/epoll/io_uring).\n"
+        );
+        let mut section = String::new();
+        for metric in [
+            &SYSCALLS_PER_MSG,
+            &CTX_PER_MSG,
+            &RW_PER_MSG,
+            &CPU_PER_CONN,
+            &SYSCALLS_PER_CONN,
+            &CTX_PER_CONN,
+        ] {
+            self.metric_table(&mut section, metric);
+        }
+        out.push_str(&section);
+        let _ = writeln!(
+            out,
+            "| scenario | broker | per | CPU µs | syscalls | context switches | voluntary | \
+             involuntary | read/write syscalls | µs CPU per syscall | counted by |"
+        );
+        let _ = writeln!(out, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
+        for (s, b, _, c) in runs {
+            let per = |v: u64| fmt_num(v as f64 / c.units as f64);
+            let opt = |v: Option<f64>| v.map_or("—".to_string(), fmt_num);
+            let cpu_per_syscall = c
+                .syscalls
+                .filter(|n| *n > 0)
+                .map(|n| c.cpu_s * 1e6 / n as f64);
+            let _ = writeln!(
+                out,
+                "| {s} | {b} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c.unit,
+                opt(c.cpu_us_per_unit),
+                opt(c.syscalls_per_unit),
+                opt(c.ctx_switches_per_unit),
+                per(c.ctx_voluntary),
+                per(c.ctx_involuntary),
+                opt(c.rw_syscalls_per_unit),
+                opt(cpu_per_syscall),
+                c.source
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    /// Which figures measure the harness rather than the broker.
+    fn harness_bound(&self, out: &mut String) {
+        let mut lines = Vec::new();
+        for s in &self.scenarios {
+            for b in &self.brokers {
+                let Some(r) = self.get(s, b) else { continue };
+                let h = &r.harness;
+                if h.saturated {
+                    lines.push(format!(
+                        "- {s} / {b}: the harness used {}% of {} core(s) in the window: its \
+                         throughput and latency figures are harness-bound",
+                        fmt_num(h.cpu_percent),
+                        h.cores
+                    ));
+                }
+                if h.setup_saturated {
+                    lines.push(format!(
+                        "- {s} / {b}: the harness used {}% of {} core(s) during the set-up: \
+                         its connections/s is harness-bound",
+                        fmt_num(h.setup_cpu_percent.unwrap_or(0.0)),
+                        h.cores
+                    ));
+                }
+            }
+        }
+        if lines.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "## Harness-bound figures\n\n\
+             The harness saturated its own CPU in these runs: the figures named are a floor for \
+             the broker, not its limit.\n\n{}\n",
+            lines.join("\n")
+        );
     }
 
     fn charts(&self, stem: &str) -> Vec<(String, String)> {
@@ -739,6 +921,76 @@ mod tests {
             assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
             assert!(svg.contains("shardmq") && svg.contains("mosquitto"));
         }
+    }
+
+    #[test]
+    fn where_the_time_goes_and_harness_bound() {
+        let mut a = run("quiet-1K-1K-1K-20K", "shardmq", 20_000.0, 45.0);
+        let mut b = run("quiet-1K-1K-1K-20K", "mosquitto", 20_000.0, 32.0);
+        for (r, syscalls, ctx) in [(&mut a, 100_000, 20_000), (&mut b, 50_000, 40_000)] {
+            r.broker.as_mut().unwrap().counters = Some(BrokerCounters {
+                span: "window".into(),
+                unit: "message".into(),
+                units: 10_000,
+                cpu_s: 0.4,
+                syscalls: Some(syscalls),
+                ctx_switches_perf: Some(ctx),
+                ctx_voluntary: ctx - 100,
+                ctx_involuntary: 100,
+                rw_syscalls: Some(0),
+                cpu_us_per_unit: Some(40.0),
+                syscalls_per_unit: Some(syscalls as f64 / 10_000.0),
+                ctx_switches_per_unit: Some(ctx as f64 / 10_000.0),
+                rw_syscalls_per_unit: Some(0.0),
+                source: "perf".into(),
+            });
+        }
+        let mut storm = run("conn-tcp-10K-max", "mosquitto", 0.0, 0.0);
+        storm.scenario = "conn".into();
+        storm.harness.setup_saturated = true;
+        storm.harness.setup_cpu_percent = Some(99.0);
+        storm.harness.cores = 1;
+        let runs = vec![a, b, storm];
+        let table = Table::new(&runs, "shardmq");
+        let md = table.markdown(None, None, &[]);
+        assert!(md.contains("## Where the time goes"), "{md}");
+        assert!(
+            md.contains("### System calls per delivered message"),
+            "{md}"
+        );
+        // 10 vs 5 syscalls per message: ratio 2.
+        assert!(
+            md.contains("| quiet-1K-1K-1K-20K | 10 | 5 | 2.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("| quiet-1K-1K-1K-20K | 2 | 4 | 0.50 |"), "{md}");
+        assert!(
+            md.contains("| quiet-1K-1K-1K-20K | shardmq | message | 40 | 10 | 2 |"),
+            "{md}"
+        );
+        assert!(md.contains("## Harness-bound figures"), "{md}");
+        assert!(
+            md.contains(
+                "conn-tcp-10K-max / mosquitto: the harness used 99% of 1 core(s) during the set-up"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn counters_come_from_the_perf_runs() {
+        let mut runs = vec![run("quiet-1K-1K-1K-20K", "shardmq", 20_000.0, 45.0)];
+        let mut perf = run("quiet-1K-1K-1K-20K", "shardmq", 20_000.0, 47.0);
+        perf.broker.as_mut().unwrap().counters = Some(BrokerCounters {
+            syscalls: Some(7),
+            source: "perf".into(),
+            ..Default::default()
+        });
+        let other = run("quiet-1K-1K-1K-20K", "mosquitto", 20_000.0, 30.0);
+        take_counters(&mut runs, &[perf, other]);
+        let b = runs[0].broker.as_ref().unwrap();
+        assert_eq!(b.cpu_s_per_million_delivered, Some(45.0));
+        assert_eq!(b.counters.as_ref().unwrap().syscalls, Some(7));
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::config::{Config, Scenario};
 use crate::engine::{Engine, ABORT};
+use crate::perf::{PerfCounter, PerfCounts};
 use crate::plan::plan_worker;
 use crate::stats::{ReadyInfo, WorkerResult};
 use crate::sys::{self, mono_ns, sleep_until, ProcSample};
@@ -35,6 +36,7 @@ pub fn run_worker(
     worker: usize,
     ctl: &mut dyn Control,
 ) -> Result<WorkerResult, String> {
+    let cpu_start = sys::self_cpu_s();
     let nofile = sys::raise_nofile();
     let plans = plan_worker(&cfg, worker);
     let conns: usize = plans.iter().map(Vec::len).sum();
@@ -71,6 +73,7 @@ pub fn run_worker(
             }
         }
     }
+    info.cpu_s = sys::self_cpu_s() - cpu_start;
     let start = if died {
         info.errors.add("an event-loop thread died during set-up");
         None
@@ -201,6 +204,50 @@ pub struct Outcome {
     pub broker: BrokerSamples,
     /// Why the run stopped early, if it did.
     pub aborted: Option<String>,
+    /// The broker's system calls and context switches from perf (--perf) over the window
+    /// (conn: over the set-up, from the `before` sample to the `at_go` one).
+    pub perf: Option<PerfCounts>,
+}
+
+/// `perf stat` on the broker, enabled over one span; any failure turns it off with a note.
+struct Perf(Option<PerfCounter>);
+
+impl Perf {
+    fn start(cfg: &Config, notes: &mut Vec<String>) -> Perf {
+        if !cfg.perf {
+            return Perf(None);
+        }
+        let Some(pid) = cfg.broker_pid else {
+            notes.push("--perf needs --broker-pid: no perf counts".into());
+            return Perf(None);
+        };
+        match PerfCounter::start(pid) {
+            Ok(p) => Perf(Some(p)),
+            Err(e) => {
+                notes.push(format!("perf: {e}; only /proc counters"));
+                Perf(None)
+            }
+        }
+    }
+
+    fn switch(&mut self, on: bool, notes: &mut Vec<String>) {
+        let Some(p) = &mut self.0 else { return };
+        let done = if on { p.enable() } else { p.disable() };
+        if let Err(e) = done {
+            notes.push(format!("perf: {e}; only /proc counters"));
+            self.0 = None;
+        }
+    }
+
+    fn finish(self, notes: &mut Vec<String>) -> Option<PerfCounts> {
+        match self.0?.finish() {
+            Ok(c) => Some(c),
+            Err(e) => {
+                notes.push(format!("perf: {e}; only /proc counters"));
+                None
+            }
+        }
+    }
 }
 
 fn sample(pid: Option<u32>, errors: &mut Vec<String>) -> Option<ProcSample> {
@@ -218,6 +265,12 @@ fn sample(pid: Option<u32>, errors: &mut Vec<String>) -> Option<ProcSample> {
 pub fn run_controller(cfg: Config) -> Outcome {
     let cfg = Arc::new(cfg);
     let mut notes = Vec::new();
+    // perf counts the set-up of a connection storm, the measurement window otherwise.
+    let perf_on_setup = cfg.scenario == Scenario::Conn;
+    let mut perf = Perf::start(&cfg, &mut notes);
+    if perf_on_setup {
+        perf.switch(true, &mut notes);
+    }
     let mut broker = BrokerSamples {
         before: sample(cfg.broker_pid, &mut notes),
         ..Default::default()
@@ -357,13 +410,27 @@ pub fn run_controller(cfg: Config) -> Outcome {
     if let Some(go) = go {
         sleep_until(go);
         broker.at_go = sample(cfg.broker_pid, &mut notes);
+        if perf_on_setup {
+            perf.switch(false, &mut notes);
+        }
         let measure_start = go + (cfg.warmup_s * 1e9) as u64;
         let measure_end = measure_start + (cfg.duration_s * 1e9) as u64;
         sleep_until(measure_start);
         broker.window_start = sample(cfg.broker_pid, &mut notes);
+        if !perf_on_setup {
+            perf.switch(true, &mut notes);
+        }
         sleep_until(measure_end);
         broker.window_end = sample(cfg.broker_pid, &mut notes);
+        if !perf_on_setup {
+            perf.switch(false, &mut notes);
+        }
     }
+    let perf = if go.is_some() {
+        perf.finish(&mut notes)
+    } else {
+        None
+    };
     let result_deadline = mono_ns() + ((cfg.drain_s + 60.0) * 1e9) as u64;
     let expected = cfg.workers - failures.len();
     let mut late_failures = Vec::new();
@@ -407,5 +474,6 @@ pub fn run_controller(cfg: Config) -> Outcome {
         ready,
         broker,
         aborted: abort,
+        perf,
     }
 }

@@ -158,6 +158,9 @@ pub struct ReadyInfo {
     pub last_connack_ns: Option<u64>,
     /// Why connections failed.
     pub errors: ErrorLog,
+    /// CPU seconds of the process from its start to the end of the set-up (all processes).
+    #[serde(default)]
+    pub cpu_s: f64,
 }
 
 impl ReadyInfo {
@@ -168,6 +171,7 @@ impl ReadyInfo {
         self.first_connect_ns = min_opt(self.first_connect_ns, o.first_connect_ns);
         self.last_connack_ns = max_opt(self.last_connack_ns, o.last_connack_ns);
         self.errors.merge(&o.errors);
+        self.cpu_s += o.cpu_s;
     }
 }
 

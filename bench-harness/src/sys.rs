@@ -45,6 +45,17 @@ pub struct ProcSample {
     pub rss_kb: u64,
     /// Peak resident set (VmHWM), KiB.
     pub hwm_kb: u64,
+    /// Voluntary context switches, summed over the process's threads.
+    #[serde(default)]
+    pub ctx_voluntary: u64,
+    /// Involuntary (preempted) context switches, summed over the process's threads.
+    #[serde(default)]
+    pub ctx_involuntary: u64,
+    /// read-family plus write-family system calls (`syscr` + `syscw` of /proc/<pid>/io; the
+    /// kernel counts read/readv/pread and write/writev/pwrite/sendfile there, not
+    /// recv/send/epoll/io_uring), when readable.
+    #[serde(default)]
+    pub rw_syscalls: Option<u64>,
 }
 
 /// Reads /proc/<pid>/stat and /proc/<pid>/status.
@@ -55,10 +66,36 @@ pub fn sample_process(pid: u32) -> io::Result<ProcSample> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unparsable /proc stat"))?;
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let (mut ctx_voluntary, mut ctx_involuntary) = (0, 0);
+    let mut threads = 0;
+    if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
+        for task in tasks.flatten() {
+            // A thread may exit between the listing and the read: skip it.
+            let Ok(text) = fs::read_to_string(task.path().join("status")) else {
+                continue;
+            };
+            threads += 1;
+            ctx_voluntary += parse_status_count(&text, "voluntary_ctxt_switches:").unwrap_or(0);
+            ctx_involuntary +=
+                parse_status_count(&text, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+        }
+    }
+    if threads == 0 {
+        ctx_voluntary = parse_status_count(&status, "voluntary_ctxt_switches:").unwrap_or(0);
+        ctx_involuntary = parse_status_count(&status, "nonvoluntary_ctxt_switches:").unwrap_or(0);
+    }
+    let rw_syscalls = fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            Some(parse_status_count(&io, "syscr:")? + parse_status_count(&io, "syscw:")?)
+        });
     Ok(ProcSample {
         cpu_s: ticks as f64 / hz,
         rss_kb: parse_status_kb(&status, "VmRSS:").unwrap_or(0),
         hwm_kb: parse_status_kb(&status, "VmHWM:").unwrap_or(0),
+        ctx_voluntary,
+        ctx_involuntary,
+        rw_syscalls,
     })
 }
 
@@ -77,6 +114,16 @@ pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
 pub fn parse_status_kb(status: &str, key: &str) -> Option<u64> {
     status
         .lines()
+        .find(|line| line.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// A `key: 123` line of /proc/<pid>/status or /proc/<pid>/io.
+pub fn parse_status_count(text: &str, key: &str) -> Option<u64> {
+    text.lines()
         .find(|line| line.starts_with(key))?
         .split_whitespace()
         .nth(1)?
@@ -141,12 +188,25 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmRSS:"), Some(8123));
         assert_eq!(parse_status_kb(status, "VmHWM:"), Some(9000));
         assert_eq!(parse_status_kb(status, "VmSwap:"), None);
+        let status = "voluntary_ctxt_switches:\t12\nnonvoluntary_ctxt_switches:\t3\n";
+        assert_eq!(
+            parse_status_count(status, "voluntary_ctxt_switches:"),
+            Some(12)
+        );
+        assert_eq!(
+            parse_status_count(status, "nonvoluntary_ctxt_switches:"),
+            Some(3)
+        );
+        let io = "rchar: 10\nwchar: 20\nsyscr: 7\nsyscw: 9\n";
+        assert_eq!(parse_status_count(io, "syscr:"), Some(7));
     }
 
     #[test]
     fn sample_self() {
         let sample = sample_process(std::process::id()).unwrap();
         assert!(sample.rss_kb > 0);
+        assert!(sample.ctx_voluntary + sample.ctx_involuntary > 0);
+        assert!(sample.rw_syscalls.is_some());
         assert!(mono_ns() > 0);
         assert!(self_cpu_s() >= 0.0);
     }
