@@ -32,7 +32,7 @@ use super::mesh::Batch;
 use super::shard::{Global, ReadState, Shard, ShardStats};
 use super::sys::{self, SysState, Totals};
 use crate::config::Config;
-use crate::net::{Engine, EngineConfig, EngineStats, Handler};
+use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler};
 
 /// How often each shard advances its clock (keep-alive, expiry, shutdown check).
 const TICK: Duration = Duration::from_millis(200);
@@ -176,9 +176,27 @@ impl Driver {
     }
 }
 
-/// The engine's ring sizes for a configuration.
+/// The engine's ring sizes. Tuning knobs for benchmarks, read from the environment (not
+/// config keys: the defaults are what the measurements chose): `SHARDMQ_RING_MODE`
+/// (`defer`, `coop`, `interrupt`), `SHARDMQ_RECV_BUFFERS` (a power of two),
+/// `SHARDMQ_RECV_BUFFER_SIZE` (bytes).
 fn engine_config(_config: &Config) -> EngineConfig {
-    EngineConfig::default()
+    let mut engine = EngineConfig::default();
+    let var = |name: &str| std::env::var(name).ok();
+    match var("SHARDMQ_RING_MODE").as_deref() {
+        Some("defer") => engine.mode = Some(CompletionMode::Deferred),
+        Some("coop") => engine.mode = Some(CompletionMode::Cooperative),
+        Some("interrupt") => engine.mode = Some(CompletionMode::Interrupt),
+        Some(other) => tracing::warn!(mode = other, "unknown SHARDMQ_RING_MODE; using the default"),
+        None => {}
+    }
+    if let Some(count) = var("SHARDMQ_RECV_BUFFERS").and_then(|v| v.parse::<u16>().ok()) {
+        engine.buffers = count;
+    }
+    if let Some(size) = var("SHARDMQ_RECV_BUFFER_SIZE").and_then(|v| v.parse::<usize>().ok()) {
+        engine.buffer_size = size;
+    }
+    engine
 }
 
 /// Runs one shard until the broker shuts down.
