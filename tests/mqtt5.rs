@@ -766,6 +766,40 @@ fn inbound_receive_maximum_exceeded() {
     expect_server_disconnect(&mut client, ReasonCode::ReceiveMaximumExceeded, TIMEOUT);
 }
 
+/// A client that is still sending when the server disconnects it reads the DISCONNECT: the
+/// broker half-closes and discards input for a while instead of closing a socket with unread
+/// input, which would reset the connection and destroy the DISCONNECT (and the PUBRECs before
+/// it) in the client's receive buffer.
+#[test]
+fn server_disconnect_reaches_a_client_that_keeps_sending() {
+    let broker = start_broker_with(|config| config.receive_maximum = 2);
+    let (mut client, _) = raw_v5(broker.shard(0), "rmin-linger", |_| {});
+    // Three QoS 2 PUBLISHes (the third exceeds Receive Maximum) and 100 KiB more, written
+    // before anything is read: the broker stops at the third with input still unread.
+    let mut bytes = Vec::new();
+    for id in 1..=103u16 {
+        let payload = if id <= 3 {
+            vec![b'q'; 2]
+        } else {
+            vec![b'x'; 1024]
+        };
+        let packet = publish_v5(
+            "rmin/linger",
+            &payload,
+            QoS::ExactlyOnce,
+            id,
+            Properties::default(),
+        );
+        bytes.extend_from_slice(&common::encode(&packet, ProtocolVersion::V5));
+    }
+    client
+        .send_bytes(&bytes)
+        .expect("the broker reads while it decides");
+    assert_eq!(recv_pubrec(&mut client).packet_id, 1);
+    assert_eq!(recv_pubrec(&mut client).packet_id, 2);
+    expect_server_disconnect(&mut client, ReasonCode::ReceiveMaximumExceeded, TIMEOUT);
+}
+
 /// Receive Maximum counts distinct messages: QoS 2 PUBLISHes whose PUBREC was lost are resent
 /// (DUP, same identifiers) after reconnecting (MQTT 5.0 §4.4); with receive_maximum = 2 and two
 /// unreleased messages, the resends are deduplicated, not a quota violation.
