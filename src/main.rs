@@ -1,13 +1,17 @@
 //! The `shardmq` binary: subcommand, flags and config in, broker out. All logic lives in the
 //! library.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
 use shardmq::broker::{self, BrokerHandle};
-use shardmq::config::{Cli, Command, Config, Flags};
+use shardmq::config::{Cli, Command, Config, Flags, LogFormat};
+use shardmq::logging::LogOutput;
 use shardmq::metrics::{self, MetricsServer};
-use tracing_subscriber::{reload, EnvFilter};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -64,11 +68,40 @@ fn serve(flags: Flags) -> ExitCode {
     let filter = log_from_env
         .or_else(|| EnvFilter::try_new(&config.log_level).ok())
         .unwrap_or_else(|| EnvFilter::new("info"));
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_filter_reloading();
-    let log_filter = subscriber.reload_handle();
-    subscriber.init();
+    let (filter, log_filter) = reload::Layer::new(filter);
+    // log_file: appended to (stderr when unset), reopened on every SIGHUP.
+    let logs = match LogOutput::open(config.log_file.as_deref()) {
+        Ok(logs) => logs,
+        Err(error) => {
+            let path = config.log_file.as_deref().unwrap_or(Path::new(""));
+            eprintln!(
+                "shardmq: cannot open the log file {}: {error}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    // log_format is read once: changing it needs a restart (reload_diff says so).
+    let format = match config.log_format {
+        LogFormat::Text => {
+            let text = fmt::layer().with_writer(logs.clone());
+            // No colour codes in a file; on stderr the default (colour unless NO_COLOR).
+            if config.log_file.is_some() {
+                text.with_ansi(false).boxed()
+            } else {
+                text.boxed()
+            }
+        }
+        LogFormat::Json => fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(logs.clone())
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(format)
+        .init();
 
     // Block SIGINT/SIGTERM/SIGHUP before any shard thread exists (threads inherit the mask),
     // then wait for them here: a signal never interrupts a shard.
@@ -103,9 +136,21 @@ fn serve(flags: Flags) -> ExitCode {
     loop {
         match wait_for(&signals, SHARD_CHECK) {
             Some(libc::SIGHUP) => {
+                // Log rotation first, whatever the file says now: the renamed file is left
+                // behind and the lines that follow go to a new one at the configured path.
+                if config.log_file.is_some() {
+                    reopen_log(&logs, config.log_file.as_deref());
+                }
                 if let Some(new) = reload(&flags, &handle) {
                     if !pinned_log && new.log_level != config.log_level {
                         set_log_level(&log_filter, &new.log_level);
+                    }
+                    if new.log_file != config.log_file {
+                        tracing::info!(
+                            log_file = %display_log_file(new.log_file.as_deref()),
+                            "the log goes on elsewhere"
+                        );
+                        reopen_log(&logs, new.log_file.as_deref());
                     }
                     config = new;
                 }
@@ -198,6 +243,25 @@ fn reload(flags: &Flags, handle: &BrokerHandle) -> Option<Config> {
             None
         }
     }
+}
+
+/// Opens the log file at `path` anew (stderr for `None`) and says so in it; if it cannot be
+/// opened, the log stays where it was and says why.
+fn reopen_log(logs: &LogOutput, path: Option<&Path>) {
+    let log_file = display_log_file(path);
+    match logs.reopen(path) {
+        Ok(()) => tracing::info!(%log_file, "log file reopened"),
+        Err(error) => tracing::error!(
+            %error,
+            %log_file,
+            "cannot open the log file; logging goes on where it was"
+        ),
+    }
+}
+
+/// A `log_file` for log lines: its path, or `stderr`.
+fn display_log_file(path: Option<&Path>) -> String {
+    path.map_or_else(|| "stderr".to_string(), |path| path.display().to_string())
 }
 
 /// Applies a reloaded `log_level` to the running log filter.
