@@ -190,6 +190,15 @@ fn sighup_reloads_the_password_and_acl_files() {
         ReasonCode::BadUserNameOrPassword
     );
     wait_for_log(&process, "CONNECT refused: authentication failed", 1);
+    // The refusal names the client's address (the log is plain text here).
+    assert!(
+        process
+            .output()
+            .lines()
+            .any(|line| line.contains("CONNECT refused") && line.contains("127.0.0.1:")),
+        "{}",
+        process.output()
+    );
 
     // New password for alice, bob gone; alice may no longer read a/#.
     std::fs::write(

@@ -97,14 +97,13 @@ fn json_lines(contents: &str) -> Vec<serde_json::Map<String, serde_json::Value>>
 
 /// The lines whose message says that `client_id` connected.
 fn connected(lines: &[serde_json::Map<String, serde_json::Value>], client_id: &str) -> usize {
-    let text = format!("New client connected as {client_id} ");
+    // Mosquitto's line: "New client connected from <address> as <client id> (...)."
+    let text = format!(" as {client_id} ");
     lines
         .iter()
         .filter(|line| {
-            line["message"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with(&text)
+            let message = line["message"].as_str().unwrap_or_default();
+            message.starts_with("New client connected from 127.0.0.1:") && message.contains(&text)
         })
         .count()
 }
@@ -138,7 +137,7 @@ fn json_log_file_is_reopened_on_sighup() {
 
     wait_for_line(&log, "accepting connections");
     let (raw, _) = Raw::connect(addr, "first-client", true);
-    let contents = wait_for_line(&log, "New client connected as first-client");
+    let contents = wait_for_line(&log, "New client connected from 127.0.0.1:");
     let lines = json_lines(&contents);
     assert_eq!(connected(&lines, "first-client"), 1, "{contents}");
     let line = lines
@@ -156,7 +155,7 @@ fn json_log_file_is_reopened_on_sighup() {
     // The reload itself is logged after the reopen, in the new file.
     wait_for_line(&log, "configuration reloaded");
     let (raw, _) = Raw::connect(addr, "second-client", true);
-    let contents = wait_for_line(&log, "New client connected as second-client");
+    let contents = wait_for_line(&log, " as second-client ");
     let new_lines = json_lines(&contents);
     assert_eq!(connected(&new_lines, "second-client"), 1, "{contents}");
     assert_eq!(connected(&new_lines, "first-client"), 0, "{contents}");

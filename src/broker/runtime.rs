@@ -62,8 +62,13 @@ pub(super) struct ShardLinks {
 
 /// The shard's state machine drives its sockets through the engine.
 impl Handler for Shard {
-    fn accept(&mut self, listener: Option<usize>, now: Instant) -> Option<ConnId> {
-        self.on_accept_from(listener, now)
+    fn accept(
+        &mut self,
+        listener: Option<usize>,
+        peer: Option<SocketAddr>,
+        now: Instant,
+    ) -> Option<ConnId> {
+        self.on_accept_with_peer(listener, peer, now)
     }
     fn received(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
         self.on_received(conn, bytes, now);

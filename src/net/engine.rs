@@ -698,7 +698,10 @@ impl Engine {
         let fd = completion.result;
         self.stats.accepted += 1;
         let room = self.sockets.len() < MAX_SLOT as usize;
-        match handler.accept(index, now).filter(|_| room) {
+        match handler
+            .accept(index, peer_address(fd), now)
+            .filter(|_| room)
+        {
             Some(conn) => self.open(conn, fd),
             None => {
                 tracing::debug!("connection refused at accept; closing it");
@@ -855,4 +858,15 @@ fn shutdown(fd: RawFd, how: libc::c_int) {
     // SAFETY: `fd` is a socket this engine owns and has not closed. Failure (the peer is
     // gone: ENOTCONN) needs no handling.
     unsafe { libc::shutdown(fd, how) };
+}
+
+/// The address of the peer of socket `fd` (one getpeername(2): multishot accepts return no
+/// address).
+fn peer_address(fd: RawFd) -> Option<std::net::SocketAddr> {
+    // SAFETY: `fd` is an open socket owned by the engine for the duration of this call.
+    let socket = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    socket2::SockRef::from(&socket)
+        .peer_addr()
+        .ok()?
+        .as_socket()
 }

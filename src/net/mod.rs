@@ -40,7 +40,13 @@ use crate::broker::ReadState;
 pub trait Handler {
     /// A connection arrived on listener `listener` (`None`: a listener without settings of
     /// its own). `None` refuses it: the socket is closed at once.
-    fn accept(&mut self, listener: Option<usize>, now: Instant) -> Option<ConnId>;
+    /// `peer` is the client's address when the kernel could tell it.
+    fn accept(
+        &mut self,
+        listener: Option<usize>,
+        peer: Option<std::net::SocketAddr>,
+        now: Instant,
+    ) -> Option<ConnId>;
     /// Bytes arrived on `conn`.
     fn received(&mut self, conn: ConnId, bytes: &[u8], now: Instant);
     /// Input kept while reading was paused may be handled now (after [`ReadState::Reprocess`]).

@@ -47,7 +47,16 @@ impl Toy {
 }
 
 impl Handler for Toy {
-    fn accept(&mut self, _listener: Option<usize>, _now: Instant) -> Option<ConnId> {
+    fn accept(
+        &mut self,
+        _listener: Option<usize>,
+        peer: Option<std::net::SocketAddr>,
+        _now: Instant,
+    ) -> Option<ConnId> {
+        assert!(
+            peer.is_some_and(|p| p.ip().is_loopback()),
+            "the engine names the peer: {peer:?}"
+        );
         let conn = self.conns.insert(ToyConn::default())?;
         self.accepted.push(conn);
         Some(conn)

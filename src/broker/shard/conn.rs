@@ -97,6 +97,28 @@ impl Shard {
         self.register_conn(listener)
     }
 
+    /// [`Shard::on_accept_from`] for a connection whose peer address the runtime knows: it
+    /// appears in the connection's log lines (Mosquitto's "New client connected from ...").
+    pub fn on_accept_with_peer(
+        &mut self,
+        listener: Option<usize>,
+        peer: Option<std::net::SocketAddr>,
+        now: Instant,
+    ) -> Option<ConnId> {
+        let conn = self.on_accept_from(listener, now)?;
+        if let Some(peer) = peer {
+            self.peers.insert(conn, peer);
+        }
+        Some(conn)
+    }
+
+    /// The peer address of a connection whose CONNECT is not answered yet, for log lines.
+    pub(super) fn peer_of(&self, conn: ConnId) -> String {
+        self.peers
+            .get(&conn)
+            .map_or_else(|| "unknown".to_string(), ToString::to_string)
+    }
+
     pub(super) fn register_conn(&mut self, listener: Option<usize>) -> Option<ConnId> {
         let now_ms = self.clock_ms();
         let max_total = self.config.max_connections;
@@ -428,6 +450,7 @@ impl Shard {
     /// The connection task ended: publish the will unless the client disconnected properly,
     /// end or park the session, free the connection.
     pub(super) fn on_conn_closed(&mut self, index: ConnId) {
+        self.peers.remove(&index);
         let Some(conn) = self.conns.remove(index) else {
             return;
         };

@@ -19,10 +19,9 @@ impl Shard {
         }
         // Credentials, enhanced authentication, and whatever else the admission hook checks.
         if let Err(reason) = self.hooks.admission.admit(&connect) {
-            // The peer address is the runtime's, not the shard's: the client id and user name
-            // identify the attempt here.
             tracing::info!(
                 shard = self.id,
+                peer = %self.peer_of(index),
                 client = %connect.client_id,
                 username = connect.username.as_deref().unwrap_or(""),
                 anonymous = connect.username.is_none(),
@@ -115,6 +114,7 @@ impl Shard {
         };
         let _ = Packet::ConnAck(connack).encode(conn.protocol, &mut conn.out);
         self.stats.connects_refused += 1;
+        self.peers.remove(&index);
         conn.kill = Some(Kill {
             reason,
             graceful: false,

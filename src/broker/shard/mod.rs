@@ -189,6 +189,9 @@ pub struct Shard {
     paused_readers: Vec<ConnId>,
     /// Connections that need the runtime's attention (see [`Shard::drain_wakes`]).
     wakes: Vec<ConnId>,
+    /// Peer addresses of connections whose CONNECT is not answered yet (for the connection
+    /// and refusal log lines); dropped once it is, so idle clients do not pay for it.
+    peers: HashMap<ConnId, std::net::SocketAddr>,
     /// The peer whose batch is being applied (see [`Shard::on_mesh_from`]).
     mesh_source: Option<usize>,
     matches: Vec<(SessionId, SubscriptionOptions, u32)>,
@@ -278,6 +281,7 @@ impl Shard {
             listener_limits: listener_limits(&config),
             paused_readers: Vec::new(),
             wakes: Vec::new(),
+            peers: HashMap::new(),
             mesh_source: None,
             matches: Vec::new(),
             subscription_ids: Vec::new(),

@@ -416,11 +416,13 @@ impl Shard {
             .as_deref()
             .map(|u| format!(", u'{u}'"))
             .unwrap_or_default();
+        let peer = self.peer_of(index);
+        self.peers.remove(&index);
         tracing::info!(
             shard = self.id,
             conn = ?index,
             session_present,
-            "New client connected as {} (p{level}, c{}, k{}{user}).",
+            "New client connected from {peer} as {} (p{level}, c{}, k{}{user}).",
             connect.client_id,
             u8::from(connect.clean_start),
             keep_alive,
