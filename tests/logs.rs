@@ -188,3 +188,63 @@ fn json_log_file_is_reopened_on_sighup() {
     wait_for_line(&log, "stopped");
     json_lines(&read(&log));
 }
+
+/// A slow consumer is logged once when its episode starts and once when it catches up, not
+/// once per message.
+#[test]
+fn slow_consumer_episode_is_logged_once() {
+    use shardmq::codec::{Packet, QoS};
+
+    let dir = TempDir::new("slow");
+    let log = dir.0.join("broker.log");
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
+        .args(["--log-file", log.to_str().unwrap(), "--listen", &listen])
+        .args([
+            "--shards",
+            "1",
+            "--max-queued-messages",
+            "40",
+            "--max-inflight",
+            "4",
+        ])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn the shardmq binary");
+    let _process = Process(child);
+    let addr: SocketAddr = listen.parse().unwrap();
+    wait_for_line(&log, "accepting connections");
+
+    let (mut subscriber, _) = Raw::connect(addr, "slow-sub", true);
+    subscriber.subscribe(1, "slow/t", QoS::AtLeastOnce);
+    let (mut publisher, _) = Raw::connect(addr, "slow-pub", true);
+    // 36 QoS 1 messages while the subscriber reads nothing: 4 in flight, 32 queued, past half
+    // of the 40-message limit for 12 deliveries in a row.
+    const MESSAGES: u16 = 36;
+    for id in 1..=MESSAGES {
+        publisher.send(Packet::Publish(common::publish_packet(
+            "slow/t",
+            b"m",
+            QoS::AtLeastOnce,
+            false,
+            id,
+        )));
+    }
+    wait_for_line(&log, "Client slow-sub is a slow consumer");
+    // Now it reads and acknowledges everything.
+    for _ in 0..MESSAGES {
+        let publish = subscriber.recv_publish();
+        common::ack_publish(&mut subscriber, &publish);
+    }
+    let contents = wait_for_line(&log, "Client slow-sub caught up.");
+    assert_eq!(
+        contents.matches("is a slow consumer").count(),
+        1,
+        "one line per episode:\n{contents}"
+    );
+    assert_eq!(contents.matches("caught up.").count(), 1, "{contents}");
+}

@@ -185,7 +185,46 @@ impl Shard {
         // its bound, which must not slow the publishers down.
         let high_water = self.config.max_queued_messages / 2;
         if high_water > 0 && queued >= high_water && online {
+            self.slow_consumer_starts(slot, queued);
             self.throttle_publisher(slot);
+        }
+    }
+
+    /// Logs the start of a slow-consumer episode (once per episode).
+    fn slow_consumer_starts(&mut self, slot: SessionId, queued: usize) {
+        let limit = self.config.max_queued_messages;
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        if entry.slow_consumer {
+            return;
+        }
+        entry.slow_consumer = true;
+        tracing::warn!(
+            shard = self.id,
+            queued,
+            limit,
+            "Client {} is a slow consumer: publishers on this shard are throttled until it catches \
+             up; messages beyond the limit are dropped.",
+            entry.session.client_id
+        );
+    }
+
+    /// Logs the end of a slow-consumer episode: its queue is at most a quarter full again.
+    pub(super) fn slow_consumer_maybe_ends(&mut self, slot: SessionId) {
+        let low_water = self.config.max_queued_messages / 4;
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let queued = entry.session.queued_len();
+        if entry.slow_consumer && queued <= low_water {
+            entry.slow_consumer = false;
+            tracing::info!(
+                shard = self.id,
+                queued,
+                "Client {} caught up.",
+                entry.session.client_id
+            );
         }
     }
 }

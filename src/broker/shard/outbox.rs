@@ -11,7 +11,12 @@ impl Shard {
             return;
         }
         if self.outbox.push(shard, message) {
-            tracing::debug!(shard = self.id, peer = shard, "cross-shard backpressure on");
+            // Once per episode, not per message.
+            tracing::warn!(
+                shard = self.id,
+                peer = shard,
+                "cross-shard queue full: reading from this shard's clients paused"
+            );
             self.stats.backpressure_episodes += 1;
         }
     }
@@ -59,7 +64,10 @@ impl Shard {
     /// is under the low-water mark.
     pub fn on_outbox_drained(&mut self) {
         if self.outbox.relieve() {
-            tracing::debug!(shard = self.id, "cross-shard backpressure off");
+            tracing::info!(
+                shard = self.id,
+                "cross-shard queues drained: reading from clients resumed"
+            );
             let mut paused = std::mem::take(&mut self.paused_readers);
             for conn in paused.drain(..) {
                 self.wake_conn(conn);

@@ -189,6 +189,7 @@ impl Shard {
         if was_empty && !conn.out.is_empty() {
             self.wake_conn(index);
         }
+        self.slow_consumer_maybe_ends(session);
         self.release_throttled(Some(session));
     }
 

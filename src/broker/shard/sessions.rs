@@ -22,6 +22,10 @@ pub(super) struct SessionEntry {
     /// subscription is added, recomputed on install and on an ACL reload; never cleared by an
     /// unsubscribe (a needless check is harmless).
     pub(super) check_deliveries: bool,
+    /// In a slow-consumer episode: its queue passed half of `max_queued_messages` while it was
+    /// connected. Logged once when the episode starts and once when it ends (queue at most a
+    /// quarter full), not per message.
+    pub(super) slow_consumer: bool,
 }
 
 /// The filter an authorization check sees: without a `$share/{group}/` prefix.
@@ -54,6 +58,7 @@ impl Shard {
             moved_to: None,
             recent: None,
             check_deliveries,
+            slow_consumer: false,
         }))?;
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
