@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::auth::AuthFiles;
 use crate::auth::LoadedFile;
+pub use crate::units::ByteSize;
 
 /// How a shared subscription picks the member that receives a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
@@ -27,6 +28,18 @@ pub enum SharedStrategy {
     /// The same member while it stays connected (per publishing shard: each shard keeps its
     /// own choice, preferring members on itself).
     Sticky,
+}
+
+/// What a client publishing faster than `max_publish_rate` / `max_publish_bytes_rate` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum RateAction {
+    /// Its socket is not read until its bucket has refilled (TCP pushes back on the client).
+    #[default]
+    Throttle,
+    /// It is disconnected: DISCONNECT 0x96 (message rate too high) for MQTT 5, a closed
+    /// connection for 3.x.
+    Disconnect,
 }
 
 /// How log lines are written.
@@ -76,6 +89,10 @@ pub struct ListenerConfig {
     /// A name for logs and statistics.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// New connections per second this listener accepts (all shards together); unset = the
+    /// top-level `max_connection_rate`, 0 = none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_rate: Option<u32>,
 }
 
 impl ListenerConfig {
@@ -86,6 +103,7 @@ impl ListenerConfig {
             protocol: ListenerProtocol::Mqtt,
             max_connections: 0,
             name: None,
+            max_connection_rate: None,
         }
     }
 }
@@ -182,6 +200,22 @@ pub struct Config {
     pub max_retained_messages: usize,
     /// Payload bytes of retained messages the broker keeps (same rule). 0 = unlimited.
     pub max_retained_bytes: usize,
+    /// Memory budget of the process (resident set, sampled a few times a second off the hot
+    /// path); 0 = none. Above it new connections are refused (CONNACK 0x89; 3.x: 3) and clients
+    /// that publish are not read, until use falls below 90% of it. Takes `512MiB`, `2G`, bytes.
+    pub max_memory: ByteSize,
+    /// PUBLISH packets per second one client may send (a token bucket holding one second's
+    /// worth); 0 = no limit. See `publish_rate_action`.
+    pub max_publish_rate: u32,
+    /// PUBLISH payload bytes per second one client may send (same bucket rule); 0 = no limit.
+    pub max_publish_bytes_rate: ByteSize,
+    /// What a client over its publish rate gets: `throttle` (its socket is not read until the
+    /// bucket refills) or `disconnect` (MQTT 5: DISCONNECT 0x96; 3.x: closed).
+    pub publish_rate_action: RateAction,
+    /// New connections per second each listener accepts, all shards together (one second's
+    /// burst); beyond it the CONNECT is answered with CONNACK 0x9F (3.x: 3) and the connection
+    /// closed. 0 = no limit; a `[[listener]]` table may set its own.
+    pub max_connection_rate: u32,
     /// Address of the Prometheus endpoint (`GET /metrics`, `GET /healthz`), served by a thread
     /// that is not a shard; unset = none. Changing it needs a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -250,6 +284,11 @@ impl Default for Config {
             max_subscriptions_per_client: 0,
             max_retained_messages: 0,
             max_retained_bytes: 0,
+            max_memory: ByteSize(0),
+            max_publish_rate: 0,
+            max_publish_bytes_rate: ByteSize(0),
+            publish_rate_action: RateAction::Throttle,
+            max_connection_rate: 0,
             metrics_listen: None,
             password_file: None,
             acl_file: None,
@@ -442,6 +481,22 @@ pub struct Flags {
     /// Retained payload bytes kept (0 = unlimited).
     #[arg(long)]
     pub max_retained_bytes: Option<usize>,
+    /// Memory budget (e.g. 2G, 512MiB; 0 = none): above it new connections are refused and
+    /// publishers are not read.
+    #[arg(long, value_name = "SIZE")]
+    pub max_memory: Option<ByteSize>,
+    /// PUBLISH packets per second per client (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_publish_rate: Option<u32>,
+    /// PUBLISH payload bytes per second per client (e.g. 1M; 0 = no limit).
+    #[arg(long, value_name = "SIZE")]
+    pub max_publish_bytes_rate: Option<ByteSize>,
+    /// What a client over its publish rate gets.
+    #[arg(long, value_enum)]
+    pub publish_rate_action: Option<RateAction>,
+    /// New connections per second per listener, all shards together (0 = no limit).
+    #[arg(long, value_name = "N")]
+    pub max_connection_rate: Option<u32>,
     /// Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this
     /// address, e.g. 127.0.0.1:9100.
     #[arg(long)]
@@ -517,7 +572,12 @@ impl Config {
             max_subscriptions_per_client,
             max_retained_messages,
             max_retained_bytes,
-            max_keepalive
+            max_keepalive,
+            max_memory,
+            max_publish_rate,
+            max_publish_bytes_rate,
+            publish_rate_action,
+            max_connection_rate
         );
         if flags.log_file.is_some() {
             config.log_file = flags.log_file;
@@ -773,6 +833,11 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_subscriptions_per_client,
         max_retained_messages,
         max_retained_bytes,
+        max_memory,
+        max_publish_rate,
+        max_publish_bytes_rate,
+        publish_rate_action,
+        max_connection_rate,
         metrics_listen,
         password_file,
         acl_file,
@@ -822,6 +887,11 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_subscriptions_per_client,
         max_retained_messages,
         max_retained_bytes,
+        max_memory,
+        max_publish_rate,
+        max_publish_bytes_rate,
+        publish_rate_action,
+        max_connection_rate,
         password_file,
         acl_file,
         allow_anonymous,
@@ -968,6 +1038,7 @@ protocol = "mqtt"
                     protocol: ListenerProtocol::Mqtt,
                     max_connections: 100,
                     name: Some("internal".into()),
+                    max_connection_rate: None,
                 },
                 ListenerConfig::mqtt(addr("127.0.0.1:1885")),
             ]

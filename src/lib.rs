@@ -29,3 +29,5 @@ pub mod logging;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod net;
+#[cfg(feature = "runtime")]
+pub mod units;

@@ -288,7 +288,7 @@ fn route(method: &str, target: &str) -> Route {
 }
 
 /// Number of fields in [`ShardStats`].
-const FIELDS: usize = 30;
+const FIELDS: usize = 36;
 
 /// One [`ShardStats`] field as exported: name (without prefix, and without `_total` for a
 /// counter), help, type (counter or gauge) and value.
@@ -325,6 +325,12 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
         subscriptions,
         retained,
         protocol_violations,
+        connects_refused_memory,
+        memory_readers_paused,
+        memory_pressure,
+        rate_limit_pauses,
+        rate_limit_disconnects,
+        connection_rate_refused,
         ring_enters,
         ring_submissions,
         ring_completions,
@@ -481,6 +487,42 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
             "Ownership-protocol violations repaired (always 0 unless there is a bug).",
             Counter,
             protocol_violations,
+        ),
+        (
+            "connects_refused_memory",
+            "CONNECTs refused (0x89) while the process was over max_memory.",
+            Counter,
+            connects_refused_memory,
+        ),
+        (
+            "memory_readers_paused",
+            "Times a publisher stopped being read because the process was over max_memory.",
+            Counter,
+            memory_readers_paused,
+        ),
+        (
+            "memory_pressure",
+            "1 while the process is over max_memory.",
+            Gauge,
+            memory_pressure,
+        ),
+        (
+            "rate_limit_pauses",
+            "Times a client's reads were paused for its publish rate.",
+            Counter,
+            rate_limit_pauses,
+        ),
+        (
+            "rate_limit_disconnects",
+            "Clients disconnected for their publish rate.",
+            Counter,
+            rate_limit_disconnects,
+        ),
+        (
+            "connection_rate_refused",
+            "Connections refused by a listener's max_connection_rate.",
+            Counter,
+            connection_rate_refused,
         ),
         (
             "ring_enters",

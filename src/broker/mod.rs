@@ -285,6 +285,10 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
     }
     let global = Arc::new(Global {
         listener_connections: listeners.iter().map(|_| AtomicUsize::new(0)).collect(),
+        listener_rates: listeners
+            .iter()
+            .map(|_| shard::RateGate::default())
+            .collect(),
         ..Global::default()
     });
     let mesh: MeshBuilder<Batch, _> = MeshBuilder::full(shards, config.mesh_capacity);

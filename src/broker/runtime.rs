@@ -292,6 +292,7 @@ pub(super) async fn run_shard(
     let _ = ready.send((id, test_addr));
     drop(ready);
     let panic_at = (config.test_inject_panic == Some(id)).then(|| Instant::now() + TICK * 5);
+    let mut memory = MemoryWatch::default();
     let mut sys =
         (!all_stats.is_empty()).then(|| SysPublisher::new(all_stats, Arc::clone(&global)));
     while !global.shutdown.load(Ordering::Relaxed) {
@@ -301,6 +302,11 @@ pub(super) async fn run_shard(
             while let Ok(config) = reloads.try_recv() {
                 driver.shard.on_config(Rc::new((*config).clone()));
             }
+            if id == 0 {
+                memory.sample(driver.shard.config().max_memory.bytes(), &global);
+            }
+            let pressure = global.memory_pressure.load(Ordering::Relaxed);
+            driver.shard.set_memory_pressure(pressure, Instant::now());
             driver.shard.on_tick(Instant::now());
             driver.dispatch();
             // Deadlines of closing sockets and accept retries are checked by engine passes.
@@ -476,6 +482,49 @@ impl SysPublisher {
         };
         for (topic, payload) in self.state.update(&totals, elapsed.unwrap_or_default()) {
             shard.publish_internal(&topic, bytes::Bytes::from(payload), now);
+        }
+    }
+}
+
+/// Shard 0's watch over `max_memory`: the resident set, read once per tick (a few
+/// microseconds, off the hot path), turns the broker-wide pressure flag on above the budget
+/// and off below 90% of it. Every shard reads the flag at its tick.
+#[derive(Debug, Default)]
+struct MemoryWatch {
+    over: bool,
+}
+
+impl MemoryWatch {
+    fn sample(&mut self, max_memory: u64, global: &Global) {
+        if max_memory == 0 {
+            if std::mem::take(&mut self.over) {
+                global.memory_pressure.store(false, Ordering::Relaxed);
+                tracing::info!(
+                    "max_memory removed: accepting connections and reading publishers again"
+                );
+            }
+            return;
+        }
+        let resident = resident_bytes();
+        let low_water = max_memory / 10 * 9;
+        if !self.over && resident > max_memory {
+            self.over = true;
+            global.memory_pressure.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                resident,
+                max_memory,
+                "memory use ({resident} B) above max_memory ({max_memory} B): refusing new \
+                 connections (CONNACK 0x89) and pausing clients that publish"
+            );
+        } else if self.over && resident < low_water {
+            self.over = false;
+            global.memory_pressure.store(false, Ordering::Relaxed);
+            tracing::info!(
+                resident,
+                max_memory,
+                "memory use ({resident} B) back under 90% of max_memory: accepting connections \
+                 and reading publishers again"
+            );
         }
     }
 }

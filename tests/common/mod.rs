@@ -48,6 +48,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// `shard_addrs[i]` reaches shard `i` only.
     pub shard_addrs: Vec<SocketAddr>,
+    /// The configuration it was started with (or last reloaded).
+    config: Config,
 }
 
 impl Broker {
@@ -66,7 +68,7 @@ impl Broker {
             ..Config::default()
         };
         tweak(&mut config);
-        let handle = shardmq::broker::start(config).expect("the broker starts");
+        let handle = shardmq::broker::start(config.clone()).expect("the broker starts");
         let addr = handle.listen_addrs[0];
         let shard_addrs = handle.shard_addrs.clone();
         assert_eq!(shard_addrs.len(), 2, "per-shard listeners are on");
@@ -74,7 +76,21 @@ impl Broker {
             handle: Some(handle),
             addr,
             shard_addrs,
+            config,
         }
+    }
+
+    /// Reloads the broker with its configuration changed by `tweak` (the SIGHUP path): the
+    /// shards apply it at their next tick.
+    pub fn reload(&mut self, tweak: impl FnOnce(&mut Config)) {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        self.handle
+            .as_ref()
+            .expect("the broker is running")
+            .reload(config.clone())
+            .expect("the configuration reloads");
+        self.config = config;
     }
 
     /// The listener of shard `i`.

@@ -21,9 +21,12 @@ pub struct Kill {
 #[derive(Debug)]
 pub(super) enum ConnState {
     AwaitConnect,
-    /// Accepted beyond a connection limit: its CONNECT is answered with CONNACK 0x97 (3.x:
-    /// 3, server unavailable) and the connection closed, so the client learns why.
-    OverLimit,
+    /// Accepted beyond a connection limit (`reason` 0x97) or connection rate (0x9F): its
+    /// CONNECT is answered with a CONNACK of that reason (3.x: 3, server unavailable) and the
+    /// connection closed, so the client learns why.
+    OverLimit {
+        reason: ReasonCode,
+    },
     Claiming {
         token: u64,
     },
@@ -56,6 +59,8 @@ pub struct Conn {
     pub(super) throttled: bool,
     /// A wake-up for this connection is queued for the runtime (so it is queued once).
     pub(super) wake_queued: bool,
+    /// Overload state: whether it publishes, and why it is not read (see [`Limited`]).
+    pub(super) limited: Limited,
     /// The wheel bucket of this connection's one live timer entry (0: none).
     pub(super) timer_bucket: u32,
     /// The listener it came through, when that listener's connections are counted
@@ -65,6 +70,36 @@ pub struct Conn {
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
     pub(super) aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
+}
+
+/// A connection's overload flags in one byte (`Conn` is allocated per connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct Limited(u8);
+
+impl Limited {
+    /// It has sent a PUBLISH: not read while the process is over its memory budget.
+    pub(super) const PUBLISHER: u8 = 1;
+    /// Not read because of memory pressure (and listed to be woken when it ends).
+    pub(super) const MEMORY_PAUSED: u8 = 2;
+    /// Over its publish rate: not read until its bucket is back in credit.
+    pub(super) const RATE_PAUSED: u8 = 4;
+
+    pub(super) fn has(self, flag: u8) -> bool {
+        self.0 & flag != 0
+    }
+
+    pub(super) fn set(&mut self, flag: u8, on: bool) {
+        if on {
+            self.0 |= flag;
+        } else {
+            self.0 &= !flag;
+        }
+    }
+
+    /// Not to be read for an overload reason.
+    pub(super) fn paused(self) -> bool {
+        self.has(Self::MEMORY_PAUSED | Self::RATE_PAUSED)
+    }
 }
 
 /// What the runtime should do next with a connection's socket.
@@ -148,14 +183,20 @@ impl Shard {
                 }
             }
         }
-        if over_limit && self.over_limit >= MAX_OVER_LIMIT_CONNS {
+        let mut over_limit = over_limit.then_some(ReasonCode::QuotaExceeded);
+        if over_limit.is_none() && !self.admit_connection_rate(listener) {
+            self.global.connections.fetch_sub(1, Ordering::Relaxed);
+            self.uncount_listener(counted_listener);
+            counted_listener = NOT_COUNTED;
+            over_limit = Some(ReasonCode::ConnectionRateExceeded);
+        }
+        if over_limit.is_some() && self.over_limit >= MAX_OVER_LIMIT_CONNS {
             return None;
         }
         let inserted = self.conns.insert(Conn {
-            state: if over_limit {
-                ConnState::OverLimit
-            } else {
-                ConnState::AwaitConnect
+            state: match over_limit {
+                Some(reason) => ConnState::OverLimit { reason },
+                None => ConnState::AwaitConnect,
             },
             protocol: ProtocolVersion::V3_1_1,
             keep_alive: 0,
@@ -167,18 +208,19 @@ impl Shard {
             paused: false,
             throttled: false,
             wake_queued: false,
+            limited: Limited::default(),
             timer_bucket: 0,
             listener: counted_listener,
             aliases_in: None,
         });
         let Some(conn) = inserted else {
-            if !over_limit {
+            if over_limit.is_none() {
                 self.global.connections.fetch_sub(1, Ordering::Relaxed);
             }
             self.uncount_listener(counted_listener);
             return None;
         };
-        if over_limit {
+        if over_limit.is_some() {
             self.over_limit += 1;
         }
         self.stats.connections_accepted += 1;
@@ -308,7 +350,14 @@ impl Shard {
             c.reprocess = false;
             return ReadState::Reprocess;
         }
-        if matches!(c.state, ConnState::Claiming { .. }) || c.paused || c.throttled {
+        if matches!(c.state, ConnState::Claiming { .. })
+            || c.paused
+            || c.throttled
+            || c.limited.paused()
+        {
+            return ReadState::Wait;
+        }
+        if self.paused_for_memory(conn) {
             return ReadState::Wait;
         }
         if self.outbox.backpressured() {
@@ -393,6 +442,7 @@ impl Shard {
             if conn.kill.is_some()
                 || conn.paused
                 || conn.throttled
+                || conn.limited.paused()
                 || matches!(conn.state, ConnState::Claiming { .. })
             {
                 break;
@@ -422,7 +472,10 @@ impl Shard {
             return;
         };
         tracing::debug!(shard = self.id, conn = ?index, %error, "closing connection on bad input");
-        if matches!(conn.state, ConnState::AwaitConnect | ConnState::OverLimit) {
+        if matches!(
+            conn.state,
+            ConnState::AwaitConnect | ConnState::OverLimit { .. }
+        ) {
             if let DecodeError::UnsupportedProtocolVersion(level) = error {
                 // The client's protocol is unknown: answer in 3.1.1 form (return code 1), as
                 // MQTT 3.1.1 §3.1.2.2 requires; a 5.0-capable client reads it too.
@@ -456,14 +509,15 @@ impl Shard {
         };
         self.stats.connections_closed += 1;
         self.uncount_listener(conn.listener);
-        if matches!(conn.state, ConnState::OverLimit) {
+        self.forget_overload(index);
+        if matches!(conn.state, ConnState::OverLimit { .. }) {
             self.over_limit -= 1;
         } else {
             self.global.connections.fetch_sub(1, Ordering::Relaxed);
         }
         let graceful = conn.kill.is_some_and(|k| k.graceful);
         match conn.state {
-            ConnState::AwaitConnect | ConnState::OverLimit | ConnState::Detached => {}
+            ConnState::AwaitConnect | ConnState::OverLimit { .. } | ConnState::Detached => {}
             ConnState::Claiming { token } => {
                 // The claim goes on without its connection: its answer still settles the
                 // client id's ownership (see `on_granted`).

@@ -11,11 +11,23 @@ impl Shard {
         };
         conn.protocol = protocol;
         conn.keep_alive = connect.keep_alive;
-        let over_limit = matches!(conn.state, ConnState::OverLimit);
+        let over_limit = match conn.state {
+            ConnState::OverLimit { reason } => Some(reason),
+            _ => None,
+        };
         let refuse = |shard: &mut Shard, reason: ReasonCode| shard.refuse_connect(index, reason);
-        if over_limit {
-            tracing::debug!(shard = self.id, client = %connect.client_id, "connection limit reached; refusing");
-            return refuse(self, ReasonCode::QuotaExceeded);
+        if let Some(reason) = over_limit {
+            tracing::debug!(shard = self.id, client = %connect.client_id, %reason, "connection or rate limit reached; refusing");
+            return refuse(self, reason);
+        }
+        if let Some(reason) = self.memory_refusal() {
+            tracing::info!(
+                shard = self.id,
+                peer = %self.peer_of(index),
+                client = %connect.client_id,
+                "CONNECT refused: memory use above max_memory"
+            );
+            return refuse(self, reason);
         }
         // Credentials, enhanced authentication, and whatever else the admission hook checks.
         if let Err(reason) = self.hooks.admission.admit(&connect) {

@@ -93,7 +93,9 @@ mod delivery;
 mod durable;
 mod flow;
 mod outbox;
+mod overload;
 mod publish;
+pub(crate) mod rate;
 mod registry;
 mod retained;
 mod sessions;
@@ -107,6 +109,8 @@ use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
 use durable::*;
+use overload::Overload;
+pub use rate::RateGate;
 use registry::*;
 use retained::*;
 use sessions::*;
@@ -126,6 +130,10 @@ pub struct Global {
     pub failed: AtomicBool,
     /// Open connections per listener (index in `Config::listeners`), all shards.
     pub listener_connections: Vec<AtomicUsize>,
+    /// Each listener's connection-rate bucket (index in `Config::listeners`), all shards.
+    pub listener_rates: Vec<RateGate>,
+    /// The process is over `max_memory` (set by the shard that samples memory use).
+    pub memory_pressure: AtomicBool,
 }
 
 /// A shard: its connections, sessions, subscriptions, replicas and outboxes.
@@ -198,6 +206,8 @@ pub struct Shard {
     subscription_ids: Vec<u32>,
     cache: EncodeCache,
     wheel: BTreeMap<u32, Vec<WheelEntry>>,
+    /// Memory budget, publish rates, connection rates.
+    overload: Overload,
     /// Counters.
     stats: ShardStats,
 }
@@ -288,6 +298,7 @@ impl Shard {
             cache: EncodeCache::default(),
             wheel: BTreeMap::new(),
             stats: ShardStats::default(),
+            overload: Overload::new(&config),
             config,
         }
     }
@@ -311,6 +322,7 @@ impl Shard {
     pub fn on_config(&mut self, config: Rc<Config>) {
         self.limits = session_limits(&config);
         self.listener_limits = listener_limits(&config);
+        self.overload.on_config(&config);
         let old = &self.config;
         let new_acl = !crate::auth::LoadedFile::same(&old.auth_files.acl, &config.auth_files.acl);
         let auth_changed = new_acl
@@ -337,6 +349,7 @@ impl Shard {
             sessions: (self.sessions.len() - self.stubs.len()) as u64,
             subscriptions: (self.subscriptions.len() + shared_members) as u64,
             retained: self.retained.len() as u64,
+            memory_pressure: u64::from(self.memory_pressure()),
             ..self.stats
         }
     }
@@ -475,7 +488,10 @@ impl Shard {
             match packet {
                 Packet::Connect(connect)
                     if self.conns.get(index).is_some_and(|c| {
-                        matches!(c.state, ConnState::AwaitConnect | ConnState::OverLimit)
+                        matches!(
+                            c.state,
+                            ConnState::AwaitConnect | ConnState::OverLimit { .. }
+                        )
                     }) =>
                 {
                     self.on_connect(index, connect)
@@ -488,7 +504,11 @@ impl Shard {
             return;
         };
         match packet {
-            Packet::Publish(publish) => self.on_publish(index, session, publish),
+            Packet::Publish(publish) => {
+                if self.admit_publish(index, publish.payload.len()) {
+                    self.on_publish(index, session, publish);
+                }
+            }
             Packet::PubAck(ack) => self.on_ack(index, session, AckKind::Ack, ack),
             Packet::PubRec(ack) => self.on_ack(index, session, AckKind::Rec, ack),
             Packet::PubComp(ack) => self.on_ack(index, session, AckKind::Comp, ack),

@@ -58,6 +58,18 @@ pub struct ShardStats {
     /// Events the ownership protocol rules out (a grant for an unknown claim, a second session
     /// for one client id), repaired and logged. Always 0 unless there is a bug.
     pub protocol_violations: u64,
+    /// CONNECTs refused (0x89) because the process was over `max_memory`.
+    pub connects_refused_memory: u64,
+    /// Times a publisher stopped being read because the process was over `max_memory`.
+    pub memory_readers_paused: u64,
+    /// 1 while the process is over `max_memory` (gauge, at the snapshot).
+    pub memory_pressure: u64,
+    /// Times a client's reads were paused for its publish rate (`max_publish_rate`, `max_publish_bytes_rate`).
+    pub rate_limit_pauses: u64,
+    /// Clients disconnected for their publish rate (`publish_rate_action = "disconnect"`).
+    pub rate_limit_disconnects: u64,
+    /// Connections refused by a listener's `max_connection_rate` (CONNACK 0x9F; 3.x: 3).
+    pub connection_rate_refused: u64,
     /// io_uring_enter calls of the shard's engine. Filled in by the runtime.
     pub ring_enters: u64,
     /// Requests the shard's engine submitted to its io_uring. Filled in by the runtime.
@@ -100,6 +112,12 @@ impl std::ops::AddAssign for ShardStats {
             subscriptions,
             retained,
             protocol_violations,
+            connects_refused_memory,
+            memory_readers_paused,
+            memory_pressure,
+            rate_limit_pauses,
+            rate_limit_disconnects,
+            connection_rate_refused,
             ring_enters,
             ring_submissions,
             ring_completions,
@@ -131,6 +149,12 @@ impl std::ops::AddAssign for ShardStats {
         self.subscriptions += subscriptions;
         self.retained = self.retained.max(retained);
         self.protocol_violations += protocol_violations;
+        self.connects_refused_memory += connects_refused_memory;
+        self.memory_readers_paused += memory_readers_paused;
+        self.memory_pressure += memory_pressure;
+        self.rate_limit_pauses += rate_limit_pauses;
+        self.rate_limit_disconnects += rate_limit_disconnects;
+        self.connection_rate_refused += connection_rate_refused;
         self.ring_enters += ring_enters;
         self.ring_submissions += ring_submissions;
         self.ring_completions += ring_completions;

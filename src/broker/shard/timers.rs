@@ -21,6 +21,7 @@ impl Shard {
         self.set_now(now);
         self.now_secs = self.now.saturating_duration_since(self.started).as_secs() as u32;
         self.release_throttled(None);
+        self.overload_tick();
         while let Some(entry) = self.wheel.first_entry() {
             let bucket = *entry.key();
             if bucket > self.now_secs {
@@ -98,7 +99,7 @@ impl Shard {
             conn.last_seen = now_ms;
         }
         let (deadline, reason) = match conn.state {
-            ConnState::AwaitConnect | ConnState::OverLimit | ConnState::Claiming { .. } => (
+            ConnState::AwaitConnect | ConnState::OverLimit { .. } | ConnState::Claiming { .. } => (
                 conn.last_seen + 1000 * u64::from(self.config.connect_timeout.max(1)),
                 ReasonCode::MaximumConnectTime,
             ),
