@@ -4,121 +4,15 @@
 
 mod common;
 
-use std::io::Read;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use bytes::Bytes;
+use common::process::{free_port, Process, TempDir};
 use common::{connect_packet, Raw, QUIET};
 use shardmq::auth::password::{PasswordFile, Verdict, DEFAULT_ITERATIONS};
 use shardmq::codec::{Connect, MqttStr, QoS, ReasonCode};
-
-/// A loopback port nobody listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
-/// A running `shardmq` process with its output collected; killed (SIGKILL, by its own pid)
-/// and reaped on drop, so a failing test leaves nothing behind.
-struct Process {
-    child: Child,
-    output: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Process {
-    fn spawn(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the shardmq binary");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), Arc::clone(&output)),
-            collect(child.stderr.take().unwrap(), Arc::clone(&output)),
-        ];
-        Process {
-            child,
-            output,
-            readers,
-        }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; the child has not been reaped (we hold it).
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Child::kill signals this child's pid only (SIGKILL).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-}
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("shardmq-authp-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn passwords(users: &[(&str, &str)]) -> String {
     let mut file = PasswordFile::default();
@@ -138,19 +32,6 @@ fn login(client_id: &str, user: &str, password: &str) -> Connect {
 
 fn connack(addr: SocketAddr, connect: Connect) -> ReasonCode {
     Raw::try_connect(addr, connect).1.reason
-}
-
-/// Waits until the process output contains `text` `count` times.
-fn wait_for_log(process: &Process, text: &str, count: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process.output().matches(text).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "no {text:?} (x{count}) in the log:\n{}",
-            process.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -175,7 +56,7 @@ fn sighup_reloads_the_password_and_acl_files() {
         "--acl-file",
         acl_path.to_str().unwrap(),
     ]);
-    wait_for_log(&process, "shardmq accepting connections", 1);
+    process.wait_for_output("shardmq accepting connections", 1);
     assert!(process
         .output()
         .contains("clients authenticate with the password file"));
@@ -189,7 +70,7 @@ fn sighup_reloads_the_password_and_acl_files() {
         connack(addr, login("alice-2", "alice", "two")),
         ReasonCode::BadUserNameOrPassword
     );
-    wait_for_log(&process, "CONNECT refused: authentication failed", 1);
+    process.wait_for_output("CONNECT refused: authentication failed", 1);
     // The refusal names the client's address (the log is plain text here).
     assert!(
         process
@@ -212,17 +93,13 @@ fn sighup_reloads_the_password_and_acl_files() {
     )
     .unwrap();
     process.signal(libc::SIGHUP);
-    wait_for_log(&process, "configuration reloaded", 1);
+    process.wait_for_output("configuration reloaded", 1);
     assert!(
         process.output().contains("password_file"),
         "{}",
         process.output()
     );
-    wait_for_log(
-        &process,
-        "subscription removed: the reloaded ACL denies it",
-        1,
-    );
+    process.wait_for_output("subscription removed: the reloaded ACL denies it", 1);
     // Each shard applies a reload at its next tick (200 ms): the log line above proves one
     // shard has it; a new connection may land on the other. Wait until the old password is
     // refused wherever the connection lands (several attempts spread over the shards).
@@ -257,7 +134,7 @@ fn sighup_reloads_the_password_and_acl_files() {
     // A bad file: the running configuration (and files) stay, the log says why.
     std::fs::write(&acl_path, "user alice\ntopic sometimes a/#\n").unwrap();
     process.signal(libc::SIGHUP);
-    wait_for_log(&process, "configuration not reloaded", 1);
+    process.wait_for_output("configuration not reloaded", 1);
     assert!(
         process.output().contains("acl_file"),
         "{}",
@@ -281,7 +158,7 @@ fn sighup_reloads_the_password_and_acl_files() {
 fn default_start_up_log_says_how_to_open_up() {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
     let mut process = Process::spawn(&["--listen", &addr.to_string(), "--shards", "1"]);
-    wait_for_log(&process, "shardmq accepting connections", 1);
+    process.wait_for_output("shardmq accepting connections", 1);
     let output = process.output();
     assert!(
         output.contains("--listen 0.0.0.0:1883 --allow-anonymous"),
@@ -357,7 +234,7 @@ fn passwd_subcommand_writes_a_mosquitto_password_file() {
         "--password-file",
         file,
     ]);
-    wait_for_log(&process, "shardmq accepting connections", 1);
+    process.wait_for_output("shardmq accepting connections", 1);
     Raw::connect_with(addr, login("bob", "bob", "b0b")).0.ping();
     assert_eq!(
         connack(addr, login("anon", "", "")),

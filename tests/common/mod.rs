@@ -4,6 +4,8 @@
 //! Everything waits with a deadline: a missing packet fails the test, it never hangs it.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
