@@ -16,6 +16,9 @@ pub use crate::auth::AuthFiles;
 use crate::auth::LoadedFile;
 pub use crate::units::ByteSize;
 
+mod admin_token;
+pub use admin_token::AdminToken;
+
 /// How a shared subscription picks the member that receives a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
@@ -220,6 +223,16 @@ pub struct Config {
     /// that is not a shard; unset = none. Changing it needs a restart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token of the `/admin` endpoints on `metrics_listen` (at least 16 visible ASCII
+    /// characters); with neither it nor `admin_token_file` they answer 404. Never printed by
+    /// `check-config`. A flag shows in the process list: prefer `admin_token_file`. A reload
+    /// applies it.
+    #[serde(skip_serializing)]
+    pub admin_token: Option<AdminToken>,
+    /// A file holding the admin token (its whole content, surrounding whitespace ignored),
+    /// read at start and on every SIGHUP. Set this or `admin_token`, not both.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
     /// Mosquitto password file (`user:$7$...` lines, as written by `mosquitto_passwd` or
     /// `shardmq passwd`). Once set, clients must give a user name and password from it (CONNACK
     /// 0x86 / 3.x: 4 otherwise) and anonymous clients are refused (0x87 / 5) unless
@@ -290,6 +303,8 @@ impl Default for Config {
             publish_rate_action: RateAction::Throttle,
             max_connection_rate: 0,
             metrics_listen: None,
+            admin_token: None,
+            admin_token_file: None,
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
@@ -501,6 +516,13 @@ pub struct Flags {
     /// address, e.g. 127.0.0.1:9100.
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Bearer token for the /admin endpoints on --metrics-listen (at least 16 characters;
+    /// visible in the process list: prefer --admin-token-file).
+    #[arg(long, value_name = "TOKEN")]
+    pub admin_token: Option<String>,
+    /// File holding the bearer token for the /admin endpoints (read again on SIGHUP).
+    #[arg(long, value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
     /// Mosquitto password file; clients must then authenticate (anonymous ones are refused
     /// unless --allow-anonymous).
     #[arg(long, value_name = "FILE")]
@@ -604,10 +626,16 @@ impl Config {
         if flags.metrics_listen.is_some() {
             config.metrics_listen = flags.metrics_listen;
         }
+        // One setting under two keys: a flag for either replaces whichever the file has.
+        if flags.admin_token.is_some() || flags.admin_token_file.is_some() {
+            config.admin_token = flags.admin_token.map(AdminToken);
+            config.admin_token_file = flags.admin_token_file;
+        }
         config.per_shard_listeners |= flags.per_shard_listeners;
         config.test_inject_panic = flags.test_inject_panic;
         config.validate()?;
         config.load_auth_files()?;
+        config.admin_token_value()?;
         Ok(config)
     }
 
@@ -691,6 +719,16 @@ impl Config {
                 "no metrics endpoint",
             ),
             (
+                self.admin_token.is_none(),
+                "admin_token",
+                "no /admin endpoints unless admin_token_file is set",
+            ),
+            (
+                self.admin_token_file.is_none(),
+                "admin_token_file",
+                "no /admin endpoints unless admin_token is set",
+            ),
+            (
                 self.password_file.is_none(),
                 "password_file",
                 "no authentication",
@@ -710,6 +748,10 @@ impl Config {
             if is_unset {
                 text.push_str(&format!("# {key}: unset ({meaning})\n"));
             }
+        }
+        if self.admin_token.is_some() {
+            // A secret: said to be set, never printed.
+            text.push_str("# admin_token: set (not printed)\n");
         }
         text.push_str(&toml::to_string_pretty(self)?);
         Ok(text)
@@ -781,6 +823,14 @@ impl Config {
         if let Some(cpus) = &self.cpus {
             parse_cpu_list(cpus)?;
         }
+        if self.admin_token.is_some() && self.admin_token_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "admin_token and admin_token_file are both set: set one".into(),
+            ));
+        }
+        if let Some(token) = &self.admin_token {
+            admin_token::check(&token.0, "admin_token")?;
+        }
         // Safe by default (Mosquitto 2.0): without authentication, only loopback clients.
         if self.password_file.is_none() && self.allow_anonymous != Some(true) {
             if let Some(open) = listeners.iter().find(|l| !l.address.ip().is_loopback()) {
@@ -839,6 +889,8 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         publish_rate_action,
         max_connection_rate,
         metrics_listen,
+        admin_token,
+        admin_token_file,
         password_file,
         acl_file,
         allow_anonymous,
@@ -892,6 +944,8 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_publish_bytes_rate,
         publish_rate_action,
         max_connection_rate,
+        admin_token,
+        admin_token_file,
         password_file,
         acl_file,
         allow_anonymous,

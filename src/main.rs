@@ -201,13 +201,30 @@ fn log_access(config: &Config) {
 }
 
 /// Starts the Prometheus endpoint if `metrics_listen` is set.
+///
+/// The `/admin` endpoints are served there too; they answer 404 until an admin token is
+/// configured (a reload may set or change it).
 fn start_metrics(config: &Config, handle: &BrokerHandle) -> Result<Option<MetricsServer>, String> {
+    let admin = handle.admin();
     let Some(addr) = config.metrics_listen else {
+        if admin.enabled() {
+            tracing::warn!("admin_token is set but metrics_listen is not: no /admin endpoints");
+        }
         return Ok(None);
     };
-    let server = metrics::spawn(addr, handle.stats_source())
+    let server = metrics::spawn_with_admin(addr, handle.stats_source(), Some(admin.clone()))
         .map_err(|error| format!("cannot serve metrics on {addr}: {error}"))?;
-    tracing::info!(addr = %server.local_addr(), "serving /metrics and /healthz");
+    if admin.enabled() {
+        tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /admin");
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "the admin token travels in clear text (plain HTTP) on a non-loopback address"
+            );
+        }
+    } else {
+        tracing::info!(addr = %server.local_addr(), "serving /metrics and /healthz");
+    }
     Ok(Some(server))
 }
 

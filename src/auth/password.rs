@@ -340,7 +340,7 @@ fn valid_username(username: &str) -> bool {
 }
 
 /// Constant-time equality: the time depends on the lengths only, not on where bytes differ.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -1,6 +1,7 @@
 //! The shard runtime: one glommio executor per shard, pinned to a CPU, each accepting on every
 //! listen address (SO_REUSEPORT) and owning the connections it accepts.
 
+pub mod admin;
 pub mod handles;
 pub mod hooks;
 mod listener;
@@ -66,6 +67,8 @@ pub struct BrokerHandle {
     /// The configuration in force, and one channel per shard to hand it a new one.
     config: Mutex<Config>,
     reloads: Vec<crossbeam_channel::Sender<Arc<Config>>>,
+    /// The administrative interface (its token follows reloads).
+    admin: admin::Admin,
 }
 
 /// Read access to the broker's counters from any thread. Each shard publishes a snapshot of
@@ -133,7 +136,8 @@ impl BrokerHandle {
             .config
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (applied, restart_needed) = crate::config::reload_diff(&current, &config);
+        let token = config.admin_token_value()?;
+        let (mut applied, restart_needed) = crate::config::reload_diff(&current, &config);
         let shared = Arc::new(config.clone());
         for (shard, channel) in self.reloads.iter().enumerate() {
             channel
@@ -141,10 +145,20 @@ impl BrokerHandle {
                 .map_err(|_| ReloadError::ShardGone(shard))?;
         }
         *current = config;
+        // The token file is read anew: new contents under the same path count as a change.
+        let token_changed = self.admin.replace_token(token.as_deref());
+        if token_changed && !applied.iter().any(|key| key.starts_with("admin_token")) {
+            applied.push("admin_token_file".to_string());
+        }
         Ok(ReloadReport {
             applied,
             restart_needed,
         })
+    }
+
+    /// The administrative interface (the `/admin` endpoints), for any thread.
+    pub fn admin(&self) -> admin::Admin {
+        self.admin.clone()
     }
 
     /// Each shard's counters, as of its last tick (a few times a second).
@@ -225,6 +239,7 @@ fn watch_shard(
 /// Starts the broker: binds, spawns one executor per shard, returns once every shard accepts.
 pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
     config.ensure_auth_files()?;
+    let admin_token = config.admin_token_value()?;
     check_io_uring().map_err(StartError::IoUring)?;
     let allowed = allowed_cpus().map_err(|e| StartError::Cpus(e.to_string()))?;
     let cpus = match &config.cpus {
@@ -298,7 +313,8 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
         .map(|_| Arc::new(Mutex::new(ShardStats::default())))
         .collect();
     let mut reloads = Vec::with_capacity(shards);
-    for (index, setup) in setups.into_iter().enumerate() {
+    let (admin_senders, admin_requests) = admin::channels(shards);
+    for ((index, setup), admin_requests) in setups.into_iter().enumerate().zip(admin_requests) {
         let placement = match setup.cpu {
             Some(cpu) => Placement::Fixed(cpu),
             None => Placement::Unbound,
@@ -316,6 +332,7 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
             } else {
                 Vec::new()
             },
+            admin: admin_requests,
         };
         let mesh = mesh.clone();
         let ready = ready_tx.clone();
@@ -342,6 +359,8 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
         shard_addrs.clear();
     }
     tracing::info!(shards, ?listen_addrs, "shardmq accepting connections");
+    let admin_handle =
+        admin::Admin::new(admin_senders, admin_token.as_deref(), Arc::clone(&global));
     Ok(BrokerHandle {
         listen_addrs,
         shard_addrs,
@@ -351,5 +370,6 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
         stats,
         config: Mutex::new(config),
         reloads,
+        admin: admin_handle,
     })
 }

@@ -58,6 +58,8 @@ pub(super) struct ShardLinks {
     pub(super) reloads: crossbeam_channel::Receiver<Arc<Config>>,
     /// Every shard's snapshot, for the shard that publishes `$SYS` (empty on the others).
     pub(super) all_stats: Vec<Arc<std::sync::Mutex<ShardStats>>>,
+    /// Administrative requests (the metrics listener's `/admin` endpoints).
+    pub(super) admin: super::admin::Requests,
 }
 
 /// The shard's state machine drives its sockets through the engine.
@@ -217,6 +219,7 @@ pub(super) async fn run_shard(
         stats,
         reloads,
         all_stats,
+        admin,
     } = links;
     // Joining the mesh is also the start barrier: it completes once every shard has joined.
     let Ok((senders, receivers)) = mesh.join().await else {
@@ -307,6 +310,13 @@ pub(super) async fn run_shard(
             }
             let pressure = global.memory_pressure.load(Ordering::Relaxed);
             driver.shard.set_memory_pressure(pressure, Instant::now());
+            {
+                let driver = &mut *driver;
+                let engine = &driver.engine;
+                super::admin::serve(&admin, &mut driver.shard, &mut |conn| {
+                    engine.peer_addr(conn)
+                });
+            }
             driver.shard.on_tick(Instant::now());
             driver.dispatch();
             // Deadlines of closing sockets and accept retries are checked by engine passes.

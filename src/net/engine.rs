@@ -354,6 +354,17 @@ impl Engine {
         self.ring.set_wakeups(false);
     }
 
+    /// The peer address of `conn`'s socket while the handler still knows the connection (one
+    /// getpeername(2); for the admin client list, so no connection keeps its address).
+    pub fn peer_addr(&self, conn: ConnId) -> Option<std::net::SocketAddr> {
+        let id = (*self.by_conn.get(conn.slot())?)?;
+        let socket = self.sockets.get(id)?;
+        if socket.live_conn() != Some(conn) {
+            return None;
+        }
+        peer_address(socket.fd)
+    }
+
     /// The earliest deadline of a closing socket (the caller wakes the engine by then).
     pub fn next_deadline(&self) -> Option<Instant> {
         self.deadlines.front().map(|&(at, _)| at)

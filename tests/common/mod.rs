@@ -1166,3 +1166,19 @@ impl Broker {
             .unwrap_or_default()
     }
 }
+
+// ----- admin ---------------------------------------------------------------------------------
+
+impl Broker {
+    /// The administrative interface (what the `/admin` endpoints use).
+    pub fn admin(&self) -> shardmq::broker::admin::Admin {
+        self.handle.as_ref().expect("the broker is running").admin()
+    }
+}
+
+impl Raw {
+    /// The client's own address (what the broker sees as its peer).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("a connected socket")
+    }
+}

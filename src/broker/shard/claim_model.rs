@@ -373,13 +373,13 @@ impl Sim {
                         .get(conn)
                         .expect("session attached to a closed conn");
                     assert!(
-                        matches!(c.state, ConnState::Active { session } if session == slot),
+                        matches!(c.state, ConnState::Active { session, .. } if session == slot),
                         "shard {shard_id}: session and connection disagree"
                     );
                 }
             }
             for (index, conn) in shard.conns.iter() {
-                if let ConnState::Active { session } = conn.state {
+                if let ConnState::Active { session, .. } = conn.state {
                     let entry = shard.sessions.get(session).expect("active conn, free slot");
                     assert_eq!(entry.conn, Some(index));
                     if conn.kill.is_none() {

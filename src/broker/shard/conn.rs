@@ -33,6 +33,9 @@ pub(super) enum ConnState {
     /// Attached to a session (whose `conn` points back here).
     Active {
         session: SessionId,
+        /// Whole seconds since the shard started, when the CONNECT was accepted (for the
+        /// admin client list; it fits where `Claiming`'s token leaves room).
+        since: u32,
     },
     /// Session taken over by another connection; nothing left to clean up.
     Detached,
@@ -308,7 +311,7 @@ impl Shard {
         if !c.out.is_empty() {
             return true;
         }
-        if let ConnState::Active { session } = c.state {
+        if let ConnState::Active { session, .. } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
                 let session = &mut entry.session;
                 if session.queued_len() > 0 {
@@ -525,7 +528,7 @@ impl Shard {
                     claim.conn = None;
                 }
             }
-            ConnState::Active { session } => {
+            ConnState::Active { session, .. } => {
                 let now_ms = self.clock_ms();
                 if let Some(entry) = self.sessions.get(session) {
                     log_disconnect(self.id, &entry.session.client_id, conn.kill);

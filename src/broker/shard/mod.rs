@@ -86,6 +86,7 @@ use crate::codec::{
 use crate::config::{Config, SharedStrategy};
 use crate::session::{Delivery, EncodeCache, Message, Session, SessionLimits, WillTiming};
 
+mod admin;
 mod barrier;
 mod conn;
 mod connect;
@@ -105,6 +106,7 @@ mod subscribe;
 mod takeover;
 mod timers;
 
+pub use admin::{AdminReply, AdminRequest, ClientInfo, SessionOutcome, SessionReport};
 use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
@@ -571,7 +573,7 @@ impl Shard {
     /// The session attached to connection `index`, if its handle is still valid.
     fn session_of(&self, index: ConnId) -> Option<SessionId> {
         match self.conns.get(index)?.state {
-            ConnState::Active { session } => {
+            ConnState::Active { session, .. } => {
                 let valid = self
                     .sessions
                     .get(session)

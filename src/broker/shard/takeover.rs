@@ -389,7 +389,10 @@ impl Shard {
         let Some(conn) = self.conns.get_mut(index) else {
             return;
         };
-        conn.state = ConnState::Active { session: slot };
+        conn.state = ConnState::Active {
+            session: slot,
+            since: u32::try_from(now_ms / 1000).unwrap_or(u32::MAX),
+        };
         conn.last_seen = now_ms;
         conn.keep_alive = keep_alive;
         conn.reprocess = !conn.leftover.is_empty();
