@@ -120,8 +120,11 @@ impl Disconnect {
         version: ProtocolVersion,
         out: &mut BytesMut,
     ) -> Result<(), EncodeError> {
-        let with_props = version.is_v5() && !self.properties.is_empty();
-        let with_reason = version.is_v5() && (with_props || self.reason != ReasonCode::Success);
+        let with_reason =
+            version.is_v5() && (!self.properties.is_empty() || self.reason != ReasonCode::Success);
+        // The property length may be left out after a reason code (3.14.2.2.1), but some
+        // clients (rumqttc 0.24) then wait for it and never see the reason: always write it.
+        let with_props = with_reason;
         let body_len = usize::from(with_reason)
             + if with_props {
                 self.properties.encoded_len()

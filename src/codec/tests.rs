@@ -438,9 +438,17 @@ fn ping_disconnect_auth() {
         Packet::Disconnect(Disconnect::default()),
     );
     check_exact(
-        &[0xe0, 0x01, 0x8e],
+        &[0xe0, 0x02, 0x8e, 0x00],
         ProtocolVersion::V5,
         Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver)),
+    );
+    // A reason without a property length is valid input (3.14.2.2.1) and reads the same; we
+    // always write the length (some clients need it).
+    assert_eq!(
+        decode_all(&[0xe0, 0x01, 0x8e], ProtocolVersion::V5)
+            .unwrap()
+            .unwrap(),
+        Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))
     );
     let properties = Properties {
         session_expiry_interval: Some(0),
