@@ -16,6 +16,8 @@ pub struct Kill {
     pub reason: ReasonCode,
     /// The client sent DISCONNECT: no will.
     pub graceful: bool,
+    /// What the close counts as (`shardmq_disconnects_total`).
+    pub cause: DisconnectCause,
 }
 
 #[derive(Debug)]
@@ -231,7 +233,11 @@ impl Shard {
             let _ =
                 Packet::Disconnect(Disconnect::new(reason)).encode(conn.protocol, &mut conn.out);
         }
-        conn.kill = Some(Kill { reason, graceful });
+        conn.kill = Some(Kill {
+            reason,
+            graceful,
+            cause: DisconnectCause::from_reason(reason),
+        });
         self.wake_conn(index);
     }
 
@@ -245,6 +251,11 @@ impl Shard {
             conn.kill = Some(Kill {
                 reason: ReasonCode::Success,
                 graceful,
+                cause: if graceful {
+                    DisconnectCause::ClientDisconnect
+                } else {
+                    DisconnectCause::ClientDisconnectWithWill
+                },
             });
             self.wake_conn(index);
         }
@@ -268,11 +279,16 @@ impl Shard {
         }
         if let ConnState::Active { session } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
+                let connected_at = entry.connected_at(self.started);
                 let session = &mut entry.session;
                 if session.queued_len() > 0 {
-                    let sent = session.fill_window(&mut c.out, self.now) as u64;
-                    self.stats.publishes_out += sent;
-                    self.stats.packets_out += sent;
+                    let mark = SessionMark::of(session);
+                    let now = self.now;
+                    let stats = &mut self.stats;
+                    let sent = session.fill_window(&mut c.out, now, &mut |message, qos| {
+                        stats.sent(message, qos, connected_at, now)
+                    });
+                    self.stats.session_changed(mark, session);
                     if sent > 0 {
                         return true;
                     }
@@ -436,10 +452,17 @@ impl Shard {
                     ..Default::default()
                 };
                 let _ = Packet::ConnAck(connack).encode(version, &mut conn.out);
+                self.stats
+                    .connect_refused(ReasonCode::UnsupportedProtocolVersion);
             }
+            let reason = error.reason_code();
             conn.kill = Some(Kill {
-                reason: error.reason_code(),
+                reason,
                 graceful: false,
+                cause: match error {
+                    DecodeError::UnsupportedProtocolVersion(_) => DisconnectCause::ConnectRefused,
+                    _ => DisconnectCause::from_reason(reason),
+                },
             });
             self.wake_conn(index);
             return;
@@ -455,6 +478,10 @@ impl Shard {
             return;
         };
         self.stats.connections_closed += 1;
+        let cause = conn
+            .kill
+            .map_or(DisconnectCause::SocketClosed, |kill| kill.cause);
+        self.stats.disconnects[cause.index()] += 1;
         self.uncount_listener(conn.listener);
         if matches!(conn.state, ConnState::OverLimit) {
             self.over_limit -= 1;
