@@ -104,3 +104,42 @@ fn retained_messages_are_bounded() {
             == 2
     });
 }
+
+/// `$SYS` topics (retained, published by the broker) neither count against the retained bounds
+/// nor are refused by them: a small budget hides no statistics and loses no client slot.
+#[test]
+fn sys_topics_are_outside_the_retained_bounds() {
+    let broker = Broker::start_with(|config| {
+        config.max_retained_messages = 1;
+        config.max_retained_bytes = 4;
+        config.sys_interval = 1;
+    });
+    let (mut watcher, _) = Raw::connect(broker.shard(1), "bound-sys", true);
+    watcher.subscribe(1, "$SYS/broker/uptime", QoS::AtMostOnce);
+    // The first $SYS round arrives live (and is retained).
+    let uptime = watcher.recv_publish();
+    assert_eq!(&uptime.topic[..], "$SYS/broker/uptime");
+    let (mut publisher, _) = Raw::connect(broker.shard(0), "bound-sys-pub", true);
+    publisher.publish("client/one", b"1234", QoS::AtLeastOnce, true, 1);
+    common::Sync::new(&broker).settle();
+    let (mut late, _) = Raw::connect(broker.shard(1), "bound-sys-late", true);
+    let suback = late.subscribe_many(
+        1,
+        &[
+            ("client/#", QoS::AtMostOnce),
+            ("$SYS/broker/uptime", QoS::AtMostOnce),
+        ],
+    );
+    assert_eq!(suback.reasons.len(), 2);
+    let mut topics = Vec::new();
+    while let common::Recv::Packet(Packet::Publish(p)) = late.recv_for(QUIET) {
+        if p.retain {
+            topics.push(p.topic.to_string());
+        }
+    }
+    topics.sort();
+    topics.dedup();
+    assert_eq!(topics, ["$SYS/broker/uptime", "client/one"]);
+    let refused: u64 = broker.stats().iter().map(|s| s.retained_refused).sum();
+    assert_eq!(refused, 0);
+}

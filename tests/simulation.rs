@@ -899,13 +899,10 @@ impl Sim {
             );
             if !drops_allowed {
                 assert_eq!(
-                    (
-                        stats.dropped_queue_full,
-                        stats.dropped_qos0,
-                        stats.dropped_other
-                    ),
-                    (0, 0, 0),
-                    "shard {i}: messages dropped"
+                    stats.dropped_total(),
+                    0,
+                    "shard {i}: messages dropped: {:?}",
+                    stats.dropped
                 );
             }
         }

@@ -11,7 +11,10 @@ mod shard;
 pub mod sys;
 
 pub use listener::{allowed_cpus, check_io_uring};
-pub use shard::{Global, ReadState, Shard, ShardStats};
+pub use shard::{
+    ConnackRefusal, DisconnectCause, DropReason, Global, LatencyHistogram, ReadState, Shard,
+    ShardStats, LATENCY_BOUNDS_NANOS, LATENCY_BUCKETS, QOS_LABELS, QOS_LEVELS,
+};
 
 use std::io;
 use std::net::SocketAddr;

@@ -96,7 +96,7 @@ impl SysState {
             load.update(counter(totals), elapsed);
         }
         let s = &totals.stats;
-        let dropped = s.dropped_queue_full + s.dropped_qos0 + s.dropped_other;
+        let dropped = s.dropped_total();
         let mut topics: Vec<(String, String)> = vec![
             (
                 "version".into(),
@@ -171,6 +171,8 @@ mod tests {
             publishes_in: 3,
             sessions: 2,
             retained: 5,
+            // queue_full, qos0_slow_or_offline, expired, too_large, not_authorized
+            dropped: [1, 2, 0, 3, 1],
             ..ShardStats::default()
         };
         let totals = Totals {
@@ -190,6 +192,11 @@ mod tests {
         };
         assert_eq!(get("uptime"), "42 seconds");
         assert_eq!(get("publish/messages/received"), "6");
+        assert_eq!(
+            get("publish/messages/dropped"),
+            "14",
+            "every drop reason, both shards"
+        );
         assert_eq!(get("clients/total"), "4");
         assert_eq!(get("clients/connected"), "3");
         assert_eq!(get("clients/disconnected"), "1");

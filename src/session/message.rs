@@ -25,6 +25,10 @@ pub struct Message {
     pub publisher: MqttStr,
     /// When the message expires (MQTT 5.0 message expiry interval), if ever.
     pub expires_at: Option<Instant>,
+    /// When the broker read the PUBLISH this message came from (the `now` of that read), for
+    /// the publish latency histogram. `None` for what is not measured: messages the broker
+    /// makes itself (`$SYS`, wills) and retained copies replayed at subscribe time.
+    pub received_at: Option<Instant>,
 }
 
 impl Message {

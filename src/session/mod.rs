@@ -7,6 +7,7 @@
 //! send. Everything in it is plain `Send` data, so a session can move between shards on takeover
 //! and, later, be written to disk.
 
+mod acks;
 mod lifecycle;
 mod message;
 
@@ -19,9 +20,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::codec::{
-    Ack, LastWill, MqttStr, Packet, ProtocolVersion, QoS, ReasonCode, SubscriptionOptions,
-};
+use crate::codec::{Ack, LastWill, MqttStr, Packet, ProtocolVersion, QoS, SubscriptionOptions};
 
 /// Limits that shape a session's queues (from the broker configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -299,6 +298,7 @@ impl Session {
         dup: bool,
         cache: Option<&mut EncodeCache>,
         now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
     ) -> bool {
         let v5 = self.protocol.is_v5();
         let tailored = v5 && (!subscription_ids.is_empty() || self.peer.topic_alias_max > 0);
@@ -310,6 +310,7 @@ impl Session {
                 return false;
             }
             encoded.write_to(out, packet_id, dup);
+            on_sent(message, qos);
             return true;
         }
         let mut publish = message.to_publish(qos, retain, now);
@@ -343,7 +344,11 @@ impl Session {
                 aliases.insert(message.topic.clone(), alias);
             }
         }
-        Packet::Publish(publish).encode(self.protocol, out).is_ok()
+        let written = Packet::Publish(publish).encode(self.protocol, out).is_ok();
+        if written {
+            on_sent(message, qos);
+        }
+        written
     }
 
     /// Hands a message to the session at `qos` (already the lower of published and granted).
@@ -352,6 +357,9 @@ impl Session {
     /// is over the slow-consumer limit. QoS 0 is sent or dropped; QoS 1/2 is sent when the window
     /// has room, otherwise queued up to the limits. Expired messages and messages larger than
     /// the client accepts are dropped, never sent.
+    ///
+    /// `on_sent` is told of each PUBLISH written into `out` (here and in every other method that
+    /// writes them): the message and the QoS it went out at, for the broker's counters.
     #[allow(clippy::too_many_arguments)]
     pub fn deliver(
         &mut self,
@@ -363,6 +371,7 @@ impl Session {
         out: Option<&mut BytesMut>,
         cache: &mut EncodeCache,
         now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
     ) -> Delivery {
         if message.is_expired(now) {
             self.dropped_expired = self.dropped_expired.wrapping_add(1);
@@ -381,6 +390,7 @@ impl Session {
                         false,
                         Some(cache),
                         now,
+                        on_sent,
                     ) {
                         Delivery::Sent
                     } else {
@@ -407,6 +417,7 @@ impl Session {
                     false,
                     Some(cache),
                     now,
+                    on_sent,
                 ) {
                     self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                     return Delivery::Dropped;
@@ -453,7 +464,12 @@ impl Session {
     }
 
     /// Moves queued messages into the window while it has room. Returns how many were sent.
-    pub fn fill_window(&mut self, out: &mut BytesMut, now: Instant) -> usize {
+    pub fn fill_window(
+        &mut self,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) -> usize {
         let mut sent = 0;
         while self.window_open() {
             let Some(queued) = self.queue.pop_front() else {
@@ -480,6 +496,7 @@ impl Session {
                 false,
                 None,
                 now,
+                on_sent,
             ) {
                 self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                 continue;
@@ -506,7 +523,12 @@ impl Session {
 
     /// On a resumed session: resend every unacknowledged PUBLISH with DUP set and every PUBREL,
     /// in their original order (MQTT 3.1.1 §4.4), then fill the window from the queue.
-    pub fn resume(&mut self, out: &mut BytesMut, now: Instant) {
+    pub fn resume(
+        &mut self,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) {
         let inflight = std::mem::take(&mut self.inflight);
         for entry in &inflight {
             match entry.state {
@@ -523,6 +545,7 @@ impl Session {
                         true,
                         None,
                         now,
+                        on_sent,
                     );
                 }
                 InflightState::AwaitPubComp => {
@@ -531,109 +554,7 @@ impl Session {
             }
         }
         self.inflight = inflight;
-        self.fill_window(out, now);
-    }
-
-    fn position(&self, packet_id: u16) -> Option<usize> {
-        self.inflight.iter().position(|m| m.packet_id == packet_id)
-    }
-
-    /// PUBACK from the client. Unknown identifiers are ignored (a late duplicate).
-    pub fn on_puback(
-        &mut self,
-        packet_id: u16,
-        out: &mut BytesMut,
-        now: Instant,
-    ) -> Result<(), SessionError> {
-        self.finish_flow(packet_id, InflightState::AwaitPubAck, out, now)
-    }
-
-    /// Ends the flow of `packet_id` if it is in `expected` state; frees its window slot.
-    fn finish_flow(
-        &mut self,
-        packet_id: u16,
-        expected: InflightState,
-        out: &mut BytesMut,
-        now: Instant,
-    ) -> Result<(), SessionError> {
-        if let Some(index) = self.position(packet_id) {
-            if self.inflight[index].state != expected {
-                return Err(SessionError::UnexpectedAck);
-            }
-            self.inflight.remove(index);
-            self.fill_window(out, now);
-        }
-        Ok(())
-    }
-
-    /// PUBREC from the client: answers PUBREL (with 0x92 in MQTT 5.0 if the id is unknown).
-    pub fn on_pubrec(
-        &mut self,
-        packet_id: u16,
-        reason: ReasonCode,
-        out: &mut BytesMut,
-        now: Instant,
-    ) -> Result<(), SessionError> {
-        let Some(index) = self.position(packet_id) else {
-            let mut release = Ack::new(packet_id);
-            release.reason = ReasonCode::PacketIdentifierNotFound;
-            let _ = Packet::PubRel(release).encode(self.protocol, out);
-            return Ok(());
-        };
-        match self.inflight[index].state {
-            InflightState::AwaitPubRec if reason.is_error() => {
-                // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
-                self.inflight.remove(index);
-                self.fill_window(out, now);
-            }
-            InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
-                self.inflight[index].state = InflightState::AwaitPubComp;
-                let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);
-            }
-            InflightState::AwaitPubAck => return Err(SessionError::UnexpectedAck),
-        }
-        Ok(())
-    }
-
-    /// PUBCOMP from the client. Unknown identifiers are ignored.
-    pub fn on_pubcomp(
-        &mut self,
-        packet_id: u16,
-        out: &mut BytesMut,
-        now: Instant,
-    ) -> Result<(), SessionError> {
-        self.finish_flow(packet_id, InflightState::AwaitPubComp, out, now)
-    }
-
-    /// An inbound QoS 2 PUBLISH: `true` if it is new and must be routed, `false` for a
-    /// retransmission of one not yet released (deduplicated until PUBREL).
-    pub fn on_incoming_qos2(&mut self, packet_id: u16) -> bool {
-        if self.incoming_qos2.contains(&packet_id) {
-            return false;
-        }
-        self.incoming_qos2.push(packet_id);
-        true
-    }
-
-    /// Inbound PUBREL: `true` if the identifier was awaiting release.
-    pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
-        match self.incoming_qos2.iter().position(|&id| id == packet_id) {
-            Some(index) => {
-                self.incoming_qos2.swap_remove(index);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Whether `packet_id` is an inbound QoS 2 message awaiting PUBREL (a resend, not a new one).
-    pub fn has_incoming_qos2(&self, packet_id: u16) -> bool {
-        self.incoming_qos2.contains(&packet_id)
-    }
-
-    /// Number of inbound QoS 2 identifiers awaiting PUBREL.
-    pub fn incoming_qos2_len(&self) -> usize {
-        self.incoming_qos2.len()
+        self.fill_window(out, now, on_sent);
     }
 }
 

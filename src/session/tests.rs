@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::*;
-use crate::codec::{decode, Publish};
+use crate::codec::{decode, Publish, ReasonCode};
 
 fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
     Arc::new(Message {
@@ -14,6 +14,7 @@ fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         properties: Default::default(),
         publisher: MqttStr::from("pub"),
         expires_at: None,
+        received_at: None,
     })
 }
 
@@ -64,11 +65,13 @@ fn window_then_queue_then_drain_in_order() {
             Some(&mut out),
             &mut cache,
             Instant::now(),
+            &mut |_, _| {},
         );
     }
     assert_eq!(publish_ids(&packets(&mut out)), [(1, false), (2, false)]);
     assert_eq!(s.queued_len(), 2);
-    s.on_puback(1, &mut out, Instant::now()).unwrap();
+    s.on_puback(1, &mut out, Instant::now(), &mut |_, _| {})
+        .unwrap();
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(3, false)]);
     let Packet::Publish(p) = &sent[0] else {
@@ -76,7 +79,8 @@ fn window_then_queue_then_drain_in_order() {
     };
     assert_eq!(&p.payload[..], b"3");
     // Unknown ids are ignored.
-    s.on_puback(99, &mut out, Instant::now()).unwrap();
+    s.on_puback(99, &mut out, Instant::now(), &mut |_, _| {})
+        .unwrap();
     assert!(out.is_empty());
 }
 
@@ -95,6 +99,7 @@ fn queue_bound_drops_newest_and_counts() {
             None,
             &mut cache,
             Instant::now(),
+            &mut |_, _| {},
         );
     }
     assert_eq!(s.queued_len(), 2);
@@ -109,7 +114,8 @@ fn queue_bound_drops_newest_and_counts() {
             None,
             None,
             &mut cache,
-            Instant::now()
+            Instant::now(),
+            &mut |_, _| {}
         ),
         Delivery::Dropped
     );
@@ -135,7 +141,8 @@ fn queued_bytes_bound() {
             None,
             None,
             &mut cache,
-            Instant::now()
+            Instant::now(),
+            &mut |_, _| {}
         ),
         Delivery::Queued
     );
@@ -148,7 +155,8 @@ fn queued_bytes_bound() {
             None,
             None,
             &mut cache,
-            Instant::now()
+            Instant::now(),
+            &mut |_, _| {}
         ),
         Delivery::Dropped
     );
@@ -171,6 +179,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
+        &mut |_, _| {},
     );
     s.deliver(
         &q2,
@@ -181,6 +190,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
+        &mut |_, _| {},
     );
     s.deliver(
         &q2,
@@ -191,10 +201,17 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
+        &mut |_, _| {},
     );
     out.clear();
-    s.on_pubrec(3, ReasonCode::Success, &mut out, Instant::now())
-        .unwrap();
+    s.on_pubrec(
+        3,
+        ReasonCode::Success,
+        &mut out,
+        Instant::now(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert_eq!(packets(&mut out), [Packet::PubRel(Ack::new(3))]);
     // Connection lost; offline messages queue.
     s.deliver(
@@ -206,12 +223,14 @@ fn resume_retransmits_with_dup_and_pubrel() {
         None,
         &mut cache,
         Instant::now(),
+        &mut |_, _| {},
     );
-    s.resume(&mut out, Instant::now());
+    s.resume(&mut out, Instant::now(), &mut |_, _| {});
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(1, true), (2, true), (4, false)]);
     assert!(sent.contains(&Packet::PubRel(Ack::new(3))));
-    s.on_pubcomp(3, &mut out, Instant::now()).unwrap();
+    s.on_pubcomp(3, &mut out, Instant::now(), &mut |_, _| {})
+        .unwrap();
     assert_eq!(s.inflight().count(), 3);
 }
 
@@ -240,19 +259,32 @@ fn wrong_ack_for_the_flow_is_an_error() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
+        &mut |_, _| {},
     );
     assert_eq!(
-        s.on_pubcomp(1, &mut out, Instant::now()),
+        s.on_pubcomp(1, &mut out, Instant::now(), &mut |_, _| {}),
         Err(SessionError::UnexpectedAck)
     );
     assert_eq!(
-        s.on_pubrec(1, ReasonCode::Success, &mut out, Instant::now()),
+        s.on_pubrec(
+            1,
+            ReasonCode::Success,
+            &mut out,
+            Instant::now(),
+            &mut |_, _| {}
+        ),
         Err(SessionError::UnexpectedAck)
     );
     // PUBREC for an unknown id still gets a PUBREL.
     out.clear();
-    s.on_pubrec(50, ReasonCode::Success, &mut out, Instant::now())
-        .unwrap();
+    s.on_pubrec(
+        50,
+        ReasonCode::Success,
+        &mut out,
+        Instant::now(),
+        &mut |_, _| {},
+    )
+    .unwrap();
     assert!(matches!(packets(&mut out)[..], [Packet::PubRel(_)]));
 }
 
@@ -273,6 +305,7 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
             Some(&mut out),
             &mut cache,
             Instant::now(),
+            &mut |_, _| {},
         );
     }
     assert_eq!(
@@ -353,9 +386,10 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
         None,
         &mut cache,
         now,
+        &mut |_, _| {},
     );
     // Offline for 4 s: 6 s remain.
-    s.resume(&mut out, now + Duration::from_secs(4));
+    s.resume(&mut out, now + Duration::from_secs(4), &mut |_, _| {});
     let mut v5 = out.clone();
     let Some(Packet::Publish(p)) = decode(&mut v5, ProtocolVersion::V5, usize::MAX).unwrap() else {
         panic!()
@@ -371,9 +405,10 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
         None,
         &mut cache,
         now,
+        &mut |_, _| {},
     );
     out.clear();
-    s.on_puback(1, &mut out, now + Duration::from_secs(11))
+    s.on_puback(1, &mut out, now + Duration::from_secs(11), &mut |_, _| {})
         .unwrap();
     assert!(out.is_empty());
     assert_eq!(s.dropped_expired, 1);
@@ -401,6 +436,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         Some(&mut out),
         &mut cache,
         now,
+        &mut |_, _| {},
     );
     s.deliver(
         &m,
@@ -411,6 +447,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         Some(&mut out),
         &mut cache,
         now,
+        &mut |_, _| {},
     );
     let mut packets = Vec::new();
     while let Some(p) = decode(&mut out, ProtocolVersion::V5, usize::MAX).unwrap() {
@@ -435,7 +472,8 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
             None,
             Some(&mut out),
             &mut cache,
-            now
+            now,
+            &mut |_, _| {}
         ),
         Delivery::Dropped
     );
@@ -464,7 +502,8 @@ fn receive_maximum_limits_the_window() {
             None,
             Some(&mut out),
             &mut cache,
-            now
+            now,
+            &mut |_, _| {}
         ),
         Delivery::Sent
     );
@@ -477,8 +516,99 @@ fn receive_maximum_limits_the_window() {
             None,
             Some(&mut out),
             &mut cache,
-            now
+            now,
+            &mut |_, _| {}
         ),
         Delivery::Queued
+    );
+}
+
+/// `on_sent` hears of every PUBLISH written, whichever method writes it (direct delivery,
+/// the window filling after an acknowledgement, resends and the queue on resume), and of
+/// nothing else: the calls match the PUBLISH packets in the output, QoS and payload included.
+#[test]
+fn on_sent_reports_every_publish_written() {
+    /// Checks that the reported messages are the PUBLISH packets in `out`, and takes both.
+    fn check(
+        out: &mut BytesMut,
+        reported: &mut Vec<(QoS, Bytes)>,
+        written: &mut Vec<(QoS, Bytes)>,
+    ) {
+        let publishes: Vec<(QoS, Bytes)> = packets(out)
+            .into_iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some((p.qos, p.payload)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(publishes, *reported);
+        written.append(reported);
+    }
+    let mut s = session(2, 10);
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    let mut reported: Vec<(QoS, Bytes)> = Vec::new();
+    let mut written = Vec::new();
+    let now = Instant::now();
+    let payloads: [&'static [u8]; 4] = [b"a", b"bb", b"ccc", b"dddd"];
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        s.deliver(
+            &message(qos, payload),
+            qos,
+            false,
+            &[],
+            None,
+            Some(&mut out),
+            &mut cache,
+            now,
+            &mut |m, qos| reported.push((qos, m.payload.clone())),
+        );
+    }
+    // QoS 0: written at once, never queued.
+    s.deliver(
+        &message(QoS::AtMostOnce, b"zero"),
+        QoS::AtMostOnce,
+        false,
+        &[],
+        None,
+        Some(&mut out),
+        &mut cache,
+        now,
+        &mut |m, qos| reported.push((qos, m.payload.clone())),
+    );
+    check(&mut out, &mut reported, &mut written);
+    assert_eq!(written.len(), 3, "two in the window and the QoS 0 one");
+    // A PUBACK frees a slot: the window takes the next queued message.
+    s.on_puback(1, &mut out, now, &mut |m, qos| {
+        reported.push((qos, m.payload.clone()))
+    })
+    .unwrap();
+    check(&mut out, &mut reported, &mut written);
+    assert_eq!(written.len(), 4);
+    // A PUBREC with an error ends a flow: the last queued message goes out. Then the client
+    // reconnects: both in flight are resent (DUP).
+    s.on_pubrec(
+        2,
+        ReasonCode::UnspecifiedError,
+        &mut out,
+        now,
+        &mut |m, qos| reported.push((qos, m.payload.clone())),
+    )
+    .unwrap();
+    s.resume(&mut out, now, &mut |m, qos| {
+        reported.push((qos, m.payload.clone()))
+    });
+    check(&mut out, &mut reported, &mut written);
+    assert_eq!(
+        written
+            .iter()
+            .map(|(q, p)| (*q as u8, p.len()))
+            .collect::<Vec<_>>(),
+        [(1, 1), (2, 2), (0, 4), (1, 3), (2, 4), (1, 3), (2, 4)]
     );
 }

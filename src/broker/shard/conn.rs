@@ -16,6 +16,8 @@ pub struct Kill {
     pub reason: ReasonCode,
     /// The client sent DISCONNECT: no will.
     pub graceful: bool,
+    /// What the close counts as (`shardmq_disconnects_total`).
+    pub cause: DisconnectCause,
 }
 
 #[derive(Debug)]
@@ -60,9 +62,8 @@ pub struct Conn {
     /// until that queue is half empty again (or the next timer tick, so that two clients
     /// feeding each other can never wait on each other for good).
     pub(super) throttled: bool,
-    /// A wake-up for this connection is queued for the runtime (so it is queued once).
-    pub(super) wake_queued: bool,
-    /// Overload state: whether it publishes, and why it is not read (see [`Limited`]).
+    /// Overload state (whether it publishes, why it is not read) and whether a wake-up is
+    /// queued for the runtime (see [`Limited`]).
     pub(super) limited: Limited,
     /// The wheel bucket of this connection's one live timer entry (0: none).
     pub(super) timer_bucket: u32,
@@ -75,7 +76,7 @@ pub struct Conn {
     pub(super) aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
 }
 
-/// A connection's overload flags in one byte (`Conn` is allocated per connection).
+/// A connection's flags in one byte (`Conn` is allocated per connection and has a budget).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Limited(u8);
 
@@ -86,6 +87,8 @@ impl Limited {
     pub(super) const MEMORY_PAUSED: u8 = 2;
     /// Over its publish rate: not read until its bucket is back in credit.
     pub(super) const RATE_PAUSED: u8 = 4;
+    /// A wake-up for this connection is queued for the runtime (so it is queued once).
+    pub(super) const WAKE_QUEUED: u8 = 8;
 
     pub(super) fn has(self, flag: u8) -> bool {
         self.0 & flag != 0
@@ -210,7 +213,6 @@ impl Shard {
             reprocess: false,
             paused: false,
             throttled: false,
-            wake_queued: false,
             limited: Limited::default(),
             timer_bucket: 0,
             listener: counted_listener,
@@ -244,8 +246,8 @@ impl Shard {
     /// Queues a wake-up for the runtime: the connection has output, must close, or may read.
     pub(super) fn wake_conn(&mut self, index: ConnId) {
         if let Some(conn) = self.conns.get_mut(index) {
-            if !conn.wake_queued {
-                conn.wake_queued = true;
+            if !conn.limited.has(Limited::WAKE_QUEUED) {
+                conn.limited.set(Limited::WAKE_QUEUED, true);
                 self.wakes.push(index);
             }
         }
@@ -256,7 +258,7 @@ impl Shard {
         let mut wakes = std::mem::take(&mut self.wakes);
         for conn in wakes.drain(..) {
             if let Some(c) = self.conns.get_mut(conn) {
-                c.wake_queued = false;
+                c.limited.set(Limited::WAKE_QUEUED, false);
                 wake(conn);
             }
         }
@@ -276,7 +278,11 @@ impl Shard {
             let _ =
                 Packet::Disconnect(Disconnect::new(reason)).encode(conn.protocol, &mut conn.out);
         }
-        conn.kill = Some(Kill { reason, graceful });
+        conn.kill = Some(Kill {
+            reason,
+            graceful,
+            cause: DisconnectCause::from_reason(reason),
+        });
         self.wake_conn(index);
     }
 
@@ -290,6 +296,11 @@ impl Shard {
             conn.kill = Some(Kill {
                 reason: ReasonCode::Success,
                 graceful,
+                cause: if graceful {
+                    DisconnectCause::ClientDisconnect
+                } else {
+                    DisconnectCause::ClientDisconnectWithWill
+                },
             });
             self.wake_conn(index);
         }
@@ -313,11 +324,16 @@ impl Shard {
         }
         if let ConnState::Active { session, .. } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
+                let connected_at = entry.connected_at(self.started);
                 let session = &mut entry.session;
                 if session.queued_len() > 0 {
-                    let sent = session.fill_window(&mut c.out, self.now) as u64;
-                    self.stats.publishes_out += sent;
-                    self.stats.packets_out += sent;
+                    let mark = SessionMark::of(session);
+                    let now = self.now;
+                    let stats = &mut self.stats;
+                    let sent = session.fill_window(&mut c.out, now, &mut |message, qos| {
+                        stats.sent(message, qos, connected_at, now)
+                    });
+                    self.stats.session_changed(mark, session);
                     if sent > 0 {
                         return true;
                     }
@@ -492,10 +508,17 @@ impl Shard {
                     ..Default::default()
                 };
                 let _ = Packet::ConnAck(connack).encode(version, &mut conn.out);
+                self.stats
+                    .connect_refused(ReasonCode::UnsupportedProtocolVersion);
             }
+            let reason = error.reason_code();
             conn.kill = Some(Kill {
-                reason: error.reason_code(),
+                reason,
                 graceful: false,
+                cause: match error {
+                    DecodeError::UnsupportedProtocolVersion(_) => DisconnectCause::ConnectRefused,
+                    _ => DisconnectCause::from_reason(reason),
+                },
             });
             self.wake_conn(index);
             return;
@@ -511,6 +534,10 @@ impl Shard {
             return;
         };
         self.stats.connections_closed += 1;
+        let cause = conn
+            .kill
+            .map_or(DisconnectCause::SocketClosed, |kill| kill.cause);
+        self.stats.disconnects[cause.index()] += 1;
         self.uncount_listener(conn.listener);
         self.forget_overload(index);
         if matches!(conn.state, ConnState::OverLimit { .. }) {

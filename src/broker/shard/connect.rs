@@ -125,11 +125,12 @@ impl Shard {
             ..Default::default()
         };
         let _ = Packet::ConnAck(connack).encode(conn.protocol, &mut conn.out);
-        self.stats.connects_refused += 1;
+        self.stats.connect_refused(reason);
         self.peers.remove(&index);
         conn.kill = Some(Kill {
             reason,
             graceful: false,
+            cause: DisconnectCause::ConnectRefused,
         });
         self.wake_conn(index);
     }

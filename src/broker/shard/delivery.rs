@@ -125,6 +125,7 @@ impl Shard {
             };
             if !self.hooks.authorization.may_receive(client, &message.topic) {
                 self.stats.not_authorized += 1;
+                self.stats.drop_messages(DropReason::NotAuthorized, 1);
                 return;
             }
         }
@@ -138,6 +139,7 @@ impl Shard {
         let conn = entry
             .conn
             .and_then(|index| self.conns.get_mut(index).map(|c| (index, c)));
+        let connected_at = entry.connected_at(self.started);
         let (out, index, was_empty) = match conn {
             Some((index, conn)) if conn.kill.is_none() && conn.out.len() < max_buffer => {
                 let was_empty = conn.out.is_empty();
@@ -146,14 +148,9 @@ impl Shard {
             _ => (None, None, false),
         };
         let session = &mut entry.session;
-        let before = (
-            session.dropped_queue_full,
-            session.dropped_qos0,
-            session
-                .dropped_expired
-                .wrapping_add(session.dropped_too_large),
-        );
-        let outcome = session.deliver(
+        let mark = SessionMark::of(session);
+        let stats = &mut self.stats;
+        session.deliver(
             message,
             qos,
             retain,
@@ -162,20 +159,11 @@ impl Shard {
             out,
             &mut self.cache,
             now,
+            &mut |message, qos| stats.sent(message, qos, connected_at, now),
         );
         let queued = session.queued_len();
         self.stats.deliveries += 1;
-        if outcome == Delivery::Sent {
-            self.stats.publishes_out += 1;
-            self.stats.packets_out += 1;
-        }
-        let other = session
-            .dropped_expired
-            .wrapping_add(session.dropped_too_large);
-        self.stats.dropped_queue_full +=
-            u64::from(session.dropped_queue_full.wrapping_sub(before.0));
-        self.stats.dropped_qos0 += u64::from(session.dropped_qos0.wrapping_sub(before.1));
-        self.stats.dropped_other += u64::from(other.wrapping_sub(before.2));
+        self.stats.session_changed(mark, session);
         if let Some(index) = index {
             if was_empty {
                 self.wake_conn(index);

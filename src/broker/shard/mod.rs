@@ -84,7 +84,7 @@ use crate::codec::{
     Unsubscribe,
 };
 use crate::config::{Config, SharedStrategy};
-use crate::session::{Delivery, EncodeCache, Message, Session, SessionLimits, WillTiming};
+use crate::session::{EncodeCache, Message, Session, SessionLimits, WillTiming};
 
 mod admin;
 mod barrier;
@@ -117,7 +117,11 @@ use registry::*;
 use retained::*;
 use sessions::*;
 use shared::*;
-pub use stats::ShardStats;
+use stats::SessionMark;
+pub use stats::{
+    ConnackRefusal, DisconnectCause, DropReason, LatencyHistogram, ShardStats,
+    LATENCY_BOUNDS_NANOS, LATENCY_BUCKETS, QOS_LABELS, QOS_LEVELS,
+};
 use takeover::*;
 use timers::*;
 
@@ -163,8 +167,10 @@ pub struct Shard {
     local_interest: LocalInterest,
     interest: InterestIndex,
     retained: RetainedStore<Arc<Message>>,
-    /// Payload bytes of the retained replica.
+    /// Payload bytes of the retained replica (`$SYS` topics not included).
     retained_bytes: usize,
+    /// Retained `$SYS` topics in the replica (outside the retained bounds).
+    retained_sys: usize,
     /// A refusal for the retained bounds was logged (once per episode).
     retained_full_logged: bool,
     /// Shared-subscription groups with members on this shard, by `$share/{group}/{filter}`.
@@ -272,6 +278,7 @@ impl Shard {
             interest: InterestIndex::new(),
             retained: RetainedStore::new(),
             retained_bytes: 0,
+            retained_sys: 0,
             retained_full_logged: false,
             shared_groups: HashMap::new(),
             shared_index: SubscriptionTrie::new(),
@@ -344,26 +351,9 @@ impl Shard {
         }
     }
 
-    /// A snapshot of this shard's counters (gauges filled in now, in constant time).
-    pub fn stats(&self) -> ShardStats {
-        let shared_members: usize = self.shared_groups.values().map(|g| g.members.len()).sum();
-        ShardStats {
-            sessions: (self.sessions.len() - self.stubs.len()) as u64,
-            subscriptions: (self.subscriptions.len() + shared_members) as u64,
-            retained: self.retained.len() as u64,
-            memory_pressure: u64::from(self.memory_pressure()),
-            ..self.stats
-        }
-    }
-
     /// The configuration in force (the last one given by [`Shard::on_config`]).
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// The runtime wrote `bytes` to a client socket (for the byte counters).
-    pub fn on_written(&mut self, bytes: usize) {
-        self.stats.bytes_out += bytes as u64;
     }
 
     /// Open connections on this shard.
@@ -621,9 +611,13 @@ mod footprint {
     /// is a regression.
     #[test]
     fn per_connection_structs_stay_small() {
-        // Connections: 104 bytes (no serial and no waker since the runtime owns wakers and
+        // Connections: 112 bytes (no serial and no waker since the runtime owns wakers and
         // handles carry generations).
         assert!(std::mem::size_of::<super::Conn>() <= 112);
+        // Sessions: 344 bytes (one `since_ms` serves session expiry and latency measurement).
         assert!(std::mem::size_of::<super::SessionEntry>() <= 352);
+        // One per published message (shared by its subscribers): 520 bytes, 536 with the
+        // receive time the latency histogram needs.
+        assert!(std::mem::size_of::<crate::session::Message>() <= 536);
     }
 }

@@ -13,7 +13,8 @@ impl Shard {
     }
 
     pub(super) fn on_publish(&mut self, index: ConnId, session: SessionId, mut publish: Publish) {
-        self.stats.publishes_in += 1;
+        self.stats
+            .publish_received(publish.qos, publish.payload.len());
         let (Some(conn), Some(entry)) = (self.conns.get(index), self.sessions.get(session)) else {
             return;
         };
@@ -67,6 +68,7 @@ impl Shard {
                 "PUBLISH denied: not authorized"
             );
             self.stats.not_authorized += 1;
+            self.stats.drop_messages(DropReason::NotAuthorized, 1);
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
@@ -107,6 +109,8 @@ impl Shard {
                 properties,
                 publisher,
                 expires_at,
+                // The time of the read that brought the PUBLISH: the start of its latency.
+                received_at: Some(self.now),
             });
             if qos != QoS::AtMostOnce {
                 durability = self.journal(&JournalRecord::Published {
@@ -177,12 +181,19 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
+        let online_since = entry.connected_at(self.started);
         let entry = &mut entry.session;
+        let mark = SessionMark::of(entry);
+        let now = self.now;
+        let stats = &mut self.stats;
+        let on_sent = &mut |message: &Message, qos| stats.sent(message, qos, online_since, now);
+        let out = &mut conn.out;
         let result = match kind {
-            AckKind::Ack => entry.on_puback(ack.packet_id, &mut conn.out, self.now),
-            AckKind::Rec => entry.on_pubrec(ack.packet_id, ack.reason, &mut conn.out, self.now),
-            AckKind::Comp => entry.on_pubcomp(ack.packet_id, &mut conn.out, self.now),
+            AckKind::Ack => entry.on_puback(ack.packet_id, out, now, on_sent),
+            AckKind::Rec => entry.on_pubrec(ack.packet_id, ack.reason, out, now, on_sent),
+            AckKind::Comp => entry.on_pubcomp(ack.packet_id, out, now, on_sent),
         };
+        self.stats.session_changed(mark, entry);
         if result.is_err() {
             return self.kill_conn(index, ReasonCode::ProtocolError, false);
         }
@@ -204,6 +215,7 @@ impl Shard {
             properties: Properties::default(),
             publisher: MqttStr::default(),
             expires_at: None,
+            received_at: None,
         });
         self.route_publish(message);
         self.drain_local_inbox();
@@ -230,6 +242,7 @@ impl Shard {
                 "will not published: not authorized"
             );
             self.stats.not_authorized += 1;
+            self.stats.drop_messages(DropReason::NotAuthorized, 1);
             return;
         }
         let will = *will;
@@ -253,6 +266,7 @@ impl Shard {
             properties,
             publisher: client_id.clone(),
             expires_at,
+            received_at: None,
         });
         tracing::debug!(shard = self.id, client = %client_id, topic = %message.topic, "publishing will");
         self.route_publish(message);
@@ -271,10 +285,12 @@ impl Shard {
                 None
             } else {
                 // Retained messages live long: give them memory of their own instead of a slice
-                // that pins the whole read buffer.
+                // that pins the whole read buffer. Replayed at subscribe time, they are not
+                // measured for latency.
                 Some(Arc::new(Message {
                     topic: MqttStr::from(message.topic.as_str()),
                     payload: Bytes::copy_from_slice(&message.payload),
+                    received_at: None,
                     ..(*message).clone()
                 }))
             };

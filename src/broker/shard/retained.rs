@@ -58,12 +58,18 @@ impl Shard {
         durability
     }
 
-    /// Whether storing `new` under `topic` stays within the retained bounds.
+    /// Whether storing `new` under `topic` stays within the retained bounds. The broker's own
+    /// `$SYS` topics are outside them (and not counted in them): a small retained budget must
+    /// not hide the broker's statistics, nor `$SYS` eat the clients' budget.
     fn retained_fits(&self, topic: &str, new: &Message) -> bool {
+        if is_sys(topic) {
+            return true;
+        }
         let max_messages = self.config.max_retained_messages;
         let max_bytes = self.config.max_retained_bytes;
         let old = self.retained.get(topic).map(|m| m.payload.len());
-        if max_messages != 0 && old.is_none() && self.retained.len() >= max_messages {
+        let stored = self.retained.len() - self.retained_sys;
+        if max_messages != 0 && old.is_none() && stored >= max_messages {
             return false;
         }
         let bytes = self.retained_bytes - old.unwrap_or(0) + new.payload.len();
@@ -72,10 +78,19 @@ impl Shard {
 
     pub(super) fn apply_retained(&mut self, topic: &str, message: Option<Arc<Message>>) {
         let added = message.as_ref().map_or(0, |m| m.payload.len());
+        let present = message.is_some();
         let old = match message {
             Some(message) => self.retained.set(topic, message),
             None => self.retained.remove(topic),
         };
+        if is_sys(topic) {
+            match (old.is_some(), present) {
+                (false, true) => self.retained_sys += 1,
+                (true, false) => self.retained_sys -= 1,
+                _ => {}
+            }
+            return;
+        }
         self.retained_bytes =
             self.retained_bytes - old.as_ref().map_or(0, |m| m.payload.len()) + added;
         if self.retained_full_logged && old.is_some() && added == 0 {
@@ -93,4 +108,9 @@ impl Shard {
             self.resume_reading(held.conn);
         }
     }
+}
+
+/// The broker's own statistics topics.
+fn is_sys(topic: &str) -> bool {
+    topic.starts_with("$SYS/")
 }

@@ -7,8 +7,10 @@ pub(super) struct SessionEntry {
     pub(super) session: Session,
     pub(super) conn: Option<ConnId>,
     pub(super) token: u64,
-    /// Milliseconds since the shard started, when the session went offline.
-    pub(super) offline_since: Option<u64>,
+    /// Milliseconds since the shard started, when the session went offline (`conn` is
+    /// `None`: session expiry counts from here) or was attached to its current connection
+    /// (`conn` is `Some`: messages read since then are measured for latency when delivered).
+    pub(super) since_ms: u64,
     /// A will waiting out its MQTT 5.0 will delay interval.
     pub(super) pending_will: Option<Box<LastWill>>,
     /// Set on a stub left behind when the session moved to another shard: deliveries are
@@ -26,6 +28,15 @@ pub(super) struct SessionEntry {
     /// connected. Logged once when the episode starts and once when it ends (queue at most a
     /// quarter full), not per message.
     pub(super) slow_consumer: bool,
+}
+
+impl SessionEntry {
+    /// When the session's current connection was attached (to a millisecond), given when the
+    /// shard started; `None` while it is offline.
+    pub(super) fn connected_at(&self, started: Instant) -> Option<Instant> {
+        self.conn
+            .map(|_| started + Duration::from_millis(self.since_ms))
+    }
 }
 
 /// The filter an authorization check sees: without a `$share/{group}/` prefix.
@@ -49,17 +60,19 @@ impl Shard {
             .map(|(f, o)| (f.clone(), *o))
             .collect();
         let check_deliveries = self.needs_delivery_checks(&session);
+        let queued = session.queued_len();
         let slot = self.sessions.insert(Box::new(SessionEntry {
             session,
             conn: None,
             token,
-            offline_since: None,
+            since_ms: self.clock_ms(),
             pending_will: None,
             moved_to: None,
             recent: None,
             check_deliveries,
             slow_consumer: false,
         }))?;
+        self.stats.session_queue_moved(queued, true);
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
@@ -170,7 +183,7 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
-        entry.offline_since = Some(now_ms);
+        entry.since_ms = now_ms;
         let token = entry.token;
         if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
@@ -186,6 +199,10 @@ impl Shard {
         let Some(mut entry) = self.sessions.remove(session) else {
             return;
         };
+        // Its queue goes with it (shared-subscription messages to other members, as new
+        // deliveries).
+        self.stats
+            .session_queue_moved(entry.session.queued_len(), false);
         self.journal(&JournalRecord::SessionEnded {
             client_id: &entry.session.client_id,
             token: entry.token,

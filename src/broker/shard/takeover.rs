@@ -213,6 +213,7 @@ impl Shard {
         );
         stub.subscriptions = entry.session.subscriptions.clone();
         let data = std::mem::replace(&mut entry.session, stub);
+        self.stats.session_queue_moved(data.queued_len(), false);
         entry.moved_to = Some((new_shard, new_token));
         // What the session got recently goes with it: a copy of one of those messages may still
         // reach it on its new shard.
@@ -303,11 +304,12 @@ impl Shard {
                     return;
                 };
                 entry.pending_will = None;
-                entry.offline_since = None;
-                std::mem::replace(
+                let session = std::mem::replace(
                     &mut entry.session,
                     Session::new(MqttStr::default(), protocol, true, limits),
-                )
+                );
+                self.stats.session_queue_moved(session.queued_len(), false);
+                session
             }
             (None, Some(session)) if !connect.clean_start => *session,
             (None, _) => Session::new(
@@ -321,6 +323,7 @@ impl Shard {
         session.apply_connect(&connect, self.config.persistent_session_expiry);
         let slot = match in_place.and_then(|slot| self.sessions.get_mut(slot).map(|e| (slot, e))) {
             Some((slot, entry)) => {
+                self.stats.session_queue_moved(session.queued_len(), true);
                 entry.session = session;
                 Some(slot)
             }
@@ -334,6 +337,7 @@ impl Shard {
         let mut started = None;
         if let Some(entry) = self.sessions.get_mut(slot) {
             entry.conn = Some(index);
+            entry.since_ms = now_ms;
             if !entry.session.clean {
                 started = Some((entry.session.client_id.clone(), entry.session.expiry));
             }
@@ -399,7 +403,16 @@ impl Shard {
         let _ = Packet::ConnAck(connack).encode(protocol, &mut conn.out);
         if session_present {
             if let Some(entry) = self.sessions.get_mut(slot) {
-                entry.session.resume(&mut conn.out, self.now);
+                // What was held for the client while it was away: counted as sent, not
+                // measured for latency.
+                let (mark, now, stats) =
+                    (SessionMark::of(&entry.session), self.now, &mut self.stats);
+                entry
+                    .session
+                    .resume(&mut conn.out, now, &mut |message, qos| {
+                        stats.sent(message, qos, None, now)
+                    });
+                self.stats.session_changed(mark, &entry.session);
             }
         }
         if keep_alive > 0 {
@@ -492,6 +505,8 @@ impl Shard {
         let Some(entry) = self.sessions.remove(slot) else {
             return;
         };
+        self.stats
+            .session_queue_moved(entry.session.queued_len(), false);
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(slot, filter);
         }
@@ -533,7 +548,7 @@ impl Shard {
                             group,
                         });
                     } else {
-                        self.stats.dropped_queue_full += 1;
+                        self.stats.drop_messages(DropReason::QueueFull, 1);
                     }
                     return;
                 }

@@ -145,7 +145,7 @@ impl Shard {
             return;
         };
         let now_ms = self.clock_ms();
-        let since = entry.offline_since.unwrap_or(now_ms);
+        let since = entry.since_ms;
         if now_ms.saturating_sub(since) >= 1000 * u64::from(expiry) {
             tracing::debug!(shard = self.id, client = %entry.session.client_id, "session expired");
             self.stats.sessions_expired += 1;

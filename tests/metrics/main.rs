@@ -1,11 +1,15 @@
 //! The Prometheus endpoint: `/metrics` read through a real Prometheus text parser
 //! (`prometheus-parse`) and checked against known traffic, `/healthz`, the HTTP edges (unknown
 //! paths, other methods, oversized, malformed and stalled requests), shutdown, and
-//! `--metrics-listen` through the binary.
+//! `--metrics-listen` through the binary. The families with a second label (by QoS, by
+//! reason) and the latency histogram are checked in `families.rs`.
 
+#[path = "../common/mod.rs"]
 mod common;
+mod families;
+mod scrape;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -14,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use common::{ack_publish, Broker, Raw, TIMEOUT};
 use prometheus_parse::{Scrape, Value};
+use scrape::*;
+use shardmq::broker::{ConnackRefusal, DisconnectCause, DropReason};
 use shardmq::codec::QoS;
-use shardmq::metrics::{self, MetricsServer};
 
-/// Every per-shard counter family, as exported.
-const COUNTERS: [&str; 27] = [
+/// Every per-shard counter family with only the `shard` label, as exported.
+const COUNTERS: [&str; 24] = [
     "shardmq_connections_accepted_total",
     "shardmq_connections_closed_total",
     "shardmq_connects_total",
@@ -33,9 +38,6 @@ const COUNTERS: [&str; 27] = [
     "shardmq_publishes_in_total",
     "shardmq_deliveries_total",
     "shardmq_forwarded_total",
-    "shardmq_dropped_queue_full_total",
-    "shardmq_dropped_qos0_total",
-    "shardmq_dropped_other_total",
     "shardmq_not_authorized_total",
     "shardmq_subscriptions_refused_total",
     "shardmq_retained_refused_total",
@@ -49,162 +51,45 @@ const COUNTERS: [&str; 27] = [
 ];
 
 /// Every per-shard gauge family.
-const SHARD_GAUGES: [&str; 3] = [
+const SHARD_GAUGES: [&str; 4] = [
     "shardmq_sessions",
     "shardmq_subscriptions",
+    "shardmq_queued_messages",
     "shardmq_retained",
 ];
 
+/// Every per-shard counter family with a second label: its name, the label and its values.
+const LABELLED: [(&str, &str, &[&str]); 7] = [
+    ("shardmq_publish_received_total", "qos", &["0", "1", "2"]),
+    (
+        "shardmq_publish_received_bytes_total",
+        "qos",
+        &["0", "1", "2"],
+    ),
+    ("shardmq_publish_sent_total", "qos", &["0", "1", "2"]),
+    ("shardmq_publish_sent_bytes_total", "qos", &["0", "1", "2"]),
+    (
+        "shardmq_connack_refusals_total",
+        "reason",
+        &ConnackRefusal::LABELS,
+    ),
+    (
+        "shardmq_disconnects_total",
+        "reason",
+        &DisconnectCause::LABELS,
+    ),
+    (
+        "shardmq_messages_dropped_total",
+        "reason",
+        &DropReason::LABELS,
+    ),
+];
+
+/// The per-shard histogram family.
+const LATENCY: &str = "shardmq_publish_latency_seconds";
+
 /// The global gauges (no labels).
 const GLOBAL_GAUGES: [&str; 2] = ["shardmq_connections", "shardmq_up"];
-
-// ----- a minimal HTTP client -------------------------------------------------------------------
-
-/// An HTTP answer.
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Sends `request` as it is, reads the answer to the end of the stream (the server closes
-/// every connection) and parses it; checks `Connection: close` and `Content-Length`.
-fn exchange(addr: SocketAddr, request: &[u8]) -> Response {
-    let mut stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connect to /metrics");
-    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
-    stream.write_all(request).expect("send the request");
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).expect("read the answer");
-    let mut headers = [httparse::EMPTY_HEADER; 16];
-    let mut response = httparse::Response::new(&mut headers);
-    let head = match response.parse(&raw) {
-        Ok(httparse::Status::Complete(head)) => head,
-        other => panic!(
-            "not an HTTP answer ({other:?}): {:?}",
-            String::from_utf8_lossy(&raw)
-        ),
-    };
-    let answer = Response {
-        status: response.code.unwrap(),
-        headers: response
-            .headers
-            .iter()
-            .map(|h| {
-                let value = String::from_utf8(h.value.to_vec()).unwrap();
-                (h.name.to_string(), value)
-            })
-            .collect(),
-        body: String::from_utf8(raw[head..].to_vec()).expect("a UTF-8 body"),
-    };
-    assert_eq!(response.version, Some(1), "HTTP/1.1");
-    assert_eq!(answer.header("Connection"), Some("close"));
-    assert_eq!(
-        answer.header("Content-Length"),
-        Some(answer.body.len().to_string().as_str())
-    );
-    answer
-}
-
-fn get(addr: SocketAddr, path: &str) -> Response {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n");
-    exchange(addr, request.as_bytes())
-}
-
-/// `/metrics`, parsed by `prometheus-parse`.
-fn scrape(addr: SocketAddr) -> Scrape {
-    let response = get(addr, "/metrics");
-    assert_eq!(response.status, 200, "{}", response.body);
-    assert_eq!(
-        response.header("Content-Type"),
-        Some("text/plain; version=0.0.4; charset=utf-8")
-    );
-    assert_eq!(response.header("Content-Type"), Some(metrics::CONTENT_TYPE));
-    Scrape::parse(response.body.lines().map(|line| Ok(line.to_owned())))
-        .expect("prometheus-parse reads /metrics")
-}
-
-/// `name`'s samples by shard; each must be a counter (a gauge if `name` is one of
-/// [`SHARD_GAUGES`]) with a `shard` label.
-fn per_shard(scrape: &Scrape, name: &str) -> Vec<(usize, f64)> {
-    let gauge = SHARD_GAUGES.contains(&name);
-    let mut samples: Vec<(usize, f64)> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .map(|s| {
-            let value = match s.value {
-                Value::Counter(value) if !gauge => value,
-                Value::Gauge(value) if gauge => value,
-                _ => panic!(
-                    "{name} is not typed as a {}: {s:?}",
-                    if gauge { "gauge" } else { "counter" }
-                ),
-            };
-            let shard = s.labels.get("shard").unwrap_or_else(|| {
-                panic!("{name} without a shard label: {s:?}");
-            });
-            assert_eq!(s.labels.len(), 1, "{name}: only the shard label: {s:?}");
-            (shard.parse().expect("a numeric shard label"), value)
-        })
-        .collect();
-    samples.sort_by_key(|(shard, _)| *shard);
-    samples
-}
-
-fn total(scrape: &Scrape, name: &str) -> f64 {
-    per_shard(scrape, name).iter().map(|(_, v)| v).sum()
-}
-
-fn on_shard(scrape: &Scrape, name: &str, shard: usize) -> f64 {
-    per_shard(scrape, name)
-        .into_iter()
-        .find(|(s, _)| *s == shard)
-        .unwrap_or_else(|| panic!("no {name}{{shard=\"{shard}\"}}"))
-        .1
-}
-
-/// A global gauge (one sample, no labels).
-fn gauge(scrape: &Scrape, name: &str) -> f64 {
-    let samples: Vec<_> = scrape.samples.iter().filter(|s| s.metric == name).collect();
-    assert_eq!(samples.len(), 1, "one {name} sample: {samples:?}");
-    assert!(samples[0].labels.is_empty(), "{:?}", samples[0]);
-    match samples[0].value {
-        Value::Gauge(value) => value,
-        ref other => panic!("{name} is not typed as a gauge: {other:?}"),
-    }
-}
-
-/// Scrapes until `check` holds (the shards publish their counters every 200 ms tick).
-fn scrape_until(addr: SocketAddr, what: &str, mut check: impl FnMut(&Scrape) -> bool) -> Scrape {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let scrape = scrape(addr);
-        if check(&scrape) {
-            return scrape;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/metrics never showed {what} within {TIMEOUT:?}: {:#?}",
-            scrape.samples
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn spawn_metrics(broker: &Broker) -> MetricsServer {
-    metrics::spawn("127.0.0.1:0".parse().unwrap(), broker.stats_source())
-        .expect("the metrics endpoint starts")
-}
 
 // ----- in-process broker ---------------------------------------------------------------------
 
@@ -270,31 +155,59 @@ fn metrics_reflect_known_traffic() {
     assert_eq!(broker.connections(), 3);
     assert_eq!(gauge(&scrape, "shardmq_up"), 1.0);
 
-    // Every per-shard family: one sample per shard, labelled, documented; no other series.
+    assert_eq!(on_shard(&scrape, "shardmq_queued_messages", 0), 0.0);
+
+    // Every per-shard family: one sample per shard (and label value), labelled, documented;
+    // no other series.
     for name in COUNTERS.into_iter().chain(SHARD_GAUGES) {
         let shards: Vec<usize> = per_shard(&scrape, name).iter().map(|(s, _)| *s).collect();
         assert_eq!(shards, vec![0, 1], "{name}");
         assert!(scrape.docs.contains_key(name), "HELP for {name}");
     }
+    for (name, label, values) in LABELLED {
+        let mut series: Vec<(usize, String)> = labelled(&scrape, name, label)
+            .into_iter()
+            .map(|(shard, value, _)| (shard, value))
+            .collect();
+        series.sort();
+        let expected: Vec<(usize, String)> = (0..2)
+            .flat_map(|shard| values.iter().map(move |v| (shard, v.to_string())))
+            .collect();
+        let mut expected = expected;
+        expected.sort();
+        assert_eq!(series, expected, "{name}");
+        assert!(scrape.docs.contains_key(name), "HELP for {name}");
+    }
+    assert_eq!(latency(&scrape).len(), 2, "a histogram per shard");
+    let histogram_parts = [format!("{LATENCY}_sum"), format!("{LATENCY}_count")];
     for sample in &scrape.samples {
+        let name = sample.metric.as_str();
         match sample.value {
+            Value::Counter(_) if COUNTERS.contains(&name) => {
+                assert!(sample.labels.get("shard").is_some(), "{sample:?}");
+            }
             Value::Counter(_) => {
-                assert!(COUNTERS.contains(&sample.metric.as_str()), "{sample:?}");
+                assert!(LABELLED.iter().any(|f| f.0 == name), "{sample:?}");
                 assert!(sample.labels.get("shard").is_some(), "{sample:?}");
             }
-            Value::Gauge(_) if SHARD_GAUGES.contains(&sample.metric.as_str()) => {
+            Value::Gauge(_) if SHARD_GAUGES.contains(&name) => {
                 assert!(sample.labels.get("shard").is_some(), "{sample:?}");
             }
-            Value::Gauge(_) => assert!(
-                GLOBAL_GAUGES.contains(&sample.metric.as_str()),
-                "{sample:?}"
-            ),
+            Value::Gauge(_) => assert!(GLOBAL_GAUGES.contains(&name), "{sample:?}"),
+            Value::Histogram(_) => assert_eq!(name, LATENCY, "{sample:?}"),
+            // prometheus-parse leaves a histogram's _sum and _count untyped.
+            Value::Untyped(_) if histogram_parts.iter().any(|p| p == name) => {
+                assert!(sample.labels.get("shard").is_some(), "{sample:?}");
+            }
             _ => panic!("untyped or unexpected sample: {sample:?}"),
         }
     }
+    let labelled_series: usize = LABELLED.iter().map(|f| f.2.len()).sum();
     assert_eq!(
         scrape.samples.len(),
-        (COUNTERS.len() + SHARD_GAUGES.len()) * 2 + GLOBAL_GAUGES.len()
+        (COUNTERS.len() + SHARD_GAUGES.len() + labelled_series) * 2
+            + 3 * 2 // the histogram, its _sum and _count, per shard
+            + GLOBAL_GAUGES.len()
     );
 
     // The connection gauge follows clients leaving.

@@ -1,0 +1,118 @@
+//! Acknowledgements: the outgoing QoS 1/2 flows a client's PUBACK, PUBREC and PUBCOMP move on
+//! (each may free a window slot for a queued message), and inbound QoS 2 identifiers awaiting
+//! PUBREL.
+
+use std::time::Instant;
+
+use bytes::BytesMut;
+
+use super::{InflightState, Message, Session, SessionError};
+use crate::codec::{Ack, Packet, QoS, ReasonCode};
+
+impl Session {
+    fn position(&self, packet_id: u16) -> Option<usize> {
+        self.inflight.iter().position(|m| m.packet_id == packet_id)
+    }
+
+    /// PUBACK from the client. Unknown identifiers are ignored (a late duplicate).
+    pub fn on_puback(
+        &mut self,
+        packet_id: u16,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) -> Result<(), SessionError> {
+        self.finish_flow(packet_id, InflightState::AwaitPubAck, out, now, on_sent)
+    }
+
+    /// Ends the flow of `packet_id` if it is in `expected` state; frees its window slot.
+    fn finish_flow(
+        &mut self,
+        packet_id: u16,
+        expected: InflightState,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) -> Result<(), SessionError> {
+        if let Some(index) = self.position(packet_id) {
+            if self.inflight[index].state != expected {
+                return Err(SessionError::UnexpectedAck);
+            }
+            self.inflight.remove(index);
+            self.fill_window(out, now, on_sent);
+        }
+        Ok(())
+    }
+
+    /// PUBREC from the client: answers PUBREL (with 0x92 in MQTT 5.0 if the id is unknown).
+    pub fn on_pubrec(
+        &mut self,
+        packet_id: u16,
+        reason: ReasonCode,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) -> Result<(), SessionError> {
+        let Some(index) = self.position(packet_id) else {
+            let mut release = Ack::new(packet_id);
+            release.reason = ReasonCode::PacketIdentifierNotFound;
+            let _ = Packet::PubRel(release).encode(self.protocol, out);
+            return Ok(());
+        };
+        match self.inflight[index].state {
+            InflightState::AwaitPubRec if reason.is_error() => {
+                // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
+                self.inflight.remove(index);
+                self.fill_window(out, now, on_sent);
+            }
+            InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
+                self.inflight[index].state = InflightState::AwaitPubComp;
+                let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);
+            }
+            InflightState::AwaitPubAck => return Err(SessionError::UnexpectedAck),
+        }
+        Ok(())
+    }
+
+    /// PUBCOMP from the client. Unknown identifiers are ignored.
+    pub fn on_pubcomp(
+        &mut self,
+        packet_id: u16,
+        out: &mut BytesMut,
+        now: Instant,
+        on_sent: &mut impl FnMut(&Message, QoS),
+    ) -> Result<(), SessionError> {
+        self.finish_flow(packet_id, InflightState::AwaitPubComp, out, now, on_sent)
+    }
+
+    /// An inbound QoS 2 PUBLISH: `true` if it is new and must be routed, `false` for a
+    /// retransmission of one not yet released (deduplicated until PUBREL).
+    pub fn on_incoming_qos2(&mut self, packet_id: u16) -> bool {
+        if self.incoming_qos2.contains(&packet_id) {
+            return false;
+        }
+        self.incoming_qos2.push(packet_id);
+        true
+    }
+
+    /// Inbound PUBREL: `true` if the identifier was awaiting release.
+    pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
+        match self.incoming_qos2.iter().position(|&id| id == packet_id) {
+            Some(index) => {
+                self.incoming_qos2.swap_remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `packet_id` is an inbound QoS 2 message awaiting PUBREL (a resend, not a new one).
+    pub fn has_incoming_qos2(&self, packet_id: u16) -> bool {
+        self.incoming_qos2.contains(&packet_id)
+    }
+
+    /// Number of inbound QoS 2 identifiers awaiting PUBREL.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+}
