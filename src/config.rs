@@ -248,6 +248,10 @@ pub struct Config {
     /// (then every listener must be on loopback), no with one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
+    /// Milliseconds the refusal of a failed login waits, doubling with each further failure
+    /// from the same address within a minute (at most 5 s; the connection is not read
+    /// meanwhile); 0 = no delay.
+    pub failed_login_delay_ms: u32,
     /// Highest keep-alive a client may ask for, in seconds; 65535 = no limit. MQTT 5 clients
     /// asking for more (or for 0) get this value as Server Keep Alive; MQTT 3.x clients asking
     /// for more are refused (CONNACK 2), 3.x keep-alive 0 stays allowed.
@@ -308,6 +312,7 @@ impl Default for Config {
             password_file: None,
             acl_file: None,
             allow_anonymous: None,
+            failed_login_delay_ms: 100,
             max_keepalive: u16::MAX,
             use_username_as_clientid: false,
             per_shard_listeners: false,
@@ -534,6 +539,10 @@ pub struct Flags {
     /// `--allow-anonymous false` refuses them.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
     pub allow_anonymous: Option<bool>,
+    /// Delay of a failed login's refusal, doubling per further failure from the address within
+    /// a minute, at most 5 s (0 = none).
+    #[arg(long, value_name = "MS")]
+    pub failed_login_delay_ms: Option<u32>,
     /// Highest keep-alive a client may ask for (65535 = no limit).
     #[arg(long, value_name = "SECONDS")]
     pub max_keepalive: Option<u16>,
@@ -599,7 +608,8 @@ impl Config {
             max_publish_rate,
             max_publish_bytes_rate,
             publish_rate_action,
-            max_connection_rate
+            max_connection_rate,
+            failed_login_delay_ms
         );
         if flags.log_file.is_some() {
             config.log_file = flags.log_file;
@@ -894,6 +904,7 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         password_file,
         acl_file,
         allow_anonymous,
+        failed_login_delay_ms,
         max_keepalive,
         use_username_as_clientid,
         per_shard_listeners,
@@ -949,6 +960,7 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         password_file,
         acl_file,
         allow_anonymous,
+        failed_login_delay_ms,
         max_keepalive,
         use_username_as_clientid
     );

@@ -496,3 +496,40 @@ async fn rumqttc_sees_the_refusals() {
     let codes = alice.subscribe("b/#", rumqttc::QoS::AtLeastOnce).await;
     assert_eq!(codes, vec![rumqttc::SubscribeReasonCode::Failure]);
 }
+
+/// Failed logins are slowed down per address: each further failure from 127.0.0.1 within a
+/// minute waits twice as long for its refusal (lower bounds only: a slow machine cannot break
+/// them), a good login is not held back, and the delays are counted.
+#[test]
+fn failed_logins_are_slowed_down_per_address() {
+    let dir = TempDir::new("slowdown");
+    let broker = broker(&dir, false, |config| config.failed_login_delay_ms = 300);
+    for (attempt, at_least_ms) in [300u64, 600, 1200].into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        let wrong = login(
+            &format!("guess-{attempt}"),
+            Some("alice"),
+            Some("guess"),
+            true,
+        );
+        assert_eq!(
+            refused(&broker, 0, wrong),
+            ReasonCode::BadUserNameOrPassword
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(at_least_ms),
+            "failure {attempt} refused after {waited:?}"
+        );
+    }
+    // The right password still gets in, and others are served meanwhile.
+    user(&broker, 0, "alice-ok", "alice", true).ping();
+    common::wait_until(TIMEOUT, "the delays to be counted", || {
+        broker
+            .stats()
+            .iter()
+            .map(|s| s.failed_logins_delayed)
+            .sum::<u64>()
+            == 3
+    });
+}

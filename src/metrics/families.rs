@@ -25,7 +25,7 @@ use crate::broker::{
 };
 
 /// Number of plain (single-valued) fields in [`ShardStats`].
-const FIELDS: usize = 34;
+const FIELDS: usize = 35;
 
 /// One [`ShardStats`] field as exported: name (without prefix, and without `_total` for a
 /// counter), help, type (counter or gauge) and value.
@@ -74,6 +74,7 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
         rate_limit_pauses,
         rate_limit_disconnects,
         connection_rate_refused,
+        failed_logins_delayed,
         ring_enters,
         ring_submissions,
         ring_completions,
@@ -255,6 +256,12 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
             "Connections refused by a listener's max_connection_rate.",
             Counter,
             connection_rate_refused,
+        ),
+        (
+            "failed_logins_delayed",
+            "Refusing CONNACKs delayed after recent failed logins from the same address.",
+            Counter,
+            failed_logins_delayed,
         ),
         (
             "ring_enters",

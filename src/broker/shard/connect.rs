@@ -40,7 +40,7 @@ impl Shard {
                 %reason,
                 "CONNECT refused: authentication failed"
             );
-            return refuse(self, reason);
+            return self.refuse_failed_login(index, reason);
         }
         let max_keepalive = self.config.max_keepalive;
         if !protocol.is_v5() && max_keepalive < u16::MAX && connect.keep_alive > max_keepalive {

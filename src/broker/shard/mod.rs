@@ -93,6 +93,7 @@ mod connect;
 mod delivery;
 mod durable;
 mod flow;
+mod login_delay;
 mod outbox;
 mod overload;
 mod publish;
@@ -111,6 +112,7 @@ use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
 use durable::*;
+use login_delay::FailedLogins;
 use overload::Overload;
 pub use rate::RateGate;
 use registry::*;
@@ -216,6 +218,8 @@ pub struct Shard {
     wheel: BTreeMap<u32, Vec<WheelEntry>>,
     /// Memory budget, publish rates, connection rates.
     overload: Overload,
+    /// Recent failed logins by address, and refusals they delay.
+    failed_logins: FailedLogins,
     /// Counters.
     stats: ShardStats,
 }
@@ -308,6 +312,7 @@ impl Shard {
             wheel: BTreeMap::new(),
             stats: ShardStats::default(),
             overload: Overload::new(&config),
+            failed_logins: FailedLogins::default(),
             config,
         }
     }

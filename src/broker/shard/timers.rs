@@ -22,6 +22,7 @@ impl Shard {
         self.now_secs = self.now.saturating_duration_since(self.started).as_secs() as u32;
         self.release_throttled(None);
         self.overload_tick();
+        self.release_delayed_refusals();
         while let Some(entry) = self.wheel.first_entry() {
             let bucket = *entry.key();
             if bucket > self.now_secs {

@@ -143,6 +143,8 @@ pub struct ShardStats {
     pub rate_limit_disconnects: u64,
     /// Connections refused by a listener's `max_connection_rate` (CONNACK 0x9F; 3.x: 3).
     pub connection_rate_refused: u64,
+    /// Refusing CONNACKs delayed after recent failed logins from the same address.
+    pub failed_logins_delayed: u64,
     /// io_uring_enter calls of the shard's engine. Filled in by the runtime.
     pub ring_enters: u64,
     /// Requests the shard's engine submitted to its io_uring. Filled in by the runtime.
@@ -297,6 +299,7 @@ impl std::ops::AddAssign for ShardStats {
             rate_limit_pauses,
             rate_limit_disconnects,
             connection_rate_refused,
+            failed_logins_delayed,
             ring_enters,
             ring_submissions,
             ring_completions,
@@ -343,6 +346,7 @@ impl std::ops::AddAssign for ShardStats {
         self.rate_limit_pauses += rate_limit_pauses;
         self.rate_limit_disconnects += rate_limit_disconnects;
         self.connection_rate_refused += connection_rate_refused;
+        self.failed_logins_delayed += failed_logins_delayed;
         self.ring_enters += ring_enters;
         self.ring_submissions += ring_submissions;
         self.ring_completions += ring_completions;
