@@ -21,6 +21,7 @@ mod engine;
 mod ring;
 mod token;
 mod transport;
+pub mod websocket;
 
 #[cfg(test)]
 mod tests;
