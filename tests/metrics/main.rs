@@ -23,7 +23,7 @@ use shardmq::broker::{ConnackRefusal, DisconnectCause, DropReason};
 use shardmq::codec::QoS;
 
 /// Every per-shard counter family with only the `shard` label, as exported.
-const COUNTERS: [&str; 24] = [
+const COUNTERS: [&str; 30] = [
     "shardmq_connections_accepted_total",
     "shardmq_connections_closed_total",
     "shardmq_connects_total",
@@ -44,6 +44,12 @@ const COUNTERS: [&str; 24] = [
     "shardmq_publishers_throttled_total",
     "shardmq_backpressure_episodes_total",
     "shardmq_protocol_violations_total",
+    "shardmq_connects_refused_memory_total",
+    "shardmq_memory_readers_paused_total",
+    "shardmq_rate_limit_pauses_total",
+    "shardmq_rate_limit_disconnects_total",
+    "shardmq_connection_rate_refused_total",
+    "shardmq_failed_logins_delayed_total",
     "shardmq_ring_enters_total",
     "shardmq_ring_submissions_total",
     "shardmq_ring_completions_total",
@@ -51,11 +57,12 @@ const COUNTERS: [&str; 24] = [
 ];
 
 /// Every per-shard gauge family.
-const SHARD_GAUGES: [&str; 4] = [
+const SHARD_GAUGES: [&str; 5] = [
     "shardmq_sessions",
     "shardmq_subscriptions",
     "shardmq_queued_messages",
     "shardmq_retained",
+    "shardmq_memory_pressure",
 ];
 
 /// Every per-shard counter family with a second label: its name, the label and its values.
