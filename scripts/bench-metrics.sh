@@ -27,7 +27,7 @@ p2p() { # with_metrics (0|1)
   sleep 0.7
   if [ "$1" = 1 ]; then
     (while kill -0 $bp 2>/dev/null; do
-       curl -s -o /dev/null "http://127.0.0.1:$mport/metrics"; sleep 1
+       taskset -c 1 curl -s -o /dev/null "http://127.0.0.1:$mport/metrics"; sleep 1
      done) &
     sp=$!
   fi
