@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What metrics cost, on the release build, one shard on CPU 0, load on CPU 1:
 #  1. p2p QoS 1 throughput (100 pairs, unpaced) without a metrics listener and with
-#     `--metrics-listen` scraped once a second, interleaved, RUNS runs each (default 3);
+#     `--metrics-listen` scraped once a second, interleaved, RUNS runs each (default 5), means and medians;
 #  2. broker CPU per scrape of /metrics with 10,000 idle connections open (SCRAPES scrapes,
 #     default 2000, back to back; the idle CPU of the same broker over the same time is
 #     subtracted).
@@ -13,29 +13,29 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 SH=${SHARDMQ:-target/release/shardmq}
 H=target/release/bench-harness
-RUNS=${RUNS:-3}
+RUNS=${RUNS:-5}
 SCRAPES=${SCRAPES:-2000}
 # CPU time of every thread of a process, in ns (schedstat: finer than /proc/PID/stat's ticks).
 cpu_ns() { cat /proc/"$1"/task/*/schedstat | awk '{s += $1} END {printf "%d", s}'; }
 
 p2p() { # with_metrics (0|1)
-  local port=$((21000 + RANDOM % 500)) mport=$((21600 + RANDOM % 300)) extra="" sp=""
+  local port=$((21000 + RANDOM % 500)) mport=$((21600 + RANDOM % 300)) extra="" sp
   [ "$1" = 1 ] && extra="--metrics-listen 127.0.0.1:$mport"
   # shellcheck disable=SC2086
   taskset -c 0 "$SH" --listen 127.0.0.1:$port --shards 1 --log-level warn $extra >/dev/null 2>&1 &
   local bp=$!
   sleep 0.7
-  if [ "$1" = 1 ]; then
-    (while kill -0 $bp 2>/dev/null; do
-       taskset -c 1 curl -s -o /dev/null "http://127.0.0.1:$mport/metrics"; sleep 1
-     done) &
-    sp=$!
-  fi
+  # The same scraping loop in both cases (without a listener it hits a closed port), so the
+  # harness on CPU 1 sees the same disturbance.
+  (while kill -0 $bp 2>/dev/null; do
+     taskset -c 1 curl -s -o /dev/null "http://127.0.0.1:$mport/metrics"; sleep 1
+   done) &
+  sp=$!
   local out
   out=$(taskset -c 1 "$H" p2p --pubs 100 --qos 1 --port $port --broker-pid $bp \
         --duration 4 --warmup 1 2>&1)
   kill $bp; wait $bp 2>/dev/null
-  [ -n "$sp" ] && { kill $sp 2>/dev/null; wait $sp 2>/dev/null; }
+  kill $sp 2>/dev/null; wait $sp 2>/dev/null
   echo "$out" | grep -E "^throughput" | sed 's/.*out (delivered) \([0-9,]*\).*/\1/' | tr -d ,
 }
 
@@ -48,7 +48,9 @@ for i in $(seq "$RUNS"); do
 done
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 mw=$(median "${without[@]}"); mm=$(median "${with[@]}")
-awk -v a="$mw" -v b="$mm" 'BEGIN { printf "median: without %d, with %d: %+.1f%%\n", a, b, (b - a) * 100 / a }'
+mean() { printf '%s\n' "$@" | awk '{s += $1} END {printf "%d", s / NR}'; }
+aw=$(mean "${without[@]}"); am=$(mean "${with[@]}")
+awk -v a="$mw" -v b="$mm" -v c="$aw" -v d="$am" 'BEGIN { printf "median: without %d, with %d: %+.1f%%; mean: without %d, with %d: %+.1f%%\n", a, b, (b - a) * 100 / a, c, d, (d - c) * 100 / c }'
 
 echo "== scrape cost with 10,000 idle connections"
 port=$((22000 + RANDOM % 500)); mport=$((22600 + RANDOM % 300))
