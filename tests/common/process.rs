@@ -64,6 +64,11 @@ impl Process {
         }
     }
 
+    /// Its exit status if it has exited (does not wait).
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("try_wait on our own child")
+    }
+
     /// Its exit status, if it exits within `within`.
     pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + within;

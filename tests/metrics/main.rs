@@ -9,13 +9,10 @@ mod common;
 mod families;
 mod scrape;
 
-use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::process::{free_port, Process};
 use common::{ack_publish, Broker, Raw, TIMEOUT};
 use prometheus_parse::{Scrape, Value};
 use scrape::*;
@@ -323,94 +320,6 @@ fn scrape_cost() {
 
 // ----- the binary ----------------------------------------------------------------------------
 
-/// A loopback port nobody listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
-/// A running `shardmq` process with its output collected; killed (SIGKILL, by its own pid)
-/// and reaped on drop, so a failing test leaves nothing behind.
-struct Process {
-    child: Child,
-    output: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-}
-
-impl Process {
-    fn spawn(args: &[&str]) -> Process {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the shardmq binary");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), Arc::clone(&output)),
-            collect(child.stderr.take().unwrap(), Arc::clone(&output)),
-        ];
-        Process {
-            child,
-            output,
-            readers,
-        }
-    }
-
-    fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                for reader in self.readers.drain(..) {
-                    let _ = reader.join();
-                }
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; the child has not been reaped (we hold it).
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Child::kill signals this child's pid only (SIGKILL).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
-}
-
-/// `--metrics-listen`: /healthz answers 200 once the broker runs, /metrics parses, SIGTERM
-/// still exits 0.
 #[test]
 fn binary_serves_metrics_and_stops_on_sigterm() {
     let mqtt = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
@@ -427,7 +336,7 @@ fn binary_serves_metrics_and_stops_on_sigterm() {
     ]);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(status) = process.child.try_wait().unwrap() {
+        if let Some(status) = process.try_exit() {
             panic!("shardmq exited ({status}):\n{}", process.output());
         }
         if TcpStream::connect_timeout(&metrics_addr, Duration::from_millis(200)).is_ok() {
