@@ -3,72 +3,47 @@
 //! makes that shard panic about a second after start. A control run without the flag keeps
 //! serving and exits 0 on SIGTERM.
 
+mod common;
+
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+use common::process::{free_port, Process};
 
 /// How long the binary may take to start listening.
 const START: Duration = Duration::from_secs(10);
 /// How long the process may take to end once the injected panic is due (~1 s after start).
 const DEATH: Duration = Duration::from_secs(6);
 
-/// A loopback port nobody listens on (bound, read, released).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
-    listener.local_addr().unwrap().port()
-}
-
-/// A running `shardmq` process, its stdout and stderr collected in the background. Killed
-/// (by its own pid, SIGKILL) and reaped on drop, so a failing test leaves nothing behind.
+/// A running `shardmq` process (2 shards, its own loopback port) and the address it serves.
 struct Broker {
-    child: Child,
+    process: Process,
     addr: SocketAddr,
-    output: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
 }
 
 impl Broker {
     fn spawn(extra: &[&str]) -> Broker {
-        let port = free_port();
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
-            .args(["--listen", &addr.to_string(), "--shards", "2"])
-            .args(["--log-level", "warn"])
-            .args(extra)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the shardmq binary");
-        let output = Arc::new(Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let readers = vec![
-            collect(stdout, Arc::clone(&output)),
-            collect(stderr, Arc::clone(&output)),
-        ];
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()));
+        let listen = addr.to_string();
+        let mut args = vec!["--listen", &listen, "--shards", "2", "--log-level", "warn"];
+        args.extend_from_slice(extra);
         Broker {
-            child,
+            process: Process::spawn(&args),
             addr,
-            output,
-            readers,
         }
     }
 
-    /// Everything the process wrote so far (stdout and stderr interleaved by chunk).
     fn output(&self) -> String {
-        String::from_utf8_lossy(&self.output.lock().unwrap()).into_owned()
+        self.process.output()
     }
 
     /// Waits until the broker accepts TCP connections; fails if it exits first.
     fn wait_listening(&mut self) {
         let deadline = Instant::now() + START;
         loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
+            if let Some(status) = self.process.try_exit() {
                 let output = self.finish();
                 panic!(
                     "shardmq exited ({status}) before listening on {}:\n{output}",
@@ -90,54 +65,18 @@ impl Broker {
 
     /// The exit status if the process ends within `within`.
     fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_exit(within)
     }
 
-    /// After the process has exited: the complete output (the pipes are at end of stream).
+    /// After the process has exited: the complete output (its pipes read to the end).
     fn finish(&mut self) -> String {
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
+        let _ = self.process.wait_exit(Duration::from_secs(5));
         self.output()
     }
 
     fn signal(&self, signal: i32) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
-        // SAFETY: kill(2) on our own child's pid; the child has not been reaped (we hold it).
-        let rc = unsafe { libc::kill(pid, signal) };
-        assert_eq!(rc, 0, "kill({pid}, {signal})");
+        self.process.signal(signal);
     }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            // Child::kill signals this child's pid only (SIGKILL).
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn collect(mut pipe: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut chunk = [0u8; 4096];
-        loop {
-            match pipe.read(&mut chunk) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => into.lock().unwrap().extend_from_slice(&chunk[..n]),
-            }
-        }
-    })
 }
 
 /// A minimal MQTT 3.1.1 CONNECT (clean session, keep-alive 0) and its CONNACK.
@@ -193,7 +132,7 @@ fn without_injection_the_broker_runs_and_exits_cleanly() {
     let mut broker = Broker::spawn(&[]);
     broker.wait_listening();
     std::thread::sleep(Duration::from_secs(2));
-    if let Some(status) = broker.child.try_wait().unwrap() {
+    if let Some(status) = broker.process.try_exit() {
         panic!("shardmq exited on its own ({status}):\n{}", broker.finish());
     }
     assert!(
