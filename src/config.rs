@@ -17,7 +17,9 @@ use crate::auth::LoadedFile;
 pub use crate::units::ByteSize;
 
 mod admin_token;
+mod listener;
 pub use admin_token::AdminToken;
+pub use listener::{ListenerConfig, ListenerProtocol, TlsVersion};
 
 /// How a shared subscription picks the member that receives a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
@@ -55,60 +57,6 @@ pub enum LogFormat {
     /// One JSON object per line: `timestamp`, `level`, `target`, `message` and the event's
     /// fields.
     Json,
-}
-
-/// What a listener speaks. Only plain MQTT over TCP for now; TLS and WebSocket will be further
-/// variants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ListenerProtocol {
-    /// MQTT over plain TCP (config value `"mqtt"`).
-    #[default]
-    Mqtt,
-}
-
-/// One listener: a `[[listener]]` table of the config file, or one `listen` address.
-///
-/// ```toml
-/// [[listener]]
-/// address = "0.0.0.0:1884"
-/// protocol = "mqtt"          # the default
-/// max_connections = 10000    # 0 (the default) = no per-listener limit
-/// name = "internal"          # optional, for logs
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Address to accept on; every shard accepts on it (SO_REUSEPORT). Port 0 = an ephemeral
-    /// port.
-    pub address: SocketAddr,
-    /// What the listener speaks.
-    #[serde(default)]
-    pub protocol: ListenerProtocol,
-    /// Connections accepted through this listener; 0 = no per-listener limit. The broker-wide
-    /// `max_connections` and `max_connections_per_shard` apply as well.
-    #[serde(default)]
-    pub max_connections: usize,
-    /// A name for logs and statistics.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// New connections per second this listener accepts (all shards together); unset = the
-    /// top-level `max_connection_rate`, 0 = none.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_connection_rate: Option<u32>,
-}
-
-impl ListenerConfig {
-    /// A plain MQTT listener with no limit of its own: what a `listen` address stands for.
-    pub fn mqtt(address: SocketAddr) -> ListenerConfig {
-        ListenerConfig {
-            address,
-            protocol: ListenerProtocol::Mqtt,
-            max_connections: 0,
-            name: None,
-            max_connection_rate: None,
-        }
-    }
 }
 
 /// The listen addresses used when neither `listen` nor `[[listener]]` is configured: loopback
@@ -1100,11 +1048,9 @@ protocol = "mqtt"
             config.listener,
             vec![
                 ListenerConfig {
-                    address: addr("127.0.0.1:1884"),
-                    protocol: ListenerProtocol::Mqtt,
                     max_connections: 100,
                     name: Some("internal".into()),
-                    max_connection_rate: None,
+                    ..ListenerConfig::mqtt(addr("127.0.0.1:1884"))
                 },
                 ListenerConfig::mqtt(addr("127.0.0.1:1885")),
             ]
