@@ -18,8 +18,10 @@ pub use crate::units::ByteSize;
 
 mod admin_token;
 mod listener;
+mod tls;
 pub use admin_token::AdminToken;
 pub use listener::{ListenerConfig, ListenerProtocol, TlsVersion};
+pub use tls::{LoadedTls, TlsFiles};
 
 /// How a shared subscription picks the member that receives a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
@@ -93,6 +95,28 @@ pub struct Config {
     /// file only (no flag sets them) and are always added to the `listen` addresses, whatever
     /// `--listen` says. Changing them needs a restart.
     pub listener: Vec<ListenerConfig>,
+    /// Addresses for MQTT over TLS (`--tls-listen`), each a listener with the top-level
+    /// `certfile`, `keyfile`, `cafile` and `require_certificate`. Changing them needs a restart.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Addresses for MQTT over WebSocket (`--ws-listen`), path `/mqtt`.
+    pub ws_listen: Vec<SocketAddr>,
+    /// Addresses for MQTT over WebSocket over TLS (`--wss-listen`), path `/mqtt`, with the
+    /// top-level TLS keys.
+    pub wss_listen: Vec<SocketAddr>,
+    /// The certificate chain (PEM, leaf first) of the `tls_listen` and `wss_listen` listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub certfile: Option<PathBuf>,
+    /// Their private key (PEM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates (PEM) their client certificates are verified against.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cafile: Option<PathBuf>,
+    /// Their clients must present a certificate signed by `cafile` (mutual TLS).
+    pub require_certificate: bool,
+    /// TLS handshake steps each shard runs per loop pass, at most (the rest wait for the next
+    /// pass): bounds the latency a flood of new TLS clients adds for established ones.
+    pub tls_handshakes_per_pass: u32,
     /// Number of shards (executors); default one per CPU the process may run on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shards: Option<usize>,
@@ -217,6 +241,10 @@ pub struct Config {
     /// [`Config::load_auth_files`] (shared read-only by every shard). Not a config key.
     #[serde(skip)]
     pub auth_files: AuthFiles,
+    /// The listeners' certificates and keys, as loaded by [`Config::load_tls`]. Not a config
+    /// key.
+    #[serde(skip)]
+    pub tls_files: TlsFiles,
 }
 
 impl Default for Config {
@@ -224,6 +252,14 @@ impl Default for Config {
         Config {
             listen: DEFAULT_LISTEN.to_vec(),
             listener: Vec::new(),
+            tls_listen: Vec::new(),
+            ws_listen: Vec::new(),
+            wss_listen: Vec::new(),
+            certfile: None,
+            keyfile: None,
+            cafile: None,
+            require_certificate: false,
+            tls_handshakes_per_pass: 16,
             shards: None,
             cpus: None,
             log_level: "info".into(),
@@ -266,6 +302,7 @@ impl Default for Config {
             per_shard_listeners: false,
             test_inject_panic: None,
             auth_files: AuthFiles::default(),
+            tls_files: TlsFiles::default(),
         }
     }
 }
@@ -374,6 +411,31 @@ pub struct Flags {
     /// tables still apply. Default 127.0.0.1:1883 and [::1]:1883 when neither is set.
     #[arg(long)]
     pub listen: Vec<SocketAddr>,
+    /// Address for MQTT over TLS (repeatable); needs --cert and --key.
+    #[arg(long, value_name = "ADDR")]
+    pub tls_listen: Vec<SocketAddr>,
+    /// Address for MQTT over WebSocket, path /mqtt (repeatable).
+    #[arg(long, value_name = "ADDR")]
+    pub ws_listen: Vec<SocketAddr>,
+    /// Address for MQTT over secure WebSocket, path /mqtt (repeatable); needs --cert and --key.
+    #[arg(long, value_name = "ADDR")]
+    pub wss_listen: Vec<SocketAddr>,
+    /// Certificate chain (PEM) of the --tls-listen and --wss-listen listeners.
+    #[arg(long = "cert", alias = "certfile", value_name = "FILE")]
+    pub certfile: Option<PathBuf>,
+    /// Private key (PEM) of the --tls-listen and --wss-listen listeners.
+    #[arg(long = "key", alias = "keyfile", value_name = "FILE")]
+    pub keyfile: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// Clients of the --tls-listen and --wss-listen listeners need a certificate signed by
+    /// --cafile.
+    #[arg(long)]
+    pub require_certificate: bool,
+    /// TLS handshake steps per shard per loop pass, at most.
+    #[arg(long, value_name = "N")]
+    pub tls_handshakes_per_pass: Option<u32>,
     /// Number of shards; default one per allowed CPU.
     #[arg(long)]
     pub shards: Option<usize>,
@@ -526,6 +588,26 @@ impl Config {
         if !flags.listen.is_empty() {
             config.listen = flags.listen;
         }
+        // Like --listen: a flag's list replaces the file's list of the same key.
+        if !flags.tls_listen.is_empty() {
+            config.tls_listen = flags.tls_listen;
+        }
+        if !flags.ws_listen.is_empty() {
+            config.ws_listen = flags.ws_listen;
+        }
+        if !flags.wss_listen.is_empty() {
+            config.wss_listen = flags.wss_listen;
+        }
+        if flags.certfile.is_some() {
+            config.certfile = flags.certfile;
+        }
+        if flags.keyfile.is_some() {
+            config.keyfile = flags.keyfile;
+        }
+        if flags.cafile.is_some() {
+            config.cafile = flags.cafile;
+        }
+        config.require_certificate |= flags.require_certificate;
         macro_rules! take {
             ($($field:ident),*) => { $( if let Some(value) = flags.$field { config.$field = value; } )* };
         }
@@ -557,7 +639,8 @@ impl Config {
             max_publish_bytes_rate,
             publish_rate_action,
             max_connection_rate,
-            failed_login_delay_ms
+            failed_login_delay_ms,
+            tls_handshakes_per_pass
         );
         if flags.log_file.is_some() {
             config.log_file = flags.log_file;
@@ -593,6 +676,7 @@ impl Config {
         config.test_inject_panic = flags.test_inject_panic;
         config.validate()?;
         config.load_auth_files()?;
+        config.load_tls()?;
         config.admin_token_value()?;
         Ok(config)
     }
@@ -618,6 +702,39 @@ impl Config {
             },
         };
         Ok(())
+    }
+
+    /// Reads the certificates, keys and CAs of every TLS listener anew into
+    /// [`Config::tls_files`]. [`Config::from_flags`] does it; a `Config` built in code gets it from
+    /// [`Config::ensure_tls`] at start and reload.
+    pub fn load_tls(&mut self) -> Result<(), ConfigError> {
+        let by_listener = self
+            .listeners()
+            .iter()
+            .map(|listener| {
+                listener
+                    .tls()
+                    .then(|| tls::load(listener))
+                    .transpose()
+                    .map_err(ConfigError::Invalid)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.tls_files = TlsFiles { by_listener };
+        Ok(())
+    }
+
+    /// Loads the TLS files unless [`Config::tls_files`] already has an entry for each listener.
+    pub fn ensure_tls(&mut self) -> Result<(), ConfigError> {
+        let listeners = self.listeners();
+        let loaded = listeners.len() == self.tls_files.by_listener.len()
+            && listeners
+                .iter()
+                .zip(&self.tls_files.by_listener)
+                .all(|(listener, loaded)| listener.tls() == loaded.is_some());
+        if loaded {
+            return Ok(());
+        }
+        self.load_tls()
     }
 
     /// Loads the auth files unless [`Config::auth_files`] already holds exactly the files named
@@ -716,11 +833,31 @@ impl Config {
     }
 
     /// Every listener: each `listen` address as a plain MQTT listener with the defaults, then
-    /// the `[[listener]]` tables, in file order.
+    /// the `tls_listen`, `ws_listen` and `wss_listen` addresses (with the top-level TLS keys),
+    /// then the `[[listener]]` tables, in file order. A listener's index in this list names it
+    /// everywhere (connection counts, rates, TLS material).
     pub fn listeners(&self) -> Vec<ListenerConfig> {
+        let with_tls = |listener: ListenerConfig| ListenerConfig {
+            certfile: self.certfile.clone(),
+            keyfile: self.keyfile.clone(),
+            cafile: self.cafile.clone(),
+            require_certificate: self.require_certificate,
+            ..listener
+        };
+        let ws = |address| ListenerConfig {
+            protocol: ListenerProtocol::Ws,
+            ..ListenerConfig::mqtt(address)
+        };
         self.listen
             .iter()
             .map(|&address| ListenerConfig::mqtt(address))
+            .chain(
+                self.tls_listen
+                    .iter()
+                    .map(|&address| with_tls(ListenerConfig::mqtt(address))),
+            )
+            .chain(self.ws_listen.iter().map(|&address| ws(address)))
+            .chain(self.wss_listen.iter().map(|&address| with_tls(ws(address))))
             .chain(self.listener.iter().cloned())
             .collect()
     }
@@ -733,8 +870,30 @@ impl Config {
                 "no listener: set listen (--listen) or add a [[listener]] table".into(),
             ));
         }
+        let flag_tls = !self.tls_listen.is_empty() || !self.wss_listen.is_empty();
+        if flag_tls && (self.certfile.is_none() || self.keyfile.is_none()) {
+            return Err(ConfigError::Invalid(
+                "tls_listen / wss_listen (--tls-listen / --wss-listen) need certfile and keyfile \
+                 (--cert FILE --key FILE)"
+                    .into(),
+            ));
+        }
+        if !flag_tls
+            && (self.certfile.is_some()
+                || self.keyfile.is_some()
+                || self.cafile.is_some()
+                || self.require_certificate)
+        {
+            return Err(ConfigError::Invalid(
+                "certfile, keyfile, cafile and require_certificate apply to tls_listen and \
+                 wss_listen listeners (--tls-listen / --wss-listen), and none is configured; \
+                 a [[listener]] table sets its own"
+                    .into(),
+            ));
+        }
         let mut bound = HashSet::new();
         for listener in &listeners {
+            listener.validate().map_err(ConfigError::Invalid)?;
             // Port 0 asks for an ephemeral port: each such listener gets a port of its own.
             if listener.address.port() != 0 && !bound.insert(listener.address) {
                 return Err(ConfigError::Invalid(format!(
@@ -856,8 +1015,17 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         max_keepalive,
         use_username_as_clientid,
         per_shard_listeners,
+        tls_listen,
+        ws_listen,
+        wss_listen,
+        certfile,
+        keyfile,
+        cafile,
+        require_certificate,
+        tls_handshakes_per_pass,
         test_inject_panic: _,
         auth_files,
+        tls_files,
     } = new;
     let mut applied = Vec::new();
     let mut restart_needed = Vec::new();
@@ -875,7 +1043,10 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         mesh_capacity,
         metrics_listen,
         per_shard_listeners,
-        log_format
+        log_format,
+        tls_listen,
+        ws_listen,
+        wss_listen
     );
     diff!(
         applied: log_level,
@@ -910,8 +1081,18 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         allow_anonymous,
         failed_login_delay_ms,
         max_keepalive,
-        use_username_as_clientid
+        use_username_as_clientid,
+        certfile,
+        keyfile,
+        cafile,
+        require_certificate,
+        tls_handshakes_per_pass
     );
+    // Certificates are read again on every reload: new files under the same paths count.
+    let same_paths = old.certfile == *certfile && old.keyfile == *keyfile && old.cafile == *cafile;
+    if old.tls_files != *tls_files && same_paths {
+        applied.push("certificates".to_string());
+    }
     // The files are read again on every reload: a changed file under the same path counts.
     if old.password_file == *password_file && old.auth_files.passwords != auth_files.passwords {
         applied.push("password_file".to_string());

@@ -135,6 +135,7 @@ impl BrokerHandle {
     pub fn reload(&self, mut config: Config) -> Result<ReloadReport, ReloadError> {
         config.validate()?;
         config.ensure_auth_files()?;
+        config.ensure_tls()?;
         let mut current = self
             .config
             .lock()
@@ -242,6 +243,7 @@ fn watch_shard(
 /// Starts the broker: binds, spawns one executor per shard, returns once every shard accepts.
 pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
     config.ensure_auth_files()?;
+    config.ensure_tls()?;
     let admin_token = config.admin_token_value()?;
     check_io_uring().map_err(StartError::IoUring)?;
     let allowed = allowed_cpus().map_err(|e| StartError::Cpus(e.to_string()))?;
@@ -284,7 +286,7 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
             }
             Err(source) => return Err(StartError::Listen { addr, source }),
         };
-        tracing::info!(listener = listener.name.as_deref().unwrap_or(""), %bound, protocol = ?listener.protocol, "listening");
+        tracing::info!(listener = listener.name.as_deref().unwrap_or(""), %bound, scheme = listener.scheme(), "listening");
         listen_addrs.push(bound);
         for (setup, fd) in setups.iter_mut().zip(fds) {
             setup.listeners.push((index, fd));

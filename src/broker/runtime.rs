@@ -32,7 +32,7 @@ use super::mesh::Batch;
 use super::shard::{Global, ReadState, Shard, ShardStats};
 use super::sys::{self, SysState, Totals};
 use crate::config::Config;
-use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler};
+use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler, ListenerTransport};
 
 /// How often each shard advances its clock (keep-alive, expiry, shutdown check).
 const TICK: Duration = Duration::from_millis(200);
@@ -71,6 +71,9 @@ impl Handler for Shard {
         now: Instant,
     ) -> Option<ConnId> {
         self.on_accept_with_peer(listener, peer, now)
+    }
+    fn identified(&mut self, conn: ConnId, common_name: Option<String>) {
+        self.on_identified(conn, common_name);
     }
     fn received(&mut self, conn: ConnId, bytes: &[u8], now: Instant) {
         self.on_received(conn, bytes, now);
@@ -187,8 +190,11 @@ impl Driver {
 /// config keys: the defaults are what the measurements chose): `SHARDMQ_RING_MODE`
 /// (`defer`, `coop`, `interrupt`), `SHARDMQ_RECV_BUFFERS` (a power of two),
 /// `SHARDMQ_RECV_BUFFER_SIZE` (bytes).
-fn engine_config(_config: &Config) -> EngineConfig {
-    let mut engine = EngineConfig::default();
+fn engine_config(config: &Config) -> EngineConfig {
+    let mut engine = EngineConfig {
+        handshakes_per_pass: config.tls_handshakes_per_pass.max(1),
+        ..EngineConfig::default()
+    };
     let var = |name: &str| std::env::var(name).ok();
     match var("SHARDMQ_RING_MODE").as_deref() {
         Some("defer") => engine.mode = Some(CompletionMode::Deferred),
@@ -204,6 +210,25 @@ fn engine_config(_config: &Config) -> EngineConfig {
         engine.buffer_size = size;
     }
     engine
+}
+
+/// What each listener's connections speak (TLS material as loaded, WebSocket settings), by
+/// listener index.
+fn listener_transports(config: &Config) -> Vec<ListenerTransport> {
+    config
+        .listeners()
+        .iter()
+        .enumerate()
+        .map(|(index, listener)| ListenerTransport {
+            tls: config
+                .tls_files
+                .by_listener
+                .get(index)
+                .and_then(Option::as_ref)
+                .map(|loaded| Arc::clone(&loaded.server)),
+            ws: listener.ws_config().map(Arc::new),
+        })
+        .collect()
 }
 
 /// Runs one shard until the broker shuts down.
@@ -234,9 +259,11 @@ pub(super) async fn run_shard(
     };
     tracing::debug!(shard = id, mode = %engine.mode(), "io_uring engine ready");
     let mut listening_fds: Vec<RawFd> = Vec::new();
+    let transports = listener_transports(&config);
     for &(index, fd) in &setup.listeners {
         listening_fds.push(fd);
-        if let Err(error) = engine.listen(fd, Some(index)) {
+        let transport = transports.get(index).cloned().unwrap_or_default();
+        if let Err(error) = engine.listen_with(fd, Some(index), transport) {
             panic!("shard {id}: cannot accept on listener {index}: {error}");
         }
     }
@@ -303,6 +330,12 @@ pub(super) async fn run_shard(
         {
             let mut driver = driver.borrow_mut();
             while let Ok(config) = reloads.try_recv() {
+                if config.tls_files != driver.shard.config().tls_files {
+                    // New certificates for new connections; established ones keep theirs.
+                    for (index, transport) in listener_transports(&config).into_iter().enumerate() {
+                        driver.engine.set_transport(index, transport);
+                    }
+                }
                 driver.shard.on_config(Rc::new((*config).clone()));
             }
             if id == 0 {

@@ -128,6 +128,62 @@ impl ListenerConfig {
         }
     }
 
+    /// Checks the combination of keys (files are read by [`super::Config::load_tls`]).
+    pub fn validate(&self) -> Result<(), String> {
+        let at = self.address;
+        if self.certfile.is_some() != self.keyfile.is_some() {
+            return Err(format!(
+                "listener {at}: certfile and keyfile go together (TLS needs both)"
+            ));
+        }
+        let tls_only = [
+            (self.cafile.is_some(), "cafile"),
+            (self.require_certificate, "require_certificate"),
+            (self.use_identity_as_username, "use_identity_as_username"),
+            (self.tls_version.is_some(), "tls_version"),
+            (!self.alpn.is_empty(), "alpn"),
+        ];
+        if let Some((_, key)) = tls_only.iter().find(|(set, _)| *set && !self.tls()) {
+            return Err(format!(
+                "listener {at}: {key} needs TLS (certfile and keyfile)"
+            ));
+        }
+        if self.require_certificate && self.cafile.is_none() {
+            return Err(format!(
+                "listener {at}: require_certificate needs cafile (the CAs client certificates \
+                 are verified against)"
+            ));
+        }
+        if self.use_identity_as_username && !self.require_certificate {
+            return Err(format!(
+                "listener {at}: use_identity_as_username needs require_certificate = true"
+            ));
+        }
+        if let Some(path) = &self.ws_path {
+            if self.protocol != ListenerProtocol::Ws {
+                return Err(format!("listener {at}: ws_path needs protocol = \"ws\""));
+            }
+            if path != "*" && !path.starts_with('/') {
+                return Err(format!(
+                    "listener {at}: ws_path {path:?} must start with '/' (or be \"*\": any path)"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The WebSocket settings of a `ws` listener.
+    pub fn ws_config(&self) -> Option<crate::net::websocket::WsConfig> {
+        (self.protocol == ListenerProtocol::Ws).then(|| crate::net::websocket::WsConfig {
+            path: match self.ws_path.as_deref() {
+                Some("*") => None,
+                Some(path) => Some(path.to_string()),
+                None => Some(crate::net::websocket::DEFAULT_PATH.to_string()),
+            },
+            ..crate::net::websocket::WsConfig::default()
+        })
+    }
+
     /// Whether the listener speaks TLS.
     pub fn tls(&self) -> bool {
         self.certfile.is_some()

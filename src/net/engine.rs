@@ -10,12 +10,15 @@ use bytes::{Buf, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types};
 
 use super::bufring::BufRing;
+use super::layers::{LayerError, Layers, ListenerTransport};
 use super::ring::{Completion, CompletionMode, Ring, RingCounters};
 use super::token::{Op, Token, MAX_SLOT};
 use super::transport::Transport;
 use super::Handler;
 use crate::broker::handles::{ConnId, GenSlab, Handle};
 use crate::broker::ReadState;
+
+mod layered;
 
 /// Marker for socket handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -42,6 +45,9 @@ pub struct EngineConfig {
     pub linger: Duration,
     /// Forces a completion mode (`None`: the best the kernel accepts).
     pub mode: Option<CompletionMode>,
+    /// TLS handshake steps run per pass, at most; input of further handshakes waits for the
+    /// next pass (established connections keep their latency during a handshake flood).
+    pub handshakes_per_pass: u32,
 }
 
 impl Default for EngineConfig {
@@ -52,6 +58,7 @@ impl Default for EngineConfig {
             buffer_size: 16 * 1024,
             linger: Duration::from_secs(1),
             mode: None,
+            handshakes_per_pass: 16,
         }
     }
 }
@@ -73,6 +80,10 @@ pub struct EngineStats {
     pub partial_sends: u64,
     /// Completions for sockets that no longer exist (ignored).
     pub stale_completions: u64,
+    /// Handshake input put off to a later pass by the per-pass handshake budget.
+    pub handshakes_deferred: u64,
+    /// TLS or WebSocket transports that failed (bad handshake, bad record or frame).
+    pub transport_errors: u64,
     /// Sockets currently open (including closing ones).
     pub open_sockets: u64,
 }
@@ -139,6 +150,8 @@ struct Listening {
     fd: RawFd,
     /// The listener's index in the configuration (`None`: no settings of its own).
     index: Option<usize>,
+    /// What its connections speak above TCP.
+    transport: ListenerTransport,
     armed: bool,
     retry_at: Option<Instant>,
 }
@@ -158,6 +171,12 @@ pub struct Engine {
     deadlines: VecDeque<(Instant, SocketId)>,
     /// Output the handler still had for a socket whose last send was in flight when it closed.
     final_output: HashMap<SocketId, BytesMut>,
+    /// TLS / WebSocket state of the sockets whose transport is `Layered`.
+    layers: HashMap<SocketId, Box<Layers>>,
+    /// Sockets with handshake input waiting for the next pass's budget.
+    deferred: Vec<SocketId>,
+    /// Handshake steps this pass may still run.
+    handshakes_left: u32,
     completions: Vec<Completion>,
     config: EngineConfig,
     stats: EngineStats,
@@ -199,6 +218,9 @@ impl Engine {
             dirty: Vec::new(),
             deadlines: VecDeque::new(),
             final_output: HashMap::new(),
+            layers: HashMap::new(),
+            deferred: Vec::new(),
+            handshakes_left: config.handshakes_per_pass,
             completions: Vec::with_capacity(256),
             config,
             stats: EngineStats::default(),
@@ -290,16 +312,37 @@ impl Engine {
         }
     }
 
-    /// Serves listening socket `fd` (kept open by the caller) for listener `index`.
+    /// Serves listening socket `fd` (kept open by the caller) for plain MQTT listener `index`.
     pub fn listen(&mut self, fd: RawFd, index: Option<usize>) -> io::Result<()> {
+        self.listen_with(fd, index, ListenerTransport::default())
+    }
+
+    /// Serves listening socket `fd` for listener `index`, whose connections speak `transport`.
+    pub fn listen_with(
+        &mut self,
+        fd: RawFd,
+        index: Option<usize>,
+        transport: ListenerTransport,
+    ) -> io::Result<()> {
         let slot = self.listeners.len() as u32;
         self.listeners.push(Listening {
             fd,
             index,
+            transport,
             armed: false,
             retry_at: None,
         });
         self.arm_accept(slot)
+    }
+
+    /// Replaces what new connections of listener `index` speak (a reload with new
+    /// certificates); established connections keep theirs.
+    pub fn set_transport(&mut self, index: usize, transport: ListenerTransport) {
+        for listener in &mut self.listeners {
+            if listener.index == Some(index) {
+                listener.transport = transport.clone();
+            }
+        }
     }
 
     /// Stops re-arming accepts (shutdown: the caller shuts the listening sockets down, which
@@ -317,6 +360,8 @@ impl Engine {
     /// work with one `io_uring_enter`, handle the completions. Returns whether the pass did
     /// anything (then the caller yields and runs another; otherwise it may sleep).
     pub fn turn(&mut self, handler: &mut impl Handler, now: Instant) -> io::Result<bool> {
+        self.handshakes_left = self.config.handshakes_per_pass;
+        let resumed = self.run_deferred(handler, now)?;
         self.collect_wakes(handler);
         self.service_dirty(handler, now)?;
         self.rearm_listeners(now)?;
@@ -327,7 +372,7 @@ impl Engine {
         }
         let mut completions = std::mem::take(&mut self.completions);
         self.ring.reap(&mut completions);
-        let worked = entered || !completions.is_empty();
+        let worked = entered || resumed || !completions.is_empty();
         for completion in completions.iter().copied() {
             self.complete(handler, completion, now)?;
         }
@@ -342,7 +387,7 @@ impl Engine {
     /// `false` (and turns them off again) when there is work already: do not sleep.
     pub fn prepare_sleep(&mut self) -> bool {
         self.ring.set_wakeups(true);
-        if self.ring.has_work() || !self.dirty.is_empty() {
+        if self.ring.has_work() || !self.dirty.is_empty() || !self.deferred.is_empty() {
             self.ring.set_wakeups(false);
             return false;
         }
@@ -435,13 +480,21 @@ impl Engine {
                 return Ok(());
             };
             if !socket.has(flag::SENDING) {
-                match handler.output(conn) {
-                    Some(out) if !out.is_empty() => {
-                        socket.sending = std::mem::take(out);
-                        self.submit_send(id)?;
+                match self.next_output(handler, id, conn, false) {
+                    Ok(Some(out)) => {
+                        if let Some(socket) = self.sockets.get_mut(id) {
+                            socket.sending = out;
+                            self.submit_send(id)?;
+                        }
                     }
-                    Some(_) => {}
-                    None => return self.close(handler, id, now, true),
+                    Ok(None) => {}
+                    Err(gone) => {
+                        let peer_gone = gone.is_none();
+                        if let Some(error) = gone {
+                            self.transport_failed(id, &error);
+                        }
+                        return self.close(handler, id, now, peer_gone);
+                    }
                 }
             }
             match handler.read_state(conn) {
@@ -581,13 +634,14 @@ impl Engine {
                 socket.set(flag::LINGER);
             }
             // The last output (a refusing CONNACK, a DISCONNECT) still goes out.
-            if let Some(out) = handler.output(conn).filter(|out| !out.is_empty()) {
-                let out = std::mem::take(out);
-                if socket.has(flag::SENDING) {
-                    self.final_output.insert(id, out);
-                } else {
-                    socket.sending = out;
-                    self.submit_send(id)?;
+            if let Ok(Some(out)) = self.next_output(handler, id, conn, true) {
+                if let Some(socket) = self.sockets.get_mut(id) {
+                    if socket.has(flag::SENDING) {
+                        self.final_output.insert(id, out);
+                    } else {
+                        socket.sending = out;
+                        self.submit_send(id)?;
+                    }
                 }
             }
         }
@@ -632,6 +686,7 @@ impl Engine {
         let Some(socket) = self.sockets.remove(id) else {
             return Ok(());
         };
+        self.layers.remove(&id);
         let entry = opcode::Close::new(types::Fd(socket.fd))
             .build()
             .user_data(Token::new(Op::Close, 0, 0).encode())
@@ -694,6 +749,8 @@ impl Engine {
             return Ok(());
         };
         let index = listener.index;
+        let layers = Layers::new(&listener.transport);
+        let wants_layers = !listener.transport.is_plain();
         if !more {
             listener.armed = false;
         }
@@ -708,12 +765,13 @@ impl Engine {
         }
         let fd = completion.result;
         self.stats.accepted += 1;
-        let room = self.sockets.len() < MAX_SLOT as usize;
+        // A TLS connection whose state could not be made is refused like one without room.
+        let room = self.sockets.len() < MAX_SLOT as usize && layers.is_some() == wants_layers;
         match handler
             .accept(index, peer_address(fd), now)
             .filter(|_| room)
         {
-            Some(conn) => self.open(conn, fd),
+            Some(conn) => self.open(conn, fd, layers),
             None => {
                 tracing::debug!("connection refused at accept; closing it");
                 // SAFETY: `fd` was just accepted and is owned by nobody else.
@@ -723,13 +781,17 @@ impl Engine {
         }
     }
 
-    fn open(&mut self, conn: ConnId, fd: RawFd) -> io::Result<()> {
+    fn open(&mut self, conn: ConnId, fd: RawFd, layers: Option<Box<Layers>>) -> io::Result<()> {
         let inserted = self.sockets.insert(Socket {
             sending: BytesMut::new(),
             conn,
             fd,
             flags: 0,
-            transport: Transport::default(),
+            transport: if layers.is_some() {
+                Transport::Layered
+            } else {
+                Transport::Plain
+            },
         });
         let Some(id) = inserted.filter(|id| id.slot() <= MAX_SLOT as usize) else {
             // SAFETY: as above.
@@ -741,10 +803,9 @@ impl Engine {
             self.by_conn.resize(slot + 1, None);
         }
         self.by_conn[slot] = Some(id);
-        debug_assert!(self
-            .sockets
-            .get(id)
-            .is_some_and(|s| s.transport.is_identity()));
+        if let Some(layers) = layers {
+            self.layers.insert(id, layers);
+        }
         self.arm_recv(id)
     }
 
@@ -772,11 +833,35 @@ impl Engine {
             socket.clear(flag::RECV_CANCELLING);
         }
         let conn = socket.live_conn();
+        let layered = !socket.transport.is_identity();
+        let mut failed = None;
         if result > 0 {
             if let Some(bid) = buffer {
                 if let Some(conn) = conn {
                     let bytes = self.buffers.bytes(bid, result as usize);
-                    handler.received(conn, bytes, now);
+                    // Plain sockets skip the side map.
+                    match layered.then(|| self.layers.get_mut(&id)).flatten() {
+                        None => handler.received(conn, bytes, now),
+                        Some(layers) => {
+                            let defer = !layers.deferred.is_empty()
+                                || (layers.handshaking() && self.handshakes_left == 0);
+                            if defer {
+                                if layers.deferred.is_empty() {
+                                    self.deferred.push(id);
+                                    self.stats.handshakes_deferred += 1;
+                                }
+                                layers.deferred.extend_from_slice(bytes);
+                                if layers.deferred.len() > MAX_DEFERRED {
+                                    failed = Some(LayerError::HandshakeFlood);
+                                }
+                            } else {
+                                if layers.handshaking() {
+                                    self.handshakes_left -= 1;
+                                }
+                                failed = feed(layers, handler, conn, bytes, now).err();
+                            }
+                        }
+                    }
                 }
                 // Copied out (or discarded while lingering): the buffer is free again.
                 self.buffers.recycle(bid);
@@ -796,6 +881,10 @@ impl Engine {
                     socket.clear(flag::LINGER);
                 }
             }
+        }
+        if let Some(error) = failed {
+            self.transport_failed(id, &error);
+            return self.close(handler, id, now, false);
         }
         let Some(socket) = self.sockets.get(id) else {
             return Ok(());
@@ -842,8 +931,17 @@ impl Engine {
         }
         let written = (completion.result as usize).min(socket.sending.len());
         socket.sending.advance(written);
+        let layered = !socket.transport.is_identity();
         if let Some(conn) = conn {
-            handler.written(conn, written);
+            match layered.then(|| self.layers.get_mut(&id)).flatten() {
+                None => handler.written(conn, written),
+                // The handler's bytes (before framing and encryption) count once the send
+                // that carries them is complete.
+                Some(layers) if socket.sending.is_empty() => {
+                    handler.written(conn, std::mem::take(&mut layers.app_in_flight));
+                }
+                Some(_) => {}
+            }
         }
         if !socket.sending.is_empty() {
             // A short write: the rest goes first, before anything newer.
@@ -860,6 +958,30 @@ impl Engine {
             None => self.continue_close(id),
         }
     }
+}
+
+/// Handshake input a socket may pile up while it waits for a pass's handshake budget: a
+/// client that sends more before the server has answered its first flight is misbehaving.
+const MAX_DEFERRED: usize = 64 * 1024;
+
+/// Passes socket bytes through a connection's layers and the decoded MQTT bytes (and, once,
+/// the TLS identity) to the handler.
+fn feed(
+    layers: &mut Layers,
+    handler: &mut impl Handler,
+    conn: ConnId,
+    input: &[u8],
+    now: Instant,
+) -> Result<(), LayerError> {
+    let result = layers.on_input(input);
+    if let Some(common_name) = layers.take_identity() {
+        handler.identified(conn, common_name);
+    }
+    if !layers.app.is_empty() {
+        handler.received(conn, &layers.app, now);
+        layers.app.clear();
+    }
+    result
 }
 
 /// shutdown(2) as a direct syscall, never as a ring request: the kernel always runs a shutdown

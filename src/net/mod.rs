@@ -10,7 +10,8 @@
 //!
 //! The engine drives a [`Handler`] (the shard's state machine) with bytes in and takes its
 //! output; it decides nothing about MQTT. A connection record carries a [`Transport`], the seam
-//! where TLS and WebSocket framing fit.
+//! where TLS and WebSocket framing fit ([`layers`]: allocated for connections of TLS and
+//! WebSocket listeners only).
 //!
 //! Request user data carries the socket's slot and generation ([`token`]): a late completion
 //! for a slot that was freed and reused is recognised and ignored. A slot is freed only when
@@ -18,6 +19,7 @@
 
 mod bufring;
 mod engine;
+mod layers;
 mod ring;
 mod token;
 mod transport;
@@ -27,6 +29,7 @@ pub mod websocket;
 mod tests;
 
 pub use engine::{Engine, EngineConfig, EngineStats, SocketRecordSize};
+pub use layers::ListenerTransport;
 pub use ring::{CompletionMode, RingCounters};
 
 use std::time::Instant;
@@ -48,6 +51,10 @@ pub trait Handler {
         peer: Option<std::net::SocketAddr>,
         now: Instant,
     ) -> Option<ConnId>;
+    /// The TLS handshake of `conn` completed; `common_name` is the subject CN of the client's
+    /// certificate, when it presented one (`use_identity_as_username`). Called before any
+    /// MQTT byte of the connection is passed on.
+    fn identified(&mut self, _conn: ConnId, _common_name: Option<String>) {}
     /// Bytes arrived on `conn`.
     fn received(&mut self, conn: ConnId, bytes: &[u8], now: Instant);
     /// Input kept while reading was paused may be handled now (after [`ReadState::Reprocess`]).

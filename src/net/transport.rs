@@ -1,7 +1,7 @@
 //! The seam between socket bytes and the MQTT codec. A connection's transport turns received
 //! bytes into MQTT bytes and MQTT output into socket bytes. Plain TCP is the identity and costs
-//! nothing; TLS (rustls, driven through its buffer API) and WebSocket framing plug in here as
-//! further variants whose state is allocated when the connection first needs it, so an idle
+//! nothing; TLS (rustls, driven through its buffer API) and WebSocket framing are the `Layered`
+//! variant, whose state lives in a side map and is allocated at accept for their listeners only, so an idle
 //! plain connection carries one byte of transport state and no buffer, and dispatch is static
 //! (a `match`, no trait object, no task).
 
@@ -11,6 +11,9 @@ pub(crate) enum Transport {
     /// MQTT directly over TCP.
     #[default]
     Plain,
+    /// TLS and/or WebSocket: the state is a [`super::layers::Layers`] in the engine's side
+    /// map (allocated for such connections only).
+    Layered,
 }
 
 impl Transport {

@@ -4,6 +4,7 @@
 //! Everything waits with a deadline: a missing packet fails the test, it never hangs it.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod process;
 
 use std::collections::VecDeque;
@@ -93,6 +94,30 @@ impl Broker {
             .reload(config.clone())
             .expect("the configuration reloads");
         self.config = config;
+    }
+
+    /// Reloads the broker with `config` as given; the reload's verdict.
+    pub fn try_reload(&mut self, config: Config) -> Result<(), String> {
+        self.handle
+            .as_ref()
+            .expect("the broker is running")
+            .reload(config.clone())
+            .map_err(|error| error.to_string())?;
+        self.config = config;
+        Ok(())
+    }
+
+    /// The configuration it was started with (or last reloaded).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The bound address of listener `i` (in `Config::listeners` order).
+    pub fn listen_addr(&self, i: usize) -> SocketAddr {
+        self.handle
+            .as_ref()
+            .expect("the broker is running")
+            .listen_addrs[i]
     }
 
     /// The listener of shard `i`.

@@ -147,6 +147,7 @@ impl Shard {
         now: Instant,
     ) -> Option<ConnId> {
         let conn = self.on_accept_from(listener, now)?;
+        self.certificate_users.accepted(listener, conn);
         if let Some(peer) = peer {
             self.peers.insert(conn, peer);
         }
@@ -530,6 +531,7 @@ impl Shard {
     /// end or park the session, free the connection.
     pub(super) fn on_conn_closed(&mut self, index: ConnId) {
         self.peers.remove(&index);
+        self.certificate_users.closed(index);
         let Some(conn) = self.conns.remove(index) else {
             return;
         };

@@ -29,8 +29,22 @@ impl Shard {
             );
             return refuse(self, reason);
         }
+        // use_identity_as_username: the verified certificate is the credential.
+        if let Some(common_name) = self.certificate_users.take(index) {
+            let Some(common_name) = common_name else {
+                tracing::info!(
+                    shard = self.id,
+                    peer = %self.peer_of(index),
+                    client = %connect.client_id,
+                    "CONNECT refused: use_identity_as_username and the client certificate has no CN"
+                );
+                return refuse(self, ReasonCode::NotAuthorized);
+            };
+            connect.username = Some(common_name);
+            connect.password = None;
+        }
         // Credentials, enhanced authentication, and whatever else the admission hook checks.
-        if let Err(reason) = self.hooks.admission.admit(&connect) {
+        else if let Err(reason) = self.hooks.admission.admit(&connect) {
             tracing::info!(
                 shard = self.id,
                 peer = %self.peer_of(index),

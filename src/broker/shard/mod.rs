@@ -93,6 +93,7 @@ mod connect;
 mod delivery;
 mod durable;
 mod flow;
+mod identity;
 mod login_delay;
 mod outbox;
 mod overload;
@@ -220,6 +221,8 @@ pub struct Shard {
     overload: Overload,
     /// Recent failed logins by address, and refusals they delay.
     failed_logins: FailedLogins,
+    /// Certificate CNs of connections whose listener uses them as user names.
+    certificate_users: identity::CertificateUsers,
     /// Counters.
     stats: ShardStats,
 }
@@ -313,6 +316,7 @@ impl Shard {
             stats: ShardStats::default(),
             overload: Overload::new(&config),
             failed_logins: FailedLogins::default(),
+            certificate_users: identity::CertificateUsers::new(&config),
             config,
         }
     }
@@ -336,6 +340,7 @@ impl Shard {
     pub fn on_config(&mut self, config: Rc<Config>) {
         self.limits = session_limits(&config);
         self.listener_limits = listener_limits(&config);
+        self.certificate_users.on_config(&config);
         self.overload.on_config(&config);
         let old = &self.config;
         let new_acl = !crate::auth::LoadedFile::same(&old.auth_files.acl, &config.auth_files.acl);
