@@ -317,18 +317,22 @@ def get(name, *keys):
     return r
 
 print(f"\n### {broker}\n")
-print("| run | figure | value | broker CPU s / M msg | ok |")
-print("|---|---|---|---|---|")
+print("| run | figure | value | broker CPU | harness CPU | ok |")
+print("|---|---|---|---|---|---|")
 for name in ["storm-tcp", "storm-tls"]:
     if name in runs:
-        c = runs[name]["connections"]
+        r = runs[name]
+        c = r["connections"]
         what = "TLS handshakes/s (+ CONNECT)" if name.endswith("tls") else "TCP connections/s (+ CONNECT)"
-        print(f"| {runs[name]['name']} | {what} | {th(c['rate_per_s'])} (p50 {c['latency_us']['p50']:.0f} µs) | - | {runs[name]['ok']} |")
+        setup = get(name, "broker", "cpu_s_setup")
+        per = f"{setup / c['ok'] * 1e6:,.0f} µs per connection" if setup and c["ok"] else "-"
+        print(f"| {r['name']} | {what}, connect p50 {c['latency_us']['p50'] / 1000:.1f} ms | {th(c['rate_per_s'])} | {per} | {r['harness']['setup_cpu_percent']}% of 1 core | {r['ok']} |")
 for name in ["p2p-tcp", "p2p-tls", "p2p-ws", "p2p-wss"]:
     if name in runs:
         r = runs[name]
         cpu = get(name, "broker", "cpu_s_per_million_delivered")
-        print(f"| {r['name']} | QoS 1 delivered msg/s (p50 latency {r['latency_us']['p50']:.0f} µs) | {th(r['delivered_per_s'])} | {cpu if cpu is not None else '-'} | {r['ok']} |")
+        pct = get(name, "broker", "cpu_percent")
+        print(f"| {r['name']} | QoS 1 delivered msg/s, latency p50 {r['latency_us']['p50'] / 1000:.1f} ms | {th(r['delivered_per_s'])} | {cpu} s per million ({pct}% of 1 core) | {r['harness']['cpu_percent']}% | {r['ok']} |")
 for name in ["idle-tcp", "idle-tls"]:
     if name in runs:
         r = runs[name]
@@ -336,6 +340,6 @@ for name in ["idle-tcp", "idle-tls"]:
         ok = r["connections"]["ok"]
         before = get(name, "broker", "rss_kb_before")
         after = get(name, "broker", "rss_kb")
-        print(f"| {r['name']} | broker RSS per idle {name[5:].upper()} connection, bytes ({before} -> {after} KiB, {ok:,} conns) | {th(per)} | - | {r['ok']} |")
+        print(f"| {r['name']} | broker RSS bytes per idle {name[5:].upper()} connection ({before:,} -> {after:,} KiB, {ok:,} connections) | {th(per)} | - | - | {r['ok']} |")
 EOF
 exit "$FAILED"
