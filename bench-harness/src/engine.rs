@@ -1,6 +1,9 @@
 //! One worker thread: an epoll event loop (mio) driving many non-blocking MQTT client
 //! connections on the workspace's sans-I/O codec.
 //!
+//! Over TLS or WebSocket, a connection's [`Layer`] sits between its MQTT buffers and the socket
+//! (see `transport.rs`); plain TCP connections have none and take the direct path.
+//!
 //! Writes are batched: packets are appended to a per-connection buffer and flushed once per loop
 //! pass (or once per publisher batch), so many PUBLISHes and acknowledgements share one write
 //! syscall. QoS 1/2 publishers pipeline up to an in-flight window of packet identifiers.
