@@ -24,7 +24,7 @@
 #   --client-cert     the broker requires a client certificate; the harness presents one
 #   --runs LIST       comma-separated subset of storm-tcp,storm-tls,p2p-tcp,p2p-tls,p2p-ws,
 #                     p2p-wss,idle-tcp,idle-tls (default all)
-#   --port N          first of four ports: TCP N, TLS N+1, ws N+2, wss N+3 (default 18950)
+#   --port N          first of four ports: TCP N, TLS N+1, ws N+2, wss N+3 (default 27950)
 #   --broker-cpu N    CPU for the broker (default 0)
 #   --harness-cpu N   CPU for the harness (default 1)
 #   --out FILE        also append the JSON result lines to FILE
@@ -48,7 +48,7 @@ ROOT=$(pwd)
 BROKER="${BROKER:-}"
 DURATION=5 WARMUP=1 PUBS=10 STORM=2000 IDLE=5000 KEY_TYPE=ec CLIENT_CERT=0
 RUNS="storm-tcp,storm-tls,p2p-tcp,p2p-tls,p2p-ws,p2p-wss,idle-tcp,idle-tls"
-PORT_BASE=18950 BROKER_CPU=0 HARNESS_CPU=1 OUT="" BUILD=1
+PORT_BASE=27950 BROKER_CPU=0 HARNESS_CPU=1 OUT="" BUILD=1
 
 usage() { sed -n '2,40p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
@@ -282,28 +282,32 @@ for run in "${RUN_LIST[@]}"; do
     start_broker || { FAILED=1; break; }
     log "$run: bench-harness $args"
     # shellcheck disable=SC2086 # args are words built above (paths without spaces: mktemp)
+    # The label is the broker alone (`bench-harness report` groups by it); the transport is in
+    # the scenario name.
     if ! "${PIN_HARNESS[@]}" "$HARNESS" $args --threads 1 --broker-pid "$BROKER_PID" \
-        --label "$BROKER $run" >>"$JSONL" 2>"$WORK/$run.err"; then
+        --label "$BROKER" >"$WORK/$run.json" 2>"$WORK/$run.err"; then
         log "$run failed:"
         tail -n 15 "$WORK/$run.err" >&2 || true
         FAILED=1
     else
         grep -E '^(==|connections|throughput|broker|   +rss)' "$WORK/$run.err" >&2 || true
     fi
+    cat "$WORK/$run.json" >>"$JSONL"
     stop_broker
 done
 [ -n "$OUT" ] && cat "$JSONL" >>"$OUT"
 
 # --- summary ------------------------------------------------------------------------------
-python3 - "$JSONL" "$BROKER" <<'EOF'
-import json, sys
-path, broker = sys.argv[1], sys.argv[2]
+python3 - "$WORK" "$BROKER" "${RUN_LIST[@]}" <<'EOF'
+import json, os, sys
+work, broker, names = sys.argv[1], sys.argv[2], sys.argv[3:]
 runs = {}
-for line in open(path):
-    line = line.strip()
-    if line:
-        r = json.loads(line)
-        runs[r["label"].split(" ", 1)[1]] = r
+for name in names:
+    path = os.path.join(work, name + ".json")
+    if os.path.exists(path):
+        text = open(path).read().strip()
+        if text:
+            runs[name] = json.loads(text.splitlines()[-1])
 
 def th(v):
     return "-" if v is None else f"{v:,.0f}"
