@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use shardmq::codec::{ProtocolVersion, QoS};
 
 use crate::payload::HEADER_LEN;
+use crate::transport::{TlsClient, TlsOptions, Transport};
 
 /// Load generator for MQTT brokers: scenarios of the Open MQTT Benchmark Suite, scaled by flags.
 ///
@@ -67,9 +68,41 @@ pub struct RunArgs {
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
-    /// Broker port.
-    #[arg(long, default_value_t = 1883)]
-    pub port: u16,
+    /// Broker port (default: 1883; --tls 8883; --ws 8080; --tls --ws 8443).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// MQTT over TLS (rustls, ring provider; TLS 1.2 and 1.3); with --ws: WebSocket over TLS.
+    /// Needs --cafile or --insecure. Every connection makes a full handshake (no resumption)
+    /// unless --tls-resume.
+    #[arg(long)]
+    pub tls: bool,
+    /// PEM file of the CA certificate(s) the broker's certificate is checked against (--tls).
+    #[arg(long)]
+    pub cafile: Option<PathBuf>,
+    /// Skip the broker certificate's verification (handshake signatures are still checked).
+    #[arg(long)]
+    pub insecure: bool,
+    /// PEM client certificate chain (--tls, with --key).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// Name sent as SNI and checked against the broker's certificate (--tls).
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+    /// Only this TLS version (default: 1.2 or 1.3, as negotiated).
+    #[arg(long, value_parser = ["1.2", "1.3"])]
+    pub tls_version: Option<String>,
+    /// Resume TLS sessions across connections (tickets / session ids): handshakes get cheaper.
+    #[arg(long)]
+    pub tls_resume: bool,
+    /// MQTT over WebSocket (RFC 6455, subprotocol "mqtt"); with --tls: wss.
+    #[arg(long)]
+    pub ws: bool,
+    /// Request path of the WebSocket upgrade (--ws).
+    #[arg(long, default_value = "/mqtt")]
+    pub ws_path: String,
     /// QoS of publishes and subscriptions.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
@@ -239,6 +272,15 @@ pub struct Config {
     /// Resolved broker address.
     #[serde(skip)]
     pub addr: SocketAddr,
+    /// tcp, tls, ws or wss.
+    pub transport: Transport,
+    /// TLS flags (tls, wss).
+    pub tls: Option<TlsOptions>,
+    /// The client configuration built from them.
+    #[serde(skip)]
+    pub tls_client: Option<TlsClient>,
+    /// WebSocket request path (ws, wss).
+    pub ws_path: Option<String>,
     /// QoS 0, 1 or 2.
     pub qos: u8,
     /// Payload bytes.
@@ -382,7 +424,33 @@ impl Config {
         } else {
             0.0
         });
-        let addr = resolve_v4(&args.host, args.port)?;
+        let transport = Transport::from_flags(args.tls, args.ws);
+        let tls_flags = args.cafile.is_some()
+            || args.insecure
+            || args.cert.is_some()
+            || args.tls_version.is_some()
+            || args.tls_resume;
+        if tls_flags && !args.tls {
+            return Err(
+                "--cafile, --insecure, --cert, --key, --tls-version and --tls-resume need --tls"
+                    .into(),
+            );
+        }
+        if !args.ws_path.starts_with('/') {
+            return Err("--ws-path must start with /".into());
+        }
+        let tls = args.tls.then(|| TlsOptions {
+            cafile: args.cafile.clone(),
+            insecure: args.insecure,
+            cert: args.cert.clone(),
+            key: args.key.clone(),
+            server_name: args.server_name.clone(),
+            resume: args.tls_resume,
+            version: args.tls_version.clone(),
+        });
+        let tls_client = tls.as_ref().map(TlsClient::new).transpose()?;
+        let port = args.port.unwrap_or(transport.default_port());
+        let addr = resolve_v4(&args.host, port)?;
         let total_conns = clients + pubs + subs;
         let source_ips = match args.source_ips {
             0 if addr.ip().is_loopback() => total_conns.div_ceil(CONNS_PER_SOURCE_IP).max(1),
@@ -410,8 +478,12 @@ impl Config {
             name: String::new(),
             label: args.label.clone(),
             host: args.host.clone(),
-            port: args.port,
+            port,
             addr,
+            transport,
+            tls,
+            tls_client,
+            ws_path: args.ws.then(|| args.ws_path.clone()),
             qos: args.qos,
             payload,
             protocol,
@@ -461,14 +533,19 @@ impl Config {
         } else {
             "max".into()
         };
-        match self.scenario {
+        // Other transports than TCP: `-tls`, `-ws` or `-wss` after the name (conn: in it).
+        let suffix = match self.transport {
+            Transport::Tcp => String::new(),
+            t => format!("-{t}"),
+        };
+        let name = match self.scenario {
             Scenario::Conn => {
                 let rate = if self.conn_rate > 0.0 {
                     n(self.conn_rate)
                 } else {
                     "max".into()
                 };
-                format!("conn-tcp-{}-{rate}", count(self.clients))
+                return format!("conn-{}-{}-{rate}", self.transport, count(self.clients));
             }
             Scenario::Fanin => {
                 let kind = match self.mode {
@@ -489,7 +566,8 @@ impl Config {
                 count(self.subs),
                 count(self.topics)
             ),
-        }
+        };
+        name + &suffix
     }
 
     /// The codec's protocol version.
@@ -632,6 +710,47 @@ mod tests {
 
         let c = cfg(&["p2p"]);
         assert_eq!(c.payload, 16);
+    }
+
+    #[test]
+    fn transports_name_ports_and_flags() {
+        let c = cfg(&["p2p", "--pubs", "10"]);
+        assert_eq!((c.transport, c.port), (Transport::Tcp, 1883));
+        assert!(c.tls.is_none() && c.ws_path.is_none());
+        let c = cfg(&["p2p", "--pubs", "10", "--ws"]);
+        assert_eq!((c.transport, c.port), (Transport::Ws, 8080));
+        assert_eq!(c.name, "p2p-10-10-10-max-ws");
+        assert_eq!(c.ws_path.as_deref(), Some("/mqtt"));
+        let c = cfg(&[
+            "conn",
+            "--clients",
+            "5000",
+            "--tls",
+            "--insecure",
+            "--port",
+            "18883",
+        ]);
+        assert_eq!((c.transport, c.port), (Transport::Tls, 18883));
+        assert_eq!(c.name, "conn-tls-5K-1K");
+        assert!(c.tls_client.is_some());
+        let c = cfg(&["fanout", "--tls", "--insecure", "--ws", "--ws-path", "/"]);
+        assert_eq!((c.transport, c.port), (Transport::Wss, 8443));
+        assert_eq!(c.name, "fanout-5-100-5-25K-wss");
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["transport"], "wss");
+        assert_eq!(json["tls"]["insecure"], true);
+
+        let (s, a) = args(&["p2p", "--tls"]);
+        assert!(Config::resolve(s, &a).unwrap_err().contains("--cafile"));
+        let (s, a) = args(&["p2p", "--insecure"]);
+        assert!(Config::resolve(s, &a).unwrap_err().contains("need --tls"));
+        let (s, a) = args(&["p2p", "--ws", "--ws-path", "mqtt"]);
+        assert!(Config::resolve(s, &a).is_err());
+        let (s, a) = args(&["p2p", "--tls", "--cafile", "/nonexistent/ca.pem"]);
+        assert!(Config::resolve(s, &a)
+            .unwrap_err()
+            .contains("/nonexistent/ca.pem"));
+        assert!(Cli::try_parse_from(["bench-harness", "p2p", "--tls", "--cert", "c.pem"]).is_err());
     }
 
     #[test]

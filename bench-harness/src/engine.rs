@@ -1,6 +1,9 @@
 //! One worker thread: an epoll event loop (mio) driving many non-blocking MQTT client
 //! connections on the workspace's sans-I/O codec.
 //!
+//! Over TLS or WebSocket, a connection's [`Layer`] sits between its MQTT buffers and the socket
+//! (see `transport.rs`); plain TCP connections have none and take the direct path.
+//!
 //! Writes are batched: packets are appended to a per-connection buffer and flushed once per loop
 //! pass (or once per publisher batch), so many PUBLISHes and acknowledgements share one write
 //! syscall. QoS 1/2 publishers pipeline up to an in-flight window of packet identifiers.
@@ -35,6 +38,7 @@ use crate::plan::{ConnPlan, Expect, RolePlan};
 use crate::seq::{SeqMap, SeqSet};
 use crate::stats::{new_histogram, Counts, ErrorLog, HistData, ReadyInfo, WorkerResult};
 use crate::sys::mono_ns;
+use crate::transport::{Flushed, Layer, Transport};
 
 /// `go` value that tells threads to give up instead of starting.
 pub const ABORT: u64 = u64::MAX;
@@ -103,6 +107,8 @@ enum Role {
 
 struct Conn {
     stream: Option<TcpStream>,
+    /// TLS and/or WebSocket between `rbuf`/`wbuf` and the socket (None: plain TCP).
+    layer: Option<Box<Layer>>,
     state: State,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -140,6 +146,10 @@ struct Core {
     last_rx_ns: u64,
     inflight_total: usize,
     window: usize,
+    /// Host header of WebSocket upgrade requests.
+    ws_host: String,
+    /// Seeds the connections' WebSocket masking keys.
+    seed: u64,
 }
 
 /// One event-loop thread.
@@ -169,6 +179,7 @@ impl Engine {
             .iter()
             .map(|_| Conn {
                 stream: None,
+                layer: None,
                 state: State::NotStarted,
                 rbuf: BytesMut::new(),
                 wbuf: BytesMut::new(),
@@ -197,7 +208,6 @@ impl Engine {
                 version: cfg.version(),
                 qos: cfg.qos(),
                 window: cfg.inflight as usize,
-                cfg,
                 registry,
                 counts: Counts::default(),
                 errors: ErrorLog::default(),
@@ -216,6 +226,9 @@ impl Engine {
                 measure_end: u64::MAX,
                 last_rx_ns: 0,
                 inflight_total: 0,
+                ws_host: format!("{}:{}", cfg.host, cfg.port),
+                seed: mono_ns() ^ (u64::from(std::process::id()) << 32),
+                cfg,
             },
             scratch: vec![0; READ_CHUNK],
             go,
@@ -336,6 +349,26 @@ impl Engine {
                 return;
             }
         };
+        if core.cfg.transport != Transport::Tcp {
+            let cfg = &core.cfg;
+            let seed = core.seed ^ (idx as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            let path = cfg.ws_path.as_deref().unwrap_or("/mqtt");
+            match Layer::new(
+                cfg.transport,
+                cfg.tls_client.as_ref(),
+                &core.ws_host,
+                path,
+                seed,
+            ) {
+                Ok(layer) => conn.layer = Some(Box::new(layer)),
+                Err(e) => {
+                    conn.state = State::Failed;
+                    core.counts.conn_failed += 1;
+                    core.errors.add(e);
+                    return;
+                }
+            }
+        }
         conn.stream = Some(stream);
         if let Err(e) = core.registry.register(
             conn.stream.as_mut().expect("just set"),
@@ -343,6 +376,7 @@ impl Engine {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             conn.stream = None;
+            conn.layer = None;
             conn.state = State::Failed;
             core.counts.conn_failed += 1;
             core.errors.add(format!("register: {e}"));
@@ -580,6 +614,9 @@ impl Engine {
                 Packet::Disconnect(Disconnect::new(ReasonCode::Success))
                     .encode(self.core.version, &mut conn.wbuf)
                     .expect("DISCONNECT encodes");
+                if let Some(layer) = conn.layer.as_mut() {
+                    layer.close(&mut conn.wbuf);
+                }
                 mark_dirty(&mut self.core, conn, idx);
             }
         }
@@ -589,6 +626,7 @@ impl Engine {
                 let _ = self.core.registry.deregister(&mut stream);
                 let _ = stream.shutdown(std::net::Shutdown::Write);
             }
+            conn.layer = None;
             if conn.state == State::Ready {
                 conn.state = State::Closed;
             }
@@ -692,6 +730,18 @@ fn flush(core: &mut Core, conn: &mut Conn) {
     if conn.state == State::Connecting {
         return;
     }
+    if let Some(layer) = conn.layer.as_mut() {
+        let Some(stream) = conn.stream.as_mut() else {
+            conn.wbuf.clear();
+            return;
+        };
+        match layer.flush(&mut conn.wbuf, stream) {
+            Ok(Flushed::Idle) => {}
+            Ok(Flushed::Blocked) => conn.blocked = true,
+            Err(e) => fail(core, conn, e),
+        }
+        return;
+    }
     while !conn.wbuf.is_empty() {
         let Some(stream) = conn.stream.as_mut() else {
             conn.wbuf.clear();
@@ -739,7 +789,18 @@ fn read(core: &mut Core, conn: &mut Conn, idx: usize, scratch: &mut [u8], now: u
                 return;
             }
         };
-        conn.rbuf.extend_from_slice(&scratch[..n]);
+        match conn.layer.as_mut() {
+            None => conn.rbuf.extend_from_slice(&scratch[..n]),
+            Some(layer) => {
+                if let Err(e) = layer.read(&scratch[..n], &mut conn.rbuf) {
+                    fail(core, conn, e);
+                    return;
+                }
+                // Handshake records, pongs, or MQTT bytes held back until the WebSocket
+                // upgrade completed: flushed at the end of the pass.
+                mark_dirty(core, conn, idx);
+            }
+        }
         loop {
             match codec::decode(&mut conn.rbuf, core.version, MAX_PACKET) {
                 Ok(Some(packet)) => {
@@ -1063,6 +1124,7 @@ fn fail(core: &mut Core, conn: &mut Conn, reason: impl Into<String>) {
     if let Some(mut stream) = conn.stream.take() {
         let _ = core.registry.deregister(&mut stream);
     }
+    conn.layer = None;
     conn.wbuf = BytesMut::new();
     conn.rbuf = BytesMut::new();
     let reason = reason.into();

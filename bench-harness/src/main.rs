@@ -13,6 +13,8 @@ mod run;
 mod seq;
 mod stats;
 mod sys;
+mod transport;
+mod ws;
 
 use std::io::Write;
 use std::process::ExitCode;

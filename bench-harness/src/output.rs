@@ -12,6 +12,7 @@ use crate::run::Outcome;
 use crate::seq::lost;
 use crate::stats::new_histogram;
 use crate::sys::{self, ProcSample};
+use crate::transport::Transport;
 
 /// Percentiles in microseconds.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -73,6 +74,13 @@ pub struct Connections {
     pub setup_s: f64,
     /// TCP connect to CONNACK (SUBACK for subscribers).
     pub latency_us: Percentiles,
+    /// tcp, tls, ws or wss (older results: empty = tcp).
+    #[serde(default)]
+    pub transport: String,
+    /// TLS and wss: TLS handshakes per second over the set-up (one per connection, so
+    /// `rate_per_s`; full handshakes unless --tls-resume).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_handshakes_per_s: Option<f64>,
 }
 
 /// Message figures.
@@ -261,18 +269,21 @@ pub fn build(cfg: &Config, outcome: &Outcome) -> (RunResult, Histogram<u64>, His
         _ => 0.0,
     };
     let conn_ok = outcome.ready.conn_ok;
+    let rate_per_s = if setup_s > 0.0 {
+        round2(conn_ok as f64 / setup_s)
+    } else {
+        0.0
+    };
     let connections = Connections {
         attempted: cfg.total_connections() as u64,
         ok: conn_ok,
         failed: outcome.ready.conn_failed,
         lost: c.conn_lost,
-        rate_per_s: if setup_s > 0.0 {
-            round2(conn_ok as f64 / setup_s)
-        } else {
-            0.0
-        },
+        rate_per_s,
         setup_s: round3(setup_s),
         latency_us: Percentiles::from_ns(&connect_latency),
+        transport: cfg.transport.to_string(),
+        tls_handshakes_per_s: cfg.transport.tls().then_some(rate_per_s),
     };
     let duration = cfg.duration_s;
     let delivered_per_s = round2(c.received_window as f64 / duration);
@@ -546,14 +557,26 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
         cfg.protocol, cfg.qos, cfg.payload, cfg.duration_s, cfg.warmup_s, cfg.threads, cfg.workers
     );
     let c = &r.connections;
+    let rate = match (cfg.transport, &cfg.tls) {
+        (Transport::Tcp, _) => format!("{} conn/s", thousands(c.rate_per_s)),
+        (t, Some(tls)) => format!(
+            "{} conn/s over {t} (= {} TLS handshakes/s)",
+            thousands(c.rate_per_s),
+            if tls.resume {
+                "resumed or full"
+            } else {
+                "full"
+            }
+        ),
+        (t, None) => format!("{} conn/s over {t}", thousands(c.rate_per_s)),
+    };
     let _ = writeln!(
         t,
-        "connections  {} ok, {} failed, {} lost of {}; {} conn/s over {:.2} s; connect p50 {} p99 {} max {}",
+        "connections  {} ok, {} failed, {} lost of {}; {rate} over {:.2} s; connect p50 {} p99 {} max {}",
         thousands(c.ok as f64),
         c.failed,
         c.lost,
         thousands(c.attempted as f64),
-        thousands(c.rate_per_s),
         c.setup_s,
         us(c.latency_us.p50),
         us(c.latency_us.p99),
