@@ -339,6 +339,18 @@ pub enum Command {
     Passwd(PasswdArgs),
 }
 
+/// The hash `shardmq passwd` writes (`-H`, Mosquitto's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PasswdHash {
+    /// `$7$`: PBKDF2-HMAC-SHA512, 101 iterations, a 12-byte salt (readable by Mosquitto 2.0).
+    #[value(name = "sha512-pbkdf2")]
+    Sha512Pbkdf2,
+    /// `$argon2id$`: Argon2id with Mosquitto 2.1's parameters (m=47104 KiB, t=1, p=1, 64-byte
+    /// salt and hash); Mosquitto 2.0 cannot read it.
+    #[value(name = "argon2id")]
+    Argon2id,
+}
+
 /// The arguments of `shardmq passwd`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PasswdArgs {
@@ -351,6 +363,10 @@ pub struct PasswdArgs {
     /// Delete the user from the file.
     #[arg(short = 'D')]
     pub delete: bool,
+    /// The hash to write: `sha512-pbkdf2` (`$7$`, the default, as in `mosquitto_passwd` 2.0 and
+    /// 2.1) or `argon2id` (`$argon2id$`, Mosquitto 2.1's `-H argon2id`).
+    #[arg(short = 'H', value_enum, default_value_t = PasswdHash::Sha512Pbkdf2, conflicts_with = "delete")]
+    pub hash: PasswdHash,
     /// The password file.
     pub file: PathBuf,
     /// The user name.
