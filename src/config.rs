@@ -193,7 +193,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
     /// Whether clients without a user name are accepted. Unset: yes without a password file
-    /// (then every listener must be on loopback), no with one.
+    /// (then every listener must be on loopback), no with one. A `[[listener]]` table's own
+    /// `allow_anonymous` overrides this for that listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
     /// Milliseconds the refusal of a failed login waits, doubling with each further failure
@@ -805,20 +806,57 @@ impl Config {
         if let Some(token) = &self.admin_token {
             admin_token::check(&token.0, "admin_token")?;
         }
-        // Safe by default (Mosquitto 2.0): without authentication, only loopback clients.
-        if self.password_file.is_none() && self.allow_anonymous != Some(true) {
-            if let Some(open) = listeners.iter().find(|l| !l.address.ip().is_loopback()) {
+        for listener in &listeners {
+            if let Some(mount) = &listener.mount_point {
+                check_mount_point(mount).map_err(|reason| {
+                    ConfigError::Invalid(format!(
+                        "listener {}: mount_point {mount:?} {reason}",
+                        listener.address
+                    ))
+                })?;
+            }
+        }
+        // Safe by default (Mosquitto 2.0): without authentication, only loopback clients. A
+        // listener's own `allow_anonymous` decides for it; unset, the top-level key does.
+        if self.password_file.is_none() {
+            let open = listeners.iter().find(|l| {
+                !l.address.ip().is_loopback()
+                    && l.allow_anonymous.or(self.allow_anonymous) != Some(true)
+            });
+            if let Some(open) = open {
                 return Err(ConfigError::Invalid(format!(
                     "listener {} is not on loopback and no password_file is configured: anyone \
                      on the network could connect without credentials. Configure a password file \
                      (--password-file FILE, see `shardmq passwd`) or accept anonymous clients \
-                     explicitly (--allow-anonymous / allow_anonymous = true)",
+                     explicitly (--allow-anonymous / allow_anonymous = true, or \
+                     allow_anonymous = true in that [[listener]] table)",
                     open.address
                 )));
             }
         }
         Ok(())
     }
+}
+
+/// Why `mount` cannot be a listener's `mount_point` (Mosquitto's rule: no `+` or `#`; also
+/// not empty, not under `$` topics such as `$SYS`, and a valid UTF-8 topic without NUL).
+fn check_mount_point(mount: &str) -> Result<(), &'static str> {
+    if mount.is_empty() {
+        return Err("is empty (leave the key out for no mount point)");
+    }
+    if mount.contains(['+', '#']) {
+        return Err("contains a wildcard (+ or #)");
+    }
+    if mount.starts_with('$') {
+        return Err("starts with `$` (topics there belong to the broker)");
+    }
+    if mount.contains('\0') {
+        return Err("contains a NUL character");
+    }
+    if mount.len() > usize::from(u16::MAX) {
+        return Err("is longer than an MQTT topic can be");
+    }
+    Ok(())
 }
 
 /// What changed between two configurations, by config key: `(applied, restart_needed)`.
@@ -1436,6 +1474,84 @@ protocol = "mqtt"
         std::fs::remove_file(&acl).unwrap();
         let error = load(&path, &[]).unwrap_err().to_string();
         assert!(error.contains("cannot read"), "{error}");
+    }
+
+    #[test]
+    fn listener_allow_anonymous_decides_for_its_listener() {
+        let listener = |address: &str, anonymous: Option<bool>| {
+            let mut listener = ListenerConfig::mqtt(address.parse().unwrap());
+            listener.allow_anonymous = anonymous;
+            listener
+        };
+        let config = |top: Option<bool>, listeners: Vec<ListenerConfig>| Config {
+            listen: vec!["127.0.0.1:1883".parse().unwrap()],
+            listener: listeners,
+            allow_anonymous: top,
+            ..Config::default()
+        };
+        // No password file: an open listener must say yes itself, or inherit an explicit yes.
+        assert!(config(None, vec![listener("0.0.0.0:1884", Some(true))])
+            .validate()
+            .is_ok());
+        let error = config(None, vec![listener("0.0.0.0:1884", None)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:1884"), "{error}");
+        assert!(config(Some(true), vec![listener("0.0.0.0:1884", None)])
+            .validate()
+            .is_ok());
+        // The listener's no wins over the top-level yes.
+        let error = config(Some(true), vec![listener("0.0.0.0:1884", Some(false))])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:1884"), "{error}");
+        // Loopback listeners need nothing.
+        assert!(
+            config(Some(false), vec![listener("127.0.0.2:1884", Some(false))])
+                .validate()
+                .is_ok()
+        );
+        // One open listener is enough to refuse.
+        let error = config(
+            None,
+            vec![
+                listener("0.0.0.0:1884", Some(true)),
+                listener("0.0.0.0:1885", None),
+            ],
+        )
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("0.0.0.0:1885"), "{error}");
+    }
+
+    #[test]
+    fn mount_points_are_checked() {
+        let with_mount = |mount: &str| {
+            let mut listener = ListenerConfig::mqtt("127.0.0.1:1884".parse().unwrap());
+            listener.mount_point = Some(mount.to_owned());
+            Config {
+                listen: vec!["127.0.0.1:1883".parse().unwrap()],
+                listener: vec![listener],
+                ..Config::default()
+            }
+            .validate()
+        };
+        for good in ["tenant/a/", "a", "site 1/", "/leading", "ü/"] {
+            assert!(with_mount(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "a/+/", "a/#", "#", "+", "a+b/", "$SYS/", "$x", "a\0b"] {
+            let error = with_mount(bad).unwrap_err().to_string();
+            assert!(error.contains("mount_point"), "{bad:?}: {error}");
+        }
+        // From a config file too.
+        let config = Config::from_toml(
+            "[[listener]]\naddress = \"127.0.0.1:1884\"\nmount_point = \"x/#\"\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

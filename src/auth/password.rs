@@ -407,7 +407,11 @@ fn parse_argon2id(fields: &[&str], line: usize) -> Result<Hash, PasswordFileErro
             let version = match *v {
                 "v=19" => argon2::Version::V0x13,
                 "v=16" => argon2::Version::V0x10,
-                _ => return Err(malformed("unsupported argon2 version (expected v=19 or v=16)")),
+                _ => {
+                    return Err(malformed(
+                        "unsupported argon2 version (expected v=19 or v=16)",
+                    ))
+                }
             };
             (version, rest)
         }

@@ -11,6 +11,7 @@ impl Shard {
         };
         conn.protocol = protocol;
         conn.keep_alive = connect.keep_alive;
+        let listener = conn.listener;
         let over_limit = match conn.state {
             ConnState::OverLimit { reason } => Some(reason),
             _ => None,
@@ -29,11 +30,17 @@ impl Shard {
             );
             return refuse(self, reason);
         }
-        // Credentials, enhanced authentication, and whatever else the admission hook checks.
-        if let Err(reason) = self.hooks.admission.admit(&connect) {
+        // Credentials, enhanced authentication, and whatever else the admission hook checks;
+        // the listener's own `allow_anonymous` overrides the broker-wide rule.
+        let rules = self.listener_rules.get(usize::from(listener));
+        let on_listener = ListenerAdmission {
+            allow_anonymous: rules.and_then(|rules| rules.allow_anonymous),
+        };
+        if let Err(reason) = self.hooks.admission.admit_on(&connect, on_listener) {
             tracing::info!(
                 shard = self.id,
                 peer = %self.peer_of(index),
+                listener = rules.map_or(-1, |_| i32::from(listener)),
                 client = %connect.client_id,
                 username = connect.username.as_deref().unwrap_or(""),
                 anonymous = connect.username.is_none(),
@@ -78,6 +85,13 @@ impl Shard {
             connect.client_id = MqttStr::from(format!("shardmq-{}-{serial:x}-{nanos:x}", self.id));
             assigned_id = true;
         }
+        // A mounted listener's client: its will goes to the topic under the mount point.
+        if let (Some(will), Some(mount)) = (
+            connect.will.as_mut(),
+            mount_of(&self.listener_rules, listener),
+        ) {
+            will.topic = MqttStr::from(format!("{mount}{}", will.topic));
+        }
         if let Some(will) = &connect.will {
             if topic::check_limits(
                 &will.topic,
@@ -108,6 +122,7 @@ impl Shard {
                 conn: Some(index),
                 connect,
                 assigned_id,
+                listener,
                 forwards: Vec::new(),
             },
         );
