@@ -217,7 +217,8 @@ pub struct Config {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub acl_file: Option<PathBuf>,
     /// Whether clients without a user name are accepted. Unset: yes without a password file
-    /// (then every listener must be on loopback), no with one.
+    /// (then every listener must be on loopback), no with one. A `[[listener]]` table's own
+    /// `allow_anonymous` overrides this for that listener.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
     /// Milliseconds the refusal of a failed login waits, doubling with each further failure
@@ -376,6 +377,18 @@ pub enum Command {
     Passwd(PasswdArgs),
 }
 
+/// The hash `shardmq passwd` writes (`-H`, Mosquitto's names).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PasswdHash {
+    /// `$7$`: PBKDF2-HMAC-SHA512, 101 iterations, a 12-byte salt (readable by Mosquitto 2.0).
+    #[value(name = "sha512-pbkdf2")]
+    Sha512Pbkdf2,
+    /// `$argon2id$`: Argon2id with Mosquitto 2.1's parameters (m=47104 KiB, t=1, p=1, 64-byte
+    /// salt and hash); Mosquitto 2.0 cannot read it.
+    #[value(name = "argon2id")]
+    Argon2id,
+}
+
 /// The arguments of `shardmq passwd`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct PasswdArgs {
@@ -388,6 +401,10 @@ pub struct PasswdArgs {
     /// Delete the user from the file.
     #[arg(short = 'D')]
     pub delete: bool,
+    /// The hash to write: `sha512-pbkdf2` (`$7$`, the default, as in `mosquitto_passwd` 2.0 and
+    /// 2.1) or `argon2id` (`$argon2id$`, Mosquitto 2.1's `-H argon2id`).
+    #[arg(short = 'H', value_enum, default_value_t = PasswdHash::Sha512Pbkdf2, conflicts_with = "delete")]
+    pub hash: PasswdHash,
     /// The password file.
     pub file: PathBuf,
     /// The user name.
@@ -948,20 +965,57 @@ impl Config {
         if let Some(token) = &self.admin_token {
             admin_token::check(&token.0, "admin_token")?;
         }
-        // Safe by default (Mosquitto 2.0): without authentication, only loopback clients.
-        if self.password_file.is_none() && self.allow_anonymous != Some(true) {
-            if let Some(open) = listeners.iter().find(|l| !l.address.ip().is_loopback()) {
+        for listener in &listeners {
+            if let Some(mount) = &listener.mount_point {
+                check_mount_point(mount).map_err(|reason| {
+                    ConfigError::Invalid(format!(
+                        "listener {}: mount_point {mount:?} {reason}",
+                        listener.address
+                    ))
+                })?;
+            }
+        }
+        // Safe by default (Mosquitto 2.0): without authentication, only loopback clients. A
+        // listener's own `allow_anonymous` decides for it; unset, the top-level key does.
+        if self.password_file.is_none() {
+            let open = listeners.iter().find(|l| {
+                !l.address.ip().is_loopback()
+                    && l.allow_anonymous.or(self.allow_anonymous) != Some(true)
+            });
+            if let Some(open) = open {
                 return Err(ConfigError::Invalid(format!(
                     "listener {} is not on loopback and no password_file is configured: anyone \
                      on the network could connect without credentials. Configure a password file \
                      (--password-file FILE, see `shardmq passwd`) or accept anonymous clients \
-                     explicitly (--allow-anonymous / allow_anonymous = true)",
+                     explicitly (--allow-anonymous / allow_anonymous = true, or \
+                     allow_anonymous = true in that [[listener]] table)",
                     open.address
                 )));
             }
         }
         Ok(())
     }
+}
+
+/// Why `mount` cannot be a listener's `mount_point` (Mosquitto's rule: no `+` or `#`; also
+/// not empty, not under `$` topics such as `$SYS`, and a valid UTF-8 topic without NUL).
+fn check_mount_point(mount: &str) -> Result<(), &'static str> {
+    if mount.is_empty() {
+        return Err("is empty (leave the key out for no mount point)");
+    }
+    if mount.contains(['+', '#']) {
+        return Err("contains a wildcard (+ or #)");
+    }
+    if mount.starts_with('$') {
+        return Err("starts with `$` (topics there belong to the broker)");
+    }
+    if mount.contains('\0') {
+        return Err("contains a NUL character");
+    }
+    if mount.len() > usize::from(u16::MAX) {
+        return Err("is longer than an MQTT topic can be");
+    }
+    Ok(())
 }
 
 /// What changed between two configurations, by config key: `(applied, restart_needed)`.
@@ -1267,9 +1321,19 @@ protocol = "mqtt"
         assert!(message.contains("line 3"), "{message}");
         assert!(message.contains("broker.toml"), "{message}");
 
-        let path = dir.file("[[listener]]\naddress = \"127.0.0.1:1884\"\nprotocol = \"ws\"\n");
+        let path = dir.file("[[listener]]\naddress = \"127.0.0.1:1884\"\nprotocol = \"quic\"\n");
         let message = load(&path, &[]).unwrap_err().to_string();
-        assert!(message.contains("ws"), "{message}");
+        assert!(message.contains("quic"), "{message}");
+
+        // Key combinations the types allow but a listener cannot serve are named too.
+        let path = dir.file(
+            "[[listener]]\naddress = \"127.0.0.1:1884\"\nrequire_certificate = true\n",
+        );
+        let message = load(&path, &[]).unwrap_err().to_string();
+        assert!(message.contains("require_certificate needs TLS"), "{message}");
+        let path = dir.file("listen = []\ntls_listen = [\"127.0.0.1:8883\"]\n");
+        let message = load(&path, &[]).unwrap_err().to_string();
+        assert!(message.contains("--cert"), "{message}");
 
         let path = dir.file("[[listener]]\nname = \"no address\"\n");
         let message = load(&path, &[]).unwrap_err().to_string();
@@ -1601,6 +1665,84 @@ protocol = "mqtt"
         std::fs::remove_file(&acl).unwrap();
         let error = load(&path, &[]).unwrap_err().to_string();
         assert!(error.contains("cannot read"), "{error}");
+    }
+
+    #[test]
+    fn listener_allow_anonymous_decides_for_its_listener() {
+        let listener = |address: &str, anonymous: Option<bool>| {
+            let mut listener = ListenerConfig::mqtt(address.parse().unwrap());
+            listener.allow_anonymous = anonymous;
+            listener
+        };
+        let config = |top: Option<bool>, listeners: Vec<ListenerConfig>| Config {
+            listen: vec!["127.0.0.1:1883".parse().unwrap()],
+            listener: listeners,
+            allow_anonymous: top,
+            ..Config::default()
+        };
+        // No password file: an open listener must say yes itself, or inherit an explicit yes.
+        assert!(config(None, vec![listener("0.0.0.0:1884", Some(true))])
+            .validate()
+            .is_ok());
+        let error = config(None, vec![listener("0.0.0.0:1884", None)])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:1884"), "{error}");
+        assert!(config(Some(true), vec![listener("0.0.0.0:1884", None)])
+            .validate()
+            .is_ok());
+        // The listener's no wins over the top-level yes.
+        let error = config(Some(true), vec![listener("0.0.0.0:1884", Some(false))])
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("0.0.0.0:1884"), "{error}");
+        // Loopback listeners need nothing.
+        assert!(
+            config(Some(false), vec![listener("127.0.0.2:1884", Some(false))])
+                .validate()
+                .is_ok()
+        );
+        // One open listener is enough to refuse.
+        let error = config(
+            None,
+            vec![
+                listener("0.0.0.0:1884", Some(true)),
+                listener("0.0.0.0:1885", None),
+            ],
+        )
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("0.0.0.0:1885"), "{error}");
+    }
+
+    #[test]
+    fn mount_points_are_checked() {
+        let with_mount = |mount: &str| {
+            let mut listener = ListenerConfig::mqtt("127.0.0.1:1884".parse().unwrap());
+            listener.mount_point = Some(mount.to_owned());
+            Config {
+                listen: vec!["127.0.0.1:1883".parse().unwrap()],
+                listener: vec![listener],
+                ..Config::default()
+            }
+            .validate()
+        };
+        for good in ["tenant/a/", "a", "site 1/", "/leading", "ü/"] {
+            assert!(with_mount(good).is_ok(), "{good:?}");
+        }
+        for bad in ["", "a/+/", "a/#", "#", "+", "a+b/", "$SYS/", "$x", "a\0b"] {
+            let error = with_mount(bad).unwrap_err().to_string();
+            assert!(error.contains("mount_point"), "{bad:?}: {error}");
+        }
+        // From a config file too.
+        let config = Config::from_toml(
+            "[[listener]]\naddress = \"127.0.0.1:1884\"\nmount_point = \"x/#\"\n",
+        )
+        .unwrap();
+        assert!(config.validate().is_err());
     }
 
     #[test]

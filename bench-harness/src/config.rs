@@ -190,6 +190,12 @@ pub struct RunArgs {
     /// Free text copied into the JSON (e.g. the broker's name).
     #[arg(long)]
     pub label: Option<String>,
+    /// User name every client sends in its CONNECT (default: none).
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password every client sends in its CONNECT (needs --username).
+    #[arg(long, requires = "username")]
+    pub password: Option<String>,
     /// Internal: run as worker process N of --workers (set by the parent).
     #[arg(long, hide = true)]
     pub worker_index: Option<usize>,
@@ -331,6 +337,12 @@ pub struct Config {
     /// Histogram output.
     #[serde(skip)]
     pub hdr_out: Option<PathBuf>,
+    /// CONNECT user name.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// CONNECT password.
+    #[serde(default)]
+    pub password: Option<String>,
     /// Worker index when this process is a worker.
     #[serde(skip)]
     pub worker_index: Option<usize>,
@@ -508,6 +520,8 @@ impl Config {
             broker_pid: args.broker_pid,
             perf: args.perf,
             hdr_out: args.hdr_out.clone(),
+            username: args.username.clone(),
+            password: args.password.clone(),
             worker_index: args.worker_index,
             run_id,
         };

@@ -424,8 +424,12 @@ impl Engine {
             keep_alive: core.cfg.keepalive,
             client_id: MqttStr::from(plan.client_id.as_str()),
             will: None,
-            username: None,
-            password: None,
+            username: core.cfg.username.as_deref().map(MqttStr::from),
+            password: core
+                .cfg
+                .password
+                .as_ref()
+                .map(|p| Bytes::copy_from_slice(p.as_bytes())),
             properties: Properties::default(),
         };
         Packet::Connect(Box::new(connect))

@@ -1,12 +1,16 @@
 //! `shardmq passwd`: creates and updates password files like `mosquitto_passwd`.
 //!
 //! ```text
-//! shardmq passwd [-c] FILE USER          # prompts for the password twice
-//! shardmq passwd [-c] -b FILE USER PASS  # batch: the password on the command line
-//! shardmq passwd -D FILE USER            # deletes USER
+//! shardmq passwd [-H HASH] [-c] FILE USER          # prompts for the password twice
+//! shardmq passwd [-H HASH] [-c] -b FILE USER PASS  # batch: the password on the command line
+//! shardmq passwd -D FILE USER                      # deletes USER
 //! ```
 //! `-c` creates the file (replacing an existing one). Entries are written as `$7$`
-//! (PBKDF2-SHA512, 101 iterations, 12-byte random salt: what `mosquitto_passwd` 2.0 writes). The
+//! (PBKDF2-SHA512, 101 iterations, 12-byte random salt: what `mosquitto_passwd` 2.0 writes) by
+//! default, which is also `mosquitto_passwd` 2.1's default hash type (2.1 uses 1000 iterations
+//! and a 64-byte salt, which 2.0 cannot read; ours is readable by both). `-H argon2id` writes
+//! `$argon2id$` entries with Mosquitto 2.1's parameters (m=47104 KiB, t=1, p=1, 64-byte random
+//! salt), readable by Mosquitto 2.1 built with argon2 and by shardmq. The
 //! file is written to a temporary file in the same directory (mode 0600), synced and renamed
 //! over the old one, so a reader (the broker on SIGHUP) never sees half a file.
 
@@ -14,8 +18,8 @@ use std::io::{BufRead, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::password::{random_salt, PasswordFile, DEFAULT_ITERATIONS};
-use crate::config::PasswdArgs;
+use super::password::{random_argon2_salt, random_salt, PasswordFile, DEFAULT_ITERATIONS};
+use crate::config::{PasswdArgs, PasswdHash};
 
 /// Runs `shardmq passwd`; `Err` is the message for stderr.
 pub fn run(args: &PasswdArgs) -> Result<(), String> {
@@ -46,13 +50,20 @@ pub fn run(args: &PasswdArgs) -> Result<(), String> {
     } else {
         load(&args.file)?
     };
-    let salt = random_salt().map_err(|e| format!("cannot read random bytes: {e}"))?;
-    file.set(
-        &args.username,
-        password.as_bytes(),
-        DEFAULT_ITERATIONS,
-        salt,
-    )
+    let random = |e: std::io::Error| format!("cannot read random bytes: {e}");
+    match args.hash {
+        PasswdHash::Sha512Pbkdf2 => file.set(
+            &args.username,
+            password.as_bytes(),
+            DEFAULT_ITERATIONS,
+            random_salt().map_err(random)?,
+        ),
+        PasswdHash::Argon2id => file.set_argon2id(
+            &args.username,
+            password.as_bytes(),
+            random_argon2_salt().map_err(random)?,
+        ),
+    }
     .map_err(|e| e.to_string())?;
     write_atomically(&args.file, &file.to_text())
 }
@@ -188,6 +199,23 @@ mod tests {
         let loaded = PasswordFile::load(&path).unwrap();
         assert_eq!(loaded.usernames().collect::<Vec<_>>(), ["bob"]);
         assert!(run(&args(&["-D", file, "alice"])).is_err());
+        // -H argon2id writes Mosquitto 2.1's argon2id entries; the others stay as they were.
+        run(&args(&["-H", "argon2id", "-b", file, "erin", "four"])).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("bob:$7$101$"), "{text}");
+        assert!(
+            text.contains("erin:$argon2id$v=19$m=47104,t=1,p=1$"),
+            "{text}"
+        );
+        let loaded = PasswordFile::load(&path).unwrap();
+        assert_eq!(loaded.verify("erin", b"four"), Verdict::Ok);
+        assert_eq!(loaded.verify("erin", b"five"), Verdict::WrongPassword);
+        assert_eq!(loaded.verify("bob", b"two"), Verdict::Ok);
+        {
+            use clap::Parser;
+            let bad = ["shardmq", "passwd", "-H", "argon2", "-b", file, "x", "y"];
+            assert!(crate::config::Cli::try_parse_from(bad).is_err());
+        }
         // -c replaces the file.
         run(&args(&["-c", "-b", file, "carol", "x"])).unwrap();
         let loaded = PasswordFile::load(&path).unwrap();

@@ -9,15 +9,28 @@
 //! - `$6$<base64 salt>$<base64 hash>`: one SHA-512 of the password bytes followed by the salt
 //!   bytes (`mosquitto_passwd -H sha512`, the default up to Mosquitto 1.6).
 //!
-//! Base64 is the standard alphabet with padding. Argon2id hashes (Mosquitto 2.1) and any other
-//! `$…$` type are refused with [`PasswordFileError::UnsupportedHashType`].
+//! - `$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<base64 salt>$<base64 hash>`: Argon2id in the
+//!   reference implementation's encoded form (libargon2's `argon2id_hash_encoded`), which is
+//!   what Mosquitto 2.1 stores for `mosquitto_passwd -H argon2id` (builds with
+//!   `WITH_ARGON2=yes`): m=47104, t=1, p=1, a 64-byte salt and a 64-byte hash. There is no
+//!   `$8$` prefix in the file: 8 is only Mosquitto's internal number for the type. Any
+//!   parameters libargon2 accepts are verified (version 19, or 16 / no `v=`), up to
+//!   [`MAX_ARGON2_MEMORY_KIB`] of memory.
+//!
+//! Base64 is the standard alphabet, with padding for `$7$` and `$6$` and without for
+//! `$argon2id$` (as libargon2 writes it). Any other `$…$` type (`$argon2i$`, `$argon2d$`, `$8$`)
+//! is refused with [`PasswordFileError::UnsupportedHashType`].
+//!
+//! `mosquitto_passwd` 2.1 still writes `$7$` by default (its help text says argon2id, its code
+//! picks sha512-pbkdf2), so `shardmq passwd` does too; `-H argon2id` writes Mosquitto's
+//! argon2id entries.
 //!
 //! Sans-I/O apart from [`PasswordFile::load`] and [`random_salt`], which read files.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::engine::general_purpose::{STANDARD as BASE64, STANDARD_NO_PAD as BASE64_NO_PAD};
 use base64::Engine;
 use sha2::{Digest, Sha512};
 
@@ -27,6 +40,17 @@ pub const DEFAULT_ITERATIONS: u32 = 101;
 pub const SALT_LEN: usize = 12;
 /// Length of the stored hash for both formats (a SHA-512 output).
 const HASH_LEN: usize = 64;
+/// Mosquitto 2.1's Argon2id memory cost in KiB (`MOSQ_ARGON2_M`).
+pub const ARGON2_MEMORY_KIB: u32 = 47104;
+/// Mosquitto 2.1's Argon2id passes (`MOSQ_ARGON2_T`).
+pub const ARGON2_PASSES: u32 = 1;
+/// Mosquitto 2.1's Argon2id lanes (`MOSQ_ARGON2_P`).
+pub const ARGON2_LANES: u32 = 1;
+/// Mosquitto 2.1's Argon2id salt and hash length in bytes.
+pub const ARGON2_SALT_LEN: usize = 64;
+/// The largest Argon2id memory cost accepted in a file (1 GiB): every login with such an entry
+/// allocates that much on a shard thread, so a larger one is taken for a mistake.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
 
 /// Why a password file could not be read or an entry could not be set.
 #[derive(Debug, thiserror::Error)]
@@ -40,7 +64,7 @@ pub enum PasswordFileError {
         #[source]
         source: std::io::Error,
     },
-    /// A line is not `username:hash` with a well-formed `$7$` or `$6$` hash.
+    /// A line is not `username:hash` with a well-formed `$7$`, `$6$` or `$argon2id$` hash.
     #[error("password file line {line}: {reason}")]
     MalformedLine {
         /// 1-based line number.
@@ -48,7 +72,7 @@ pub enum PasswordFileError {
         /// What is wrong with it.
         reason: &'static str,
     },
-    /// A `$<type>$` hash other than `$7$` and `$6$` (such as `$8$` or `$argon2id$`).
+    /// A `$<type>$` hash other than `$7$`, `$6$` and `$argon2id$` (such as `$argon2i$`).
     #[error("password file line {line}: unsupported hash type `{hash_type}`")]
     UnsupportedHashType {
         /// 1-based line number.
@@ -70,6 +94,9 @@ pub enum PasswordFileError {
     /// [`PasswordFile::set`] was given zero iterations.
     #[error("iteration count must be at least 1")]
     InvalidIterations,
+    /// Argon2id hashing failed (its memory could not be allocated).
+    #[error("argon2id hashing failed")]
+    Argon2,
 }
 
 /// The outcome of [`PasswordFile::verify`].
@@ -93,6 +120,13 @@ enum Hash {
     },
     /// `$6$`.
     Sha512 { salt: Vec<u8>, hash: [u8; HASH_LEN] },
+    /// `$argon2id$`.
+    Argon2id {
+        version: argon2::Version,
+        params: argon2::Params,
+        salt: Vec<u8>,
+        hash: Vec<u8>,
+    },
 }
 
 impl Hash {
@@ -110,6 +144,15 @@ impl Hash {
                     .finalize();
                 ct_eq(computed.as_slice(), hash)
             }
+            Hash::Argon2id {
+                version,
+                params,
+                salt,
+                hash,
+            } => match argon2id(password, salt, *version, params.clone(), hash.len()) {
+                Some(computed) => ct_eq(&computed, hash),
+                None => false,
+            },
         }
     }
 
@@ -127,6 +170,20 @@ impl Hash {
             Hash::Sha512 { salt, hash } => {
                 format!("$6${}${}", BASE64.encode(salt), BASE64.encode(hash))
             }
+            Hash::Argon2id {
+                version,
+                params,
+                salt,
+                hash,
+            } => format!(
+                "$argon2id$v={}$m={},t={},p={}${}${}",
+                u32::from(*version),
+                params.m_cost(),
+                params.t_cost(),
+                params.p_cost(),
+                BASE64_NO_PAD.encode(salt),
+                BASE64_NO_PAD.encode(hash)
+            ),
         }
     }
 }
@@ -218,6 +275,45 @@ impl PasswordFile {
             salt: salt.to_vec(),
             hash: pbkdf2_sha512(password, &salt, iterations),
         };
+        self.insert(username, hash);
+        Ok(())
+    }
+
+    /// Adds `username` or replaces its password, as an `$argon2id$` entry with Mosquitto 2.1's
+    /// parameters ([`ARGON2_MEMORY_KIB`], [`ARGON2_PASSES`], [`ARGON2_LANES`], a 64-byte hash).
+    /// Use [`random_argon2_salt`] for what `mosquitto_passwd -H argon2id` writes.
+    pub fn set_argon2id(
+        &mut self,
+        username: &str,
+        password: &[u8],
+        salt: [u8; ARGON2_SALT_LEN],
+    ) -> Result<(), PasswordFileError> {
+        if !valid_username(username) {
+            return Err(PasswordFileError::InvalidUsername(username.to_owned()));
+        }
+        let params = argon2::Params::new(
+            ARGON2_MEMORY_KIB,
+            ARGON2_PASSES,
+            ARGON2_LANES,
+            Some(ARGON2_SALT_LEN),
+        )
+        .map_err(|_| PasswordFileError::Argon2)?;
+        let version = argon2::Version::V0x13;
+        let hash = argon2id(password, &salt, version, params.clone(), ARGON2_SALT_LEN)
+            .ok_or(PasswordFileError::Argon2)?;
+        self.insert(
+            username,
+            Hash::Argon2id {
+                version,
+                params,
+                salt: salt.to_vec(),
+                hash,
+            },
+        );
+        Ok(())
+    }
+
+    fn insert(&mut self, username: &str, hash: Hash) {
         let entry = Entry {
             username: username.to_owned(),
             encoded: hash.encode(),
@@ -227,7 +323,6 @@ impl PasswordFile {
             Some(i) => self.entries[i] = entry,
             None => self.entries.push(entry),
         }
-        Ok(())
     }
 
     /// Removes `username`; false if it was not there.
@@ -280,6 +375,92 @@ pub fn random_salt() -> std::io::Result<[u8; SALT_LEN]> {
     Ok(salt)
 }
 
+/// A fresh 64-byte Argon2id salt from `/dev/urandom`.
+pub fn random_argon2_salt() -> std::io::Result<[u8; ARGON2_SALT_LEN]> {
+    let mut salt = [0u8; ARGON2_SALT_LEN];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
+    Ok(salt)
+}
+
+/// Argon2id of `password` with `out_len` bytes of output; `None` if the inputs are out of the
+/// algorithm's range (a salt under 8 bytes, an output under 4) or memory cannot be allocated.
+fn argon2id(
+    password: &[u8],
+    salt: &[u8],
+    version: argon2::Version,
+    params: argon2::Params,
+    out_len: usize,
+) -> Option<Vec<u8>> {
+    let mut out = vec![0u8; out_len];
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, version, params)
+        .hash_password_into(password, salt, &mut out)
+        .ok()?;
+    Some(out)
+}
+
+/// Parses the part of an `$argon2id$` hash after the type: `v=19$m=..,t=..,p=..$salt$hash` (the
+/// `v=` field may be missing, meaning version 16, as libargon2 reads it).
+fn parse_argon2id(fields: &[&str], line: usize) -> Result<Hash, PasswordFileError> {
+    let malformed = |reason| PasswordFileError::MalformedLine { line, reason };
+    let (version, rest) = match fields {
+        [v, rest @ ..] if v.starts_with("v=") => {
+            let version = match *v {
+                "v=19" => argon2::Version::V0x13,
+                "v=16" => argon2::Version::V0x10,
+                _ => {
+                    return Err(malformed(
+                        "unsupported argon2 version (expected v=19 or v=16)",
+                    ))
+                }
+            };
+            (version, rest)
+        }
+        rest => (argon2::Version::V0x10, rest),
+    };
+    let [costs, salt, hash] = rest else {
+        return Err(malformed(
+            "expected `$argon2id$v=19$m=<KiB>,t=<passes>,p=<lanes>$<salt>$<hash>`",
+        ));
+    };
+    let mut numbers = [0u32; 3];
+    let mut parts = costs.split(',');
+    for (number, key) in numbers.iter_mut().zip(["m=", "t=", "p="]) {
+        *number = parts
+            .next()
+            .and_then(|part| part.strip_prefix(key))
+            .filter(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|digits| digits.parse().ok())
+            .ok_or_else(|| malformed("expected argon2 costs `m=<KiB>,t=<passes>,p=<lanes>`"))?;
+    }
+    if parts.next().is_some() {
+        return Err(malformed(
+            "expected argon2 costs `m=<KiB>,t=<passes>,p=<lanes>`",
+        ));
+    }
+    let [memory, passes, lanes] = numbers;
+    if memory > MAX_ARGON2_MEMORY_KIB {
+        return Err(malformed("argon2 memory cost above 1 GiB"));
+    }
+    let decode = |field: &str| {
+        BASE64_NO_PAD
+            .decode(field)
+            .map_err(|_| malformed("invalid base64 in argon2 hash (unpadded expected)"))
+    };
+    let salt = decode(salt)?;
+    let hash = decode(hash)?;
+    if salt.len() < argon2::MIN_SALT_LEN {
+        return Err(malformed("argon2 salt shorter than 8 bytes"));
+    }
+    let params = argon2::Params::new(memory, passes, lanes, Some(hash.len()))
+        .map_err(|_| malformed("argon2 costs or hash length out of range"))?;
+    Ok(Hash::Argon2id {
+        version,
+        params,
+        salt,
+        hash,
+    })
+}
+
 fn parse_hash(encoded: &str, line: usize) -> Result<Hash, PasswordFileError> {
     let malformed = |reason| PasswordFileError::MalformedLine { line, reason };
     let rest = encoded
@@ -318,6 +499,7 @@ fn parse_hash(encoded: &str, line: usize) -> Result<Hash, PasswordFileError> {
             hash: decode_hash(hash)?,
         }),
         ("6", _) => Err(malformed("expected `$6$<salt>$<hash>`")),
+        ("argon2id", fields) => parse_argon2id(fields, line),
         (other, _) => Err(PasswordFileError::UnsupportedHashType {
             line,
             hash_type: other.to_owned(),
@@ -549,9 +731,10 @@ bob:$6$h4TQp+uaJudSfYlV$hXmLKP8dtOkUECiCE+8aG+jA2D3w0iBQ60+ruSrMUkCUh9YYkj2CQ97C
             }
             other => panic!("{other:?}"),
         }
-        match PasswordFile::parse("a:$argon2id$v=19$m=47104,t=1,p=1$c2FsdA$aGFzaA\n") {
+        // Only the `id` variant of Argon2 (what Mosquitto writes).
+        match PasswordFile::parse("a:$argon2i$v=19$m=47104,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2g\n") {
             Err(PasswordFileError::UnsupportedHashType { line: 1, hash_type }) => {
-                assert_eq!(hash_type, "argon2id")
+                assert_eq!(hash_type, "argon2i")
             }
             other => panic!("{other:?}"),
         }
@@ -592,6 +775,108 @@ bob:$6$h4TQp+uaJudSfYlV$hXmLKP8dtOkUECiCE+8aG+jA2D3w0iBQ60+ruSrMUkCUh9YYkj2CQ97C
             }
         }
         assert!(ct_eq(&a, &[0x5a; 64]));
+    }
+
+    /// Written by the reference Argon2 implementation (libargon2, the library Mosquitto 2.1
+    /// links; Debian's `argon2` 0~20171227 CLI) with Mosquitto 2.1's parameters:
+    /// `printf %s PASSWORD | argon2 SALT -id -t 1 -k 47104 -p 1 -l 64 -e`, with 64-byte salts.
+    const LIBARGON2_MOSQUITTO_PARAMS: &str = "\
+alice:$argon2id$v=19$m=47104,t=1,p=1$bW9zcXVpdHRvLTIuMS1zaXh0eS1mb3VyLWJ5dGUtc2FsdC1mb3ItYW4taW5kZXBlbmRlbnQtdmVjdG9yLW9rIQ$olig9EOZc8F2EYtc/kdI8vq4eA/SaC2goHKeETPNN79wwvtPadxImDlhBCKrP+W9uTK1PWCr9NcSkwjIwb76zw
+bob:$argon2id$v=19$m=47104,t=1,p=1$MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg5YWJjZGVmMDEyMzQ1Njc4OWFiY2RlZg$olnrIzy5IaSoxoQnqrXzTHsWVNfHJtOqVR6qMbgZXTKXPYMnIYVf2cmj8pSfLorSfP5Ouo2/dPnfzz13h30ZTA
+";
+
+    /// The same tool with other parameters: `-t 2 -k 4096 -p 2 -l 32` (salt "sixteen byte
+    /// slt"), and version 16 (`-t 3 -k 64 -p 1 -l 16 -v 10`, salt "eight-by").
+    const LIBARGON2_OTHER_PARAMS: &str = "\
+carol:$argon2id$v=19$m=4096,t=2,p=2$c2l4dGVlbiBieXRlIHNsdA$Mk9DtDhjkUxzu940n2o7EJRsegOAtMlABAlhlGE1oe4
+dave:$argon2id$v=16$m=64,t=3,p=1$ZWlnaHQtYnk$6Jm3Sezub8YygZNK4o+VQw
+";
+
+    #[test]
+    fn verifies_libargon2_entries_with_mosquitto_params() {
+        let file = PasswordFile::parse(LIBARGON2_MOSQUITTO_PARAMS).unwrap();
+        assert_eq!(file.verify("alice", b"secret"), Verdict::Ok);
+        assert_eq!(file.verify("alice", b"secreT"), Verdict::WrongPassword);
+        assert_eq!(file.verify("alice", b""), Verdict::WrongPassword);
+        assert_eq!(
+            file.verify("bob", b"correct horse battery staple"),
+            Verdict::Ok
+        );
+        assert_eq!(file.verify("bob", b"secret"), Verdict::WrongPassword);
+        assert_eq!(file.verify("carol", b"secret"), Verdict::UnknownUser);
+        // Written back verbatim.
+        assert_eq!(file.to_text(), LIBARGON2_MOSQUITTO_PARAMS);
+    }
+
+    #[test]
+    fn verifies_libargon2_entries_with_other_params_and_version_16() {
+        let file = PasswordFile::parse(LIBARGON2_OTHER_PARAMS).unwrap();
+        assert_eq!(file.verify("carol", "pässwörd".as_bytes()), Verdict::Ok);
+        assert_eq!(file.verify("carol", b"passwort"), Verdict::WrongPassword);
+        assert_eq!(file.verify("dave", b"hunter2"), Verdict::Ok);
+        assert_eq!(file.verify("dave", b"hunter3"), Verdict::WrongPassword);
+    }
+
+    #[test]
+    fn argon2id_entries_mix_with_the_other_formats() {
+        let text = format!("{MOSQUITTO_SHA512}{LIBARGON2_OTHER_PARAMS}{OTHER_PARAMS}\n");
+        let file = PasswordFile::parse(&text).unwrap();
+        assert_eq!(file.len(), 5);
+        assert_eq!(file.verify("alice", b"secret"), Verdict::Ok);
+        assert_eq!(file.verify("dave", b"hunter2"), Verdict::Ok);
+        assert_eq!(file.verify("erin", b"hunter2"), Verdict::Ok);
+    }
+
+    #[test]
+    fn set_argon2id_writes_mosquittos_format() {
+        let mut file = PasswordFile::default();
+        // The salt libargon2 was given for alice above: the same hash must come out.
+        let salt: [u8; ARGON2_SALT_LEN] =
+            *b"mosquitto-2.1-sixty-four-byte-salt-for-an-independent-vector-ok!";
+        file.set_argon2id("alice", b"secret", salt).unwrap();
+        let expected = LIBARGON2_MOSQUITTO_PARAMS.lines().next().unwrap();
+        assert_eq!(file.to_text(), format!("{expected}\n"));
+
+        let salt = random_argon2_salt().unwrap();
+        file.set_argon2id("bob", b"pw", salt).unwrap();
+        let text = file.to_text();
+        let bob = text.lines().nth(1).unwrap();
+        assert!(
+            bob.starts_with("bob:$argon2id$v=19$m=47104,t=1,p=1$"),
+            "{bob}"
+        );
+        let reparsed = PasswordFile::parse(&text).unwrap();
+        assert_eq!(reparsed.verify("bob", b"pw"), Verdict::Ok);
+        assert_eq!(reparsed.verify("bob", b"pW"), Verdict::WrongPassword);
+        assert!(matches!(
+            file.set_argon2id("a:b", b"pw", salt),
+            Err(PasswordFileError::InvalidUsername(_))
+        ));
+    }
+
+    #[test]
+    fn malformed_argon2id_entries_are_errors() {
+        let salt = "c2l4dGVlbiBieXRlIHNsdA";
+        let hash = "Mk9DtDhjkUxzu940n2o7EJRsegOAtMlABAlhlGE1oe4";
+        for bad in [
+            format!("a:$argon2id$v=19$m=4096,t=2$ {salt}${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2${salt}"),
+            format!("a:$argon2id$v=18$m=4096,t=2,p=2${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2,x=1${salt}${hash}"),
+            format!("a:$argon2id$v=19$t=2,m=4096,p=2${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=+4096,t=2,p=2${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=0,p=2${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=0${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=8,t=2,p=2${salt}${hash}"),
+            format!("a:$argon2id$v=19$m=2097152,t=1,p=1${salt}${hash}"),
+            // Padded base64 is not what libargon2 writes (nor reads).
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2${salt}==${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2$c2hvcnQ${hash}"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2${salt}$aGFz"),
+            format!("a:$argon2id$v=19$m=4096,t=2,p=2${salt}$"),
+        ] {
+            assert_eq!(malformed_line(&bad), 1, "{bad}");
+        }
     }
 
     #[test]

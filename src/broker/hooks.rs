@@ -37,11 +37,25 @@ pub struct ClientRef<'a> {
     pub username: Option<&'a str>,
 }
 
+/// What the listener a CONNECT came through says about admission.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerAdmission {
+    /// The listener's `allow_anonymous`: overrides the broker-wide rule when set.
+    pub allow_anonymous: Option<bool>,
+}
+
 /// Decides whether a CONNECT may proceed.
 pub trait Admission: fmt::Debug {
     /// `Ok(())` to go on with the connection; `Err(reason)` to refuse it with that CONNACK
     /// reason code (3.x clients get the closest return code).
     fn admit(&self, connect: &Connect) -> Result<(), ReasonCode>;
+
+    /// [`Admission::admit`] for a CONNECT that came through a listener with settings of its
+    /// own. The shard calls this one; the default ignores the listener.
+    fn admit_on(&self, connect: &Connect, listener: ListenerAdmission) -> Result<(), ReasonCode> {
+        let _ = listener;
+        self.admit(connect)
+    }
 }
 
 /// Today's admission: MQTT 5.0 enhanced authentication through the registered methods.
@@ -77,8 +91,10 @@ impl Admission for DefaultAdmission {
 /// Admission from the configuration: enhanced authentication as in [`DefaultAdmission`], then
 /// the password file and the anonymous-client rule (Mosquitto 2.0's semantics):
 ///
-/// - a CONNECT without a user name is admitted only when anonymous clients are allowed
-///   ([`Config::anonymous_allowed`]), else refused with 0x87 Not authorized (3.x: 5);
+/// - a CONNECT without a user name is admitted only when anonymous clients are allowed, else
+///   refused with 0x87 Not authorized (3.x: 5). The listener's own `allow_anonymous` decides
+///   when set ([`ListenerAdmission`]); otherwise the broker-wide rule
+///   ([`Config::anonymous_allowed`]);
 /// - with a password file, a user name must be in it with the right password, else 0x86 Bad
 ///   user name or password (3.x: 4), for an unknown user and a wrong password alike (and for a
 ///   user name without a password);
@@ -89,7 +105,7 @@ pub struct ConfigAdmission {
     pub enhanced: DefaultAdmission,
     /// The password file, shared read-only by every shard.
     pub passwords: Option<Arc<PasswordFile>>,
-    /// Whether clients without a user name are admitted.
+    /// Whether clients without a user name are admitted (unless their listener says otherwise).
     pub allow_anonymous: bool,
 }
 
@@ -110,12 +126,16 @@ impl ConfigAdmission {
 
 impl Admission for ConfigAdmission {
     fn admit(&self, connect: &Connect) -> Result<(), ReasonCode> {
+        self.admit_on(connect, ListenerAdmission::default())
+    }
+
+    fn admit_on(&self, connect: &Connect, listener: ListenerAdmission) -> Result<(), ReasonCode> {
         if connect.properties.authentication_method.is_some() {
             // A registered method authenticates the client on its own.
             return self.enhanced.admit(connect);
         }
         let Some(username) = &connect.username else {
-            return if self.allow_anonymous {
+            return if listener.allow_anonymous.unwrap_or(self.allow_anonymous) {
                 Ok(())
             } else {
                 Err(ReasonCode::NotAuthorized)

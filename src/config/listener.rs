@@ -95,13 +95,20 @@ pub struct ListenerConfig {
     /// WebSocket: the request path served (default `/mqtt`; `"*"` = any path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ws_path: Option<String>,
-    /// Whether clients without a user name are accepted on this listener; unset = the
-    /// top-level `allow_anonymous` rule.
+    /// Whether clients without a user name are accepted on this listener (CONNACK 0x87 / 3.x:
+    /// 5 when not). Precedence: this key when set, for this listener only; unset = the
+    /// top-level `allow_anonymous` (`--allow-anonymous`), whose own default is "yes without a
+    /// password file, no with one". Without a password file, a listener that is not on
+    /// loopback must end up with an explicit `true` (here or at the top level), or the broker
+    /// refuses to start. Changing it needs a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_anonymous: Option<bool>,
     /// A topic prefix for this listener's clients (Mosquitto's `mount_point`): what they
-    /// publish and subscribe is prefixed with it, what they receive has it removed, and they
-    /// see nothing outside it.
+    /// publish (wills and retained messages included) and the filters they subscribe to (for
+    /// `$share/{group}/{filter}`, the filter part) are prefixed with it, what they receive has
+    /// it removed, and they see nothing outside it. ACL rules apply to the full, prefixed
+    /// topic. No `+` or `#`, not empty, not starting with `$`; usually it ends with `/`
+    /// (`"tenant-a/"`). Changing it needs a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount_point: Option<String>,
 }

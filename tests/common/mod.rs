@@ -51,6 +51,8 @@ pub struct Broker {
     pub addr: SocketAddr,
     /// `shard_addrs[i]` reaches shard `i` only.
     pub shard_addrs: Vec<SocketAddr>,
+    /// Every listener's bound address, in `Config::listeners` order.
+    pub listen_addrs: Vec<SocketAddr>,
     /// The configuration it was started with (or last reloaded).
     config: Config,
 }
@@ -74,11 +76,13 @@ impl Broker {
         let handle = shardmq::broker::start(config.clone()).expect("the broker starts");
         let addr = handle.listen_addrs[0];
         let shard_addrs = handle.shard_addrs.clone();
+        let listen_addrs = handle.listen_addrs.clone();
         assert_eq!(shard_addrs.len(), 2, "per-shard listeners are on");
         Broker {
             handle: Some(handle),
             addr,
             shard_addrs,
+            listen_addrs,
             config,
         }
     }

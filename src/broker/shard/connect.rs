@@ -11,6 +11,7 @@ impl Shard {
         };
         conn.protocol = protocol;
         conn.keep_alive = connect.keep_alive;
+        let listener = conn.listener;
         let over_limit = match conn.state {
             ConnState::OverLimit { reason } => Some(reason),
             _ => None,
@@ -30,7 +31,9 @@ impl Shard {
             return refuse(self, reason);
         }
         // use_identity_as_username: the verified certificate is the credential.
-        if let Some(common_name) = self.certificate_users.take(index) {
+        let certificate_user = self.certificate_users.take(index);
+        let certificate_user_checked = certificate_user.is_some();
+        if let Some(common_name) = certificate_user {
             let Some(common_name) = common_name else {
                 tracing::info!(
                     shard = self.id,
@@ -43,11 +46,22 @@ impl Shard {
             connect.username = Some(common_name);
             connect.password = None;
         }
-        // Credentials, enhanced authentication, and whatever else the admission hook checks.
-        else if let Err(reason) = self.hooks.admission.admit(&connect) {
+        // Credentials, enhanced authentication, and whatever else the admission hook checks;
+        // the listener's own `allow_anonymous` overrides the broker-wide rule.
+        let rules = self.listener_rules.get(usize::from(listener));
+        let on_listener = ListenerAdmission {
+            allow_anonymous: rules.and_then(|rules| rules.allow_anonymous),
+        };
+        let admitted = if certificate_user_checked {
+            Ok(())
+        } else {
+            self.hooks.admission.admit_on(&connect, on_listener)
+        };
+        if let Err(reason) = admitted {
             tracing::info!(
                 shard = self.id,
                 peer = %self.peer_of(index),
+                listener = rules.map_or(-1, |_| i32::from(listener)),
                 client = %connect.client_id,
                 username = connect.username.as_deref().unwrap_or(""),
                 anonymous = connect.username.is_none(),
@@ -92,6 +106,13 @@ impl Shard {
             connect.client_id = MqttStr::from(format!("shardmq-{}-{serial:x}-{nanos:x}", self.id));
             assigned_id = true;
         }
+        // A mounted listener's client: its will goes to the topic under the mount point.
+        if let (Some(will), Some(mount)) = (
+            connect.will.as_mut(),
+            mount_of(&self.listener_rules, listener),
+        ) {
+            will.topic = MqttStr::from(format!("{mount}{}", will.topic));
+        }
         if let Some(will) = &connect.will {
             if topic::check_limits(
                 &will.topic,
@@ -122,6 +143,7 @@ impl Shard {
                 conn: Some(index),
                 connect,
                 assigned_id,
+                listener,
                 forwards: Vec::new(),
             },
         );

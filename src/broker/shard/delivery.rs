@@ -134,6 +134,23 @@ impl Shard {
                 return;
             }
         }
+        // A client of a mounted listener gets the topic without the mount point, and nothing
+        // outside it (its filters are all under the mount point, so this only drops what a
+        // session subscribed before connecting through another listener).
+        let unmounted;
+        let message = match mount_of(&self.listener_rules, entry.listener) {
+            None => message,
+            Some(mount) => match message.topic.strip_prefix(mount) {
+                Some(rest) if !rest.is_empty() => {
+                    unmounted = Arc::new(Message {
+                        topic: MqttStr::from(rest),
+                        ..Message::clone(message)
+                    });
+                    &unmounted
+                }
+                _ => return,
+            },
+        };
         let max_buffer = self.config.max_write_buffer;
         let online = entry.conn.is_some();
         let conn = entry

@@ -76,7 +76,9 @@ use core_router::topic;
 use core_router::trie::SubscriptionTrie;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
-use super::hooks::{ClientRef, Durability, Hooks, JournalRecord, SubscribeCheck};
+use super::hooks::{
+    ClientRef, Durability, Hooks, JournalRecord, ListenerAdmission, SubscribeCheck,
+};
 use super::mesh::{HandoverKind, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
@@ -202,6 +204,9 @@ pub struct Shard {
     local_inbox: VecDeque<ShardMsg>,
     /// Each listener's own connection limit (0: none), by listener index.
     listener_limits: Vec<usize>,
+    /// Each listener's rules for its clients (`allow_anonymous`, `mount_point`), by listener
+    /// index. Taken at start: changing a listener needs a restart (`reload_diff` says so).
+    listener_rules: Vec<ListenerRules>,
     /// Connections registered over a connection limit, waiting for their refusing CONNACK.
     over_limit: usize,
     /// Connections that wanted to read while cross-shard backpressure was on.
@@ -234,6 +239,51 @@ fn listener_limits(config: &Config) -> Vec<usize> {
         .iter()
         .map(|listener| listener.max_connections)
         .collect()
+}
+
+/// A listener's own rules for the clients it accepts.
+#[derive(Debug, Clone, Default)]
+pub(super) struct ListenerRules {
+    /// `allow_anonymous`: overrides the broker-wide rule when set.
+    pub(super) allow_anonymous: Option<bool>,
+    /// `mount_point`: the topic prefix of its clients (`None`: no prefix).
+    pub(super) mount_point: Option<MqttStr>,
+}
+
+/// Each listener's rules, by listener index.
+fn listener_rules(config: &Config) -> Vec<ListenerRules> {
+    config
+        .listeners()
+        .iter()
+        .map(|listener| ListenerRules {
+            allow_anonymous: listener.allow_anonymous,
+            mount_point: listener
+                .mount_point
+                .as_deref()
+                .filter(|mount| !mount.is_empty())
+                .map(MqttStr::from),
+        })
+        .collect()
+}
+
+/// The mount point of listener `listener` (a `Conn::listener` or `SessionEntry::listener`).
+pub(super) fn mount_of(rules: &[ListenerRules], listener: u16) -> Option<&str> {
+    rules
+        .get(usize::from(listener))
+        .and_then(|rules| rules.mount_point.as_deref())
+}
+
+/// `topic` (a topic name or a filter) under `mount`; for `$share/{group}/{filter}` the prefix
+/// goes on the filter part. `None` for a malformed `$share/` filter.
+pub(super) fn mount_topic(mount: &str, topic: &str) -> Option<MqttStr> {
+    match topic::parse_shared(topic) {
+        None => Some(MqttStr::from(format!("{mount}{topic}"))),
+        Some(Ok(shared)) => Some(MqttStr::from(format!(
+            "$share/{}/{mount}{}",
+            shared.group, shared.filter
+        ))),
+        Some(Err(_)) => None,
+    }
 }
 
 /// The session limits a configuration sets.
@@ -305,6 +355,7 @@ impl Shard {
             local_inbox: VecDeque::new(),
             over_limit: 0,
             listener_limits: listener_limits(&config),
+            listener_rules: listener_rules(&config),
             paused_readers: Vec::new(),
             wakes: Vec::new(),
             peers: HashMap::new(),

@@ -19,6 +19,7 @@ impl Shard {
             return;
         };
         let protocol = conn.protocol;
+        let listener = conn.listener;
         let publisher = entry.session.client_id.clone();
         if let Some(alias) = publish.properties.topic_alias.take() {
             // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
@@ -42,6 +43,12 @@ impl Shard {
         }
         if !publish.properties.subscription_identifiers.is_empty() {
             return self.kill_conn(index, ReasonCode::ProtocolError, false);
+        }
+        // A mounted listener's client publishes under its mount point (after topic alias
+        // resolution: aliases stand for the topic as the client sent it). Authorization and
+        // retained storage see the full topic.
+        if let Some(mount) = mount_of(&self.listener_rules, listener) {
+            publish.topic = MqttStr::from(format!("{mount}{}", publish.topic));
         }
         if !self.topic_within_limits(&publish.topic) {
             return self.kill_conn(index, ReasonCode::TopicNameInvalid, false);

@@ -28,6 +28,9 @@ pub(super) struct SessionEntry {
     /// connected. Logged once when the episode starts and once when it ends (queue at most a
     /// quarter full), not per message.
     pub(super) slow_consumer: bool,
+    /// The listener its client last connected through ([`NOT_COUNTED`]: none known): what is
+    /// delivered to it has that listener's mount point removed.
+    pub(super) listener: u16,
 }
 
 impl SessionEntry {
@@ -71,6 +74,7 @@ impl Shard {
             recent: None,
             check_deliveries,
             slow_consumer: false,
+            listener: NOT_COUNTED,
         }))?;
         self.stats.session_queue_moved(queued, true);
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {

@@ -37,9 +37,11 @@ impl Shard {
     }
 
     pub(super) fn on_subscribe(&mut self, index: ConnId, session: SessionId, subscribe: Subscribe) {
-        let Some(protocol) = self.conns.get(index).map(|c| c.protocol) else {
+        let Some((protocol, listener)) = self.conns.get(index).map(|c| (c.protocol, c.listener))
+        else {
             return;
         };
+        let mount = mount_of(&self.listener_rules, listener).map(MqttStr::from);
         let mut reasons = Vec::with_capacity(subscribe.filters.len());
         let mut retained_for = Vec::new();
         let subscription_id = subscribe
@@ -50,6 +52,18 @@ impl Shard {
             .unwrap_or(0);
         let mut durability = Durability::Now;
         for (filter, options) in subscribe.filters {
+            // A mounted listener's client subscribes under its mount point (for a shared
+            // subscription, the filter part).
+            let filter = match &mount {
+                None => filter,
+                Some(mount) => match mount_topic(mount, &filter) {
+                    Some(mounted) => mounted,
+                    None => {
+                        reasons.push(ReasonCode::TopicFilterInvalid);
+                        continue;
+                    }
+                },
+            };
             if !self.topic_within_limits(&filter) {
                 reasons.push(ReasonCode::TopicFilterInvalid);
                 continue;
@@ -164,7 +178,27 @@ impl Shard {
     ) {
         let mut reasons = Vec::with_capacity(unsubscribe.filters.len());
         let mut durability = Durability::Now;
+        let mount = self
+            .conns
+            .get(index)
+            .and_then(|conn| mount_of(&self.listener_rules, conn.listener))
+            .map(MqttStr::from);
         for filter in &unsubscribe.filters {
+            let mounted;
+            let filter = match &mount {
+                None => filter,
+                Some(mount) => match mount_topic(mount, filter) {
+                    Some(under_mount) => {
+                        mounted = under_mount;
+                        &mounted
+                    }
+                    // A malformed `$share/` filter was never subscribed: nothing to remove.
+                    None => {
+                        reasons.push(ReasonCode::NoSubscriptionExisted);
+                        continue;
+                    }
+                },
+            };
             let Some(entry) = self.sessions.get_mut(session) else {
                 return;
             };

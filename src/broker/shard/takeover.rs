@@ -7,6 +7,9 @@ pub(super) struct PendingClaim {
     pub(super) conn: Option<ConnId>,
     pub(super) connect: Box<Connect>,
     pub(super) assigned_id: bool,
+    /// The listener the client connected through (`Conn::listener`): the session's mount
+    /// point comes from it.
+    pub(super) listener: u16,
     /// Deliveries a forwarding stub sent for this claim's session before the session arrived
     /// here (the old shard waits for a barrier before handing it over), in arrival order.
     pub(super) forwards: Vec<Forwarded>,
@@ -257,6 +260,7 @@ impl Shard {
         };
         let forwards = claim.forwards;
         let connect = claim.connect;
+        let listener = claim.listener;
         let in_place = match handover {
             Some(HandoverKind::InPlace(slot))
                 if self.sessions.get(slot).is_some_and(|e| e.token == token) =>
@@ -284,6 +288,9 @@ impl Shard {
                     let Some(slot) = self.install_session(session, token) else {
                         return self.release(connect.client_id, token);
                     };
+                    if let Some(entry) = self.sessions.get_mut(slot) {
+                        entry.listener = listener;
+                    }
                     self.park_session(slot);
                     match stub_shard {
                         Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
@@ -337,6 +344,7 @@ impl Shard {
         let mut started = None;
         if let Some(entry) = self.sessions.get_mut(slot) {
             entry.conn = Some(index);
+            entry.listener = listener;
             entry.since_ms = now_ms;
             if !entry.session.clean {
                 started = Some((entry.session.client_id.clone(), entry.session.expiry));
