@@ -736,6 +736,13 @@ impl Config {
                     .map_err(ConfigError::Invalid)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        // No TLS listener: nothing loaded (a configuration without TLS compares equal to one
+        // built in code).
+        let by_listener = if by_listener.iter().any(Option::is_some) {
+            by_listener
+        } else {
+            Vec::new()
+        };
         self.tls_files = TlsFiles { by_listener };
         Ok(())
     }
@@ -743,6 +750,10 @@ impl Config {
     /// Loads the TLS files unless [`Config::tls_files`] already has an entry for each listener.
     pub fn ensure_tls(&mut self) -> Result<(), ConfigError> {
         let listeners = self.listeners();
+        if !listeners.iter().any(ListenerConfig::tls) {
+            self.tls_files = TlsFiles::default();
+            return Ok(());
+        }
         let loaded = listeners.len() == self.tls_files.by_listener.len()
             && listeners
                 .iter()
@@ -1326,11 +1337,13 @@ protocol = "mqtt"
         assert!(message.contains("quic"), "{message}");
 
         // Key combinations the types allow but a listener cannot serve are named too.
-        let path = dir.file(
-            "[[listener]]\naddress = \"127.0.0.1:1884\"\nrequire_certificate = true\n",
-        );
+        let path =
+            dir.file("[[listener]]\naddress = \"127.0.0.1:1884\"\nrequire_certificate = true\n");
         let message = load(&path, &[]).unwrap_err().to_string();
-        assert!(message.contains("require_certificate needs TLS"), "{message}");
+        assert!(
+            message.contains("require_certificate needs TLS"),
+            "{message}"
+        );
         let path = dir.file("listen = []\ntls_listen = [\"127.0.0.1:8883\"]\n");
         let message = load(&path, &[]).unwrap_err().to_string();
         assert!(message.contains("--cert"), "{message}");
