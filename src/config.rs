@@ -260,7 +260,7 @@ impl Default for Config {
             keyfile: None,
             cafile: None,
             require_certificate: false,
-            tls_handshakes_per_pass: 16,
+            tls_handshakes_per_pass: 4,
             shards: None,
             cpus: None,
             log_level: "info".into(),

@@ -58,7 +58,7 @@ impl Default for EngineConfig {
             buffer_size: 16 * 1024,
             linger: Duration::from_secs(1),
             mode: None,
-            handshakes_per_pass: 16,
+            handshakes_per_pass: 4,
         }
     }
 }
