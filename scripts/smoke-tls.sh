@@ -346,10 +346,10 @@ check_mtls() {
     mark=$(log_mark)
     # TLS 1.3: the client may see its handshake complete before the broker rejects it, so the
     # error is either an alert or a lost connection.
-    refused mtls-no-certificate "certificate|tls|ssl|connection (was )?lost|protocol error|refused" "${MTLS[@]}"
+    refused mtls-no-certificate "certificate|tls|ssl|connection (was )?lost|protocol error" "${MTLS[@]}"
     expect_log log-mtls-no-certificate "$mark" "closing a connection whose transport failed" "no certificate"
     mark=$(log_mark)
-    refused mtls-untrusted-certificate "certificate|tls|ssl|connection (was )?lost|protocol error|refused" \
+    refused mtls-untrusted-certificate "certificate|tls|ssl|connection (was )?lost|protocol error" \
         "${MTLS[@]}" --cert "$PKI/rogue.pem" --key "$PKI/rogue.key"
     expect_log log-mtls-untrusted-certificate "$mark" "closing a connection whose transport failed" "UnknownIssuer|unknown ?ca|invalid peer certificate"
 }
@@ -397,23 +397,25 @@ check_acl() {
 
 # --- MQTT.js and paho-mqtt over ws / wss ---------------------------------------------------
 
-# is_network_error FILE: the install log says the registry could not be reached (as opposed to
-# a real failure, such as a version that does not exist, which must fail the run).
-is_network_error() {
-    grep -Eqi 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|network|Failed to establish a new connection|Temporary failure in name resolution|Max retries exceeded|Could not fetch URL|timed out|No matching distribution found' "$1"
+# network_error FILE: prints the install log's first line saying the registry could not be
+# reached, and fails if there is none (a real failure, such as a version that does not exist,
+# must fail the run rather than be skipped).
+network_error() {
+    grep -Eim1 'ENOTFOUND|EAI_AGAIN|ECONNREFUSED|ECONNRESET|ETIMEDOUT|ENETUNREACH|NewConnectionError|connection broken|Failed to establish a new connection|Temporary failure in name resolution|Max retries exceeded|Could not fetch URL|timed out' "$1" \
+        | cut -c1-160
 }
 
 CACHE=""
 # run_interop NAME INSTALL_FN RUN_FN: installs a client library (once: the cache dir keeps it;
 # INSTALL_FN returns 3 when the language runtime itself is missing), then runs its script, which prints its own PASS/FAIL lines. The lines are counted here.
 run_interop() {
-    local name=$1 install=$2 run=$3 log=$WORK/$1-install.log status=0
+    local name=$1 install=$2 run=$3 log=$WORK/$1-install.log status=0 reason
     "$install" >"$log" 2>&1 || status=$?
     if [ "$status" -ne 0 ]; then
         if [ "$status" -eq 3 ]; then
-            skip "$name over ws/wss: $(tail -n 1 "$log")"
-        elif is_network_error "$log"; then
-            skip "$name over ws/wss: its package could not be installed (registry unreachable): $(tail -n 1 "$log")"
+            skip "$name: every $name check over ws/wss ($(tail -n 1 "$log"))"
+        elif reason=$(network_error "$log"); then
+            skip "$name: every $name check over ws/wss (its package registry is unreachable: $reason)"
         else
             check_failed "$name-install" "$(tail -n 5 "$log" | tr '\n' ' ')"
         fi
@@ -469,7 +471,7 @@ install_paho() {
     mkdir -p "$dir"
     # --target: a private directory, not the system's site-packages (no PEP 668 conflict).
     # PIP_ROOT_USER_ACTION: CI runs as root; the warning about it does not apply to --target.
-    PIP_ROOT_USER_ACTION=ignore timeout 300 python3 -m pip install --quiet --disable-pip-version-check --target "$dir" 'paho-mqtt>=2,<3'
+    PIP_ROOT_USER_ACTION=ignore timeout 300 python3 -m pip install --disable-pip-version-check --target "$dir" 'paho-mqtt>=2,<3'
 }
 
 run_paho() {
