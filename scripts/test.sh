@@ -17,5 +17,8 @@ cargo check --manifest-path fuzz/Cargo.toml
 echo "== smoke test with third-party clients (mosquitto_pub/sub) against the built binary"
 scripts/smoke-mosquitto.sh
 
+echo "== smoke test over TLS, mutual TLS, ws and wss: mosquitto_pub/sub, MQTT.js and paho-mqtt"
+scripts/smoke-tls.sh
+
 echo "== workspace tests (unit, property, integration against the real broker)"
 cargo test --workspace --lib --bins --tests
