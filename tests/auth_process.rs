@@ -55,6 +55,10 @@ fn sighup_reloads_the_password_and_acl_files() {
         password_path.to_str().unwrap(),
         "--acl-file",
         acl_path.to_str().unwrap(),
+        // This test refuses ten logins from one address: without this the growing failed-login
+        // delay (tested in tests/auth.rs) reaches seconds and outlasts the client's wait.
+        "--failed-login-delay-ms",
+        "0",
     ]);
     process.wait_for_output("shardmq accepting connections", 1);
     assert!(process
