@@ -310,6 +310,7 @@ async fn stalled_handshakes_are_closed_at_the_connect_timeout() {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => panic!("a stalled handshake was not closed: {error}"),
             }
         }

@@ -120,6 +120,8 @@ impl WsRaw {
                 n
             }
             Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => 0,
+            // A signal landed during the read: read again.
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => self.fill(),
             Err(error) => panic!("read: {error}"),
         }
     }
@@ -343,6 +345,7 @@ fn stalled_upgrades_are_closed_at_the_connect_timeout() {
                 Ok(0) => break,
                 Ok(_) => continue,
                 Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(error) => panic!("a stalled upgrade was not closed: {error}"),
             }
         }
