@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -299,21 +299,9 @@ async fn stalled_handshakes_are_closed_at_the_connect_timeout() {
         assert_eq!(&client.recv_publish().await.payload[..], &[round]);
     }
     // Every stalled connection is closed by the broker: EOF or reset, never a hang.
+    let deadline = started + Duration::from_secs(15);
     for stream in &mut stalled {
-        let left = (started + Duration::from_secs(15)).saturating_duration_since(Instant::now());
-        stream
-            .set_read_timeout(Some(left.max(Duration::from_millis(10))))
-            .unwrap();
-        let mut buf = [0u8; 64];
-        loop {
-            match stream.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => continue,
-                Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => break,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(error) => panic!("a stalled handshake was not closed: {error}"),
-            }
-        }
+        common::expect_server_close(stream, deadline, "a stalled handshake");
     }
     assert!(
         started.elapsed() >= Duration::from_secs(1),

@@ -29,6 +29,26 @@ pub const QUIET: Duration = Duration::from_millis(300);
 
 static TRACING: Once = Once::new();
 
+/// Waits until the broker closes `stream` (EOF or reset), discarding what it sends, until
+/// `deadline`; fails the test if it is still open then.
+pub fn expect_server_close(stream: &mut TcpStream, deadline: Instant, what: &str) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    stream
+        .set_read_timeout(Some(left.max(Duration::from_millis(10))))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(error) if error.kind() == ErrorKind::ConnectionReset => return,
+            // A signal landed during the read: read again.
+            Err(error) if error.kind() == ErrorKind::Interrupted => continue,
+            Err(error) => panic!("{what} was not closed: {error}"),
+        }
+    }
+}
+
 /// `SHARDMQ_TEST_LOG=debug cargo test ...` shows the broker's logs.
 fn init_tracing() {
     TRACING.call_once(|| {
