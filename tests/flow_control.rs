@@ -140,6 +140,71 @@ fn publisher_on_the_subscribers_shard_is_throttled_not_dropped() {
     slow_subscriber_loses_no_qos1_message(0);
 }
 
+/// A subscriber that stops acknowledging altogether (here: never reads) is stuck, not slow: it
+/// throttles the publisher only for the broker's stuck bound (10 s without an acknowledgement),
+/// then its queue bound drops the surplus and the publisher runs at full speed. Throttled for
+/// good, the publisher would get one read per 200 ms tick: 1,000 QoS 1 messages would take
+/// over three minutes, so the 60 s bound below cannot pass by luck.
+#[test]
+fn a_stuck_subscriber_throttles_its_publisher_only_for_a_while() {
+    let broker = Broker::start_with(|c| {
+        c.max_queued_messages = 100;
+        c.max_inflight = 10;
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut stuck, _) = Raw::connect_small_buffer(broker.shard(0), "stuck-sub", 4096);
+    stuck.subscribe(1, "stuck/t", QoS::AtLeastOnce);
+    let (mut publisher, _) = Raw::connect(broker.shard(0), "stuck-pub", true);
+    let bytes: Vec<u8> = (1..=MESSAGES)
+        .flat_map(|seq| {
+            let publish = publish_packet(
+                "stuck/t",
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq as u16,
+            );
+            encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1)
+        })
+        .collect();
+    // About 15 KB: the socket buffers hold it all while the broker does not read.
+    for chunk in bytes.chunks(4096) {
+        publisher.send_bytes(chunk).expect("write the publishes");
+    }
+    let mut acked = BTreeSet::new();
+    while acked.len() < MESSAGES as usize {
+        match publisher.recv_for(next_packet_wait(deadline)) {
+            Recv::Packet(Packet::PubAck(ack)) => {
+                acked.insert(ack.packet_id);
+            }
+            Recv::Packet(other) => panic!("publisher: expected PUBACK, got {other:?}"),
+            Recv::Closed => panic!(
+                "the publisher was disconnected after {} PUBACKs",
+                acked.len()
+            ),
+            Recv::Timeout => break,
+        }
+    }
+    assert_eq!(
+        acked.len(),
+        MESSAGES as usize,
+        "the publisher got {} of {MESSAGES} PUBACKs within 60 s: still throttled by a stuck \
+         subscriber",
+        acked.len()
+    );
+    // The stuck subscriber is still connected: reading now, it gets at most its window, its
+    // queue bound and what sat in the socket buffers, never all of them.
+    let mut delivered = 0;
+    while let Recv::Packet(Packet::Publish(publish)) = stuck.recv_for(Duration::from_millis(500)) {
+        ack_publish(&mut stuck, &publish);
+        delivered += 1;
+    }
+    assert!(
+        delivered < MESSAGES as usize,
+        "the stuck subscriber got all {delivered} messages: nothing was ever dropped"
+    );
+}
+
 /// Across shards the publisher is not throttled today (README: "a publisher on another shard
 /// still relies on queue bounds (drop newest, counted)"): the forwarded messages overflow the
 /// subscriber's 100-message queue and QoS 1 messages are lost although the publisher got its

@@ -10,6 +10,9 @@ impl Shard {
             return;
         };
         let own_session = self.session_of(publisher);
+        if self.is_stuck(congested) {
+            return;
+        }
         let Some(conn) = self.conns.get_mut(publisher) else {
             return;
         };
@@ -20,6 +23,30 @@ impl Shard {
         conn.throttled = true;
         self.stats.publishers_throttled += 1;
         self.throttled.push((publisher, congested));
+    }
+
+    /// Whether congested `session` acknowledged nothing for [`STUCK_AFTER_SECS`]: throttling
+    /// publishers for it would only slow them down. Logged once per slow-consumer episode.
+    fn is_stuck(&mut self, session: SessionId) -> bool {
+        let now_secs = self.now_secs;
+        let Some(entry) = self.sessions.get_mut(session) else {
+            return false;
+        };
+        let idle = now_secs.saturating_sub(entry.progress_secs);
+        if idle < STUCK_AFTER_SECS {
+            return false;
+        }
+        if !entry.stuck_logged {
+            entry.stuck_logged = true;
+            tracing::warn!(
+                shard = self.id,
+                idle_secs = idle,
+                "Client {} acknowledged nothing for {idle} s: publishers are no longer throttled \
+                 for it; its messages beyond the queue bound are dropped.",
+                entry.session.client_id
+            );
+        }
+        true
     }
 
     /// Resumes publishers waiting on `session` (all of them when `session` is `None`) once its

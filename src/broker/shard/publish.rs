@@ -189,6 +189,8 @@ impl Shard {
             return;
         };
         let online_since = entry.connected_at(self.started);
+        entry.progress_secs = self.now_secs;
+        entry.stuck_logged = false;
         let entry = &mut entry.session;
         let mark = SessionMark::of(entry);
         let now = self.now;

@@ -31,7 +31,19 @@ pub(super) struct SessionEntry {
     /// The listener its client last connected through ([`NOT_COUNTED`]: none known): what is
     /// delivered to it has that listener's mount point removed.
     pub(super) listener: u16,
+    /// Shard seconds ([`Shard::now_secs`]) when the session last made progress: attached to a
+    /// connection or acknowledged an outgoing message. A congested session that made none for
+    /// [`STUCK_AFTER_SECS`] is stuck, not slow: it no longer throttles publishers.
+    pub(super) progress_secs: u32,
+    /// The stuck state was logged (once until the session makes progress again).
+    pub(super) stuck_logged: bool,
 }
+
+/// Seconds without an acknowledgement after which a congested subscriber stops throttling the
+/// publishers that feed it (its queue bound drops the surplus instead). Without this bound one
+/// client that subscribes to `#` and stops reading would slow every publisher of its shard
+/// until keep-alive noticed it.
+pub(super) const STUCK_AFTER_SECS: u32 = 10;
 
 impl SessionEntry {
     /// When the session's current connection was attached (to a millisecond), given when the
@@ -75,6 +87,8 @@ impl Shard {
             check_deliveries,
             slow_consumer: false,
             listener: NOT_COUNTED,
+            progress_secs: self.now_secs,
+            stuck_logged: false,
         }))?;
         self.stats.session_queue_moved(queued, true);
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {

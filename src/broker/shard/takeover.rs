@@ -346,6 +346,8 @@ impl Shard {
             entry.conn = Some(index);
             entry.listener = listener;
             entry.since_ms = now_ms;
+            entry.progress_secs = self.now_secs;
+            entry.stuck_logged = false;
             if !entry.session.clean {
                 started = Some((entry.session.client_id.clone(), entry.session.expiry));
             }
