@@ -11,7 +11,10 @@ use crate::codec::{Ack, Packet, QoS, ReasonCode};
 
 impl Session {
     fn position(&self, packet_id: u16) -> Option<usize> {
-        self.inflight.iter().position(|m| m.packet_id == packet_id)
+        self.traffic()
+            .inflight
+            .iter()
+            .position(|m| m.packet_id == packet_id)
     }
 
     /// PUBACK from the client. Unknown identifiers are ignored (a late duplicate).
@@ -35,10 +38,10 @@ impl Session {
         on_sent: &mut impl FnMut(&Message, QoS),
     ) -> Result<(), SessionError> {
         if let Some(index) = self.position(packet_id) {
-            if self.inflight[index].state != expected {
+            if self.traffic().inflight[index].state != expected {
                 return Err(SessionError::UnexpectedAck);
             }
-            self.inflight.remove(index);
+            self.traffic_mut().inflight.remove(index);
             self.fill_window(out, now, on_sent);
         }
         Ok(())
@@ -59,14 +62,14 @@ impl Session {
             let _ = Packet::PubRel(release).encode(self.protocol, out);
             return Ok(());
         };
-        match self.inflight[index].state {
+        match self.traffic().inflight[index].state {
             InflightState::AwaitPubRec if reason.is_error() => {
                 // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
-                self.inflight.remove(index);
+                self.traffic_mut().inflight.remove(index);
                 self.fill_window(out, now, on_sent);
             }
             InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
-                self.inflight[index].state = InflightState::AwaitPubComp;
+                self.traffic_mut().inflight[index].state = InflightState::AwaitPubComp;
                 let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);
             }
             InflightState::AwaitPubAck => return Err(SessionError::UnexpectedAck),
@@ -88,18 +91,24 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: `true` if it is new and must be routed, `false` for a
     /// retransmission of one not yet released (deduplicated until PUBREL).
     pub fn on_incoming_qos2(&mut self, packet_id: u16) -> bool {
-        if self.incoming_qos2.contains(&packet_id) {
+        if self.traffic().incoming_qos2.contains(&packet_id) {
             return false;
         }
-        self.incoming_qos2.push(packet_id);
+        self.traffic_mut().incoming_qos2.push(packet_id);
         true
     }
 
     /// Inbound PUBREL: `true` if the identifier was awaiting release.
     pub fn on_pubrel(&mut self, packet_id: u16) -> bool {
-        match self.incoming_qos2.iter().position(|&id| id == packet_id) {
+        match self
+            .traffic()
+            .incoming_qos2
+            .iter()
+            .position(|&id| id == packet_id)
+        {
             Some(index) => {
-                self.incoming_qos2.swap_remove(index);
+                self.traffic_mut().incoming_qos2.swap_remove(index);
+                self.shed_idle_traffic();
                 true
             }
             None => false,
@@ -108,11 +117,11 @@ impl Session {
 
     /// Whether `packet_id` is an inbound QoS 2 message awaiting PUBREL (a resend, not a new one).
     pub fn has_incoming_qos2(&self, packet_id: u16) -> bool {
-        self.incoming_qos2.contains(&packet_id)
+        self.traffic().incoming_qos2.contains(&packet_id)
     }
 
     /// Number of inbound QoS 2 identifiers awaiting PUBREL.
     pub fn incoming_qos2_len(&self) -> usize {
-        self.incoming_qos2.len()
+        self.traffic().incoming_qos2.len()
     }
 }

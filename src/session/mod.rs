@@ -130,6 +130,29 @@ impl Default for PeerLimits {
     }
 }
 
+/// The part of a session that only exists while messages flow.
+#[derive(Debug, Default)]
+struct Traffic {
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Queued>,
+    queued_bytes: usize,
+    incoming_qos2: Vec<u16>,
+}
+
+impl Traffic {
+    fn is_empty(&self) -> bool {
+        self.inflight.is_empty() && self.queue.is_empty() && self.incoming_qos2.is_empty()
+    }
+}
+
+/// What an idle session's traffic reads as.
+static NO_TRAFFIC: Traffic = Traffic {
+    inflight: VecDeque::new(),
+    queue: VecDeque::new(),
+    queued_bytes: 0,
+    incoming_qos2: Vec::new(),
+};
+
 /// Session state for one client id.
 #[derive(Debug)]
 pub struct Session {
@@ -155,10 +178,9 @@ pub struct Session {
     #[allow(clippy::box_collection)]
     aliases: Option<Box<HashMap<MqttStr, u16>>>,
     next_packet_id: u16,
-    inflight: VecDeque<Inflight>,
-    queue: VecDeque<Queued>,
-    queued_bytes: usize,
-    incoming_qos2: Vec<u16>,
+    /// In-flight window, queue and inbound QoS 2 ids: allocated with the first message and
+    /// freed when all of it is empty again, so an idle session pays one pointer for them.
+    traffic: Option<Box<Traffic>>,
     // Per-session drop counters are u32 (wrapping; the shard sums differences into u64
     // totals): they are in every session, and an idle session's footprint matters.
     /// Messages dropped because a queue bound was reached (counted, as documented).
@@ -191,10 +213,7 @@ impl Session {
             peer: PeerLimits::default(),
             aliases: None,
             next_packet_id: 1,
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            incoming_qos2: Vec::new(),
+            traffic: None,
             dropped_queue_full: 0,
             dropped_qos0: 0,
             dropped_expired: 0,
@@ -202,17 +221,34 @@ impl Session {
         }
     }
 
+    fn traffic(&self) -> &Traffic {
+        self.traffic.as_deref().unwrap_or(&NO_TRAFFIC)
+    }
+
+    fn traffic_mut(&mut self) -> &mut Traffic {
+        self.traffic.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the traffic state once nothing is in flight, queued or awaiting release.
+    fn shed_idle_traffic(&mut self) {
+        if self.traffic.as_ref().is_some_and(|t| t.is_empty()) {
+            self.traffic = None;
+        }
+    }
+
     /// Messages awaiting acknowledgement.
     pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
-        self.inflight.iter()
+        self.traffic().inflight.iter()
     }
 
     /// Every message the session holds for its client: in flight first, then queued.
     pub fn pending_messages(&self) -> impl Iterator<Item = &Arc<Message>> {
-        self.inflight
+        let traffic = self.traffic();
+        traffic
+            .inflight
             .iter()
             .map(|i| &i.message)
-            .chain(self.queue.iter().map(|q| &q.message))
+            .chain(traffic.queue.iter().map(|q| &q.message))
     }
 
     /// The messages that reached this session through a shared subscription and were not
@@ -220,7 +256,10 @@ impl Session {
     /// (MQTT 5.0 §4.8.2). A QoS 2 message already PUBREC'd counts as received.
     pub fn take_shared_undelivered(&mut self) -> Vec<(MqttStr, Arc<Message>)> {
         let mut taken = Vec::new();
-        self.inflight.retain(|m| match (&m.group, m.state) {
+        let Some(traffic) = self.traffic.as_mut() else {
+            return taken;
+        };
+        traffic.inflight.retain(|m| match (&m.group, m.state) {
             (Some(group), InflightState::AwaitPubAck | InflightState::AwaitPubRec) => {
                 taken.push((group.clone(), Arc::clone(&m.message)));
                 false
@@ -228,7 +267,7 @@ impl Session {
             _ => true,
         });
         let mut queued_bytes = 0;
-        self.queue.retain(|q| match &q.group {
+        traffic.queue.retain(|q| match &q.group {
             Some(group) => {
                 taken.push((group.clone(), Arc::clone(&q.message)));
                 false
@@ -238,18 +277,19 @@ impl Session {
                 true
             }
         });
-        self.queued_bytes = queued_bytes;
+        traffic.queued_bytes = queued_bytes;
+        self.shed_idle_traffic();
         taken
     }
 
     /// Number of queued messages.
     pub fn queued_len(&self) -> usize {
-        self.queue.len()
+        self.traffic().queue.len()
     }
 
     /// Payload bytes queued.
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.traffic().queued_bytes
     }
 
     /// Replaces the limits (a resumed session takes the limits in force now).
@@ -270,14 +310,14 @@ impl Session {
             .max_inflight
             .min(self.peer.receive_maximum)
             .max(1);
-        self.inflight.len() < usize::from(window)
+        self.traffic().inflight.len() < usize::from(window)
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.inflight.iter().any(|m| m.packet_id == id) {
+            if !self.traffic().inflight.iter().any(|m| m.packet_id == id) {
                 return id;
             }
         }
@@ -405,7 +445,7 @@ impl Session {
             };
         }
         match out {
-            Some(out) if self.window_open() && self.queue.is_empty() => {
+            Some(out) if self.window_open() && self.traffic().queue.is_empty() => {
                 let packet_id = self.allocate_packet_id();
                 if !self.write_publish(
                     out,
@@ -422,7 +462,7 @@ impl Session {
                     self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                     return Delivery::Dropped;
                 }
-                self.inflight.push_back(Inflight {
+                self.traffic_mut().inflight.push_back(Inflight {
                     packet_id,
                     message: Arc::clone(message),
                     qos,
@@ -449,17 +489,19 @@ impl Session {
 
     fn enqueue(&mut self, queued: Queued) -> Delivery {
         let size = queued.message.payload.len();
+        let traffic = self.traffic();
         let full_count = self.limits.max_queued_messages != 0
-            && self.queue.len() >= self.limits.max_queued_messages;
+            && traffic.queue.len() >= self.limits.max_queued_messages;
         let full_bytes = self.limits.max_queued_bytes != 0
-            && self.queued_bytes + size > self.limits.max_queued_bytes;
+            && traffic.queued_bytes + size > self.limits.max_queued_bytes;
         if full_count || full_bytes {
             // Newest is dropped, as Mosquitto does: what was queued first keeps its place.
             self.dropped_queue_full = self.dropped_queue_full.wrapping_add(1);
             return Delivery::Dropped;
         }
-        self.queued_bytes += size;
-        self.queue.push_back(queued);
+        let traffic = self.traffic_mut();
+        traffic.queued_bytes += size;
+        traffic.queue.push_back(queued);
         Delivery::Queued
     }
 
@@ -472,10 +514,13 @@ impl Session {
     ) -> usize {
         let mut sent = 0;
         while self.window_open() {
-            let Some(queued) = self.queue.pop_front() else {
+            let Some(traffic) = self.traffic.as_mut() else {
                 break;
             };
-            self.queued_bytes -= queued.message.payload.len();
+            let Some(queued) = traffic.queue.pop_front() else {
+                break;
+            };
+            traffic.queued_bytes -= queued.message.payload.len();
             if queued.message.is_expired(now) {
                 self.dropped_expired = self.dropped_expired.wrapping_add(1);
                 continue;
@@ -503,7 +548,7 @@ impl Session {
             }
             sent += 1;
             if queued.qos != QoS::AtMostOnce {
-                self.inflight.push_back(Inflight {
+                self.traffic_mut().inflight.push_back(Inflight {
                     packet_id,
                     state: if queued.qos == QoS::AtLeastOnce {
                         InflightState::AwaitPubAck
@@ -518,6 +563,7 @@ impl Session {
                 });
             }
         }
+        self.shed_idle_traffic();
         sent
     }
 
@@ -529,7 +575,10 @@ impl Session {
         now: Instant,
         on_sent: &mut impl FnMut(&Message, QoS),
     ) {
-        let inflight = std::mem::take(&mut self.inflight);
+        let inflight = match self.traffic.as_mut() {
+            Some(traffic) => std::mem::take(&mut traffic.inflight),
+            None => VecDeque::new(),
+        };
         for entry in &inflight {
             match entry.state {
                 InflightState::AwaitPubAck | InflightState::AwaitPubRec => {
@@ -553,7 +602,9 @@ impl Session {
                 }
             }
         }
-        self.inflight = inflight;
+        if !inflight.is_empty() {
+            self.traffic_mut().inflight = inflight;
+        }
         self.fill_window(out, now, on_sent);
     }
 }

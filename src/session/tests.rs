@@ -84,6 +84,41 @@ fn window_then_queue_then_drain_in_order() {
     assert!(out.is_empty());
 }
 
+/// An idle session holds no traffic state: it is allocated by the first QoS 1/2 message or
+/// inbound QoS 2 id and freed when the last one is acknowledged or released.
+#[test]
+fn traffic_state_exists_only_while_messages_flow() {
+    let mut s = session(1, 10);
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    assert!(s.traffic.is_none());
+    for payload in [&b"1"[..], b"2"] {
+        s.deliver(
+            &message(QoS::AtLeastOnce, payload),
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            Some(&mut out),
+            &mut cache,
+            Instant::now(),
+            &mut |_, _| {},
+        );
+    }
+    assert!(s.traffic.is_some());
+    s.on_puback(1, &mut out, Instant::now(), &mut |_, _| {})
+        .unwrap();
+    assert!(s.traffic.is_some(), "the queued message is in flight now");
+    s.on_puback(2, &mut out, Instant::now(), &mut |_, _| {})
+        .unwrap();
+    assert!(s.traffic.is_none(), "nothing in flight or queued");
+    assert!(s.on_incoming_qos2(7));
+    assert!(s.traffic.is_some());
+    assert!(s.on_pubrel(7));
+    assert!(s.traffic.is_none(), "the QoS 2 id was released");
+    assert_eq!(publish_ids(&packets(&mut out)), [(1, false), (2, false)]);
+}
+
 #[test]
 fn queue_bound_drops_newest_and_counts() {
     let mut s = session(1, 2);
