@@ -303,12 +303,12 @@ impl Acl {
         let patterns = self
             .patterns()
             .map_or([None, None], |set| set.candidates(topic));
-        let rule_matches = |rule: &Box<str>| filter_matches(rule, topic);
+        let rule_matches = |rule: &str| filter_matches(rule, topic);
         let pattern_matches = |p: &Pattern| applies(p, &who) && pieces_match(p.bytes(&who), topic);
         let denied = topic_rules
             .iter()
             .flatten()
-            .any(|l| l.deny.iter().any(rule_matches))
+            .any(|l| l.deny.iter().any(|r| rule_matches(r)))
             || patterns
                 .iter()
                 .flatten()
@@ -319,7 +319,7 @@ impl Acl {
         topic_rules
             .iter()
             .flatten()
-            .any(|l| l.grants(want).iter().any(rule_matches))
+            .any(|l| l.grants(want).iter().any(|r| rule_matches(r)))
             || patterns
                 .iter()
                 .flatten()
