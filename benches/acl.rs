@@ -79,6 +79,38 @@ fn acl_benches(c: &mut Criterion) {
             )
         })
     });
+    // What a connection does: the client's part worked out once, at CONNECT.
+    let prepared = acl.client_acl(user, client);
+    group.bench_function("1000_rules/granted_prepared", |b| {
+        b.iter(|| {
+            acl.may_publish_with(
+                black_box(&prepared),
+                black_box(user),
+                black_box(client),
+                black_box("bh/1866743864/p2p/42"),
+            )
+        })
+    });
+    group.bench_function("1000_rules/denied_prepared", |b| {
+        b.iter(|| {
+            acl.may_publish_with(
+                black_box(&prepared),
+                black_box(user),
+                black_box(client),
+                black_box("bh/1/admin/x"),
+            )
+        })
+    });
+    group.bench_function("1000_rules/pattern_granted_prepared", |b| {
+        b.iter(|| {
+            acl.may_publish_with(
+                black_box(&prepared),
+                black_box(user),
+                black_box(client),
+                black_box("telemetry/8/bh-1866743864-p2p-pub-42/temp"),
+            )
+        })
+    });
     group.bench_function("2_rules/granted", |b| {
         b.iter(|| {
             empty.may_publish(

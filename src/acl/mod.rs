@@ -36,16 +36,19 @@
 //! - SUBSCRIBE: see [`Acl::may_subscribe`]. (Mosquitto's own `acl_file` plugin does not check
 //!   SUBSCRIBE at all and filters each delivery; the check here is stricter.)
 
-use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-use core_router::topic::{filter_matches, parse_shared, validate_topic_filter, TopicError};
+use core_router::topic::{parse_shared, validate_topic_filter, TopicError};
 
+mod hash;
 mod matching;
 mod rules;
 
-use matching::{covers, intersects, pieces_match};
-use rules::{first_level, Access, Pattern, RuleSet, Want, Who};
+use hash::FxHashMap;
+use matching::{covers, intersects, pieces_match, rule_matches};
+use rules::{first_level, Access, LevelKey, Pattern, RuleSet, Want, Who};
 
 /// Why an ACL file was refused. Line numbers start at 1.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +74,12 @@ pub enum AclError {
     /// `topic` or `pattern` without a topic.
     #[error("acl line {line}: missing topic")]
     MissingTopic {
+        /// Line number.
+        line: usize,
+    },
+    /// More than 2^32 - 4 `user` blocks with distinct names.
+    #[error("acl line {line}: too many users")]
+    TooManyUsers {
         /// Line number.
         line: usize,
     },
@@ -116,10 +125,73 @@ pub enum SubscribeCheck {
 #[derive(Debug, Clone, Default)]
 pub struct Acl {
     anonymous: RuleSet<Box<str>>,
-    users: HashMap<Box<str>, RuleSet<Box<str>>>,
+    /// Each user's rules; `users` maps a username to its index here.
+    user_sets: Vec<RuleSet<Box<str>>>,
+    users: FxHashMap<Box<str>, u32>,
     patterns: RuleSet<Pattern>,
     has_patterns: bool,
+    /// Tells this `Acl` (and its clones) from every other one parsed in this process, so a
+    /// [`ClientAcl`] made from another (a reload) is never used with it. 0 only for
+    /// `Acl::default()` (no rules: every default `Acl` answers alike). 32 bits, to keep
+    /// [`ClientAcl`] (one per session) at 12 bytes: it takes 2^32 parses in one process to
+    /// reuse a value, and the shard prepares every session anew whenever the ACL is replaced,
+    /// so this check is a second line of defence.
+    generation: u32,
 }
+
+/// What [`Acl::client_acl`] works out once for a client (a username and client id) so that
+/// its publish and delivery checks ([`Acl::may_publish_with`], [`Acl::may_receive_with`]) skip
+/// the work that depends only on the client: finding the user's rules (hashing the username)
+/// and looking for `+`/`#` in the identity. Plain data, a few words: no rules are copied, so
+/// it costs the same for every client whatever the file's size. Made for one `Acl`: checks of
+/// another `Acl` (after a reload) ignore it and evaluate from scratch, with the same verdicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAcl {
+    generation: u32,
+    /// A [`ClientRules`], packed in 32 non-zero bits so that `Option<ClientAcl>` (kept with
+    /// every session) is 8 bytes.
+    rules: NonZeroU32,
+}
+
+/// The users [`ClientRules::User`] can name (the rest of `u32` encodes the other variants).
+const MAX_USERS: u32 = u32::MAX - 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientRules {
+    /// A username or client id with `+` or `#` while the file has patterns.
+    DenyAll,
+    /// The anonymous rules plus the patterns.
+    Anonymous,
+    /// A user's rules (index into `user_sets`) plus the patterns.
+    User(u32),
+    /// A user the file names no rules for: only the patterns.
+    PatternsOnly,
+}
+
+impl ClientRules {
+    fn pack(self) -> NonZeroU32 {
+        let packed = match self {
+            ClientRules::DenyAll => u32::MAX,
+            ClientRules::Anonymous => u32::MAX - 1,
+            ClientRules::PatternsOnly => u32::MAX - 2,
+            // `Acl::parse` numbers at most MAX_USERS users: index + 1 < u32::MAX - 2.
+            ClientRules::User(index) => index.saturating_add(1).min(u32::MAX - 3),
+        };
+        NonZeroU32::new(packed).unwrap_or(NonZeroU32::MIN)
+    }
+
+    fn unpack(packed: NonZeroU32) -> ClientRules {
+        match packed.get() {
+            u32::MAX => ClientRules::DenyAll,
+            0xffff_fffe => ClientRules::Anonymous,
+            0xffff_fffd => ClientRules::PatternsOnly,
+            user => ClientRules::User(user - 1),
+        }
+    }
+}
+
+/// Source of [`Acl::generation`] values (0 is `Acl::default()`'s).
+static NEXT_GENERATION: AtomicU32 = AtomicU32::new(1);
 
 impl Acl {
     /// Parses the text of an ACL file.
@@ -167,7 +239,17 @@ impl Acl {
                     } else {
                         let lists = match &user {
                             None => &mut acl.anonymous,
-                            Some(name) => acl.users.entry(name.clone()).or_default(),
+                            Some(name) => {
+                                let next = u32::try_from(acl.user_sets.len())
+                                    .ok()
+                                    .filter(|&next| next < MAX_USERS)
+                                    .ok_or(AclError::TooManyUsers { line })?;
+                                let index = *acl.users.entry(name.clone()).or_insert(next);
+                                if index == next {
+                                    acl.user_sets.push(RuleSet::default());
+                                }
+                                &mut acl.user_sets[index as usize]
+                            }
                         };
                         lists.add(Some(first_level(topic)), access, topic.into());
                     }
@@ -180,7 +262,91 @@ impl Acl {
                 }
             }
         }
+        acl.anonymous.finish();
+        acl.user_sets.iter_mut().for_each(RuleSet::finish);
+        acl.patterns.finish();
+        acl.generation = match NEXT_GENERATION.fetch_add(1, Ordering::Relaxed) {
+            // Wrapped around: 0 stays `Acl::default()`'s.
+            0 => NEXT_GENERATION.fetch_add(1, Ordering::Relaxed),
+            generation => generation,
+        };
         Ok(acl)
+    }
+
+    /// Identifies this `Acl` (see [`ClientAcl`]): clones share it, every parse gets a new one.
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// The per-client part of the checks, worked out once (at CONNECT, and again when the ACL
+    /// is replaced): see [`ClientAcl`].
+    pub fn client_acl(&self, username: Option<&str>, client_id: &str) -> ClientAcl {
+        let who = Who {
+            username,
+            client_id,
+        };
+        let rules = if self.dangerous(&who) {
+            ClientRules::DenyAll
+        } else {
+            match username {
+                None => ClientRules::Anonymous,
+                Some(name) => match self.users.get(name) {
+                    Some(&index) => ClientRules::User(index),
+                    None => ClientRules::PatternsOnly,
+                },
+            }
+        };
+        ClientAcl {
+            generation: self.generation,
+            rules: rules.pack(),
+        }
+    }
+
+    /// [`Acl::may_publish`] with the client's [`ClientAcl`] (made by [`Acl::client_acl`] for
+    /// the same `username` and `client_id`). A `ClientAcl` of another `Acl` is ignored.
+    pub fn may_publish_with(
+        &self,
+        client: &ClientAcl,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+    ) -> bool {
+        self.check_with(client, username, client_id, topic, Want::Write)
+    }
+
+    /// [`Acl::may_receive`] with the client's [`ClientAcl`] (see [`Acl::may_publish_with`]).
+    pub fn may_receive_with(
+        &self,
+        client: &ClientAcl,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+    ) -> bool {
+        self.check_with(client, username, client_id, topic, Want::Read)
+    }
+
+    fn check_with(
+        &self,
+        client: &ClientAcl,
+        username: Option<&str>,
+        client_id: &str,
+        topic: &str,
+        want: Want,
+    ) -> bool {
+        let who = Who {
+            username,
+            client_id,
+        };
+        if client.generation != self.generation {
+            return self.check(who, topic, want);
+        }
+        let topic_rules = match ClientRules::unpack(client.rules) {
+            ClientRules::DenyAll => return false,
+            ClientRules::Anonymous => Some(&self.anonymous),
+            ClientRules::User(index) => self.user_sets.get(index as usize),
+            ClientRules::PatternsOnly => None,
+        };
+        self.evaluate(topic_rules, who, topic, want)
     }
 
     /// Reads and parses an ACL file.
@@ -297,13 +463,24 @@ impl Acl {
         if self.dangerous(&who) {
             return false;
         }
-        let topic_rules = self
-            .topic_rules(who.username)
-            .map_or([None, None], |set| set.candidates(topic));
+        self.evaluate(self.topic_rules(who.username), who, topic, want)
+    }
+
+    /// The verdict from the client's topic rules (`None`: it has none) and the patterns, for a
+    /// client that is not [`Acl::dangerous`].
+    fn evaluate(
+        &self,
+        topic_rules: Option<&RuleSet<Box<str>>>,
+        who: Who<'_>,
+        topic: &str,
+        want: Want,
+    ) -> bool {
+        let key = LevelKey::of_topic(topic);
+        let topic_rules = topic_rules.map_or([None, None], |set| set.candidates(key));
         let patterns = self
             .patterns()
-            .map_or([None, None], |set| set.candidates(topic));
-        let rule_matches = |rule: &str| filter_matches(rule, topic);
+            .map_or([None, None], |set| set.candidates(key));
+        let rule_matches = |rule: &str| rule_matches(rule, topic);
         let pattern_matches = |p: &Pattern| applies(p, &who) && pieces_match(p.bytes(&who), topic);
         let denied = topic_rules
             .iter()
@@ -336,7 +513,10 @@ impl Acl {
     fn topic_rules(&self, username: Option<&str>) -> Option<&RuleSet<Box<str>>> {
         match username {
             None => Some(&self.anonymous),
-            Some(name) => self.users.get(name),
+            Some(name) => self
+                .users
+                .get(name)
+                .and_then(|&index| self.user_sets.get(index as usize)),
         }
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use core_router::topic::filter_matches;
 use SubscribeCheck::*;
 
 fn acl(text: &str) -> Acl {
@@ -324,6 +325,21 @@ fn pieces_match_agrees_with_filter_matches() {
 }
 
 #[test]
+fn rule_matches_agrees_with_filter_matches() {
+    let topics = topics();
+    let extra_topics = ["a/", "/", "//", "a//b", "a/b/", "$s/", "ab", "a/bb", "b/a/"];
+    for f in filters() {
+        for t in topics.iter().map(String::as_str).chain(extra_topics) {
+            assert_eq!(
+                rule_matches(&f, t),
+                filter_matches(&f, t),
+                "filter {f:?} topic {t:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn covers_and_intersects_agree_with_brute_force() {
     let filters = filters();
     let topics = topics();
@@ -432,6 +448,15 @@ mod indexed_matches_reference {
     const TOPIC_LEVELS: &[&str] = &["a", "b", "$s", "", "u1", "c1", "x", "y", "xc1y", "u1-c1"];
     const USERS: &[&str] = &["u1", "u2", "x/y", "u+"];
     const ACCESS: &[&str] = &["read", "write", "readwrite", "deny", ""];
+    const USERNAMES: [Option<&str>; 6] = [
+        None,
+        Some("u1"),
+        Some("u2"),
+        Some("x/y"),
+        Some(""),
+        Some("u+"),
+    ];
+    const CLIENT_IDS: [&str; 5] = ["c1", "c2", "", "a", "c#"];
 
     fn rule_topic() -> impl Strategy<Value = String> {
         (
@@ -481,25 +506,118 @@ mod indexed_matches_reference {
         ) {
             let text = render(&lines);
             let acl = Acl::parse(&text).expect("generated ACLs are valid");
-            let usernames = [None, Some("u1"), Some("u2"), Some("x/y"), Some(""), Some("u+")];
-            for username in usernames {
-                for client_id in ["c1", "c2", "", "a", "c#"] {
+            for username in USERNAMES {
+                for client_id in CLIENT_IDS {
+                    // With and without the client's precomputed part (what a connection keeps).
+                    let prepared = acl.client_acl(username, client_id);
                     for topic in &topics {
+                        let publish = reference_check(&lines, username, client_id, topic, true);
+                        let receive = reference_check(&lines, username, client_id, topic, false);
                         prop_assert_eq!(
-                            acl.may_publish(username, client_id, topic),
-                            reference_check(&lines, username, client_id, topic, true),
+                            acl.may_publish(username, client_id, topic), publish,
                             "publish {:?} {:?} {:?}\n{}", username, client_id, topic, text
                         );
                         prop_assert_eq!(
-                            acl.may_receive(username, client_id, topic),
-                            reference_check(&lines, username, client_id, topic, false),
+                            acl.may_receive(username, client_id, topic), receive,
                             "receive {:?} {:?} {:?}\n{}", username, client_id, topic, text
+                        );
+                        prop_assert_eq!(
+                            acl.may_publish_with(&prepared, username, client_id, topic), publish,
+                            "prepared publish {:?} {:?} {:?}\n{}", username, client_id, topic, text
+                        );
+                        prop_assert_eq!(
+                            acl.may_receive_with(&prepared, username, client_id, topic), receive,
+                            "prepared receive {:?} {:?} {:?}\n{}", username, client_id, topic, text
                         );
                     }
                 }
             }
         }
+
+        /// A reload: clients prepared with the old ACL are checked against the new one with
+        /// the new one's verdicts (a prepared part of another ACL is never used), and the
+        /// prepared part of the new ACL agrees too. Also for the same text parsed again.
+        #[test]
+        fn prepared_clients_follow_a_reload(
+            old in prop::collection::vec(line(), 0..30),
+            new in prop::collection::vec(line(), 0..30),
+            same_text in any::<bool>(),
+            topics in prop::collection::vec(topic_name(), 1..8),
+        ) {
+            let new = if same_text { old.clone() } else { new };
+            let (old_text, new_text) = (render(&old), render(&new));
+            let old_acl = Acl::parse(&old_text).expect("generated ACLs are valid");
+            let new_acl = Acl::parse(&new_text).expect("generated ACLs are valid");
+            prop_assert_ne!(old_acl.generation(), new_acl.generation());
+            prop_assert_eq!(old_acl.clone().generation(), old_acl.generation());
+            for username in USERNAMES {
+                for client_id in CLIENT_IDS {
+                    let stale = old_acl.client_acl(username, client_id);
+                    let fresh = new_acl.client_acl(username, client_id);
+                    for topic in &topics {
+                        let publish = reference_check(&new, username, client_id, topic, true);
+                        let receive = reference_check(&new, username, client_id, topic, false);
+                        for prepared in [&stale, &fresh] {
+                            prop_assert_eq!(
+                                new_acl.may_publish_with(prepared, username, client_id, topic),
+                                publish,
+                                "publish {:?} {:?} {:?}\nold:\n{}new:\n{}",
+                                username, client_id, topic, old_text, new_text
+                            );
+                            prop_assert_eq!(
+                                new_acl.may_receive_with(prepared, username, client_id, topic),
+                                receive,
+                                "receive {:?} {:?} {:?}\nold:\n{}new:\n{}",
+                                username, client_id, topic, old_text, new_text
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
+}
+
+#[test]
+fn client_acl_is_per_client_and_per_acl() {
+    let a = acl("topic read pub/#\nuser u\ntopic u/#\npattern c/%c\n");
+    // Anonymous, a user with rules, a user without, a dangerous identity.
+    let anonymous = a.client_acl(None, "c1");
+    let user = a.client_acl(Some("u"), "c1");
+    let stranger = a.client_acl(Some("v"), "c1");
+    let dangerous = a.client_acl(Some("u"), "c#");
+    assert!(a.may_receive_with(&anonymous, None, "c1", "pub/x"));
+    assert!(!a.may_receive_with(&user, Some("u"), "c1", "pub/x"));
+    assert!(a.may_publish_with(&user, Some("u"), "c1", "u/x"));
+    assert!(!a.may_publish_with(&stranger, Some("v"), "c1", "u/x"));
+    assert!(a.may_publish_with(&stranger, Some("v"), "c1", "c/c1"));
+    assert!(!a.may_publish_with(&dangerous, Some("u"), "c#", "u/x"));
+    // The default (empty) ACL denies with or without a prepared part, even a foreign one.
+    let empty = Acl::default();
+    assert!(!empty.may_publish_with(&user, Some("u"), "c1", "u/x"));
+    assert!(!empty.may_publish_with(&empty.client_acl(None, "c"), None, "c", "x"));
+    // Another parse of the same text is another ACL: the prepared part is not reused (the
+    // verdicts are the same either way).
+    let again = acl("topic read pub/#\nuser u\ntopic u/#\npattern c/%c\n");
+    assert_ne!(again.client_acl(Some("u"), "c1"), user);
+    assert!(again.may_publish_with(&user, Some("u"), "c1", "u/x"));
+    // A reload that swaps the users' rules: a prepared part of the old ACL would point at the
+    // wrong user's rules if it were used.
+    let swapped = acl("user v\ntopic v/#\nuser u\ntopic only/#\n");
+    // Kept with every session: small.
+    assert!(std::mem::size_of::<Option<ClientAcl>>() <= 8);
+    for rules in [
+        ClientRules::DenyAll,
+        ClientRules::Anonymous,
+        ClientRules::PatternsOnly,
+        ClientRules::User(0),
+        ClientRules::User(7),
+        ClientRules::User(MAX_USERS - 1),
+    ] {
+        assert_eq!(ClientRules::unpack(rules.pack()), rules);
+    }
+    assert!(!swapped.may_publish_with(&user, Some("u"), "c1", "u/x"));
+    assert!(swapped.may_publish_with(&user, Some("u"), "c1", "only/x"));
 }
 
 #[test]
