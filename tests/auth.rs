@@ -335,6 +335,53 @@ fn wildcard_subscription_does_not_leak_denied_topics() {
     alice.expect_silence(QUIET);
 }
 
+/// A reload replaces the ACL under connected clients: their next publishes are checked against
+/// the new rules (what the connection prepared from the old ACL is not used with the new one).
+#[test]
+fn acl_reload_applies_to_connected_publishers() {
+    let dir = TempDir::new("reload-pub");
+    let mut broker = broker(&dir, true, |_| {});
+    let mut alice = user(&broker, 0, "alice-reload", "alice", true);
+    let mut packet_id = 0;
+    let mut publish = |alice: &mut Raw, topic: &str| -> ReasonCode {
+        packet_id += 1;
+        alice.send(Packet::Publish(publish_packet(
+            topic,
+            b"x",
+            QoS::AtLeastOnce,
+            false,
+            packet_id,
+        )));
+        match alice.recv() {
+            Packet::PubAck(ack) => ack.reason,
+            other => panic!("expected PUBACK, got {other:?}"),
+        }
+    };
+    assert_ne!(publish(&mut alice, "a/x"), ReasonCode::NotAuthorized);
+    assert_eq!(publish(&mut alice, "b/x"), ReasonCode::NotAuthorized);
+    // alice's rules move to b/#, and her block is now the second one (a connection's prepared
+    // part from the old file would point at carol's rules).
+    dir.file(
+        "acl",
+        "user carol\ntopic read #\nuser alice\ntopic readwrite b/#\nuser bob\ntopic #\n",
+    );
+    broker.reload(|_| {});
+    // Each shard applies the reload at its next tick.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while publish(&mut alice, "b/x") == ReasonCode::NotAuthorized {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the reloaded ACL was not applied within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(publish(&mut alice, "a/x"), ReasonCode::NotAuthorized);
+    // A client connecting after the reload gets the same answers.
+    let mut again = user(&broker, 1, "alice-after", "alice", true);
+    assert_ne!(publish(&mut again, "b/y"), ReasonCode::NotAuthorized);
+    assert_eq!(publish(&mut again, "a/y"), ReasonCode::NotAuthorized);
+}
+
 #[test]
 fn will_is_checked_when_published() {
     let dir = TempDir::new("will");

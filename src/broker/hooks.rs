@@ -21,7 +21,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::acl::Acl;
-pub use crate::acl::SubscribeCheck;
+pub use crate::acl::{ClientAcl, SubscribeCheck};
 use crate::auth::password::{PasswordFile, Verdict};
 use crate::auth::{AuthMethods, AuthStep};
 use crate::codec::{Connect, MqttStr, QoS, ReasonCode, SubscriptionOptions};
@@ -35,6 +35,9 @@ pub struct ClientRef<'a> {
     pub client_id: &'a str,
     /// The user name the client connected with, if any.
     pub username: Option<&'a str>,
+    /// What [`Authorization::prepare`] worked out for this client when its session attached
+    /// to its connection (`None`: nothing, e.g. a will published after the session ended).
+    pub prepared: Option<&'a ClientAcl>,
 }
 
 /// What the listener a CONNECT came through says about admission.
@@ -194,6 +197,15 @@ pub trait Authorization: fmt::Debug {
         let _ = (client, topic);
         true
     }
+
+    /// The per-client part of the publish and delivery checks, worked out once when a session
+    /// attaches to its connection and again when this hook is replaced (a reload). The shard
+    /// keeps it with the session and passes it back as [`ClientRef::prepared`]; a check must
+    /// give the same answer with or without it. Default: nothing to prepare.
+    fn prepare(&self, client: ClientRef<'_>) -> Option<ClientAcl> {
+        let _ = client;
+        None
+    }
 }
 
 /// Everyone may do everything.
@@ -211,8 +223,15 @@ pub struct AclAuthorization {
 
 impl Authorization for AclAuthorization {
     fn may_publish(&self, client: ClientRef<'_>, topic: &str) -> bool {
-        self.acl
-            .may_publish(client.username, client.client_id, topic)
+        match client.prepared {
+            Some(prepared) => {
+                self.acl
+                    .may_publish_with(prepared, client.username, client.client_id, topic)
+            }
+            None => self
+                .acl
+                .may_publish(client.username, client.client_id, topic),
+        }
     }
 
     fn may_subscribe(&self, client: ClientRef<'_>, filter: &str) -> bool {
@@ -229,8 +248,19 @@ impl Authorization for AclAuthorization {
     }
 
     fn may_receive(&self, client: ClientRef<'_>, topic: &str) -> bool {
-        self.acl
-            .may_receive(client.username, client.client_id, topic)
+        match client.prepared {
+            Some(prepared) => {
+                self.acl
+                    .may_receive_with(prepared, client.username, client.client_id, topic)
+            }
+            None => self
+                .acl
+                .may_receive(client.username, client.client_id, topic),
+        }
+    }
+
+    fn prepare(&self, client: ClientRef<'_>) -> Option<ClientAcl> {
+        Some(self.acl.client_acl(client.username, client.client_id))
     }
 }
 

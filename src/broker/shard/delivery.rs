@@ -122,6 +122,7 @@ impl Shard {
             let client = ClientRef {
                 client_id: &entry.session.client_id,
                 username: entry.session.username.as_deref(),
+                prepared: entry.prepared.as_ref(),
             };
             if !self.hooks.authorization.may_receive(client, &message.topic) {
                 self.stats.not_authorized += 1;

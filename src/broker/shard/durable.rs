@@ -97,6 +97,7 @@ impl Shard {
         self.sessions.get(session).map(|entry| ClientRef {
             client_id: &entry.session.client_id,
             username: entry.session.username.as_deref(),
+            prepared: entry.prepared.as_ref(),
         })
     }
 }

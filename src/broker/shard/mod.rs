@@ -77,7 +77,7 @@ use core_router::trie::SubscriptionTrie;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
 use super::hooks::{
-    ClientRef, Durability, Hooks, JournalRecord, ListenerAdmission, SubscribeCheck,
+    ClientAcl, ClientRef, Durability, Hooks, JournalRecord, ListenerAdmission, SubscribeCheck,
 };
 use super::mesh::{HandoverKind, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
@@ -377,6 +377,7 @@ impl Shard {
     /// replaces them, e.g. in tests, until a reload changes the auth settings.
     pub fn set_hooks(&mut self, hooks: Hooks) {
         self.hooks = hooks;
+        self.prepare_all_authorization();
     }
 
     /// A new configuration (reload): limits and timeouts apply to new work from now on;
@@ -406,6 +407,7 @@ impl Shard {
             let (admission, authorization) = super::hooks::auth_hooks(&self.config);
             self.hooks.admission = admission;
             self.hooks.authorization = authorization;
+            self.prepare_all_authorization();
         }
         if new_acl {
             self.recheck_subscriptions();

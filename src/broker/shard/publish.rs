@@ -61,6 +61,7 @@ impl Shard {
         let client = ClientRef {
             client_id: &entry.session.client_id,
             username: entry.session.username.as_deref(),
+            prepared: entry.prepared.as_ref(),
         };
         let refused = publish.topic.starts_with("$SYS")
             || !self.hooks.authorization.may_publish(client, &publish.topic);
@@ -241,6 +242,7 @@ impl Shard {
         let client = ClientRef {
             client_id,
             username,
+            prepared: None,
         };
         if !self.hooks.authorization.may_publish(client, &will.topic) {
             tracing::info!(

@@ -24,6 +24,14 @@ pub(super) struct SessionEntry {
     /// subscription is added, recomputed on install and on an ACL reload; never cleared by an
     /// unsubscribe (a needless check is harmless).
     pub(super) check_deliveries: bool,
+    /// What the authorization hook prepared for this client ([`Authorization::prepare`]),
+    /// passed back with every publish and delivery check. Kept in step with the session's
+    /// identity and the hook by [`Shard::prepare_authorization`]: on install, when a
+    /// connection attaches (its CONNECT may bring another username), and when the hooks are
+    /// replaced. (A stale one from a replaced ACL would be ignored by the ACL anyway.)
+    ///
+    /// [`Authorization::prepare`]: super::hooks::Authorization::prepare
+    pub(super) prepared: Option<ClientAcl>,
     /// In a slow-consumer episode: its queue passed half of `max_queued_messages` while it was
     /// connected. Logged once when the episode starts and once when it ends (queue at most a
     /// quarter full), not per message.
@@ -85,12 +93,14 @@ impl Shard {
             moved_to: None,
             recent: None,
             check_deliveries,
+            prepared: None,
             slow_consumer: false,
             listener: NOT_COUNTED,
             progress_secs: self.now_secs,
             stuck_logged: false,
         }))?;
         self.stats.session_queue_moved(queued, true);
+        self.prepare_authorization(slot);
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
@@ -114,6 +124,27 @@ impl Shard {
         Some(slot)
     }
 
+    /// Works out the session's [`SessionEntry::prepared`] from its identity and the current
+    /// authorization hook.
+    pub(super) fn prepare_authorization(&mut self, slot: SessionId) {
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return;
+        };
+        let client = ClientRef {
+            client_id: &entry.session.client_id,
+            username: entry.session.username.as_deref(),
+            prepared: None,
+        };
+        entry.prepared = self.hooks.authorization.prepare(client);
+    }
+
+    /// [`Shard::prepare_authorization`] for every session (the authorization hook changed).
+    pub(super) fn prepare_all_authorization(&mut self) {
+        for slot in self.sessions.handles() {
+            self.prepare_authorization(slot);
+        }
+    }
+
     /// Whether any of `session`'s subscriptions needs a per-delivery read check.
     pub(super) fn needs_delivery_checks(&self, session: &Session) -> bool {
         let authorization = &self.hooks.authorization;
@@ -123,6 +154,7 @@ impl Shard {
         let client = ClientRef {
             client_id: &session.client_id,
             username: session.username.as_deref(),
+            prepared: None,
         };
         session.subscriptions.keys().any(|filter| {
             authorization.subscribe_check(client, inner_filter(filter)) != SubscribeCheck::Allowed
@@ -145,6 +177,7 @@ impl Shard {
             let client = ClientRef {
                 client_id: &session.client_id,
                 username: session.username.as_deref(),
+                prepared: entry.prepared.as_ref(),
             };
             let denied: Vec<MqttStr> = session
                 .subscriptions

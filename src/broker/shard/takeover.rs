@@ -341,6 +341,8 @@ impl Shard {
             self.refuse_connect(index, ReasonCode::QuotaExceeded);
             return self.release(connect.client_id, token);
         };
+        // The CONNECT may have brought another username (an in-place takeover).
+        self.prepare_authorization(slot);
         let mut started = None;
         if let Some(entry) = self.sessions.get_mut(slot) {
             entry.conn = Some(index);
