@@ -677,9 +677,14 @@ mod footprint {
         // Connections: 112 bytes (no serial and no waker since the runtime owns wakers and
         // handles carry generations).
         assert!(std::mem::size_of::<super::Conn>() <= 112);
-        // Sessions: 264 bytes (one `since_ms` serves session expiry and latency measurement;
-        // the in-flight window, queue and inbound QoS 2 ids are boxed while messages flow).
-        assert!(std::mem::size_of::<super::SessionEntry>() <= 264);
+        // Sessions: 272 bytes (one `since_ms` serves session expiry and latency measurement;
+        // the in-flight window, queue and inbound QoS 2 ids are boxed while messages flow; 8
+        // bytes of prepared ACL state).
+        let session_entry = std::mem::size_of::<super::SessionEntry>();
+        assert!(
+            session_entry <= 272,
+            "SessionEntry is {session_entry} bytes"
+        );
         // One per published message (shared by its subscribers): 520 bytes, 536 with the
         // receive time the latency histogram needs.
         assert!(std::mem::size_of::<crate::session::Message>() <= 536);
