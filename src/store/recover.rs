@@ -168,7 +168,7 @@ impl RecoveredState {
 
 #[derive(Debug)]
 enum SessionSlot {
-    Live(RecoveredSession),
+    Live(Box<RecoveredSession>),
     Ended(Generation),
 }
 
@@ -212,11 +212,15 @@ impl Replayer {
         if fresh {
             self.sessions.insert(
                 client_id.to_owned(),
-                SessionSlot::Live(RecoveredSession::new(client_id, generation, shard)),
+                SessionSlot::Live(Box::new(RecoveredSession::new(
+                    client_id, generation, shard,
+                ))),
             );
         }
         match self.sessions.get_mut(client_id) {
-            Some(SessionSlot::Live(session)) if session.generation == generation => Some(session),
+            Some(SessionSlot::Live(session)) if session.generation == generation => {
+                Some(&mut **session)
+            }
             _ => {
                 self.stats.stale += 1;
                 None
@@ -549,7 +553,7 @@ impl Replayer {
             .sessions
             .into_iter()
             .filter_map(|(client_id, slot)| match slot {
-                SessionSlot::Live(session) => Some((client_id, session)),
+                SessionSlot::Live(session) => Some((client_id, *session)),
                 SessionSlot::Ended(_) => None,
             })
             .collect();
