@@ -224,6 +224,7 @@ fn inspect_prints_sessions_queues_and_retained() {
         "written with 2 shards",
         "corrupt regions: 0 (0 bytes skipped)",
         "torn tails: 0",
+        "1 sessions superseded by a newer owner",
         "sessions: 2",
         "\"mover\": generation 0x10000000003, shard 1, 1 subscriptions, 0 queued, 0 in flight",
         "\"sensor\": generation 0x10000000001, shard 0, 2 subscriptions, 2 queued, 1 in flight",

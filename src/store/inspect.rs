@@ -64,7 +64,10 @@ pub fn describe(dir: &Path, format: Option<u32>, loaded: &Loaded) -> String {
     for (shard, files) in files_by_shard(&loaded.files) {
         let _ = writeln!(out, "  shard {shard}:");
         for file in files {
-            let _ = write!(out, "    {}: {} bytes", file.name, file.bytes);
+            let _ = write!(out, "    {}", file.name);
+            if let Some(bytes) = file.bytes {
+                let _ = write!(out, ": {bytes} bytes");
+            }
             if let Some(count) = file.shard_count {
                 let _ = write!(out, ", written with {count} shards");
             }
@@ -114,9 +117,10 @@ pub fn describe(dir: &Path, format: Option<u32>, loaded: &Loaded) -> String {
     let stats = &state.stats;
     let _ = writeln!(
         out,
-        "replay: {} applied, {} stale, {} missing messages, {} missing entries, {} sessions without a start record",
+        "replay: {} applied, {} stale, {} sessions superseded by a newer owner, {} missing messages, {} missing entries, {} sessions without a start record",
         stats.applied,
         stats.stale,
+        stats.superseded_sessions,
         stats.missing_messages,
         stats.missing_entries,
         stats.sessions_without_start

@@ -11,8 +11,8 @@ use thiserror::Error;
 use super::record::StoreRecord;
 use super::recover::{RecoveredState, Replayer};
 use super::segment::{
-    open_segment, plan, snapshot_is_complete, HeaderError, ScanStats, SegmentHeader, SegmentKind,
-    SegmentName,
+    open_segment, plan, snapshot_is_complete, HeaderError, ScanStats, Scanner, SegmentHeader,
+    SegmentKind, SegmentName,
 };
 
 /// What became of one file.
@@ -37,14 +37,26 @@ pub enum FileUse {
 pub struct FileReport {
     /// The file.
     pub name: SegmentName,
-    /// Its length in bytes.
-    pub bytes: u64,
+    /// Its length in bytes (`None`: not read, as it was not needed).
+    pub bytes: Option<u64>,
     /// The writer's shard count (from the header, when readable).
     pub shard_count: Option<u16>,
     /// What became of it.
     pub used: FileUse,
     /// What its scan found (empty when it was not scanned).
     pub scan: ScanStats,
+}
+
+impl FileReport {
+    fn new(name: SegmentName, used: FileUse) -> FileReport {
+        FileReport {
+            name,
+            bytes: None,
+            shard_count: None,
+            used,
+            scan: ScanStats::default(),
+        }
+    }
 }
 
 /// Why a directory cannot be loaded at all.
@@ -137,22 +149,21 @@ pub fn load_into(
     for (shard, shard_files) in plan(names) {
         let mut through = None;
         for name in &shard_files.snapshots {
-            let bytes = read(name).map_err(|source| LoadError::Read {
-                name: *name,
-                source,
-            })?;
-            let mut report = FileReport {
-                name: *name,
-                bytes: bytes.len() as u64,
-                shard_count: None,
-                used: FileUse::SupersededSnapshot,
-                scan: ScanStats::default(),
-            };
+            let mut report = FileReport::new(*name, FileUse::SupersededSnapshot);
             if through.is_none() {
-                match check_header(name, &bytes)? {
+                let bytes = read(name).map_err(|source| LoadError::Read {
+                    name: *name,
+                    source,
+                })?;
+                report.bytes = Some(bytes.len() as u64);
+                match open_checked(name, &bytes)? {
                     Err(used) => report.used = used,
-                    Ok((header, records, scan)) => {
+                    Ok((header, mut scanner)) => {
                         report.shard_count = Some(header.shard_count);
+                        // Applied only once the whole snapshot checks out.
+                        let records: Vec<StoreRecord> =
+                            scanner.by_ref().map(|(_, record)| record).collect();
+                        let scan = scanner.into_stats();
                         if snapshot_is_complete(name, &scan, records.last()) {
                             for record in records {
                                 replayer.apply(shard, record);
@@ -169,13 +180,7 @@ pub fn load_into(
             files.push(report);
         }
         for name in &shard_files.logs {
-            let mut report = FileReport {
-                name: *name,
-                bytes: 0,
-                shard_count: None,
-                used: FileUse::CoveredLog,
-                scan: ScanStats::default(),
-            };
+            let mut report = FileReport::new(*name, FileUse::CoveredLog);
             if through.is_some_and(|through| name.sequence <= through) {
                 files.push(report);
                 continue;
@@ -184,16 +189,16 @@ pub fn load_into(
                 name: *name,
                 source,
             })?;
-            report.bytes = bytes.len() as u64;
-            match check_header(name, &bytes)? {
+            report.bytes = Some(bytes.len() as u64);
+            match open_checked(name, &bytes)? {
                 Err(used) => report.used = used,
-                Ok((header, records, scan)) => {
+                Ok((header, mut scanner)) => {
                     report.shard_count = Some(header.shard_count);
-                    for record in records {
+                    for (_, record) in scanner.by_ref() {
                         replayer.apply(shard, record);
                     }
                     report.used = FileUse::Replayed;
-                    report.scan = scan;
+                    report.scan = scanner.into_stats();
                 }
             }
             files.push(report);
@@ -202,25 +207,21 @@ pub fn load_into(
     Ok(files)
 }
 
-type Scanned = (SegmentHeader, Vec<StoreRecord>, ScanStats);
-
-/// The file's header and records, or why it is not used; a newer format is an error.
-fn check_header(name: &SegmentName, bytes: &[u8]) -> Result<Result<Scanned, FileUse>, LoadError> {
-    let (header, mut scanner) = match open_segment(bytes) {
-        Ok(opened) => opened,
-        Err(source @ HeaderError::NewerFormat { .. }) => {
-            return Err(LoadError::NewerFormat {
-                name: *name,
-                source,
-            })
-        }
-        Err(error) => return Ok(Err(FileUse::BadHeader(error))),
-    };
-    if header.name() != *name {
-        return Ok(Err(FileUse::MisnamedHeader(header)));
+/// The file's header and a scanner over its frames, or why it is not used; a newer format is
+/// an error.
+fn open_checked<'a>(
+    name: &SegmentName,
+    bytes: &'a [u8],
+) -> Result<Result<(SegmentHeader, Scanner<'a>), FileUse>, LoadError> {
+    match open_segment(bytes) {
+        Ok((header, _)) if header.name() != *name => Ok(Err(FileUse::MisnamedHeader(header))),
+        Ok(opened) => Ok(Ok(opened)),
+        Err(source @ HeaderError::NewerFormat { .. }) => Err(LoadError::NewerFormat {
+            name: *name,
+            source,
+        }),
+        Err(error) => Ok(Err(FileUse::BadHeader(error))),
     }
-    let records: Vec<StoreRecord> = scanner.by_ref().map(|(_, record)| record).collect();
-    Ok(Ok((header, records, scanner.into_stats())))
 }
 
 /// Encodes a whole segment file (header and frames) from `records`: what a shard writes,
