@@ -3,15 +3,19 @@
 //! ```text
 //! magic  0xD5 0x5A     2 bytes
 //! length u32 LE        bytes of type + payload (the body), 1 ..= MAX_BODY_LEN
+//! check  u16 LE        low 16 bits of CRC-32C(salt u32 LE, length u32 LE)
 //! crc    u32 LE        CRC-32C of the segment's salt (u32 LE) followed by the body
 //! body   type u8 + payload (see super::record)
 //! ```
 //!
 //! The magic lets a scanner find the next frame after damage; the checksum tells a real frame
-//! from bytes that happen to look like one (and covers the length indirectly: a wrong length
-//! checksums the wrong bytes). The salt, random per segment file and kept in its header, makes
-//! a frame valid only in its own segment: a frame-shaped message payload (a client publishing a
-//! segment's bytes) never checks out when resynchronisation lands inside it.
+//! from bytes that happen to look like one. The header check rejects a false candidate in
+//! constant time: without it, every magic-looking pair inside a damaged frame would cost a
+//! checksum over the length it claims, and a payload crafted full of them (a client's message,
+//! up to 256 MiB) would make resynchronising quadratic. The salt, random per segment file and
+//! kept in its header, makes a frame valid only in its own segment: a frame-shaped message
+//! payload (a client publishing a segment's bytes) never checks out when resynchronisation
+//! lands inside it, and nobody who cannot read the file can craft a header that passes.
 
 use thiserror::Error;
 
@@ -20,8 +24,8 @@ use super::record::{EncodeError, RecordError, StoreRecord};
 
 /// The first bytes of every frame.
 pub const FRAME_MAGIC: [u8; 2] = [0xD5, 0x5A];
-/// Magic, length and checksum.
-pub const FRAME_HEADER_LEN: usize = 10;
+/// Magic, length, header check and checksum.
+pub const FRAME_HEADER_LEN: usize = 12;
 /// The largest body: an MQTT packet is at most 256 MiB, a record holds one message.
 pub const MAX_BODY_LEN: usize = 1 << 29;
 
@@ -37,6 +41,9 @@ pub enum FrameError {
     /// The frame does not start with the magic bytes.
     #[error("no frame magic")]
     BadMagic,
+    /// The header check does not match the length (not a frame, or a damaged length).
+    #[error("frame header check mismatch")]
+    BadHeader,
     /// The length field is 0 or over [`MAX_BODY_LEN`].
     #[error("frame length {0} out of range")]
     BadLength(u32),
@@ -51,6 +58,14 @@ pub enum FrameError {
     /// The frame is intact but its body is not a record this version understands.
     #[error("undecodable record: {0}")]
     Record(#[from] RecordError),
+}
+
+/// The header check of a frame of `len` body bytes in a segment with `salt`.
+pub fn header_check(salt: u32, len: u32) -> u16 {
+    let mut crc = Crc32c::new();
+    crc.update(&salt.to_le_bytes());
+    crc.update(&len.to_le_bytes());
+    crc.finish() as u16
 }
 
 /// The checksum of a frame's body in a segment with `salt`.
@@ -70,7 +85,7 @@ pub fn encode_frame(
 ) -> Result<usize, EncodeError> {
     let start = out.len();
     out.extend_from_slice(&FRAME_MAGIC);
-    out.extend_from_slice(&[0; 8]);
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN - 2]);
     let body_start = out.len();
     if let Err(error) = record.encode_body(out) {
         out.truncate(start);
@@ -85,8 +100,10 @@ pub fn encode_frame(
         });
     }
     let crc = frame_crc(salt, &out[body_start..]);
-    out[start + 2..start + 6].copy_from_slice(&(body_len as u32).to_le_bytes());
-    out[start + 6..start + 10].copy_from_slice(&crc.to_le_bytes());
+    let len = body_len as u32;
+    out[start + 2..start + 6].copy_from_slice(&len.to_le_bytes());
+    out[start + 6..start + 8].copy_from_slice(&header_check(salt, len).to_le_bytes());
+    out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     Ok(out.len() - start)
 }
 
@@ -110,7 +127,10 @@ pub fn check_frame(buf: &[u8], salt: u32) -> Result<(&[u8], usize), FrameError> 
         });
     };
     let len = u32::from_le_bytes([header[2], header[3], header[4], header[5]]);
-    let stored = u32::from_le_bytes([header[6], header[7], header[8], header[9]]);
+    if u16::from_le_bytes([header[6], header[7]]) != header_check(salt, len) {
+        return Err(FrameError::BadHeader);
+    }
+    let stored = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
     if len == 0 || len as usize > MAX_BODY_LEN {
         return Err(FrameError::BadLength(len));
     }
@@ -178,7 +198,11 @@ mod tests {
         ));
         let mut bad = buf.clone();
         bad[2..6].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(decode_frame(&bad, SALT), Err(FrameError::BadHeader));
+        bad[6..8].copy_from_slice(&header_check(SALT, 0).to_le_bytes());
         assert_eq!(decode_frame(&bad, SALT), Err(FrameError::BadLength(0)));
+        // The same frame in a segment with another salt.
+        assert_eq!(decode_frame(&buf, SALT ^ 1), Err(FrameError::BadHeader));
         assert_eq!(decode_frame(&[0x00], SALT), Err(FrameError::BadMagic));
         assert!(matches!(
             decode_frame(&[0xD5], SALT),
@@ -191,14 +215,12 @@ mod tests {
         let body = [0xee, 1, 2, 3];
         let mut buf = FRAME_MAGIC.to_vec();
         buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&header_check(SALT, body.len() as u32).to_le_bytes());
         buf.extend_from_slice(&frame_crc(SALT, &body).to_le_bytes());
         buf.extend_from_slice(&body);
         assert_eq!(check_frame(&buf, SALT).map(|(_, len)| len), Ok(buf.len()));
         // The same bytes are no frame in a segment with another salt.
-        assert!(matches!(
-            check_frame(&buf, SALT ^ 1),
-            Err(FrameError::BadChecksum { .. })
-        ));
+        assert!(check_frame(&buf, SALT ^ 1).is_err());
         assert_eq!(
             decode_frame(&buf, SALT),
             Err(FrameError::Record(RecordError::UnknownType(0xee)))

@@ -6,10 +6,11 @@
 //!
 //! A data directory holds a `FORMAT` file, a `LOCK` file ([`dir`]) and per-shard segment
 //! files ([`segment`]): logs `shard-<n>-<seq>.log` and snapshots `shard-<n>-<seq>.snap`. Every
-//! segment starts with a 28-byte checksummed header (magic, format version, kind, shard,
-//! shard count, sequence), followed by frames ([`frame`]): magic `D5 5A`, a u32 length, the
-//! CRC-32C of the body ([`crc`]), and the body: a type byte and the record's fields
-//! ([`record`]), little-endian. A snapshot is a shard's whole state as of the end of log
+//! segment starts with a 32-byte checksummed header (magic, format version, kind, shard,
+//! shard count, sequence, a random salt), followed by frames ([`frame`]): magic `D5 5A`, a u32
+//! length, a 16-bit check of the length, the CRC-32C of the body ([`crc`]; both seeded with the
+//! segment's salt), and the body: a type byte and the record's fields ([`record`]),
+//! little-endian. A snapshot is a shard's whole state as of the end of log
 //! segment `<seq>`, closed by a [`record::StoreRecord::Checkpoint`] that counts its records.
 //!
 //! # Recovery

@@ -267,6 +267,8 @@ pub struct CorruptRegion {
 pub enum FrameFault {
     /// No magic where a frame should start.
     BadMagic,
+    /// A header check that does not match the length.
+    BadHeader,
     /// A length out of range.
     BadLength,
     /// A checksum mismatch.
@@ -381,6 +383,7 @@ impl Iterator for Scanner<'_> {
                 Err(error) => {
                     let fault = match error {
                         FrameError::BadMagic => FrameFault::BadMagic,
+                        FrameError::BadHeader => FrameFault::BadHeader,
                         FrameError::BadLength(_) => FrameFault::BadLength,
                         FrameError::BadChecksum { .. } => FrameFault::BadChecksum,
                         FrameError::Incomplete { .. } | FrameError::Record(_) => {
@@ -663,6 +666,38 @@ mod tests {
         buf[offsets[2] + 2..offsets[2] + 6].copy_from_slice(&huge);
         let found: Vec<_> = Scanner::new(&buf, SALT).map(|(_, r)| r).collect();
         assert_eq!(found.len(), records.len() - 1);
+    }
+
+    /// A damaged frame whose payload is full of frame-looking headers claiming long bodies
+    /// (a client can publish such a payload): the header check rejects each in constant time,
+    /// so resynchronising stays linear and finds the next frame.
+    #[test]
+    fn resync_through_a_hostile_payload_stays_linear() {
+        let mut fake = Vec::new();
+        while fake.len() < 1 << 20 {
+            fake.extend_from_slice(&FRAME_MAGIC);
+            fake.extend_from_slice(&(1u32 << 19).to_le_bytes());
+            fake.extend_from_slice(&[0; 6]);
+        }
+        let hostile = StoreRecord::Message(crate::store::record::MessageRecord {
+            id: 1,
+            topic: "t".into(),
+            publisher: "p".into(),
+            qos: crate::codec::QoS::AtLeastOnce,
+            retain: false,
+            properties: bytes::Bytes::new(),
+            payload: bytes::Bytes::from(fake),
+            expires_at_ms: None,
+        });
+        let after = samples()[0].clone();
+        let (mut buf, offsets) = frames(&[hostile, after.clone()]);
+        buf[offsets[0] + 20] ^= 1;
+        let started = std::time::Instant::now();
+        let mut scanner = Scanner::new(&buf, SALT);
+        let found: Vec<_> = scanner.by_ref().map(|(_, record)| record).collect();
+        assert_eq!(found, vec![after]);
+        assert_eq!(scanner.stats().corrupt.len(), 1);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
