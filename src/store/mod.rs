@@ -42,7 +42,7 @@
 //! - A new owner (takeover, move, recovery) writes the whole session under its generation:
 //!   started, will, subscriptions, queue and in-flight entries, inbound QoS 2 ids.
 //! - Compaction: close the current log at sequence N, write `shard-<n>-<N>.snap.tmp` with the
-//!   state as of that point and its checkpoint, fsync it, rename it to `.snap`, fsync the
+//!   state as of that point and its checkpoint ([`snapshot::SnapshotWriter`]), fsync it, rename it to `.snap`, fsync the
 //!   directory, then remove the logs up to N and older snapshots.
 //! - Start-up: [`dir::open`] (lock, FORMAT check), [`load`], `drop_expired`, `rehome`, and each
 //!   shard installs its sessions under new generations and writes a snapshot before the old
@@ -54,6 +54,7 @@ pub mod load;
 pub mod record;
 pub mod recover;
 pub mod segment;
+pub mod snapshot;
 
 #[cfg(test)]
 mod prop_tests;
