@@ -375,6 +375,20 @@ pub enum Command {
     /// (replacing an existing one). Entries are PBKDF2-SHA512 (`$7$`); the file is replaced
     /// atomically and has mode 0600.
     Passwd(PasswdArgs),
+    /// Print what a data directory holds (read-only; safe while a broker uses it).
+    ///
+    /// Format version, segment files (and any damage found in them: corrupt records skipped,
+    /// torn tails), sessions with their subscriptions, queued and in-flight messages, and the
+    /// retained message count. Exit status 2 if the directory cannot be read. The broker does
+    /// not write a data directory yet (issue 11): this reads the format it will write.
+    Inspect(InspectArgs),
+}
+
+/// The arguments of `shardmq inspect`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InspectArgs {
+    /// The data directory.
+    pub dir: PathBuf,
 }
 
 /// The hash `shardmq passwd` writes (`-H`, Mosquitto's names).

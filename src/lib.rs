@@ -5,6 +5,8 @@
 //! ## Layout
 //! - [`codec`]: sans-I/O, zero-copy encoder/decoder for every packet of every protocol version.
 //! - [`session`]: sans-I/O per-client session state machine (in-flight window, queues, QoS 2).
+//! - [`store`]: the durable store's on-disk format and recovery (sans-I/O; not wired yet).
+//! - [`placement`]: which shard is a client id's home and a topic's owner.
 //! - `core-router` (separate crate): topic trie, replicated interest index, retained store.
 //! - [`broker`] and [`config`] (feature `runtime`): the glommio shard runtime, listeners and
 //!   cross-shard wiring.
@@ -17,7 +19,9 @@
 pub mod acl;
 pub mod auth;
 pub mod codec;
+pub mod placement;
 pub mod session;
+pub mod store;
 
 #[cfg(feature = "runtime")]
 pub mod broker;

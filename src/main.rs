@@ -28,6 +28,16 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Inspect(args) => match shardmq::store::inspect::inspect(&args.dir) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("shardmq inspect: {error}");
+                ExitCode::from(2)
+            }
+        },
     }
 }
 

@@ -61,9 +61,7 @@
 //! handovers) are checked against the session's claim token before use: a stale handle is a
 //! dropped event with a debug log, never a panic.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -295,13 +293,6 @@ fn session_limits(config: &Config) -> SessionLimits {
     }
 }
 
-fn stable_hash(bytes: &[u8]) -> u64 {
-    // SipHash with fixed keys: every shard of the process computes the same value.
-    let mut hasher = DefaultHasher::new();
-    bytes.hash(&mut hasher);
-    hasher.finish()
-}
-
 impl Shard {
     /// A shard with no connections yet.
     pub fn new(
@@ -425,11 +416,11 @@ impl Shard {
     }
 
     fn home_shard(&self, client_id: &str) -> usize {
-        (stable_hash(client_id.as_bytes()) % self.shards as u64) as usize
+        crate::placement::home_shard(client_id, self.shards)
     }
 
     fn topic_owner(&self, topic: &str) -> usize {
-        (stable_hash(topic.as_bytes()).rotate_left(17) % self.shards as u64) as usize
+        crate::placement::topic_owner(topic, self.shards)
     }
 
     /// Milliseconds since the shard started, at the current input.

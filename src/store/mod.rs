@@ -1,0 +1,72 @@
+//! The durable store's foundation (issue 11): the on-disk format of persistent sessions,
+//! queues and retained messages, and their recovery, as pure code. Nothing here does I/O on
+//! a shard; the broker does not write to it yet.
+//!
+//! # Format (version [`FORMAT_VERSION`])
+//!
+//! A data directory holds a `FORMAT` file, a `LOCK` file ([`dir`]) and per-shard segment
+//! files ([`segment`]): logs `shard-<n>-<seq>.log` and snapshots `shard-<n>-<seq>.snap`. Every
+//! segment starts with a 32-byte checksummed header (magic, format version, kind, shard,
+//! shard count, sequence, a random salt), followed by frames ([`frame`]): magic `D5 5A`, a u32
+//! length, a 16-bit check of the length, the CRC-32C of the body ([`crc`]; both seeded with the
+//! segment's salt), and the body: a type byte and the record's fields ([`record`]),
+//! little-endian. A snapshot is a shard's whole state as of the end of log
+//! segment `<seq>`, closed by a [`record::StoreRecord::Checkpoint`] that counts its records.
+//!
+//! # Recovery
+//!
+//! [`load`] picks, per shard, the newest complete snapshot and the logs after it, scans them
+//! ([`segment::Scanner`]: a torn tail is cut at the last valid frame; a corrupt frame in the
+//! middle is skipped by searching for the next frame whose checksum holds, and counted) and
+//! replays the records ([`recover::Replayer`]). Records of one shard are applied in file order;
+//! shards in any order. Session records carry a generation ([`record::Generation`]): recovery
+//! keeps, per client id, only the newest generation's records, so a session that moved between
+//! shards comes back exactly as its last owner had it. [`recover::rehome`] then assigns every
+//! session to its home shard for the new shard count ([`crate::placement::home_shard`]).
+//!
+//! # How the shard will use it (not wired yet)
+//!
+//! - The [`crate::broker::hooks::Journal`] implementation turns each state change into a
+//!   [`record::StoreRecord`], encodes its frame into the shard's write buffer and answers
+//!   `Durability::At(seq)`; one io_uring write (and, with `--sync always`, one fdatasync) per
+//!   loop pass covers every record of the pass, and its completion calls `Shard::on_durable`.
+//! - A message body ([`record::MessageRecord`]) is written once per shard before the first
+//!   record that refers to it; message ids are unique within a shard's files (epoch in the
+//!   high bits), and recovery resolves references within the same shard's files only.
+//! - Generations must grow per client id over the life of the directory. The claim tokens of
+//!   the ownership protocol today are `shard << 48 | serial`, restarting at every boot, so
+//!   they do not order claims across shards or boots: the generation written must be issued
+//!   in claim order by the client id's home shard, in the boot's epoch
+//!   ([`record::generation`]; the epoch is [`recover::RecoveredState::next_epoch`]).
+//!   Retained versions the same way, by the topic's owner shard.
+//! - A new owner (takeover, move, recovery) writes the whole session under its generation:
+//!   started, will, subscriptions, queue and in-flight entries, inbound QoS 2 ids.
+//! - Compaction: close the current log at sequence N, write `shard-<n>-<N>.snap.tmp` with the
+//!   state as of that point and its checkpoint ([`snapshot::SnapshotWriter`]), fsync it, rename it to `.snap`, fsync the
+//!   directory, then remove the logs up to N and older snapshots.
+//! - Start-up: [`dir::open`] (lock, FORMAT check), [`load`], `drop_expired`, `rehome`, and each
+//!   shard installs its sessions under new generations and writes a snapshot before the old
+//!   files are removed.
+
+pub mod crc;
+pub mod frame;
+pub mod load;
+pub mod record;
+pub mod recover;
+pub mod segment;
+pub mod snapshot;
+
+#[cfg(test)]
+mod prop_tests;
+
+#[cfg(feature = "runtime")]
+pub mod dir;
+#[cfg(feature = "runtime")]
+pub mod inspect;
+
+pub use load::{load, Loaded};
+pub use record::StoreRecord;
+pub use recover::{rehome, RecoveredState};
+
+/// The newest format this build reads and the one it writes.
+pub const FORMAT_VERSION: u32 = 1;

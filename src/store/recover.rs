@@ -1,0 +1,1064 @@
+//! Replay: records from every shard's files, in any order across shards (in order within a
+//! shard), folded into the state a restarted broker installs. Per client id only the newest
+//! generation survives: a session that moved between shards is rebuilt from its newest
+//! owner's records alone (a new owner writes the whole session under its generation).
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::codec::SubscriptionOptions;
+
+use super::record::{
+    epoch_of, Delivery, Generation, MessageId, MessageRecord, StoreRecord, WillRecord,
+};
+
+/// A subscription of a recovered session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredSubscription {
+    /// Options.
+    pub options: SubscriptionOptions,
+    /// Subscription identifier (0: none).
+    pub subscription_id: u32,
+}
+
+/// A message waiting in a recovered session's queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedMessage {
+    /// The body.
+    pub message: Arc<MessageRecord>,
+    /// How it goes out.
+    pub delivery: Delivery,
+}
+
+/// An in-flight outgoing QoS 1/2 exchange of a recovered session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InFlightMessage {
+    /// PUBLISH sent, waiting for PUBACK / PUBREC.
+    Published {
+        /// The body.
+        message: Arc<MessageRecord>,
+        /// How it went out.
+        delivery: Delivery,
+        /// DUP is set on the next send.
+        dup: bool,
+    },
+    /// QoS 2: PUBREC received, PUBREL due, waiting for PUBCOMP (the message is no longer
+    /// needed: a snapshot writes this state with a `PubRecReceived` record alone).
+    PubRelDue,
+}
+
+/// One recovered session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredSession {
+    /// Client identifier.
+    pub client_id: String,
+    /// The generation whose records built it.
+    pub generation: Generation,
+    /// The shard whose files held it.
+    pub source_shard: u16,
+    /// Whether its `SessionStarted` record was found (if not, it was lost to damage and the
+    /// fields it carries are defaults).
+    pub started: bool,
+    /// The owner's user name.
+    pub username: Option<String>,
+    /// Protocol level (3, 4, 5; 0 when unknown).
+    pub protocol: u8,
+    /// Session expiry in seconds after disconnection (`None`: never).
+    pub expiry_secs: Option<u32>,
+    /// When its client disconnected (wall-clock Unix ms); `None`: connected at the crash
+    /// (its will is due, and its expiry counts from the restart).
+    pub disconnected_at_ms: Option<u64>,
+    /// Its will, if set and not yet published.
+    pub will: Option<WillRecord>,
+    /// Subscriptions by filter.
+    pub subscriptions: BTreeMap<String, RecoveredSubscription>,
+    /// Queued messages, oldest first.
+    pub queue: VecDeque<QueuedMessage>,
+    /// In-flight outgoing messages by packet id.
+    pub inflight: BTreeMap<u16, InFlightMessage>,
+    /// Inbound QoS 2 packet ids received and not yet released.
+    pub inbound_qos2: BTreeSet<u16>,
+}
+
+impl RecoveredSession {
+    fn new(client_id: &str, generation: Generation, source_shard: u16) -> RecoveredSession {
+        RecoveredSession {
+            client_id: client_id.to_owned(),
+            generation,
+            source_shard,
+            started: false,
+            username: None,
+            protocol: 0,
+            expiry_secs: None,
+            disconnected_at_ms: None,
+            will: None,
+            subscriptions: BTreeMap::new(),
+            queue: VecDeque::new(),
+            inflight: BTreeMap::new(),
+            inbound_qos2: BTreeSet::new(),
+        }
+    }
+}
+
+/// A recovered retained message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredRetained {
+    /// Its version.
+    pub version: Generation,
+    /// The message.
+    pub message: Arc<MessageRecord>,
+}
+
+/// Counts of what replay applied and set aside.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplayStats {
+    /// Records applied.
+    pub applied: u64,
+    /// Records read after a newer generation (version) of their client id (topic) had been
+    /// seen, and ignored. Records of an older generation read first are applied, then
+    /// dropped with their session: see `superseded_sessions`.
+    pub stale: u64,
+    /// Sessions rebuilt from records and then replaced by a newer generation of their client
+    /// id (a session that moved between shards, read in the old shard's files first).
+    pub superseded_sessions: u64,
+    /// Records referring to a message body that was never found (lost to damage).
+    pub missing_messages: u64,
+    /// Records referring to a packet id or queue entry that does not exist.
+    pub missing_entries: u64,
+    /// Sessions whose `SessionStarted` record was not found.
+    pub sessions_without_start: u64,
+    /// Checkpoint records seen.
+    pub checkpoints: u64,
+}
+
+/// What replay rebuilt.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecoveredState {
+    /// Live sessions by client id.
+    pub sessions: BTreeMap<String, RecoveredSession>,
+    /// Retained messages by topic.
+    pub retained: BTreeMap<String, RecoveredRetained>,
+    /// The newest generation or version seen (ended sessions and cleared topics included).
+    pub max_generation: Generation,
+    /// Counts.
+    pub stats: ReplayStats,
+}
+
+impl RecoveredState {
+    /// The epoch of the boot that follows: newer than every generation recovered.
+    pub fn next_epoch(&self) -> u64 {
+        epoch_of(self.max_generation) + 1
+    }
+
+    /// Queued plus in-flight messages over every session.
+    pub fn pending_messages(&self) -> usize {
+        self.sessions
+            .values()
+            .map(|session| session.queue.len() + session.inflight.len())
+            .sum()
+    }
+
+    /// Drops retained messages (and queued, not in-flight, messages) whose expiry is at or
+    /// before `now_ms`, wall-clock Unix milliseconds.
+    pub fn drop_expired(&mut self, now_ms: u64) {
+        let expired =
+            |message: &MessageRecord| message.expires_at_ms.is_some_and(|at| at <= now_ms);
+        self.retained
+            .retain(|_, retained| !expired(&retained.message));
+        for session in self.sessions.values_mut() {
+            session.queue.retain(|queued| !expired(&queued.message));
+        }
+    }
+}
+
+#[derive(Debug)]
+enum SessionSlot {
+    Live(Box<RecoveredSession>),
+    Ended(Generation),
+}
+
+#[derive(Debug)]
+enum RetainedSlot {
+    Set(RecoveredRetained),
+    Cleared(Generation),
+}
+
+/// A multiplicative hash for the (shard, message id) keys of the body map: ids are dense
+/// integers the broker makes itself, and replay looks one up for most records (SipHash was a
+/// measurable part of replay time).
+#[derive(Debug, Default, Clone, Copy)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte));
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
+
+/// Folds records into a [`RecoveredState`].
+#[derive(Debug, Default)]
+pub struct Replayer {
+    sessions: HashMap<String, SessionSlot>,
+    retained: HashMap<String, RetainedSlot>,
+    messages: HashMap<(u16, MessageId), Arc<MessageRecord>, BuildHasherDefault<IdHasher>>,
+    max_generation: Generation,
+    stats: ReplayStats,
+}
+
+impl Replayer {
+    /// An empty replay.
+    pub fn new() -> Replayer {
+        Replayer::default()
+    }
+
+    /// The session `client_id` at `generation`, made fresh when `generation` is newer than
+    /// what is known; `None` when the record is stale.
+    fn session(
+        &mut self,
+        shard: u16,
+        client_id: &str,
+        generation: Generation,
+    ) -> Option<&mut RecoveredSession> {
+        self.max_generation = self.max_generation.max(generation);
+        let fresh = match self.sessions.get(client_id) {
+            None => true,
+            Some(SessionSlot::Live(session)) if session.generation == generation => false,
+            Some(SessionSlot::Live(session)) => {
+                let newer = generation > session.generation;
+                self.stats.superseded_sessions += newer as u64;
+                newer
+            }
+            Some(SessionSlot::Ended(ended)) => generation > *ended,
+        };
+        if fresh {
+            self.sessions.insert(
+                client_id.to_owned(),
+                SessionSlot::Live(Box::new(RecoveredSession::new(
+                    client_id, generation, shard,
+                ))),
+            );
+        }
+        match self.sessions.get_mut(client_id) {
+            Some(SessionSlot::Live(session)) if session.generation == generation => {
+                Some(&mut **session)
+            }
+            _ => {
+                self.stats.stale += 1;
+                None
+            }
+        }
+    }
+
+    fn message(&mut self, shard: u16, id: MessageId) -> Option<Arc<MessageRecord>> {
+        let found = self.messages.get(&(shard, id)).cloned();
+        if found.is_none() {
+            self.stats.missing_messages += 1;
+        }
+        found
+    }
+
+    /// Applies one record read from the files of shard `shard`. Records of one shard must come
+    /// in file order; shards may interleave in any way.
+    pub fn apply(&mut self, shard: u16, record: StoreRecord) {
+        use StoreRecord::*;
+        let applied = match record {
+            SessionStarted {
+                client_id,
+                generation,
+                username,
+                protocol,
+                expiry_secs,
+                at_ms: _,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.started = true;
+                session.username = username;
+                session.protocol = protocol;
+                session.expiry_secs = expiry_secs;
+                session.disconnected_at_ms = None;
+            }),
+            SessionDisconnected {
+                client_id,
+                generation,
+                at_ms,
+                expiry_secs,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.disconnected_at_ms = Some(at_ms);
+                session.expiry_secs = expiry_secs;
+            }),
+            SessionEnded {
+                client_id,
+                generation,
+            } => {
+                self.max_generation = self.max_generation.max(generation);
+                let newer = match self.sessions.get(&client_id) {
+                    None => true,
+                    Some(SessionSlot::Live(session)) => {
+                        let newer = generation >= session.generation;
+                        self.stats.superseded_sessions +=
+                            (newer && generation > session.generation) as u64;
+                        newer
+                    }
+                    Some(SessionSlot::Ended(ended)) => generation > *ended,
+                };
+                if newer {
+                    self.sessions
+                        .insert(client_id, SessionSlot::Ended(generation));
+                    Some(())
+                } else {
+                    self.stats.stale += 1;
+                    None
+                }
+            }
+            WillSet {
+                client_id,
+                generation,
+                will,
+            } => self
+                .session(shard, &client_id, generation)
+                .map(|session| session.will = Some(will)),
+            WillCleared {
+                client_id,
+                generation,
+            } => self
+                .session(shard, &client_id, generation)
+                .map(|session| session.will = None),
+            Subscribed {
+                client_id,
+                generation,
+                filter,
+                options,
+                subscription_id,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.subscriptions.insert(
+                    filter,
+                    RecoveredSubscription {
+                        options,
+                        subscription_id,
+                    },
+                );
+            }),
+            Unsubscribed {
+                client_id,
+                generation,
+                filter,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.subscriptions.remove(&filter);
+            }),
+            Message(message) => {
+                self.messages.insert((shard, message.id), Arc::new(message));
+                Some(())
+            }
+            Enqueued {
+                client_id,
+                generation,
+                message,
+                delivery,
+            } => {
+                let body = self.message(shard, message);
+                match (body, self.session(shard, &client_id, generation)) {
+                    (Some(message), Some(session)) => {
+                        session.queue.push_back(QueuedMessage { message, delivery });
+                        Some(())
+                    }
+                    _ => None,
+                }
+            }
+            InFlight {
+                client_id,
+                generation,
+                message,
+                packet_id,
+                delivery,
+            } => {
+                let body = self.message(shard, message);
+                match (body, self.session(shard, &client_id, generation)) {
+                    (Some(body), Some(session)) => {
+                        if let Some(at) = session
+                            .queue
+                            .iter()
+                            .position(|queued| queued.message.id == message)
+                        {
+                            session.queue.remove(at);
+                        }
+                        session.inflight.insert(
+                            packet_id,
+                            InFlightMessage::Published {
+                                message: body,
+                                delivery,
+                                dup: false,
+                            },
+                        );
+                        Some(())
+                    }
+                    _ => None,
+                }
+            }
+            DupSet {
+                client_id,
+                generation,
+                packet_id,
+            } => self.inflight(shard, &client_id, generation, packet_id, |entry| {
+                if let InFlightMessage::Published { dup, .. } = entry {
+                    *dup = true;
+                }
+            }),
+            // The entry may be absent: a snapshot writes a PUBREL-due exchange this way.
+            PubRecReceived {
+                client_id,
+                generation,
+                packet_id,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session
+                    .inflight
+                    .insert(packet_id, InFlightMessage::PubRelDue);
+            }),
+            Acked {
+                client_id,
+                generation,
+                packet_id,
+            } => {
+                let session = self.session(shard, &client_id, generation);
+                match session.map(|session| session.inflight.remove(&packet_id)) {
+                    Some(Some(_)) => Some(()),
+                    Some(None) => {
+                        self.stats.missing_entries += 1;
+                        None
+                    }
+                    None => None,
+                }
+            }
+            Dequeued {
+                client_id,
+                generation,
+                message,
+            } => {
+                let session = self.session(shard, &client_id, generation);
+                let removed = session.map(|session| {
+                    session
+                        .queue
+                        .iter()
+                        .position(|queued| queued.message.id == message)
+                        .and_then(|at| session.queue.remove(at))
+                        .is_some()
+                });
+                match removed {
+                    Some(true) => Some(()),
+                    Some(false) => {
+                        self.stats.missing_entries += 1;
+                        None
+                    }
+                    None => None,
+                }
+            }
+            InboundReceived {
+                client_id,
+                generation,
+                packet_id,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.inbound_qos2.insert(packet_id);
+            }),
+            InboundReleased {
+                client_id,
+                generation,
+                packet_id,
+            } => self.session(shard, &client_id, generation).map(|session| {
+                session.inbound_qos2.remove(&packet_id);
+            }),
+            RetainedSet {
+                topic,
+                version,
+                message,
+            } => match self.message(shard, message) {
+                Some(message) => self.retain(topic, version, Some(message)),
+                None => None,
+            },
+            RetainedCleared { topic, version } => self.retain(topic, version, None),
+            Checkpoint { .. } => {
+                self.stats.checkpoints += 1;
+                Some(())
+            }
+        };
+        if applied.is_some() {
+            self.stats.applied += 1;
+        }
+    }
+
+    fn inflight(
+        &mut self,
+        shard: u16,
+        client_id: &str,
+        generation: Generation,
+        packet_id: u16,
+        change: impl FnOnce(&mut InFlightMessage),
+    ) -> Option<()> {
+        let session = self.session(shard, client_id, generation)?;
+        match session.inflight.get_mut(&packet_id) {
+            Some(entry) => {
+                change(entry);
+                Some(())
+            }
+            None => {
+                self.stats.missing_entries += 1;
+                None
+            }
+        }
+    }
+
+    fn retain(
+        &mut self,
+        topic: String,
+        version: Generation,
+        message: Option<Arc<MessageRecord>>,
+    ) -> Option<()> {
+        self.max_generation = self.max_generation.max(version);
+        let slot = match message {
+            Some(message) => RetainedSlot::Set(RecoveredRetained { version, message }),
+            None => RetainedSlot::Cleared(version),
+        };
+        match self.retained.entry(topic) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(slot);
+            }
+            Entry::Occupied(mut occupied) => {
+                let current = match occupied.get() {
+                    RetainedSlot::Set(retained) => retained.version,
+                    RetainedSlot::Cleared(version) => *version,
+                };
+                // Equal versions come from one owner's file in order: the later record wins.
+                if version < current {
+                    self.stats.stale += 1;
+                    return None;
+                }
+                occupied.insert(slot);
+            }
+        }
+        Some(())
+    }
+
+    /// Folds in `other`, a replay of other shards' files (each shard's files wholly in one
+    /// replayer): so that shards can replay their own files in parallel and the results be
+    /// merged. Per client id (and topic) the newest generation (version) wins, an end (a
+    /// clear) winning a tie, as in a single replay.
+    pub fn merge(&mut self, other: Replayer) {
+        self.messages.extend(other.messages);
+        self.max_generation = self.max_generation.max(other.max_generation);
+        let stats = other.stats;
+        self.stats.applied += stats.applied;
+        self.stats.stale += stats.stale;
+        self.stats.missing_messages += stats.missing_messages;
+        self.stats.missing_entries += stats.missing_entries;
+        self.stats.checkpoints += stats.checkpoints;
+        self.stats.superseded_sessions += stats.superseded_sessions;
+        fn session_rank(slot: &SessionSlot) -> (Generation, bool) {
+            match slot {
+                SessionSlot::Live(session) => (session.generation, false),
+                SessionSlot::Ended(generation) => (*generation, true),
+            }
+        }
+        for (client_id, slot) in other.sessions {
+            let (keep_mine, loser_live) = match self.sessions.get(&client_id) {
+                None => (false, false),
+                Some(mine) if session_rank(mine) >= session_rank(&slot) => {
+                    (true, matches!(slot, SessionSlot::Live(_)))
+                }
+                Some(mine) => (false, matches!(mine, SessionSlot::Live(_))),
+            };
+            self.stats.superseded_sessions += loser_live as u64;
+            if !keep_mine {
+                self.sessions.insert(client_id, slot);
+            }
+        }
+        fn retained_rank(slot: &RetainedSlot) -> (Generation, bool) {
+            match slot {
+                RetainedSlot::Set(retained) => (retained.version, false),
+                RetainedSlot::Cleared(version) => (*version, true),
+            }
+        }
+        for (topic, slot) in other.retained {
+            match self.retained.get(&topic) {
+                Some(mine) if retained_rank(mine) >= retained_rank(&slot) => {}
+                _ => {
+                    self.retained.insert(topic, slot);
+                }
+            }
+        }
+    }
+
+    /// The state replayed so far.
+    pub fn finish(self) -> RecoveredState {
+        let mut stats = self.stats;
+        let sessions: BTreeMap<_, _> = self
+            .sessions
+            .into_iter()
+            .filter_map(|(client_id, slot)| match slot {
+                SessionSlot::Live(session) => Some((client_id, *session)),
+                SessionSlot::Ended(_) => None,
+            })
+            .collect();
+        stats.sessions_without_start = sessions.values().filter(|s| !s.started).count() as u64;
+        RecoveredState {
+            sessions,
+            retained: self
+                .retained
+                .into_iter()
+                .filter_map(|(topic, slot)| match slot {
+                    RetainedSlot::Set(retained) => Some((topic, retained)),
+                    RetainedSlot::Cleared(_) => None,
+                })
+                .collect(),
+            max_generation: self.max_generation,
+            stats,
+        }
+    }
+}
+
+/// Replays `records` (each with the shard whose files held it) into a state.
+pub fn replay(records: impl IntoIterator<Item = (u16, StoreRecord)>) -> RecoveredState {
+    let mut replayer = Replayer::new();
+    for (shard, record) in records {
+        replayer.apply(shard, record);
+    }
+    replayer.finish()
+}
+
+/// Assigns every session to a shard of `shard_count` with `home` (the broker's
+/// [`crate::placement::home_shard`]): the result has one list per shard, sessions in client-id
+/// order. The shards that install them give each a new generation of the new boot, so the
+/// files they then write supersede the old ones whatever shard count wrote those.
+pub fn rehome(
+    sessions: BTreeMap<String, RecoveredSession>,
+    shard_count: usize,
+    home: impl Fn(&str, usize) -> usize,
+) -> Vec<Vec<RecoveredSession>> {
+    let shard_count = shard_count.max(1);
+    let mut shards: Vec<Vec<RecoveredSession>> = (0..shard_count).map(|_| Vec::new()).collect();
+    for (client_id, session) in sessions {
+        // A home function out of range is a bug in the caller; clamp rather than panic.
+        let shard = home(&client_id, shard_count).min(shard_count - 1);
+        shards[shard].push(session);
+    }
+    shards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{QoS, RetainHandling};
+    use bytes::Bytes;
+
+    fn message(id: MessageId, topic: &str) -> StoreRecord {
+        StoreRecord::Message(MessageRecord {
+            id,
+            topic: topic.into(),
+            publisher: "p".into(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Bytes::new(),
+            payload: Bytes::from(format!("m{id}")),
+            expires_at_ms: None,
+        })
+    }
+
+    fn started(client: &str, generation: Generation) -> StoreRecord {
+        StoreRecord::SessionStarted {
+            client_id: client.into(),
+            generation,
+            username: Some("u".into()),
+            protocol: 5,
+            expiry_secs: Some(60),
+            at_ms: 1,
+        }
+    }
+
+    fn delivery(qos: QoS) -> Delivery {
+        Delivery {
+            qos,
+            retain: false,
+            subscription_ids: vec![],
+        }
+    }
+
+    fn enqueued(client: &str, generation: Generation, message: MessageId) -> StoreRecord {
+        StoreRecord::Enqueued {
+            client_id: client.into(),
+            generation,
+            message,
+            delivery: delivery(QoS::AtLeastOnce),
+        }
+    }
+
+    fn subscribed(client: &str, generation: Generation, filter: &str) -> StoreRecord {
+        StoreRecord::Subscribed {
+            client_id: client.into(),
+            generation,
+            filter: filter.into(),
+            options: SubscriptionOptions {
+                qos: QoS::ExactlyOnce,
+                no_local: false,
+                retain_as_published: false,
+                retain_handling: RetainHandling::SendOnSubscribe,
+            },
+            subscription_id: 3,
+        }
+    }
+
+    #[test]
+    fn a_session_is_rebuilt_with_its_queue_inflight_and_inbound_ids() {
+        let c = "c";
+        let state = replay(
+            [
+                started(c, 5),
+                subscribed(c, 5, "a/#"),
+                subscribed(c, 5, "b"),
+                StoreRecord::Unsubscribed {
+                    client_id: c.into(),
+                    generation: 5,
+                    filter: "b".into(),
+                },
+                message(1, "a/1"),
+                message(2, "a/2"),
+                message(3, "a/3"),
+                enqueued(c, 5, 1),
+                enqueued(c, 5, 2),
+                enqueued(c, 5, 3),
+                StoreRecord::InFlight {
+                    client_id: c.into(),
+                    generation: 5,
+                    message: 1,
+                    packet_id: 10,
+                    delivery: delivery(QoS::ExactlyOnce),
+                },
+                StoreRecord::InFlight {
+                    client_id: c.into(),
+                    generation: 5,
+                    message: 2,
+                    packet_id: 11,
+                    delivery: delivery(QoS::AtLeastOnce),
+                },
+                StoreRecord::DupSet {
+                    client_id: c.into(),
+                    generation: 5,
+                    packet_id: 11,
+                },
+                StoreRecord::PubRecReceived {
+                    client_id: c.into(),
+                    generation: 5,
+                    packet_id: 10,
+                },
+                StoreRecord::InboundReceived {
+                    client_id: c.into(),
+                    generation: 5,
+                    packet_id: 7,
+                },
+                StoreRecord::InboundReceived {
+                    client_id: c.into(),
+                    generation: 5,
+                    packet_id: 8,
+                },
+                StoreRecord::InboundReleased {
+                    client_id: c.into(),
+                    generation: 5,
+                    packet_id: 7,
+                },
+                StoreRecord::SessionDisconnected {
+                    client_id: c.into(),
+                    generation: 5,
+                    at_ms: 99,
+                    expiry_secs: Some(10),
+                },
+            ]
+            .into_iter()
+            .map(|r| (0, r)),
+        );
+        let session = &state.sessions[c];
+        assert!(session.started);
+        assert_eq!(session.username.as_deref(), Some("u"));
+        assert_eq!(
+            session.subscriptions.keys().collect::<Vec<_>>(),
+            vec!["a/#"]
+        );
+        assert_eq!(session.queue.len(), 1);
+        assert_eq!(session.queue[0].message.id, 3);
+        assert_eq!(session.inflight[&10], InFlightMessage::PubRelDue);
+        assert!(matches!(
+            &session.inflight[&11],
+            InFlightMessage::Published { dup: true, message, .. } if message.id == 2
+        ));
+        assert_eq!(
+            session.inbound_qos2.iter().copied().collect::<Vec<_>>(),
+            vec![8]
+        );
+        assert_eq!(session.disconnected_at_ms, Some(99));
+        assert_eq!(session.expiry_secs, Some(10));
+        assert_eq!(state.stats.stale, 0);
+        assert_eq!(state.stats.missing_messages, 0);
+        assert_eq!(state.pending_messages(), 3);
+    }
+
+    #[test]
+    fn a_pubrel_due_exchange_needs_no_message() {
+        let state = replay([
+            (0, started("c", 1)),
+            (
+                0,
+                StoreRecord::PubRecReceived {
+                    client_id: "c".into(),
+                    generation: 1,
+                    packet_id: 4,
+                },
+            ),
+            (
+                0,
+                StoreRecord::DupSet {
+                    client_id: "c".into(),
+                    generation: 1,
+                    packet_id: 4,
+                },
+            ),
+        ]);
+        assert_eq!(state.sessions["c"].inflight[&4], InFlightMessage::PubRelDue);
+        assert_eq!(state.stats.missing_entries, 0);
+        assert_eq!(state.stats.missing_messages, 0);
+    }
+
+    #[test]
+    fn acks_and_dequeues_remove_entries() {
+        let c = "c";
+        let state = replay(
+            [
+                started(c, 1),
+                message(1, "t"),
+                message(2, "t"),
+                enqueued(c, 1, 1),
+                enqueued(c, 1, 2),
+                StoreRecord::Dequeued {
+                    client_id: c.into(),
+                    generation: 1,
+                    message: 2,
+                },
+                StoreRecord::InFlight {
+                    client_id: c.into(),
+                    generation: 1,
+                    message: 1,
+                    packet_id: 1,
+                    delivery: delivery(QoS::AtLeastOnce),
+                },
+                StoreRecord::Acked {
+                    client_id: c.into(),
+                    generation: 1,
+                    packet_id: 1,
+                },
+                StoreRecord::Acked {
+                    client_id: c.into(),
+                    generation: 1,
+                    packet_id: 1,
+                },
+            ]
+            .into_iter()
+            .map(|r| (0, r)),
+        );
+        assert_eq!(state.pending_messages(), 0);
+        assert_eq!(state.stats.missing_entries, 1);
+    }
+
+    /// A session moved from shard 0 (generation 1) to shard 1 (generation 2): whatever order
+    /// the shards' records come in, only generation 2's state survives.
+    #[test]
+    fn the_newest_generation_wins_in_any_shard_order() {
+        let c = "mover";
+        let old = vec![
+            started(c, 1),
+            subscribed(c, 1, "old"),
+            message(1, "x"),
+            enqueued(c, 1, 1),
+            subscribed(c, 1, "old-later"),
+        ];
+        let new = vec![
+            started(c, 2),
+            subscribed(c, 2, "new"),
+            message(1, "y"),
+            enqueued(c, 2, 1),
+        ];
+        let tag = |shard: u16, records: &Vec<StoreRecord>| {
+            records
+                .iter()
+                .cloned()
+                .map(move |r| (shard, r))
+                .collect::<Vec<_>>()
+        };
+        let orders = [
+            [tag(0, &old), tag(1, &new)].concat(),
+            [tag(1, &new), tag(0, &old)].concat(),
+            {
+                // Interleaved.
+                let (a, b) = (tag(0, &old), tag(1, &new));
+                let mut mixed = Vec::new();
+                for i in 0..a.len().max(b.len()) {
+                    mixed.extend(b.get(i).cloned());
+                    mixed.extend(a.get(i).cloned());
+                }
+                mixed
+            },
+        ];
+        for order in orders {
+            let state = replay(order);
+            let session = &state.sessions[c];
+            assert_eq!(session.generation, 2);
+            assert_eq!(session.source_shard, 1);
+            assert_eq!(
+                session.subscriptions.keys().collect::<Vec<_>>(),
+                vec!["new"]
+            );
+            assert_eq!(session.queue.len(), 1);
+            assert_eq!(session.queue[0].message.topic, "y");
+            assert_eq!(state.max_generation, 2);
+            assert_eq!(
+                state.stats.superseded_sessions + state.stats.stale.min(1),
+                1,
+                "old generation either replayed then superseded, or read late and stale"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ended_session_stays_ended_unless_a_newer_generation_follows() {
+        let c = "c";
+        let ended = StoreRecord::SessionEnded {
+            client_id: c.into(),
+            generation: 3,
+        };
+        let state = replay([
+            (1, ended.clone()),
+            (0, started(c, 2)),
+            (0, subscribed(c, 2, "a")),
+        ]);
+        assert!(state.sessions.is_empty());
+        assert_eq!(state.stats.stale, 2);
+        let state = replay([(1, ended), (0, started(c, 4))]);
+        assert_eq!(state.sessions[c].generation, 4);
+    }
+
+    #[test]
+    fn records_without_their_start_or_body_are_counted() {
+        let state = replay([(0, subscribed("c", 1, "a")), (0, enqueued("c", 1, 42))]);
+        assert_eq!(state.sessions["c"].subscriptions.len(), 1);
+        assert!(!state.sessions["c"].started);
+        assert_eq!(state.stats.sessions_without_start, 1);
+        assert_eq!(state.stats.missing_messages, 1);
+    }
+
+    #[test]
+    fn message_ids_are_scoped_by_shard() {
+        // Shard 1's message 1 is not shard 0's message 1.
+        let state = replay([
+            (0, message(1, "zero")),
+            (1, message(1, "one")),
+            (0, started("c", 1)),
+            (0, enqueued("c", 1, 1)),
+        ]);
+        assert_eq!(state.sessions["c"].queue[0].message.topic, "zero");
+    }
+
+    #[test]
+    fn retained_keeps_the_newest_version_and_clears() {
+        let set = |topic: &str, version, message| StoreRecord::RetainedSet {
+            topic: topic.into(),
+            version,
+            message,
+        };
+        let state = replay([
+            (0, message(1, "a")),
+            (0, message(2, "a")),
+            (1, message(1, "b")),
+            (0, set("a", 5, 2)),
+            (0, set("a", 4, 1)),
+            (1, set("b", 1, 1)),
+            (
+                1,
+                StoreRecord::RetainedCleared {
+                    topic: "b".into(),
+                    version: 2,
+                },
+            ),
+            (0, set("b", 1, 1)),
+        ]);
+        assert_eq!(state.retained.len(), 1);
+        assert_eq!(state.retained["a"].version, 5);
+        assert_eq!(state.retained["a"].message.payload, Bytes::from("m2"));
+        assert_eq!(state.stats.stale, 2);
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_on_request() {
+        let mut expiring = message(1, "a");
+        if let StoreRecord::Message(m) = &mut expiring {
+            m.expires_at_ms = Some(1000);
+        }
+        let mut state = replay([
+            (0, expiring),
+            (
+                0,
+                StoreRecord::RetainedSet {
+                    topic: "a".into(),
+                    version: 1,
+                    message: 1,
+                },
+            ),
+            (0, started("c", 1)),
+            (0, enqueued("c", 1, 1)),
+        ]);
+        state.drop_expired(999);
+        assert_eq!(state.retained.len(), 1);
+        state.drop_expired(1000);
+        assert!(state.retained.is_empty());
+        assert!(state.sessions["c"].queue.is_empty());
+    }
+
+    #[test]
+    fn rehome_uses_the_broker_placement() {
+        let records: Vec<_> = (0..50)
+            .map(|i| (0u16, started(&format!("client-{i}"), 1)))
+            .collect();
+        let state = replay(records);
+        for shards in [1, 2, 3, 7] {
+            let homed = rehome(state.sessions.clone(), shards, crate::placement::home_shard);
+            assert_eq!(homed.len(), shards);
+            assert_eq!(homed.iter().map(Vec::len).sum::<usize>(), 50);
+            for (shard, sessions) in homed.iter().enumerate() {
+                for session in sessions {
+                    assert_eq!(
+                        crate::placement::home_shard(&session.client_id, shards),
+                        shard
+                    );
+                }
+            }
+        }
+        // A home function out of range does not panic.
+        let homed = rehome(state.sessions, 2, |_, _| 9);
+        assert_eq!(homed[1].len(), 50);
+    }
+
+    #[test]
+    fn next_epoch_is_after_every_generation() {
+        use crate::store::record::generation;
+        let state = replay([(0, started("c", generation(4, 9)))]);
+        assert_eq!(state.next_epoch(), 5);
+        assert_eq!(RecoveredState::default().next_epoch(), 1);
+    }
+}
