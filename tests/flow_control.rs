@@ -34,6 +34,27 @@ fn next_packet_wait(deadline: Instant) -> Duration {
     TIMEOUT.min(deadline.saturating_duration_since(Instant::now()))
 }
 
+/// Writes [`MESSAGES`] QoS 1 PUBLISHes to `topic` (payload and packet id = sequence number 1..)
+/// in 4 KiB writes, without waiting for PUBACKs. About 15 KB: the socket buffers hold it all
+/// while the broker does not read.
+fn write_numbered_publishes(publisher: &mut Raw, topic: &str) {
+    let bytes: Vec<u8> = (1..=MESSAGES)
+        .flat_map(|seq| {
+            let publish = publish_packet(
+                topic,
+                &seq.to_be_bytes(),
+                QoS::AtLeastOnce,
+                false,
+                seq as u16,
+            );
+            encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1)
+        })
+        .collect();
+    for chunk in bytes.chunks(4096) {
+        publisher.send_bytes(chunk).expect("write the publishes");
+    }
+}
+
 /// A subscriber on shard 0 whose queue holds 100 messages (window 10) stops reading while a
 /// publisher on `publisher_shard` writes [`MESSAGES`] QoS 1 publishes as fast as it can; then the
 /// subscriber reads and acknowledges everything. No message may be lost: every one of them is
@@ -54,21 +75,7 @@ fn slow_subscriber_loses_no_qos1_message(publisher_shard: usize) {
     // The publisher: every PUBLISH written at once (in a few writes), then the PUBACKs as they
     // come. A throttled publisher is simply not read, so its PUBACKs are late, never missing.
     let publishing = thread::spawn(move || {
-        let bytes: Vec<u8> = (1..=MESSAGES)
-            .flat_map(|seq| {
-                let publish = publish_packet(
-                    "flow/t",
-                    &seq.to_be_bytes(),
-                    QoS::AtLeastOnce,
-                    false,
-                    seq as u16,
-                );
-                encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1)
-            })
-            .collect();
-        for chunk in bytes.chunks(4096) {
-            publisher.send_bytes(chunk).expect("write the publishes");
-        }
+        write_numbered_publishes(&mut publisher, "flow/t");
         let mut acked = BTreeSet::new();
         while acked.len() < MESSAGES as usize {
             match publisher.recv_for(next_packet_wait(deadline)) {
@@ -155,22 +162,7 @@ fn a_stuck_subscriber_throttles_its_publisher_only_for_a_while() {
     let (mut stuck, _) = Raw::connect_small_buffer(broker.shard(0), "stuck-sub", 4096);
     stuck.subscribe(1, "stuck/t", QoS::AtLeastOnce);
     let (mut publisher, _) = Raw::connect(broker.shard(0), "stuck-pub", true);
-    let bytes: Vec<u8> = (1..=MESSAGES)
-        .flat_map(|seq| {
-            let publish = publish_packet(
-                "stuck/t",
-                &seq.to_be_bytes(),
-                QoS::AtLeastOnce,
-                false,
-                seq as u16,
-            );
-            encode(&Packet::Publish(publish), ProtocolVersion::V3_1_1)
-        })
-        .collect();
-    // About 15 KB: the socket buffers hold it all while the broker does not read.
-    for chunk in bytes.chunks(4096) {
-        publisher.send_bytes(chunk).expect("write the publishes");
-    }
+    write_numbered_publishes(&mut publisher, "stuck/t");
     let mut acked = BTreeSet::new();
     while acked.len() < MESSAGES as usize {
         match publisher.recv_for(next_packet_wait(deadline)) {
