@@ -165,7 +165,15 @@ impl Pattern {
     }
 
     pub(super) fn substitute(&self, who: &Who<'_>) -> String {
-        String::from_utf8(self.bytes(who).collect()).expect("pieces of UTF-8 strings")
+        let mut filter = String::new();
+        for piece in self.pieces.iter() {
+            filter.push_str(match piece {
+                Piece::Lit(s) => s,
+                Piece::Username => who.username.unwrap_or(""),
+                Piece::ClientId => who.client_id,
+            });
+        }
+        filter
     }
 }
 
