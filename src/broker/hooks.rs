@@ -24,7 +24,7 @@ use crate::acl::Acl;
 pub use crate::acl::{ClientAcl, SubscribeCheck};
 use crate::auth::password::{PasswordFile, Verdict};
 use crate::auth::{AuthMethods, AuthStep};
-use crate::codec::{Connect, MqttStr, QoS, ReasonCode, SubscriptionOptions};
+use crate::codec::{Connect, LastWill, QoS, ReasonCode, SubscriptionOptions};
 use crate::config::Config;
 use crate::session::Message;
 
@@ -277,31 +277,69 @@ pub fn auth_hooks(config: &Config) -> (Box<dyn Admission>, Box<dyn Authorization
     (admission, authorization)
 }
 
-/// A durable state change, as plain data.
+/// Identifies a message body in a shard's journal (see [`Journal::message_id`]).
+pub type MessageId = u64;
+
+/// A durable state change, as plain data. Session records name the session by client id and
+/// the generation of the claim that owns it (issued in claim order by the client id's home
+/// shard, newer across boots): a new owner writes the whole session again under its
+/// generation, and recovery keeps only the newest generation's records.
 #[derive(Debug, Clone, Copy)]
 pub enum JournalRecord<'a> {
-    /// A session that outlives its connection was created or taken over by claim `token`.
+    /// A session that outlives its connection was created or taken over, and its client is
+    /// connected. Later records of `generation` build its state from empty.
     SessionStarted {
         /// Client identifier.
-        client_id: &'a MqttStr,
-        /// The claim that now owns the session (its generation).
-        token: u64,
+        client_id: &'a str,
+        /// The owning claim's generation.
+        generation: u64,
+        /// The owner's user name.
+        username: Option<&'a str>,
+        /// Protocol level (3, 4 or 5).
+        protocol: u8,
         /// Seconds the session lives after its connection ends (`None`: forever).
         expiry: Option<u32>,
     },
-    /// The session ended (expired, or replaced by a clean start).
+    /// The session's connection ended; the session lives on for `expiry` from now.
+    SessionDisconnected {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The session expiry in force from now (`None`: forever).
+        expiry: Option<u32>,
+    },
+    /// The session ended (expired, clean start, discarded): nothing of it remains.
     SessionEnded {
         /// Client identifier.
-        client_id: &'a MqttStr,
-        /// The claim that owned it.
-        token: u64,
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
     },
-    /// A persistent session subscribed.
+    /// The session's will (published when its connection ends abnormally, after its delay).
+    WillSet {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The will (its delay is in its properties).
+        will: &'a LastWill,
+    },
+    /// The will is gone (normal disconnect, or published).
+    WillCleared {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+    },
+    /// A persistent session subscribed (or replaced a subscription).
     Subscribed {
         /// Client identifier.
-        client_id: &'a MqttStr,
-        /// The filter.
-        filter: &'a MqttStr,
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The filter (with any `$share/group/` prefix).
+        filter: &'a str,
         /// Its options.
         options: SubscriptionOptions,
         /// Its subscription identifier (0: none).
@@ -310,35 +348,140 @@ pub enum JournalRecord<'a> {
     /// A persistent session unsubscribed.
     Unsubscribed {
         /// Client identifier.
-        client_id: &'a MqttStr,
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
         /// The filter.
-        filter: &'a MqttStr,
+        filter: &'a str,
     },
-    /// A QoS 1/2 message was accepted from a client (its PUBACK/PUBREC depends on this).
-    Published {
-        /// The publishing client.
-        client_id: &'a MqttStr,
-        /// Its packet identifier.
-        packet_id: u16,
-        /// QoS it was published with.
-        qos: QoS,
-        /// The message.
-        message: &'a Arc<Message>,
-    },
-    /// An inbound QoS 2 packet id was released (PUBREL): the exchange is over.
-    Released {
+    /// A QoS 1/2 message was queued for the session (`message` from [`Journal::message_id`]).
+    Enqueued {
         /// Client identifier.
-        client_id: &'a MqttStr,
-        /// The packet identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The message body.
+        message: MessageId,
+        /// QoS of the delivery.
+        qos: QoS,
+        /// Retain flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: &'a [u32],
+    },
+    /// A message was sent with `packet_id` (taken off the queue if it was queued: then
+    /// `message` is the id it was queued with) and waits for its PUBACK / PUBREC.
+    InFlight {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The message body.
+        message: MessageId,
+        /// Packet identifier.
+        packet_id: u16,
+        /// QoS of the delivery.
+        qos: QoS,
+        /// Retain flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: &'a [u32],
+    },
+    /// The in-flight message `packet_id` is resent with DUP set from now on.
+    DupSet {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// Packet identifier.
         packet_id: u16,
     },
-    /// This shard, as the topic's owner, applied a retained update.
-    Retained {
+    /// Outgoing QoS 2: PUBREC received, PUBREL due.
+    PubRecReceived {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// The in-flight message `packet_id` is done (PUBACK, PUBCOMP, dropped).
+    Acked {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// A queued message was dropped before it was sent (expired, too large).
+    Dequeued {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// The message body.
+        message: MessageId,
+    },
+    /// Inbound QoS 2: the PUBLISH `packet_id` was accepted (its PUBREC depends on this).
+    InboundReceived {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// Inbound QoS 2: PUBREL received (its PUBCOMP depends on this).
+    InboundReleased {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+        /// Packet identifier.
+        packet_id: u16,
+    },
+    /// This shard, as the topic's owner, set its retained message.
+    RetainedSet {
         /// The topic.
         topic: &'a str,
-        /// The message, or `None` when the retained message was cleared.
-        message: Option<&'a Arc<Message>>,
+        /// Version (issued by the owner shard, newer across boots).
+        version: u64,
+        /// The message body.
+        message: MessageId,
     },
+    /// This shard, as the topic's owner, cleared its retained message.
+    RetainedCleared {
+        /// The topic.
+        topic: &'a str,
+        /// Version.
+        version: u64,
+    },
+}
+
+impl JournalRecord<'_> {
+    /// The record's kind, for logs and tests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JournalRecord::SessionStarted { .. } => "session-started",
+            JournalRecord::SessionDisconnected { .. } => "session-disconnected",
+            JournalRecord::SessionEnded { .. } => "session-ended",
+            JournalRecord::WillSet { .. } => "will-set",
+            JournalRecord::WillCleared { .. } => "will-cleared",
+            JournalRecord::Subscribed { .. } => "subscribed",
+            JournalRecord::Unsubscribed { .. } => "unsubscribed",
+            JournalRecord::Enqueued { .. } => "enqueued",
+            JournalRecord::InFlight { .. } => "in-flight",
+            JournalRecord::DupSet { .. } => "dup-set",
+            JournalRecord::PubRecReceived { .. } => "pubrec-received",
+            JournalRecord::Acked { .. } => "acked",
+            JournalRecord::Dequeued { .. } => "dequeued",
+            JournalRecord::InboundReceived { .. } => "inbound-received",
+            JournalRecord::InboundReleased { .. } => "inbound-released",
+            JournalRecord::RetainedSet { .. } => "retained-set",
+            JournalRecord::RetainedCleared { .. } => "retained-cleared",
+        }
+    }
 }
 
 /// When a journal record is durable.
@@ -350,10 +493,49 @@ pub enum Durability {
     At(u64),
 }
 
-/// Records durable state changes.
+/// Records durable state changes. The shard calls it only for state that is persisted
+/// (sessions that outlive their connection, retained messages) and only when
+/// [`Journal::enabled`] says so.
 pub trait Journal: fmt::Debug {
+    /// Whether anything is persisted (false: the shard builds no records at all).
+    fn enabled(&self) -> bool {
+        false
+    }
     /// Records `record`; says when it is durable.
     fn append(&mut self, record: &JournalRecord<'_>) -> Durability;
+    /// The id of `message`'s body in this journal, writing the body first if it is not the
+    /// body written last (a message fanned out to many sessions of the shard is written once).
+    fn message_id(&mut self, _message: &Arc<Message>) -> MessageId {
+        0
+    }
+    /// When everything appended so far is durable.
+    fn barrier(&self) -> Durability {
+        Durability::Now
+    }
+    /// The runtime's side: everything appended since the last call, to be written (the
+    /// journal answers `on_durable` with the batch's last sequence number once it is).
+    fn take_batch(&mut self) -> Option<JournalBatch> {
+        None
+    }
+    /// Whether a snapshot of the shard's state is due (the current log segment is full):
+    /// the shard then writes its whole state with [`Journal::begin_image`] first.
+    fn image_due(&self) -> bool {
+        false
+    }
+    /// The records that follow, up to [`Journal::end_image`], are the shard's whole state
+    /// (a snapshot): once they are durable, older files can go.
+    fn begin_image(&mut self) {}
+    /// The end of the records begun with [`Journal::begin_image`].
+    fn end_image(&mut self) {}
+}
+
+/// Bytes for the runtime to write, and what is durable once they are.
+#[derive(Debug, Default)]
+pub struct JournalBatch {
+    /// Encoded frames, in order.
+    pub bytes: Vec<u8>,
+    /// The sequence number of the batch's last record.
+    pub last_sequence: u64,
 }
 
 /// No persistence: every change is "durable" at once, nothing is written.

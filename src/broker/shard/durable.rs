@@ -24,7 +24,79 @@ pub(super) enum HeldKind {
 impl Shard {
     /// Records `record` in the journal.
     pub(super) fn journal(&mut self, record: &JournalRecord<'_>) -> Durability {
+        if !self.hooks.journal.enabled() {
+            return Durability::Now;
+        }
         self.hooks.journal.append(record)
+    }
+
+    /// Records the retained update of `topic` this shard owns.
+    pub(super) fn journal_retained(
+        &mut self,
+        topic: &str,
+        message: Option<&Arc<Message>>,
+    ) -> Durability {
+        if !self.hooks.journal.enabled() || is_sys(topic) {
+            return Durability::Now;
+        }
+        let version = self.next_generation();
+        match message {
+            Some(message) => {
+                let id = self.hooks.journal.message_id(message);
+                self.journal(&JournalRecord::RetainedSet {
+                    topic,
+                    version,
+                    message: id,
+                })
+            }
+            None => self.journal(&JournalRecord::RetainedCleared { topic, version }),
+        }
+    }
+
+    /// Writes the whole state of the persistent session in `slot` under its generation: what
+    /// a new owner does (a connection, a move between shards, a snapshot).
+    pub(super) fn journal_session_image(&mut self, slot: SessionId) -> Durability {
+        if !self.hooks.journal.enabled() {
+            return Durability::Now;
+        }
+        let Some(entry) = self.sessions.get(slot).filter(|e| !e.session.clean) else {
+            return Durability::Now;
+        };
+        let session = &entry.session;
+        let client_id: &str = &session.client_id;
+        let generation = entry.generation;
+        let journal = &mut self.hooks.journal;
+        let mut durability = journal.append(&JournalRecord::SessionStarted {
+            client_id,
+            generation,
+            username: session.username.as_deref(),
+            protocol: session.protocol.level(),
+            expiry: session.expiry,
+        });
+        let will = session.will.as_deref().or(entry.pending_will.as_deref());
+        if let Some(will) = will {
+            durability = later(
+                durability,
+                journal.append(&JournalRecord::WillSet {
+                    client_id,
+                    generation,
+                    will,
+                }),
+            );
+        }
+        for (filter, (options, subscription_id)) in &session.subscriptions {
+            durability = later(
+                durability,
+                journal.append(&JournalRecord::Subscribed {
+                    client_id,
+                    generation,
+                    filter,
+                    options: *options,
+                    subscription_id: *subscription_id,
+                }),
+            );
+        }
+        durability
     }
 
     /// Writes `packet` to `conn` once `durability` allows, after any output held before it

@@ -63,7 +63,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,13 @@ pub struct Global {
     pub listener_rates: Vec<RateGate>,
     /// The process is over `max_memory` (set by the shard that samples memory use).
     pub memory_pressure: AtomicBool,
+    /// Serial of the durable generations (session owners, retained versions) of this boot:
+    /// one counter for all shards, so that an owner installed after another (the ownership
+    /// protocol orders them) always has the larger generation.
+    pub generations: AtomicU64,
+    /// This boot's epoch: the high bits of every generation it issues (one more than the
+    /// newest recovered from the data directory).
+    pub epoch: AtomicU64,
 }
 
 /// A shard: its connections, sessions, subscriptions, replicas and outboxes.
@@ -439,6 +446,12 @@ impl Shard {
         serial
     }
 
+    /// A new durable generation (see [`Global::generations`]).
+    pub(super) fn next_generation(&self) -> u64 {
+        let serial = self.global.generations.fetch_add(1, Ordering::Relaxed);
+        crate::store::record::generation(self.global.epoch.load(Ordering::Relaxed), serial)
+    }
+
     fn new_token(&mut self) -> u64 {
         ((self.id as u64) << 48) | self.next_serial()
     }
@@ -565,10 +578,12 @@ impl Shard {
                 let known = entry.session.on_pubrel(ack.packet_id);
                 let mut complete = Ack::new(ack.packet_id);
                 let mut durability = Durability::Now;
-                if known {
+                if known && !entry.session.clean {
                     let client_id = entry.session.client_id.clone();
-                    durability = self.journal(&JournalRecord::Released {
+                    let generation = entry.generation;
+                    durability = self.journal(&JournalRecord::InboundReleased {
                         client_id: &client_id,
+                        generation,
                         packet_id: ack.packet_id,
                     });
                 } else {

@@ -120,13 +120,15 @@ impl Shard {
                 // The time of the read that brought the PUBLISH: the start of its latency.
                 received_at: Some(self.now),
             });
-            if qos != QoS::AtMostOnce {
-                durability = self.journal(&JournalRecord::Published {
-                    client_id: &message.publisher,
-                    packet_id,
-                    qos,
-                    message: &message,
-                });
+            if qos == QoS::ExactlyOnce {
+                if let Some(entry) = self.sessions.get(session).filter(|e| !e.session.clean) {
+                    let generation = entry.generation;
+                    durability = self.journal(&JournalRecord::InboundReceived {
+                        client_id: &message.publisher,
+                        generation,
+                        packet_id,
+                    });
+                }
             }
             self.current_publisher = Some(index);
             let (any, retained) = self.route_publish(message);

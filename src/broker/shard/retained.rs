@@ -41,10 +41,7 @@ impl Shard {
                 return Durability::Now;
             }
         }
-        let durability = self.journal(&JournalRecord::Retained {
-            topic,
-            message: message.as_ref(),
-        });
+        let durability = self.journal_retained(topic, message.as_ref());
         self.apply_retained(topic, message.clone());
         self.broadcast(|| ShardMsg::RetainApply {
             topic: topic.clone(),
@@ -111,6 +108,6 @@ impl Shard {
 }
 
 /// The broker's own statistics topics.
-fn is_sys(topic: &str) -> bool {
+pub(super) fn is_sys(topic: &str) -> bool {
     topic.starts_with("$SYS/")
 }

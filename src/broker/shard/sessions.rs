@@ -7,6 +7,8 @@ pub(super) struct SessionEntry {
     pub(super) session: Session,
     pub(super) conn: Option<ConnId>,
     pub(super) token: u64,
+    /// The durable generation of this owner (see [`Global::generations`]).
+    pub(super) generation: u64,
     /// Milliseconds since the shard started, when the session went offline (`conn` is
     /// `None`: session expiry counts from here) or was attached to its current connection
     /// (`conn` is `Some`: messages read since then are measured for latency when delivered).
@@ -88,6 +90,7 @@ impl Shard {
             session,
             conn: None,
             token,
+            generation: self.next_generation(),
             since_ms: self.clock_ms(),
             pending_will: None,
             moved_to: None,
@@ -203,8 +206,10 @@ impl Shard {
                     entry.session.subscriptions.remove(&filter);
                 }
                 if persistent {
+                    let generation = self.sessions.get(slot).map_or(0, |e| e.generation);
                     self.journal(&JournalRecord::Unsubscribed {
                         client_id: &client_id,
+                        generation,
                         filter: &filter,
                     });
                 }
@@ -254,10 +259,12 @@ impl Shard {
         // deliveries).
         self.stats
             .session_queue_moved(entry.session.queued_len(), false);
-        self.journal(&JournalRecord::SessionEnded {
-            client_id: &entry.session.client_id,
-            token: entry.token,
-        });
+        if !entry.session.clean {
+            self.journal(&JournalRecord::SessionEnded {
+                client_id: &entry.session.client_id,
+                generation: entry.generation,
+            });
+        }
         let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).

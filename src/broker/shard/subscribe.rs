@@ -105,8 +105,10 @@ impl Shard {
             }
             if !existing.session.clean {
                 let client_id = existing.session.client_id.clone();
+                let generation = existing.generation;
                 let recorded = self.journal(&JournalRecord::Subscribed {
                     client_id: &client_id,
+                    generation,
                     filter: &filter,
                     options,
                     subscription_id,
@@ -205,8 +207,10 @@ impl Shard {
             let existed = entry.session.subscriptions.remove(filter).is_some();
             if existed && !entry.session.clean {
                 let client_id = entry.session.client_id.clone();
+                let generation = entry.generation;
                 let recorded = self.journal(&JournalRecord::Unsubscribed {
                     client_id: &client_id,
+                    generation,
                     filter,
                 });
                 durability = later(durability, recorded);

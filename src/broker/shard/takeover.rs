@@ -343,25 +343,22 @@ impl Shard {
         };
         // The CONNECT may have brought another username (an in-place takeover).
         self.prepare_authorization(slot);
-        let mut started = None;
+        let mut started = false;
+        let generation = self.next_generation();
         if let Some(entry) = self.sessions.get_mut(slot) {
+            // Every connection is a new owner: its records replace what older ones wrote.
+            entry.generation = generation;
             entry.conn = Some(index);
             entry.listener = listener;
             entry.since_ms = now_ms;
             entry.progress_secs = self.now_secs;
             entry.stuck_logged = false;
-            if !entry.session.clean {
-                started = Some((entry.session.client_id.clone(), entry.session.expiry));
-            }
+            started = !entry.session.clean;
         }
-        if let Some((client_id, expiry)) = started {
+        if started {
             // The CONNACK itself is not held for the journal yet: the durable-session work
             // decides how a held CONNACK and the resumed messages behind it are ordered.
-            self.journal(&JournalRecord::SessionStarted {
-                client_id: &client_id,
-                token,
-                expiry,
-            });
+            self.journal_session_image(slot);
         }
         match stub_shard {
             Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
