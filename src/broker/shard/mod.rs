@@ -99,6 +99,7 @@ mod outbox;
 mod overload;
 mod publish;
 pub(crate) mod rate;
+mod recovery;
 mod registry;
 mod retained;
 mod sessions;
