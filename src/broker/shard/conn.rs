@@ -326,14 +326,18 @@ impl Shard {
         if let ConnState::Active { session, .. } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
                 let connected_at = entry.connected_at(self.started);
-                let session = &mut entry.session;
-                if session.queued_len() > 0 {
-                    let mark = SessionMark::of(session);
+                if entry.session.queued_len() > 0 {
+                    let mark = SessionMark::of(&entry.session);
                     let now = self.now;
-                    let stats = &mut self.stats;
-                    let sent = session.fill_window(&mut c.out, now, &mut |message, qos| {
-                        stats.sent(message, qos, connected_at, now)
-                    });
+                    let mut recorder = Recorder::new(
+                        &mut self.stats,
+                        &mut self.hooks.journal,
+                        entry,
+                        connected_at,
+                        now,
+                    );
+                    let sent = entry.session.fill_window(&mut c.out, now, &mut recorder);
+                    let session = &entry.session;
                     self.stats.session_changed(mark, session);
                     if sent > 0 {
                         return true;

@@ -9,6 +9,8 @@ pub(super) struct HeldAck {
     pub(super) packet: Packet,
     /// When the journal has the publish itself.
     pub(super) durability: Durability,
+    /// Peer shards whose journals must have the publish's deliveries first.
+    pub(super) targets: Vec<usize>,
 }
 
 impl Shard {
@@ -101,7 +103,7 @@ impl Shard {
             return;
         };
         if self.conns.contains(held.conn) {
-            self.ack_when_durable(held.conn, held.packet, held.durability);
+            self.ack_after_peers(held.conn, held.packet, held.durability, &held.targets);
             self.resume_reading(held.conn);
         }
     }

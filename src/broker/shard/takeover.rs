@@ -414,13 +414,10 @@ impl Shard {
             if let Some(entry) = self.sessions.get_mut(slot) {
                 // What was held for the client while it was away: counted as sent, not
                 // measured for latency.
-                let (mark, now, stats) =
-                    (SessionMark::of(&entry.session), self.now, &mut self.stats);
-                entry
-                    .session
-                    .resume(&mut conn.out, now, &mut |message, qos| {
-                        stats.sent(message, qos, None, now)
-                    });
+                let (mark, now) = (SessionMark::of(&entry.session), self.now);
+                let mut recorder =
+                    Recorder::new(&mut self.stats, &mut self.hooks.journal, entry, None, now);
+                entry.session.resume(&mut conn.out, now, &mut recorder);
                 self.stats.session_changed(mark, &entry.session);
             }
         }
