@@ -41,6 +41,32 @@ impl Shard {
         self.hooks.journal.append(record)
     }
 
+    /// The runtime reports whether the journal's disk is full (writes fail with ENOSPC):
+    /// while it is, new persistent sessions, QoS 1/2 publishes and persistent subscriptions
+    /// are refused (quota exceeded) and retained messages are not stored; nothing earlier is
+    /// dropped.
+    pub fn set_storage_full(&mut self, full: bool) {
+        if self.storage_full != full {
+            self.storage_full = full;
+            if full {
+                tracing::error!(
+                    shard = self.id,
+                    "data directory full: refusing new persistent sessions, QoS 1/2 publishes and persistent subscriptions"
+                );
+            } else {
+                tracing::warn!(
+                    shard = self.id,
+                    "data directory writable again: persistent work accepted"
+                );
+            }
+        }
+    }
+
+    /// Whether persistent work is refused for lack of disk space.
+    pub(super) fn storage_full(&self) -> bool {
+        self.storage_full && self.hooks.journal.enabled()
+    }
+
     /// Records the retained update of `topic` this shard owns.
     pub(super) fn journal_retained(
         &mut self,

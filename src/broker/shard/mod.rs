@@ -199,6 +199,8 @@ pub struct Shard {
     held_outputs: VecDeque<HeldOutput>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
+    /// The journal's disk is full (see [`Shard::set_storage_full`]).
+    storage_full: bool,
     /// While a publish is routed with a journal: the peer shards it reaches (they are asked
     /// for a `StoreBarrier` before it is acknowledged). `None`: not collecting.
     store_targets: Option<Vec<usize>>,
@@ -350,6 +352,7 @@ impl Shard {
             hooks,
             held_outputs: VecDeque::new(),
             durable_through: 0,
+            storage_full: false,
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,

@@ -80,6 +80,25 @@ impl Shard {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        if qos != QoS::AtMostOnce && self.storage_full() {
+            // Nothing new that must be durable while the disk is full: 5.0 says so in the
+            // acknowledgement (0x97), 3.x has no way to but closing the connection.
+            self.stats.drop_messages(DropReason::StorageFull, 1);
+            if !protocol.is_v5() {
+                return self.kill_conn(index, ReasonCode::QuotaExceeded, false);
+            }
+            let ack = Ack {
+                packet_id,
+                reason: ReasonCode::QuotaExceeded,
+                properties: Properties::default(),
+            };
+            let packet = if qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            };
+            return self.ack_when_durable(index, packet, Durability::Now);
+        }
         let receive_maximum = usize::from(self.config.receive_maximum);
         let Some(entry) = self.sessions.get_mut(session) else {
             return;

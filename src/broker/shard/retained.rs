@@ -23,6 +23,15 @@ impl Shard {
         message: Option<Arc<Message>>,
         ack: Option<(u16, u64)>,
     ) -> Durability {
+        if message.is_some() && self.storage_full() && !is_sys(topic) {
+            // The data directory is full: delivered, not kept (and not acknowledged as kept
+            // any longer than the publisher is told: 5.0 publishers were refused already).
+            self.stats.retained_refused += 1;
+            if let Some((shard, token)) = ack {
+                self.send(usize::from(shard), ShardMsg::RetainAck { token });
+            }
+            return Durability::Now;
+        }
         if let Some(new) = &message {
             if !self.retained_fits(topic, new) {
                 // Over the retained bounds: the message was delivered, it is not kept.
