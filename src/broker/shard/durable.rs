@@ -30,6 +30,8 @@ pub(super) enum HeldKind {
     Packet(ConnId, Box<Packet>),
     /// A message for a peer shard (or this one).
     Mesh(usize, ShardMsg),
+    /// The output of a connection (held behind a persistent session's CONNACK) may go.
+    Release(ConnId),
 }
 
 impl Shard {
@@ -294,7 +296,7 @@ impl Shard {
                     Packet::PubRec(ack) => Some((*conn, ack.packet_id)),
                     _ => None,
                 },
-                HeldKind::Mesh(..) => None,
+                HeldKind::Mesh(..) | HeldKind::Release(_) => None,
             };
             let session =
                 target.and_then(
@@ -344,7 +346,28 @@ impl Shard {
             match held.kind {
                 HeldKind::Packet(conn, packet) => self.write(conn, *packet),
                 HeldKind::Mesh(shard, message) => self.send(shard, message),
+                HeldKind::Release(conn) => {
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        c.limited.set(Limited::OUTPUT_HELD, false);
+                        self.wake_conn(conn);
+                    }
+                }
             }
+        }
+    }
+
+    /// Holds everything `conn` is sent from now on until `durability` allows (a persistent
+    /// session's CONNACK waits for its records).
+    pub(super) fn hold_output(&mut self, conn: ConnId, durability: Durability) {
+        let Durability::At(sequence) = durability else {
+            return;
+        };
+        if sequence <= self.durable_through {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.limited.set(Limited::OUTPUT_HELD, true);
+            self.hold(sequence, HeldKind::Release(conn));
         }
     }
 

@@ -199,6 +199,8 @@ pub struct Shard {
     held_outputs: VecDeque<HeldOutput>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
+    /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
+    no_output: BytesMut,
     /// The journal's disk is full (see [`Shard::set_storage_full`]).
     storage_full: bool,
     /// While a publish is routed with a journal: the peer shards it reaches (they are asked
@@ -353,6 +355,7 @@ impl Shard {
             held_outputs: VecDeque::new(),
             durable_through: 0,
             storage_full: false,
+            no_output: BytesMut::new(),
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,

@@ -356,9 +356,10 @@ impl Shard {
             started = !entry.session.clean;
         }
         if started {
-            // The CONNACK itself is not held for the journal yet: the durable-session work
-            // decides how a held CONNACK and the resumed messages behind it are ordered.
-            self.journal_session_image(slot);
+            // The CONNACK and everything after it wait until the new owner's records are
+            // durable: a client told "session present" finds it after a crash.
+            let durability = self.journal_session_image(slot);
+            self.hold_output(index, durability);
         }
         match stub_shard {
             Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
