@@ -33,6 +33,9 @@ pub enum ShardMsg {
         /// Token from the update.
         token: u64,
     },
+    /// The sender installed its recovered sessions (and sent their subscriptions' interest
+    /// before this): once every peer said so, the receiver may accept clients.
+    Recovered,
     /// Answer with `StoreAck` once everything you journaled so far is durable (the deliveries
     /// of the publishes sent to you before this).
     StoreBarrier {

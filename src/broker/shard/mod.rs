@@ -201,6 +201,8 @@ pub struct Shard {
     durable_through: u64,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
+    /// Peers that announced their recovery ([`Shard::announce_recovered`]).
+    peers_recovered: usize,
     /// The journal's disk is full (see [`Shard::set_storage_full`]).
     storage_full: bool,
     /// While a publish is routed with a journal: the peer shards it reaches (they are asked
@@ -355,6 +357,7 @@ impl Shard {
             held_outputs: VecDeque::new(),
             durable_through: 0,
             storage_full: false,
+            peers_recovered: 0,
             no_output: BytesMut::new(),
             store_targets: None,
             barriers: HashMap::new(),
@@ -491,6 +494,7 @@ impl Shard {
                 self.on_store_barrier(usize::from(from), token)
             }
             ShardMsg::StoreAck { token } => self.on_store_ack(token),
+            ShardMsg::Recovered => self.peers_recovered += 1,
             ShardMsg::Ping { from, token } => {
                 self.send(usize::from(from), ShardMsg::Pong { token });
             }

@@ -220,6 +220,19 @@ impl Shard {
         self.hooks.journal.end_image();
     }
 
+    /// Tells every peer that this shard's recovered sessions are installed (their interest was
+    /// broadcast before: the mesh is ordered).
+    pub fn announce_recovered(&mut self) {
+        self.broadcast(|| ShardMsg::Recovered);
+    }
+
+    /// Whether every peer announced its recovery: this shard knows every recovered
+    /// subscription, so a publish it accepts now reaches them all. The runtime starts
+    /// accepting clients after this.
+    pub fn peers_recovered(&self) -> bool {
+        self.peers_recovered + 1 >= self.shards
+    }
+
     /// The journal hook, for the runtime that writes its batches.
     pub fn journal_mut(&mut self) -> &mut dyn Journal {
         &mut *self.hooks.journal
