@@ -334,15 +334,22 @@ impl Shard {
         let Some(c) = self.conns.get_mut(conn) else {
             return false;
         };
+        if c.limited.has(Limited::OUTPUT_HELD) {
+            // Waiting for the journal: the release wakes the connection.
+            return false;
+        }
         if !c.out.is_empty() {
             return true;
         }
+        let mut sent = 0;
+        let mut before = Durability::Now;
         if let ConnState::Active { session, .. } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
                 let connected_at = entry.connected_at(self.started);
                 if entry.session.queued_len() > 0 {
                     let mark = SessionMark::of(&entry.session);
                     let now = self.now;
+                    before = self.hooks.journal.barrier();
                     let mut recorder = Recorder::new(
                         &mut self.stats,
                         &mut self.hooks.journal,
@@ -350,14 +357,18 @@ impl Shard {
                         connected_at,
                         now,
                     );
-                    let sent = entry.session.fill_window(&mut c.out, now, &mut recorder);
+                    sent = entry.session.fill_window(&mut c.out, now, &mut recorder);
                     let session = &entry.session;
                     self.stats.session_changed(mark, session);
-                    if sent > 0 {
-                        return true;
-                    }
                 }
             }
+        }
+        if sent > 0 {
+            self.hold_if_recorded(Some(conn), before);
+            return self
+                .conns
+                .get(conn)
+                .is_some_and(|c| !c.limited.has(Limited::OUTPUT_HELD));
         }
         if c.out.capacity() > 0 {
             // No output buffer is kept while there is nothing to send: an idle connection

@@ -166,6 +166,7 @@ impl Shard {
             _ => (None, None, false),
         };
         let mark = SessionMark::of(&entry.session);
+        let before = self.hooks.journal.barrier();
         let mut recorder = Recorder::new(
             &mut self.stats,
             &mut self.hooks.journal,
@@ -188,6 +189,7 @@ impl Shard {
         let queued = session.queued_len();
         self.stats.deliveries += 1;
         self.stats.session_changed(mark, session);
+        self.hold_if_recorded(index, before);
         if let Some(index) = index {
             if was_empty {
                 self.wake_conn(index);

@@ -347,17 +347,24 @@ impl Shard {
                 HeldKind::Packet(conn, packet) => self.write(conn, *packet),
                 HeldKind::Mesh(shard, message) => self.send(shard, message),
                 HeldKind::Release(conn) => {
-                    if let Some(c) = self.conns.get_mut(conn) {
-                        c.limited.set(Limited::OUTPUT_HELD, false);
-                        self.wake_conn(conn);
+                    // Only the last hold of the connection releases it.
+                    let until = self.output_held_until.get(&conn).copied().unwrap_or(0);
+                    if until <= sequence {
+                        self.output_held_until.remove(&conn);
+                        if let Some(c) = self.conns.get_mut(conn) {
+                            c.limited.set(Limited::OUTPUT_HELD, false);
+                            self.wake_conn(conn);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Holds everything `conn` is sent from now on until `durability` allows (a persistent
-    /// session's CONNACK waits for its records).
+    /// Holds everything `conn` is sent from now on until `durability` allows: a persistent
+    /// session's CONNACK waits for its records, a PUBLISH or PUBREL to a durable session for
+    /// the record of it (so that after a crash it is resent with the same packet id, never
+    /// again as a new message).
     pub(super) fn hold_output(&mut self, conn: ConnId, durability: Durability) {
         let Durability::At(sequence) = durability else {
             return;
@@ -365,9 +372,26 @@ impl Shard {
         if sequence <= self.durable_through {
             return;
         }
-        if let Some(c) = self.conns.get_mut(conn) {
-            c.limited.set(Limited::OUTPUT_HELD, true);
+        let Some(c) = self.conns.get_mut(conn) else {
+            return;
+        };
+        c.limited.set(Limited::OUTPUT_HELD, true);
+        let until = self.output_held_until.entry(conn).or_insert(0);
+        if *until < sequence {
+            *until = sequence;
             self.hold(sequence, HeldKind::Release(conn));
+        }
+    }
+
+    /// After a session call that may have written to `conn`: if it recorded anything (the
+    /// journal's barrier moved past `before`), the connection's output waits for it.
+    pub(super) fn hold_if_recorded(&mut self, conn: Option<ConnId>, before: Durability) {
+        let Some(conn) = conn else {
+            return;
+        };
+        let after = self.hooks.journal.barrier();
+        if after != before {
+            self.hold_output(conn, after);
         }
     }
 

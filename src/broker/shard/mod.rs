@@ -199,6 +199,8 @@ pub struct Shard {
     held_outputs: VecDeque<HeldOutput>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
+    /// Connections whose output is held, and the sequence number it waits for.
+    output_held_until: HashMap<ConnId, u64>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
     /// Peers that announced their recovery ([`Shard::announce_recovered`]).
@@ -359,6 +361,7 @@ impl Shard {
             storage_full: false,
             peers_recovered: 0,
             no_output: BytesMut::new(),
+            output_held_until: HashMap::new(),
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,

@@ -219,6 +219,7 @@ impl Shard {
         entry.progress_secs = self.now_secs;
         entry.stuck_logged = false;
         let now = self.now;
+        let before = self.hooks.journal.barrier();
         let on_sent = &mut Recorder::new(
             &mut self.stats,
             &mut self.hooks.journal,
@@ -241,6 +242,7 @@ impl Shard {
         if was_empty && !conn.out.is_empty() {
             self.wake_conn(index);
         }
+        self.hold_if_recorded(Some(index), before);
         self.slow_consumer_maybe_ends(session);
         self.release_throttled(Some(session));
     }

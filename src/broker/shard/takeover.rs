@@ -416,10 +416,12 @@ impl Shard {
                 // What was held for the client while it was away: counted as sent, not
                 // measured for latency.
                 let (mark, now) = (SessionMark::of(&entry.session), self.now);
+                let before = self.hooks.journal.barrier();
                 let mut recorder =
                     Recorder::new(&mut self.stats, &mut self.hooks.journal, entry, None, now);
                 entry.session.resume(&mut conn.out, now, &mut recorder);
                 self.stats.session_changed(mark, &entry.session);
+                self.hold_if_recorded(Some(index), before);
             }
         }
         if keep_alive > 0 {
