@@ -63,6 +63,8 @@ mod prop_tests;
 pub mod dir;
 #[cfg(feature = "runtime")]
 pub mod inspect;
+#[cfg(feature = "runtime")]
+pub mod journal;
 
 pub use load::{load, Loaded};
 pub use record::StoreRecord;

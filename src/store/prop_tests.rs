@@ -371,6 +371,7 @@ fn normalized(state: &RecoveredState) -> RecoveredState {
     }
     for retained in state.retained.values_mut() {
         retained.message = body(&retained.message);
+        retained.source_shard = 0;
     }
     state
 }
