@@ -132,3 +132,36 @@ fn files_of_shards_beyond_the_shard_count_go_once_every_first_image_is_durable()
     broker.shutdown();
     broker.join();
 }
+
+/// Writes that fail (here: the next log segment is /dev/full, every write ENOSPC) do not bring
+/// the broker down: the records wait and are retried, clients are served, and shutdown gives
+/// the last records up after a few tries instead of hanging.
+#[test]
+fn a_full_disk_is_survived() {
+    let dir = TempDir::new("full");
+    let mut broker = Broker::start_with(with_dir(&dir.0, SyncMode::Always));
+    wait_until(WAIT, "both shards' first snapshots", || {
+        snapshots(&dir.0) == vec![(0, 1), (1, 1)]
+    });
+    for shard in 0..2 {
+        let name = SegmentName {
+            shard,
+            sequence: 2,
+            kind: SegmentKind::Log,
+        };
+        std::os::unix::fs::symlink("/dev/full", dir.0.join(name.file_name())).unwrap();
+    }
+    let (mut client, _) = Raw::connect(broker.shard(0), "full-pub", true);
+    for i in 0..4 {
+        client.publish(&format!("full/{i}"), b"x", QoS::AtMostOnce, true, 0);
+    }
+    client.ping();
+    std::thread::sleep(Duration::from_millis(500));
+    let (mut other, _) = Raw::connect(broker.shard(1), "full-other", true);
+    other.ping();
+    assert!(!broker.failed());
+    assert!(
+        broker.stop(WAIT),
+        "the broker stops despite the failing journal"
+    );
+}

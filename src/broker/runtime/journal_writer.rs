@@ -408,9 +408,12 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 }
                 Event::Sync => {
                     sync_timer = None;
-                    if let Err(error) = writer.sync().await {
-                        writer.failed(&driver, &error);
-                        sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                    match writer.sync().await {
+                        Ok(()) => writer.recovered(&driver),
+                        Err(error) => {
+                            writer.failed(&driver, &error);
+                            sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                        }
                     }
                     continue;
                 }
