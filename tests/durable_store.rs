@@ -165,3 +165,80 @@ fn a_full_disk_is_survived() {
         "the broker stops despite the failing journal"
     );
 }
+
+/// Writes a large data directory for measuring start-up (`SHARDMQ_GEN_DIR`, `SHARDMQ_GEN_SHARDS`,
+/// `SHARDMQ_GEN_SESSIONS` per shard, 10 queued 100-byte messages each). Run by hand:
+/// `SHARDMQ_GEN_DIR=/tmp/big cargo test --test durable_store -- --ignored generate`.
+#[test]
+#[ignore]
+fn generate_a_large_directory() {
+    use bytes::Bytes;
+    use shardmq::store::record::{generation, Delivery, MessageRecord, StoreRecord};
+    let Ok(dir) = std::env::var("SHARDMQ_GEN_DIR") else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let var = |name: &str, default: u64| {
+        std::env::var(name)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let shards = var("SHARDMQ_GEN_SHARDS", 2) as u16;
+    let sessions = var("SHARDMQ_GEN_SESSIONS", 50_000);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("FORMAT"), "shardmq-data 1\n").unwrap();
+    for shard in 0..shards {
+        let mut records = Vec::new();
+        let mut id = 0;
+        for s in 0..sessions {
+            let client_id = format!("client-{shard}-{s}");
+            let g = generation(1, u64::from(shard) << 32 | s);
+            records.push(StoreRecord::SessionStarted {
+                client_id: client_id.clone(),
+                generation: g,
+                username: None,
+                protocol: 4,
+                expiry_secs: None,
+                at_ms: 1,
+            });
+            records.push(StoreRecord::Subscribed {
+                client_id: client_id.clone(),
+                generation: g,
+                filter: format!("t/{s}/#"),
+                options: Default::default(),
+                subscription_id: 0,
+            });
+            for _ in 0..10 {
+                id += 1;
+                records.push(StoreRecord::Message(MessageRecord {
+                    id,
+                    topic: format!("t/{s}/x"),
+                    publisher: "p".into(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                    properties: Bytes::new(),
+                    payload: Bytes::from(vec![b'x'; 100]),
+                    expires_at_ms: None,
+                }));
+                records.push(StoreRecord::Enqueued {
+                    client_id: client_id.clone(),
+                    generation: g,
+                    message: id,
+                    delivery: Delivery {
+                        qos: QoS::AtLeastOnce,
+                        retain: false,
+                        subscription_ids: vec![],
+                    },
+                });
+            }
+        }
+        let name = SegmentName {
+            shard,
+            sequence: 1,
+            kind: SegmentKind::Log,
+        };
+        let bytes = shardmq::store::load::encode_segment(name, shards, &records);
+        std::fs::write(dir.join(name.file_name()), bytes).unwrap();
+    }
+}
