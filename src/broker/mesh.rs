@@ -33,6 +33,22 @@ pub enum ShardMsg {
         /// Token from the update.
         token: u64,
     },
+    /// The sender installed its recovered sessions (and sent their subscriptions' interest
+    /// before this): once every peer said so, the receiver may accept clients.
+    Recovered,
+    /// Answer with `StoreAck` once everything you journaled so far is durable (the deliveries
+    /// of the publishes sent to you before this).
+    StoreBarrier {
+        /// Shard to answer.
+        from: u16,
+        /// Barrier token.
+        token: u64,
+    },
+    /// Answer to `StoreBarrier`.
+    StoreAck {
+        /// Barrier token.
+        token: u64,
+    },
     /// Answer with `Pong` once everything sent to you before this has been applied.
     Ping {
         /// Shard to answer.

@@ -171,8 +171,8 @@ mod tests {
             publishes_in: 3,
             sessions: 2,
             retained: 5,
-            // queue_full, qos0_slow_or_offline, expired, too_large, not_authorized
-            dropped: [1, 2, 0, 3, 1],
+            // queue_full, qos0_slow_or_offline, expired, too_large, not_authorized, storage_full
+            dropped: [1, 2, 0, 3, 1, 0],
             ..ShardStats::default()
         };
         let totals = Totals {

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use super::{InflightState, Message, Session, SessionError};
-use crate::codec::{Ack, Packet, QoS, ReasonCode};
+use super::{Change, InflightState, Session, SessionError, SessionEvents};
+use crate::codec::{Ack, Packet, ReasonCode};
 
 impl Session {
     fn position(&self, packet_id: u16) -> Option<usize> {
@@ -23,7 +23,7 @@ impl Session {
         packet_id: u16,
         out: &mut BytesMut,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
         self.finish_flow(packet_id, InflightState::AwaitPubAck, out, now, on_sent)
     }
@@ -35,13 +35,14 @@ impl Session {
         expected: InflightState,
         out: &mut BytesMut,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
         if let Some(index) = self.position(packet_id) {
             if self.traffic().inflight[index].state != expected {
                 return Err(SessionError::UnexpectedAck);
             }
             self.traffic_mut().inflight.remove(index);
+            on_sent.change(Change::Acked(packet_id));
             self.fill_window(out, now, on_sent);
         }
         Ok(())
@@ -54,7 +55,7 @@ impl Session {
         reason: ReasonCode,
         out: &mut BytesMut,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
         let Some(index) = self.position(packet_id) else {
             let mut release = Ack::new(packet_id);
@@ -66,9 +67,13 @@ impl Session {
             InflightState::AwaitPubRec if reason.is_error() => {
                 // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
                 self.traffic_mut().inflight.remove(index);
+                on_sent.change(Change::Acked(packet_id));
                 self.fill_window(out, now, on_sent);
             }
             InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
+                if self.traffic().inflight[index].state == InflightState::AwaitPubRec {
+                    on_sent.change(Change::PubRec(packet_id));
+                }
                 self.traffic_mut().inflight[index].state = InflightState::AwaitPubComp;
                 let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);
             }
@@ -83,7 +88,7 @@ impl Session {
         packet_id: u16,
         out: &mut BytesMut,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
         self.finish_flow(packet_id, InflightState::AwaitPubComp, out, now, on_sent)
     }

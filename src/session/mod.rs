@@ -72,6 +72,8 @@ pub struct Inflight {
     pub group: Option<MqttStr>,
     /// Acknowledgement state.
     pub state: InflightState,
+    /// The id its body has in the journal (0: not recorded).
+    pub store_id: u64,
 }
 
 /// A message waiting for room in the in-flight window (or for the client to come back).
@@ -87,6 +89,8 @@ pub struct Queued {
     pub subscription_ids: Vec<u32>,
     /// The shared subscription (`$share/...` filter) it came through, if any.
     pub group: Option<MqttStr>,
+    /// The id its body has in the journal (0: not recorded).
+    pub store_id: u64,
 }
 
 /// What became of a message handed to [`Session::deliver`].
@@ -99,6 +103,76 @@ pub enum Delivery {
     /// Dropped: QoS 0 to an offline or congested client, a queue at its bound, an expired
     /// message, or one larger than the client accepts.
     Dropped,
+}
+
+/// A change of a session's outgoing messages that a durable session records (the journal's
+/// view of the queue and the in-flight window). Messages carry the id the recorder gave
+/// them when they entered the session (`store_id`).
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Queued for later (window full, client offline). The recorder returns its store id.
+    Queued {
+        /// The message.
+        message: &'a Arc<Message>,
+        /// QoS of the delivery.
+        qos: QoS,
+        /// Retain flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: &'a [u32],
+    },
+    /// Sent at once with `packet_id`, never queued. The recorder returns its store id.
+    SentNew {
+        /// The message.
+        message: &'a Arc<Message>,
+        /// Packet identifier.
+        packet_id: u16,
+        /// QoS of the delivery.
+        qos: QoS,
+        /// Retain flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: &'a [u32],
+    },
+    /// The queued message `store_id` was sent with `packet_id`.
+    SentQueued {
+        /// Its store id.
+        store_id: u64,
+        /// Packet identifier.
+        packet_id: u16,
+        /// QoS of the delivery.
+        qos: QoS,
+        /// Retain flag of the delivery.
+        retain: bool,
+        /// Subscription identifiers of the delivery.
+        subscription_ids: &'a [u32],
+    },
+    /// The in-flight `packet_id` was resent with DUP set.
+    Dup(u16),
+    /// PUBREC received for `packet_id`: PUBREL due.
+    PubRec(u16),
+    /// The in-flight `packet_id` is done.
+    Acked(u16),
+    /// The queued message `store_id` was dropped unsent (expired, too large).
+    Dequeued(u64),
+}
+
+/// What a session tells its owner as it works: each PUBLISH it writes (for counters) and, for
+/// durable sessions, each change of its queue and window (for the journal).
+pub trait SessionEvents {
+    /// A PUBLISH of `message` went into the output at `qos`.
+    fn sent(&mut self, message: &Message, qos: QoS);
+    /// A change to record; returns the store id of a message entering the session (0 when
+    /// nothing is recorded).
+    fn change(&mut self, _change: Change<'_>) -> u64 {
+        0
+    }
+}
+
+impl<F: FnMut(&Message, QoS)> SessionEvents for F {
+    fn sent(&mut self, message: &Message, qos: QoS) {
+        self(message, qos)
+    }
 }
 
 /// A broken acknowledgement rule, reported to the runtime which closes the connection.
@@ -338,7 +412,7 @@ impl Session {
         dup: bool,
         cache: Option<&mut EncodeCache>,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> bool {
         let v5 = self.protocol.is_v5();
         let tailored = v5 && (!subscription_ids.is_empty() || self.peer.topic_alias_max > 0);
@@ -350,7 +424,7 @@ impl Session {
                 return false;
             }
             encoded.write_to(out, packet_id, dup);
-            on_sent(message, qos);
+            on_sent.sent(message, qos);
             return true;
         }
         let mut publish = message.to_publish(qos, retain, now);
@@ -386,7 +460,7 @@ impl Session {
         }
         let written = Packet::Publish(publish).encode(self.protocol, out).is_ok();
         if written {
-            on_sent(message, qos);
+            on_sent.sent(message, qos);
         }
         written
     }
@@ -411,7 +485,7 @@ impl Session {
         out: Option<&mut BytesMut>,
         cache: &mut EncodeCache,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> Delivery {
         if message.is_expired(now) {
             self.dropped_expired = self.dropped_expired.wrapping_add(1);
@@ -474,16 +548,38 @@ impl Session {
                     } else {
                         InflightState::AwaitPubRec
                     },
+                    store_id: on_sent.change(Change::SentNew {
+                        message,
+                        packet_id,
+                        qos,
+                        retain,
+                        subscription_ids,
+                    }),
                 });
                 Delivery::Sent
             }
-            _ => self.enqueue(Queued {
-                message: Arc::clone(message),
-                qos,
-                retain,
-                subscription_ids: subscription_ids.to_vec(),
-                group: group.cloned(),
-            }),
+            _ => {
+                let delivery = self.enqueue(Queued {
+                    message: Arc::clone(message),
+                    qos,
+                    retain,
+                    subscription_ids: subscription_ids.to_vec(),
+                    group: group.cloned(),
+                    store_id: 0,
+                });
+                if delivery == Delivery::Queued {
+                    let store_id = on_sent.change(Change::Queued {
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                    });
+                    if let Some(last) = self.traffic_mut().queue.back_mut() {
+                        last.store_id = store_id;
+                    }
+                }
+                delivery
+            }
         }
     }
 
@@ -510,7 +606,7 @@ impl Session {
         &mut self,
         out: &mut BytesMut,
         now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
+        on_sent: &mut impl SessionEvents,
     ) -> usize {
         let mut sent = 0;
         while self.window_open() {
@@ -523,6 +619,7 @@ impl Session {
             traffic.queued_bytes -= queued.message.payload.len();
             if queued.message.is_expired(now) {
                 self.dropped_expired = self.dropped_expired.wrapping_add(1);
+                on_sent.change(Change::Dequeued(queued.store_id));
                 continue;
             }
             let packet_id = if queued.qos == QoS::AtMostOnce {
@@ -544,10 +641,20 @@ impl Session {
                 on_sent,
             ) {
                 self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
+                on_sent.change(Change::Dequeued(queued.store_id));
                 continue;
             }
             sent += 1;
-            if queued.qos != QoS::AtMostOnce {
+            if queued.qos == QoS::AtMostOnce {
+                on_sent.change(Change::Dequeued(queued.store_id));
+            } else {
+                on_sent.change(Change::SentQueued {
+                    store_id: queued.store_id,
+                    packet_id,
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    subscription_ids: &ids,
+                });
                 self.traffic_mut().inflight.push_back(Inflight {
                     packet_id,
                     state: if queued.qos == QoS::AtLeastOnce {
@@ -560,6 +667,7 @@ impl Session {
                     retain: queued.retain,
                     subscription_ids: ids,
                     group: queued.group,
+                    store_id: queued.store_id,
                 });
             }
         }
@@ -567,14 +675,62 @@ impl Session {
         sent
     }
 
+    /// Reports the whole outgoing state to `events` as changes (a new owner's or a snapshot's
+    /// records), in window-then-queue order, and keeps the store ids it hands out.
+    pub fn record_image(&mut self, events: &mut impl SessionEvents) {
+        let Some(traffic) = self.traffic.as_mut() else {
+            return;
+        };
+        for entry in traffic.inflight.iter_mut() {
+            if entry.state == InflightState::AwaitPubComp {
+                events.change(Change::PubRec(entry.packet_id));
+                continue;
+            }
+            entry.store_id = events.change(Change::SentNew {
+                message: &entry.message,
+                packet_id: entry.packet_id,
+                qos: entry.qos,
+                retain: entry.retain,
+                subscription_ids: &entry.subscription_ids,
+            });
+            // Sent at least once already: any resend carries DUP.
+            events.change(Change::Dup(entry.packet_id));
+        }
+        for queued in traffic.queue.iter_mut() {
+            queued.store_id = events.change(Change::Queued {
+                message: &queued.message,
+                qos: queued.qos,
+                retain: queued.retain,
+                subscription_ids: &queued.subscription_ids,
+            });
+        }
+    }
+
+    /// Recovery: puts back an in-flight message (resent with DUP when the client returns).
+    pub fn restore_inflight(&mut self, inflight: Inflight) {
+        self.traffic_mut().inflight.push_back(inflight);
+    }
+
+    /// Recovery: puts back a queued message (outside the queue bounds: it was accepted).
+    pub fn restore_queued(&mut self, queued: Queued) {
+        let traffic = self.traffic_mut();
+        traffic.queued_bytes += queued.message.payload.len();
+        traffic.queue.push_back(queued);
+    }
+
+    /// Recovery: an inbound QoS 2 packet id still awaiting its PUBREL.
+    pub fn restore_incoming_qos2(&mut self, packet_id: u16) {
+        self.on_incoming_qos2(packet_id);
+    }
+
+    /// Inbound QoS 2 packet identifiers awaiting PUBREL.
+    pub fn incoming_qos2_ids(&self) -> &[u16] {
+        &self.traffic().incoming_qos2
+    }
+
     /// On a resumed session: resend every unacknowledged PUBLISH with DUP set and every PUBREL,
     /// in their original order (MQTT 3.1.1 §4.4), then fill the window from the queue.
-    pub fn resume(
-        &mut self,
-        out: &mut BytesMut,
-        now: Instant,
-        on_sent: &mut impl FnMut(&Message, QoS),
-    ) {
+    pub fn resume(&mut self, out: &mut BytesMut, now: Instant, on_sent: &mut impl SessionEvents) {
         let inflight = match self.traffic.as_mut() {
             Some(traffic) => std::mem::take(&mut traffic.inflight),
             None => VecDeque::new(),
@@ -596,6 +752,7 @@ impl Session {
                         now,
                         on_sent,
                     );
+                    on_sent.change(Change::Dup(entry.packet_id));
                 }
                 InflightState::AwaitPubComp => {
                     let _ = Packet::PubRel(Ack::new(entry.packet_id)).encode(self.protocol, out);

@@ -65,12 +65,12 @@ fn window_then_queue_then_drain_in_order() {
             Some(&mut out),
             &mut cache,
             Instant::now(),
-            &mut |_, _| {},
+            &mut |_: &Message, _: QoS| {},
         );
     }
     assert_eq!(publish_ids(&packets(&mut out)), [(1, false), (2, false)]);
     assert_eq!(s.queued_len(), 2);
-    s.on_puback(1, &mut out, Instant::now(), &mut |_, _| {})
+    s.on_puback(1, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {})
         .unwrap();
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(3, false)]);
@@ -79,7 +79,7 @@ fn window_then_queue_then_drain_in_order() {
     };
     assert_eq!(&p.payload[..], b"3");
     // Unknown ids are ignored.
-    s.on_puback(99, &mut out, Instant::now(), &mut |_, _| {})
+    s.on_puback(99, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {})
         .unwrap();
     assert!(out.is_empty());
 }
@@ -102,14 +102,14 @@ fn traffic_state_exists_only_while_messages_flow() {
             Some(&mut out),
             &mut cache,
             Instant::now(),
-            &mut |_, _| {},
+            &mut |_: &Message, _: QoS| {},
         );
     }
     assert!(s.traffic.is_some());
-    s.on_puback(1, &mut out, Instant::now(), &mut |_, _| {})
+    s.on_puback(1, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {})
         .unwrap();
     assert!(s.traffic.is_some(), "the queued message is in flight now");
-    s.on_puback(2, &mut out, Instant::now(), &mut |_, _| {})
+    s.on_puback(2, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {})
         .unwrap();
     assert!(s.traffic.is_none(), "nothing in flight or queued");
     assert!(s.on_incoming_qos2(7));
@@ -134,7 +134,7 @@ fn queue_bound_drops_newest_and_counts() {
             None,
             &mut cache,
             Instant::now(),
-            &mut |_, _| {},
+            &mut |_: &Message, _: QoS| {},
         );
     }
     assert_eq!(s.queued_len(), 2);
@@ -150,7 +150,7 @@ fn queue_bound_drops_newest_and_counts() {
             None,
             &mut cache,
             Instant::now(),
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Dropped
     );
@@ -177,7 +177,7 @@ fn queued_bytes_bound() {
             None,
             &mut cache,
             Instant::now(),
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Queued
     );
@@ -191,7 +191,7 @@ fn queued_bytes_bound() {
             None,
             &mut cache,
             Instant::now(),
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Dropped
     );
@@ -214,7 +214,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     s.deliver(
         &q2,
@@ -225,7 +225,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     s.deliver(
         &q2,
@@ -236,7 +236,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     out.clear();
     s.on_pubrec(
@@ -244,7 +244,7 @@ fn resume_retransmits_with_dup_and_pubrel() {
         ReasonCode::Success,
         &mut out,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     )
     .unwrap();
     assert_eq!(packets(&mut out), [Packet::PubRel(Ack::new(3))]);
@@ -258,13 +258,13 @@ fn resume_retransmits_with_dup_and_pubrel() {
         None,
         &mut cache,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
-    s.resume(&mut out, Instant::now(), &mut |_, _| {});
+    s.resume(&mut out, Instant::now(), &mut |_: &Message, _: QoS| {});
     let sent = packets(&mut out);
     assert_eq!(publish_ids(&sent), [(1, true), (2, true), (4, false)]);
     assert!(sent.contains(&Packet::PubRel(Ack::new(3))));
-    s.on_pubcomp(3, &mut out, Instant::now(), &mut |_, _| {})
+    s.on_pubcomp(3, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {})
         .unwrap();
     assert_eq!(s.inflight().count(), 3);
 }
@@ -294,10 +294,10 @@ fn wrong_ack_for_the_flow_is_an_error() {
         Some(&mut out),
         &mut cache,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     assert_eq!(
-        s.on_pubcomp(1, &mut out, Instant::now(), &mut |_, _| {}),
+        s.on_pubcomp(1, &mut out, Instant::now(), &mut |_: &Message, _: QoS| {}),
         Err(SessionError::UnexpectedAck)
     );
     assert_eq!(
@@ -306,7 +306,7 @@ fn wrong_ack_for_the_flow_is_an_error() {
             ReasonCode::Success,
             &mut out,
             Instant::now(),
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Err(SessionError::UnexpectedAck)
     );
@@ -317,7 +317,7 @@ fn wrong_ack_for_the_flow_is_an_error() {
         ReasonCode::Success,
         &mut out,
         Instant::now(),
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     )
     .unwrap();
     assert!(matches!(packets(&mut out)[..], [Packet::PubRel(_)]));
@@ -340,7 +340,7 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
             Some(&mut out),
             &mut cache,
             Instant::now(),
-            &mut |_, _| {},
+            &mut |_: &Message, _: QoS| {},
         );
     }
     assert_eq!(
@@ -421,10 +421,14 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
         None,
         &mut cache,
         now,
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     // Offline for 4 s: 6 s remain.
-    s.resume(&mut out, now + Duration::from_secs(4), &mut |_, _| {});
+    s.resume(
+        &mut out,
+        now + Duration::from_secs(4),
+        &mut |_: &Message, _: QoS| {},
+    );
     let mut v5 = out.clone();
     let Some(Packet::Publish(p)) = decode(&mut v5, ProtocolVersion::V5, usize::MAX).unwrap() else {
         panic!()
@@ -440,11 +444,16 @@ fn expired_messages_are_dropped_and_remaining_interval_is_forwarded() {
         None,
         &mut cache,
         now,
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     out.clear();
-    s.on_puback(1, &mut out, now + Duration::from_secs(11), &mut |_, _| {})
-        .unwrap();
+    s.on_puback(
+        1,
+        &mut out,
+        now + Duration::from_secs(11),
+        &mut |_: &Message, _: QoS| {},
+    )
+    .unwrap();
     assert!(out.is_empty());
     assert_eq!(s.dropped_expired, 1);
 }
@@ -471,7 +480,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         Some(&mut out),
         &mut cache,
         now,
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     s.deliver(
         &m,
@@ -482,7 +491,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
         Some(&mut out),
         &mut cache,
         now,
-        &mut |_, _| {},
+        &mut |_: &Message, _: QoS| {},
     );
     let mut packets = Vec::new();
     while let Some(p) = decode(&mut out, ProtocolVersion::V5, usize::MAX).unwrap() {
@@ -508,7 +517,7 @@ fn subscription_ids_aliases_and_peer_maximum_packet_size() {
             Some(&mut out),
             &mut cache,
             now,
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Dropped
     );
@@ -538,7 +547,7 @@ fn receive_maximum_limits_the_window() {
             Some(&mut out),
             &mut cache,
             now,
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Sent
     );
@@ -552,7 +561,7 @@ fn receive_maximum_limits_the_window() {
             Some(&mut out),
             &mut cache,
             now,
-            &mut |_, _| {}
+            &mut |_: &Message, _: QoS| {}
         ),
         Delivery::Queued
     );
@@ -601,7 +610,7 @@ fn on_sent_reports_every_publish_written() {
             Some(&mut out),
             &mut cache,
             now,
-            &mut |m, qos| reported.push((qos, m.payload.clone())),
+            &mut |m: &Message, qos: QoS| reported.push((qos, m.payload.clone())),
         );
     }
     // QoS 0: written at once, never queued.
@@ -614,12 +623,12 @@ fn on_sent_reports_every_publish_written() {
         Some(&mut out),
         &mut cache,
         now,
-        &mut |m, qos| reported.push((qos, m.payload.clone())),
+        &mut |m: &Message, qos: QoS| reported.push((qos, m.payload.clone())),
     );
     check(&mut out, &mut reported, &mut written);
     assert_eq!(written.len(), 3, "two in the window and the QoS 0 one");
     // A PUBACK frees a slot: the window takes the next queued message.
-    s.on_puback(1, &mut out, now, &mut |m, qos| {
+    s.on_puback(1, &mut out, now, &mut |m: &Message, qos: QoS| {
         reported.push((qos, m.payload.clone()))
     })
     .unwrap();
@@ -632,10 +641,10 @@ fn on_sent_reports_every_publish_written() {
         ReasonCode::UnspecifiedError,
         &mut out,
         now,
-        &mut |m, qos| reported.push((qos, m.payload.clone())),
+        &mut |m: &Message, qos: QoS| reported.push((qos, m.payload.clone())),
     )
     .unwrap();
-    s.resume(&mut out, now, &mut |m, qos| {
+    s.resume(&mut out, now, &mut |m: &Message, qos: QoS| {
         reported.push((qos, m.payload.clone()))
     });
     check(&mut out, &mut reported, &mut written);

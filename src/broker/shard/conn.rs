@@ -89,6 +89,10 @@ impl Limited {
     pub(super) const RATE_PAUSED: u8 = 4;
     /// A wake-up for this connection is queued for the runtime (so it is queued once).
     pub(super) const WAKE_QUEUED: u8 = 8;
+    /// The CONNACK of a persistent session waits for the journal: the output (CONNACK, then
+    /// whatever follows it) is not handed to the runtime until the session's records are
+    /// durable.
+    pub(super) const OUTPUT_HELD: u8 = 16;
 
     pub(super) fn has(self, flag: u8) -> bool {
         self.0 & flag != 0
@@ -275,6 +279,8 @@ impl Shard {
         if conn.kill.is_some() {
             return;
         }
+        // What is closing needs no durability: its last packets go out.
+        conn.limited.set(Limited::OUTPUT_HELD, false);
         if !graceful && conn.protocol.is_v5() && matches!(conn.state, ConnState::Active { .. }) {
             let _ =
                 Packet::Disconnect(Disconnect::new(reason)).encode(conn.protocol, &mut conn.out);
@@ -310,7 +316,15 @@ impl Shard {
     /// The bytes waiting to be written to `conn`'s socket. The runtime writes from the front
     /// and advances the buffer by what the socket took.
     pub fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut> {
-        self.conns.get_mut(conn).map(|c| &mut c.out)
+        match self.conns.get_mut(conn) {
+            Some(c) if c.limited.has(Limited::OUTPUT_HELD) => {
+                // Nothing to send yet; the connection is still there.
+                self.no_output.clear();
+                Some(&mut self.no_output)
+            }
+            Some(c) => Some(&mut c.out),
+            None => None,
+        }
     }
 
     /// The runtime wrote everything [`Shard::output`] held: messages queued while the client
@@ -326,14 +340,18 @@ impl Shard {
         if let ConnState::Active { session, .. } = c.state {
             if let Some(entry) = self.sessions.get_mut(session) {
                 let connected_at = entry.connected_at(self.started);
-                let session = &mut entry.session;
-                if session.queued_len() > 0 {
-                    let mark = SessionMark::of(session);
+                if entry.session.queued_len() > 0 {
+                    let mark = SessionMark::of(&entry.session);
                     let now = self.now;
-                    let stats = &mut self.stats;
-                    let sent = session.fill_window(&mut c.out, now, &mut |message, qos| {
-                        stats.sent(message, qos, connected_at, now)
-                    });
+                    let mut recorder = Recorder::new(
+                        &mut self.stats,
+                        &mut self.hooks.journal,
+                        entry,
+                        connected_at,
+                        now,
+                    );
+                    let sent = entry.session.fill_window(&mut c.out, now, &mut recorder);
+                    let session = &entry.session;
                     self.stats.session_changed(mark, session);
                     if sent > 0 {
                         return true;

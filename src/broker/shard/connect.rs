@@ -30,6 +30,15 @@ impl Shard {
             );
             return refuse(self, reason);
         }
+        if self.storage_full() && wants_persistence(&connect) {
+            tracing::warn!(
+                shard = self.id,
+                peer = %self.peer_of(index),
+                client = %connect.client_id,
+                "CONNECT refused: the data directory is full (no new persistent sessions)"
+            );
+            return refuse(self, ReasonCode::QuotaExceeded);
+        }
         // use_identity_as_username: the verified certificate is the credential.
         let certificate_user = self.certificate_users.take(index);
         let certificate_user_checked = certificate_user.is_some();
@@ -169,5 +178,14 @@ impl Shard {
             cause: DisconnectCause::ConnectRefused,
         });
         self.wake_conn(index);
+    }
+}
+
+/// Whether a CONNECT asks for a session that outlives the connection.
+fn wants_persistence(connect: &Connect) -> bool {
+    if connect.protocol.is_v5() {
+        connect.properties.session_expiry_interval.unwrap_or(0) > 0
+    } else {
+        !connect.clean_start
     }
 }

@@ -165,10 +165,15 @@ impl Shard {
             }
             _ => (None, None, false),
         };
-        let session = &mut entry.session;
-        let mark = SessionMark::of(session);
-        let stats = &mut self.stats;
-        session.deliver(
+        let mark = SessionMark::of(&entry.session);
+        let mut recorder = Recorder::new(
+            &mut self.stats,
+            &mut self.hooks.journal,
+            entry,
+            connected_at,
+            now,
+        );
+        entry.session.deliver(
             message,
             qos,
             retain,
@@ -177,8 +182,9 @@ impl Shard {
             out,
             &mut self.cache,
             now,
-            &mut |message, qos| stats.sent(message, qos, connected_at, now),
+            &mut recorder,
         );
+        let session = &entry.session;
         let queued = session.queued_len();
         self.stats.deliveries += 1;
         self.stats.session_changed(mark, session);

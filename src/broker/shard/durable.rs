@@ -4,12 +4,23 @@
 //! is durable at once still waits behind an earlier held one.
 
 use super::*;
+use crate::broker::hooks::Journal;
+use crate::session::{Change, SessionEvents};
 
 /// An output held for the journal.
 #[derive(Debug)]
 pub(super) struct HeldOutput {
     /// Journal sequence number that must be durable first.
     pub(super) sequence: u64,
+    /// Peer shards whose `StoreAck` for `token` must arrive first (they journaled deliveries
+    /// of the publish this acknowledges).
+    pub(super) waiting: u16,
+    /// The store barrier token (0: none).
+    pub(super) token: u64,
+    /// An inbound QoS 2 PUBREC: once the peers answered, record the packet id (so a crash
+    /// before then makes the client resend, instead of the resend being dropped as known
+    /// while a peer lost the delivery).
+    pub(super) record_inbound: bool,
     pub(super) kind: HeldKind,
 }
 
@@ -19,6 +30,8 @@ pub(super) enum HeldKind {
     Packet(ConnId, Box<Packet>),
     /// A message for a peer shard (or this one).
     Mesh(usize, ShardMsg),
+    /// The output of a connection (held behind a persistent session's CONNACK) may go.
+    Release(ConnId),
 }
 
 impl Shard {
@@ -28,6 +41,32 @@ impl Shard {
             return Durability::Now;
         }
         self.hooks.journal.append(record)
+    }
+
+    /// The runtime reports whether the journal's disk is full (writes fail with ENOSPC):
+    /// while it is, new persistent sessions, QoS 1/2 publishes and persistent subscriptions
+    /// are refused (quota exceeded) and retained messages are not stored; nothing earlier is
+    /// dropped.
+    pub fn set_storage_full(&mut self, full: bool) {
+        if self.storage_full != full {
+            self.storage_full = full;
+            if full {
+                tracing::error!(
+                    shard = self.id,
+                    "data directory full: refusing new persistent sessions, QoS 1/2 publishes and persistent subscriptions"
+                );
+            } else {
+                tracing::warn!(
+                    shard = self.id,
+                    "data directory writable again: persistent work accepted"
+                );
+            }
+        }
+    }
+
+    /// Whether persistent work is refused for lack of disk space.
+    pub(super) fn storage_full(&self) -> bool {
+        self.storage_full && self.hooks.journal.enabled()
     }
 
     /// Records the retained update of `topic` this shard owns.
@@ -96,7 +135,25 @@ impl Shard {
                 }),
             );
         }
-        durability
+        for &packet_id in session.incoming_qos2_ids() {
+            journal.append(&JournalRecord::InboundReceived {
+                client_id,
+                generation,
+                packet_id,
+            });
+        }
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return durability;
+        };
+        let mut recorder = Recorder::new(
+            &mut self.stats,
+            &mut self.hooks.journal,
+            entry,
+            None,
+            self.now,
+        );
+        entry.session.record_image(&mut recorder);
+        later(durability, self.hooks.journal.barrier())
     }
 
     /// Writes `packet` to `conn` once `durability` allows, after any output held before it
@@ -135,6 +192,10 @@ impl Shard {
     }
 
     fn hold(&mut self, sequence: u64, kind: HeldKind) {
+        self.hold_for(sequence, 0, 0, kind);
+    }
+
+    fn hold_for(&mut self, sequence: u64, waiting: u16, token: u64, kind: HeldKind) {
         // Sequence numbers grow; keep the queue sorted even if a journal hands out an older
         // one late.
         let at = self
@@ -142,16 +203,142 @@ impl Shard {
             .iter()
             .rposition(|held| held.sequence <= sequence)
             .map_or(0, |i| i + 1);
-        self.held_outputs.insert(at, HeldOutput { sequence, kind });
+        let record_inbound = waiting > 0
+            && matches!(&kind, HeldKind::Packet(_, p) if matches!(**p, Packet::PubRec(_)));
+        self.held_outputs.insert(
+            at,
+            HeldOutput {
+                sequence,
+                waiting,
+                token,
+                record_inbound,
+                kind,
+            },
+        );
+    }
+
+    /// Acknowledges a publish with `packet` once this shard's journal allows (`durability`)
+    /// and every peer in `targets` (shards this publish was routed to) has journaled its
+    /// deliveries: each gets a `StoreBarrier` and answers `StoreAck` when durable. In order
+    /// with the connection's other held acknowledgements.
+    pub(super) fn ack_after_peers(
+        &mut self,
+        conn: ConnId,
+        packet: Packet,
+        durability: Durability,
+        targets: &[usize],
+    ) {
+        if targets.is_empty() {
+            return self.ack_when_durable(conn, packet, durability);
+        }
+        let token = self.new_token();
+        for &target in targets {
+            self.send(
+                target,
+                ShardMsg::StoreBarrier {
+                    from: self.id as u16,
+                    token,
+                },
+            );
+        }
+        let behind = self
+            .held_outputs
+            .iter()
+            .rev()
+            .find(|held| matches!(held.kind, HeldKind::Packet(c, _) if c == conn))
+            .map_or(0, |held| held.sequence);
+        let own = match durability {
+            Durability::Now => self.durable_through,
+            Durability::At(sequence) => sequence,
+        };
+        let waiting = u16::try_from(targets.len()).unwrap_or(u16::MAX);
+        self.hold_for(
+            own.max(behind),
+            waiting,
+            token,
+            HeldKind::Packet(conn, Box::new(packet)),
+        );
+    }
+
+    /// Records that the inbound QoS 2 `packet_id` of a durable session was accepted (after
+    /// its deliveries on this shard, in the same file: both survive a crash or neither).
+    pub(super) fn journal_inbound(
+        &mut self,
+        session: SessionId,
+        qos: QoS,
+        packet_id: u16,
+    ) -> Durability {
+        if qos != QoS::ExactlyOnce {
+            return Durability::Now;
+        }
+        let Some(entry) = self.sessions.get(session).filter(|e| !e.session.clean) else {
+            return Durability::Now;
+        };
+        let (client_id, generation) = (&*entry.session.client_id, entry.generation);
+        self.hooks.journal.append(&JournalRecord::InboundReceived {
+            client_id,
+            generation,
+            packet_id,
+        })
+    }
+
+    /// A peer's answer to a `StoreBarrier`: its deliveries of that publish are durable.
+    pub(super) fn on_store_ack(&mut self, token: u64) {
+        let Some(at) = self.held_outputs.iter().position(|h| h.token == token) else {
+            return;
+        };
+        let held = &mut self.held_outputs[at];
+        held.waiting = held.waiting.saturating_sub(1);
+        if held.waiting == 0 && held.record_inbound {
+            held.record_inbound = false;
+            let target = match &held.kind {
+                HeldKind::Packet(conn, packet) => match &**packet {
+                    Packet::PubRec(ack) => Some((*conn, ack.packet_id)),
+                    _ => None,
+                },
+                HeldKind::Mesh(..) | HeldKind::Release(_) => None,
+            };
+            let session =
+                target.and_then(
+                    |(conn, packet_id)| match self.conns.get(conn).map(|c| &c.state) {
+                        Some(ConnState::Active { session, .. }) => Some((*session, packet_id)),
+                        _ => None,
+                    },
+                );
+            if let Some((session, packet_id)) = session {
+                if let Durability::At(sequence) =
+                    self.journal_inbound(session, QoS::ExactlyOnce, packet_id)
+                {
+                    if let Some(held) = self.held_outputs.get_mut(at) {
+                        held.sequence = held.sequence.max(sequence);
+                    }
+                }
+            }
+        }
+        self.release_held_outputs();
+    }
+
+    /// A peer asks when what it routed here is durable: answer once everything journaled so
+    /// far is (the mesh is ordered, so that includes its deliveries).
+    pub(super) fn on_store_barrier(&mut self, from: usize, token: u64) {
+        let durability = self.hooks.journal.barrier();
+        self.send_when_durable(from, ShardMsg::StoreAck { token }, durability);
     }
 
     /// The journal made everything up to `sequence` durable: held acknowledgements go out.
     pub fn on_durable(&mut self, sequence: u64, now: Instant) {
         self.set_now(now);
+        self.durable_through = self.durable_through.max(sequence);
+        self.release_held_outputs();
+        self.drain_local_inbox();
+    }
+
+    fn release_held_outputs(&mut self) {
+        let sequence = self.durable_through;
         while self
             .held_outputs
             .front()
-            .is_some_and(|held| held.sequence <= sequence)
+            .is_some_and(|held| held.sequence <= sequence && held.waiting == 0)
         {
             let Some(held) = self.held_outputs.pop_front() else {
                 break;
@@ -159,9 +346,29 @@ impl Shard {
             match held.kind {
                 HeldKind::Packet(conn, packet) => self.write(conn, *packet),
                 HeldKind::Mesh(shard, message) => self.send(shard, message),
+                HeldKind::Release(conn) => {
+                    if let Some(c) = self.conns.get_mut(conn) {
+                        c.limited.set(Limited::OUTPUT_HELD, false);
+                        self.wake_conn(conn);
+                    }
+                }
             }
         }
-        self.drain_local_inbox();
+    }
+
+    /// Holds everything `conn` is sent from now on until `durability` allows (a persistent
+    /// session's CONNACK waits for its records).
+    pub(super) fn hold_output(&mut self, conn: ConnId, durability: Durability) {
+        let Durability::At(sequence) = durability else {
+            return;
+        };
+        if sequence <= self.durable_through {
+            return;
+        }
+        if let Some(c) = self.conns.get_mut(conn) {
+            c.limited.set(Limited::OUTPUT_HELD, true);
+            self.hold(sequence, HeldKind::Release(conn));
+        }
     }
 
     /// The identity checks are about.
@@ -182,5 +389,145 @@ pub(super) fn later(a: Durability, b: Durability) -> Durability {
             Durability::At(x)
         }
         (Durability::Now, Durability::Now) => Durability::Now,
+    }
+}
+
+/// What a session reports while it works, turned into counters and, for a durable session,
+/// journal records.
+pub(super) struct Recorder<'a> {
+    pub(super) stats: &'a mut ShardStats,
+    /// When the session's client connected (latency is measured for messages read since).
+    pub(super) connected_at: Option<Instant>,
+    pub(super) now: Instant,
+    /// The journal, the session's client id and generation: `None` when nothing is recorded
+    /// (no data directory, or a clean session).
+    pub(super) journal: Option<(&'a mut dyn Journal, MqttStr, u64)>,
+}
+
+impl<'a> Recorder<'a> {
+    /// A recorder for the session of `entry`; `journal` is the shard's hook.
+    pub(super) fn new(
+        stats: &'a mut ShardStats,
+        journal: &'a mut Box<dyn Journal>,
+        entry: &SessionEntry,
+        connected_at: Option<Instant>,
+        now: Instant,
+    ) -> Self {
+        let journal = (journal.enabled() && !entry.session.clean).then(|| {
+            (
+                &mut **journal as &mut dyn Journal,
+                entry.session.client_id.clone(),
+                entry.generation,
+            )
+        });
+        Recorder {
+            stats,
+            connected_at,
+            now,
+            journal,
+        }
+    }
+}
+
+impl SessionEvents for Recorder<'_> {
+    fn sent(&mut self, message: &Message, qos: QoS) {
+        self.stats.sent(message, qos, self.connected_at, self.now);
+    }
+
+    fn change(&mut self, change: Change<'_>) -> u64 {
+        let Some((journal, client_id, generation)) = self.journal.as_mut() else {
+            return 0;
+        };
+        let (client_id, generation) = (&**client_id, *generation);
+        let (record, id) = match change {
+            Change::Queued {
+                message,
+                qos,
+                retain,
+                subscription_ids,
+            } => {
+                let id = journal.message_id(message);
+                let record = JournalRecord::Enqueued {
+                    client_id,
+                    generation,
+                    message: id,
+                    qos,
+                    retain,
+                    subscription_ids,
+                };
+                (record, id)
+            }
+            Change::SentNew {
+                message,
+                packet_id,
+                qos,
+                retain,
+                subscription_ids,
+            } => {
+                let id = journal.message_id(message);
+                let record = JournalRecord::InFlight {
+                    client_id,
+                    generation,
+                    message: id,
+                    packet_id,
+                    qos,
+                    retain,
+                    subscription_ids,
+                };
+                (record, id)
+            }
+            Change::SentQueued {
+                store_id,
+                packet_id,
+                qos,
+                retain,
+                subscription_ids,
+            } => {
+                let record = JournalRecord::InFlight {
+                    client_id,
+                    generation,
+                    message: store_id,
+                    packet_id,
+                    qos,
+                    retain,
+                    subscription_ids,
+                };
+                (record, store_id)
+            }
+            Change::Dup(packet_id) => (
+                JournalRecord::DupSet {
+                    client_id,
+                    generation,
+                    packet_id,
+                },
+                0,
+            ),
+            Change::PubRec(packet_id) => (
+                JournalRecord::PubRecReceived {
+                    client_id,
+                    generation,
+                    packet_id,
+                },
+                0,
+            ),
+            Change::Acked(packet_id) => (
+                JournalRecord::Acked {
+                    client_id,
+                    generation,
+                    packet_id,
+                },
+                0,
+            ),
+            Change::Dequeued(store_id) => (
+                JournalRecord::Dequeued {
+                    client_id,
+                    generation,
+                    message: store_id,
+                },
+                0,
+            ),
+        };
+        journal.append(&record);
+        id
     }
 }

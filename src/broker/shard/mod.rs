@@ -197,6 +197,17 @@ pub struct Shard {
     hooks: Hooks,
     /// Outputs held until the journal reports them durable, in sequence order.
     held_outputs: VecDeque<HeldOutput>,
+    /// The journal's last report: everything up to this sequence number is durable.
+    durable_through: u64,
+    /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
+    no_output: BytesMut,
+    /// Peers that announced their recovery ([`Shard::announce_recovered`]).
+    peers_recovered: usize,
+    /// The journal's disk is full (see [`Shard::set_storage_full`]).
+    storage_full: bool,
+    /// While a publish is routed with a journal: the peer shards it reaches (they are asked
+    /// for a `StoreBarrier` before it is acknowledged). `None`: not collecting.
+    store_targets: Option<Vec<usize>>,
     barriers: HashMap<u64, Barrier>,
     /// The connection whose PUBLISH is being routed right now (for publisher throttling).
     current_publisher: Option<ConnId>,
@@ -344,6 +355,11 @@ impl Shard {
             registry: HashMap::new(),
             hooks,
             held_outputs: VecDeque::new(),
+            durable_through: 0,
+            storage_full: false,
+            peers_recovered: 0,
+            no_output: BytesMut::new(),
+            store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,
             throttled: Vec::new(),
@@ -479,6 +495,11 @@ impl Shard {
                 self.own_retained_update(&topic, message, ack);
             }
             ShardMsg::RetainAck { token } => self.release_held_ack(token),
+            ShardMsg::StoreBarrier { from, token } => {
+                self.on_store_barrier(usize::from(from), token)
+            }
+            ShardMsg::StoreAck { token } => self.on_store_ack(token),
+            ShardMsg::Recovered => self.peers_recovered += 1,
             ShardMsg::Ping { from, token } => {
                 self.send(usize::from(from), ShardMsg::Pong { token });
             }
@@ -689,12 +710,12 @@ mod footprint {
         // Connections: 112 bytes (no serial and no waker since the runtime owns wakers and
         // handles carry generations).
         assert!(std::mem::size_of::<super::Conn>() <= 112);
-        // Sessions: 272 bytes (one `since_ms` serves session expiry and latency measurement;
+        // Sessions: 280 bytes (one `since_ms` serves session expiry and latency measurement;
         // the in-flight window, queue and inbound QoS 2 ids are boxed while messages flow; 8
-        // bytes of prepared ACL state).
+        // bytes of prepared ACL state; 8 of durable generation).
         let session_entry = std::mem::size_of::<super::SessionEntry>();
         assert!(
-            session_entry <= 272,
+            session_entry <= 280,
             "SessionEntry is {session_entry} bytes"
         );
         // One per published message (shared by its subscribers): 520 bytes, 536 with the

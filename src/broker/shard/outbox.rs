@@ -6,6 +6,15 @@ use super::*;
 
 impl Shard {
     pub(super) fn send(&mut self, shard: usize, message: ShardMsg) {
+        if let Some(targets) = self.store_targets.as_mut() {
+            let delivers = matches!(
+                message,
+                ShardMsg::Publish(_) | ShardMsg::SharedPublish { .. } | ShardMsg::Forward { .. }
+            );
+            if delivers && shard != self.id && !targets.contains(&shard) {
+                targets.push(shard);
+            }
+        }
         if shard == self.id {
             self.local_inbox.push_back(message);
             return;

@@ -80,6 +80,25 @@ impl Shard {
         }
         let qos = publish.qos;
         let packet_id = publish.packet_id;
+        if qos != QoS::AtMostOnce && self.storage_full() {
+            // Nothing new that must be durable while the disk is full: 5.0 says so in the
+            // acknowledgement (0x97), 3.x has no way to but closing the connection.
+            self.stats.drop_messages(DropReason::StorageFull, 1);
+            if !protocol.is_v5() {
+                return self.kill_conn(index, ReasonCode::QuotaExceeded, false);
+            }
+            let ack = Ack {
+                packet_id,
+                reason: ReasonCode::QuotaExceeded,
+                properties: Properties::default(),
+            };
+            let packet = if qos == QoS::AtLeastOnce {
+                Packet::PubAck(ack)
+            } else {
+                Packet::PubRec(ack)
+            };
+            return self.ack_when_durable(index, packet, Durability::Now);
+        }
         let receive_maximum = usize::from(self.config.receive_maximum);
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
@@ -102,6 +121,7 @@ impl Shard {
         let mut durability = Durability::Now;
         let mut matched = true;
         let mut retain_ack = None;
+        let mut targets = Vec::new();
         if route {
             let mut properties = std::mem::take(&mut publish.properties);
             // The expiry travels as a deadline; each delivery carries the time remaining.
@@ -120,19 +140,22 @@ impl Shard {
                 // The time of the read that brought the PUBLISH: the start of its latency.
                 received_at: Some(self.now),
             });
-            if qos == QoS::ExactlyOnce {
-                if let Some(entry) = self.sessions.get(session).filter(|e| !e.session.clean) {
-                    let generation = entry.generation;
-                    durability = self.journal(&JournalRecord::InboundReceived {
-                        client_id: &message.publisher,
-                        generation,
-                        packet_id,
-                    });
-                }
-            }
+            // With a journal, the acknowledgement waits until every delivery of the message
+            // to a durable session is on disk: here, and on the peers it is routed to.
+            let journaling = qos != QoS::AtMostOnce && self.hooks.journal.enabled();
+            self.store_targets = journaling.then(Vec::new);
             self.current_publisher = Some(index);
             let (any, retained) = self.route_publish(message);
             self.current_publisher = None;
+            targets = self.store_targets.take().unwrap_or_default();
+            if journaling {
+                if targets.is_empty() {
+                    // With peers, the id is recorded once their deliveries are durable (see
+                    // `ack_after_peers`).
+                    durability = later(durability, self.journal_inbound(session, qos, packet_id));
+                }
+                durability = later(durability, self.hooks.journal.barrier());
+            }
             matched = any;
             match retained {
                 RetainWait::Owner(token) => retain_ack = Some(token),
@@ -175,11 +198,12 @@ impl Shard {
                             conn: index,
                             packet,
                             durability,
+                            targets,
                         },
                     );
                 }
             }
-            None => self.ack_when_durable(index, packet, durability),
+            None => self.ack_after_peers(index, packet, durability, &targets),
         }
     }
 
@@ -194,11 +218,16 @@ impl Shard {
         let online_since = entry.connected_at(self.started);
         entry.progress_secs = self.now_secs;
         entry.stuck_logged = false;
+        let now = self.now;
+        let on_sent = &mut Recorder::new(
+            &mut self.stats,
+            &mut self.hooks.journal,
+            entry,
+            online_since,
+            now,
+        );
         let entry = &mut entry.session;
         let mark = SessionMark::of(entry);
-        let now = self.now;
-        let stats = &mut self.stats;
-        let on_sent = &mut |message: &Message, qos| stats.sent(message, qos, online_since, now);
         let out = &mut conn.out;
         let result = match kind {
             AckKind::Ack => entry.on_puback(ack.packet_id, out, now, on_sent),

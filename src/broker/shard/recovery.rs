@@ -3,21 +3,179 @@
 
 use super::*;
 use crate::broker::hooks::Journal;
-use crate::store::recover::{RecoveredRetained, RecoveredSession};
+use crate::codec::wire::Reader;
+use crate::codec::PropertyContext;
+use crate::session::{Inflight, InflightState, Queued};
+use crate::store::record::{MessageRecord, WillRecord};
+use crate::store::recover::{InFlightMessage, RecoveredRetained, RecoveredSession};
+
+/// A recovered will waits at least this long, so that every shard has installed its
+/// sessions before it is published.
+const FIRST_WILL_DELAY_MS: u64 = 1000;
 
 impl Shard {
     /// Installs the sessions recovered for this shard (their home shard for the current shard
     /// count) and the retained messages of the topics this shard owns. Called once, before
     /// the shard serves any connection; each session gets a new generation of this boot.
+    /// `unix_ms` is the wall clock at `now` (stored deadlines are wall-clock times).
     pub fn install_recovered(
         &mut self,
         sessions: Vec<RecoveredSession>,
         retained: Vec<(String, RecoveredRetained)>,
         now: Instant,
+        unix_ms: u64,
     ) {
         self.set_now(now);
-        // Filled in by the durable-session work (issue 11).
-        let _ = (sessions, retained);
+        let mut installed = 0usize;
+        for recovered in sessions {
+            if self.install_one(recovered, unix_ms).is_some() {
+                installed += 1;
+            }
+        }
+        let mut kept = 0usize;
+        for (topic, retained) in retained {
+            let message = message_from(&retained.message, now, unix_ms);
+            if message.is_expired(now) {
+                continue;
+            }
+            let topic = MqttStr::from(topic.as_str());
+            self.apply_retained(&topic, Some(Arc::clone(&message)));
+            self.broadcast(|| ShardMsg::RetainApply {
+                topic: topic.clone(),
+                message: Some(Arc::clone(&message)),
+            });
+            kept += 1;
+        }
+        tracing::debug!(
+            shard = self.id,
+            sessions = installed,
+            retained = kept,
+            "recovered state installed"
+        );
+    }
+
+    fn install_one(&mut self, recovered: RecoveredSession, unix_ms: u64) -> Option<SessionId> {
+        let now = self.now;
+        let protocol = match recovered.protocol {
+            3 => ProtocolVersion::V3_1,
+            4 => ProtocolVersion::V3_1_1,
+            _ => ProtocolVersion::V5,
+        };
+        let client_id = MqttStr::from(recovered.client_id.as_str());
+        let mut session = Session::new(client_id.clone(), protocol, false, self.limits);
+        session.username = recovered.username.as_deref().map(Box::from);
+        session.expiry = recovered.expiry_secs;
+        for (filter, subscription) in &recovered.subscriptions {
+            session.subscriptions.insert(
+                MqttStr::from(filter.as_str()),
+                (subscription.options, subscription.subscription_id),
+            );
+        }
+        // A message released by PUBREC needs no body: a placeholder stands in for it.
+        let released = Arc::new(Message {
+            topic: MqttStr::default(),
+            payload: Bytes::new(),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+            properties: Properties::default(),
+            publisher: MqttStr::default(),
+            expires_at: None,
+            received_at: None,
+        });
+        for (&packet_id, inflight) in &recovered.inflight {
+            let entry = match inflight {
+                InFlightMessage::Published {
+                    message, delivery, ..
+                } => Inflight {
+                    packet_id,
+                    message: message_from(message, now, unix_ms),
+                    qos: delivery.qos,
+                    retain: delivery.retain,
+                    subscription_ids: delivery.subscription_ids.clone(),
+                    group: None,
+                    state: if delivery.qos == QoS::AtLeastOnce {
+                        InflightState::AwaitPubAck
+                    } else {
+                        InflightState::AwaitPubRec
+                    },
+                    store_id: 0,
+                },
+                InFlightMessage::PubRelDue => Inflight {
+                    packet_id,
+                    message: Arc::clone(&released),
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    subscription_ids: Vec::new(),
+                    group: None,
+                    state: InflightState::AwaitPubComp,
+                    store_id: 0,
+                },
+            };
+            session.restore_inflight(entry);
+        }
+        for queued in &recovered.queue {
+            session.restore_queued(Queued {
+                message: message_from(&queued.message, now, unix_ms),
+                qos: queued.delivery.qos,
+                retain: queued.delivery.retain,
+                subscription_ids: queued.delivery.subscription_ids.clone(),
+                group: None,
+                store_id: 0,
+            });
+        }
+        for &packet_id in &recovered.inbound_qos2 {
+            session.restore_incoming_qos2(packet_id);
+        }
+        let username = session.username.as_deref().map(MqttStr::from);
+        let token = self.new_token();
+        let slot = self.install_session(session, token)?;
+        // Recovery runs on the client id's home shard: the registry entry is local.
+        self.registry.insert(
+            client_id.clone(),
+            Registration {
+                owner: Owner {
+                    shard: self.id as u16,
+                    token,
+                },
+                username,
+                settled: true,
+                waiting: None,
+            },
+        );
+        let now_ms = self.clock_ms();
+        let will = recovered.will.as_ref().map(will_from);
+        let Some(entry) = self.sessions.get_mut(slot) else {
+            return Some(slot);
+        };
+        entry.since_ms = now_ms;
+        if let (Some(will), Some(record)) = (will, recovered.will.as_ref()) {
+            // Connected at the crash: the connection ended abnormally now, the will delay
+            // counts from here. Disconnected with a delayed will: what is left of the delay.
+            let delay_ms = 1000 * u64::from(record.delay_secs);
+            let left_ms = match recovered.disconnected_at_ms {
+                None => delay_ms,
+                Some(at) => (at + delay_ms).saturating_sub(unix_ms),
+            };
+            entry.pending_will = Some(Box::new(will));
+            self.wheel
+                .entry(Self::bucket(now_ms + left_ms.max(FIRST_WILL_DELAY_MS)))
+                .or_default()
+                .push(WheelEntry::Will {
+                    session: slot,
+                    token,
+                });
+        }
+        if let Some(expiry) = recovered.expiry_secs {
+            let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
+            self.wheel
+                .entry(deadline)
+                .or_default()
+                .push(WheelEntry::Session {
+                    session: slot,
+                    token,
+                });
+        }
+        Some(slot)
     }
 
     /// Writes the shard's whole durable state (every persistent session it owns, every
@@ -28,12 +186,93 @@ impl Shard {
             return;
         }
         self.hooks.journal.begin_image();
-        // Filled in by the durable-session work (issue 11).
+        for slot in self.sessions.handles() {
+            let live = self
+                .sessions
+                .get(slot)
+                .is_some_and(|e| !e.session.clean && e.moved_to.is_none());
+            if !live {
+                continue;
+            }
+            self.journal_session_image(slot);
+            let Some(entry) = self.sessions.get(slot) else {
+                continue;
+            };
+            if entry.conn.is_none() {
+                let (client_id, generation) = (&*entry.session.client_id, entry.generation);
+                self.hooks
+                    .journal
+                    .append(&JournalRecord::SessionDisconnected {
+                        client_id,
+                        generation,
+                        expiry: entry.session.expiry,
+                    });
+            }
+        }
+        // Every retained message (`#` matches all but `$` topics, which are the broker's).
+        let mut owned: Vec<Arc<Message>> = Vec::new();
+        self.retained
+            .for_each_match("#", |message| owned.push(Arc::clone(message)));
+        owned.retain(|message| self.topic_owner(&message.topic) == self.id);
+        for message in owned {
+            self.journal_retained(&message.topic, Some(&message));
+        }
         self.hooks.journal.end_image();
+    }
+
+    /// Tells every peer that this shard's recovered sessions are installed (their interest was
+    /// broadcast before: the mesh is ordered).
+    pub fn announce_recovered(&mut self) {
+        self.broadcast(|| ShardMsg::Recovered);
+    }
+
+    /// Whether every peer announced its recovery: this shard knows every recovered
+    /// subscription, so a publish it accepts now reaches them all. The runtime starts
+    /// accepting clients after this.
+    pub fn peers_recovered(&self) -> bool {
+        self.peers_recovered + 1 >= self.shards
     }
 
     /// The journal hook, for the runtime that writes its batches.
     pub fn journal_mut(&mut self) -> &mut dyn Journal {
         &mut *self.hooks.journal
     }
+}
+
+/// A stored message as the broker routes it; deadlines go from wall clock to `Instant`.
+fn message_from(record: &MessageRecord, now: Instant, unix_ms: u64) -> Arc<Message> {
+    Arc::new(Message {
+        topic: MqttStr::from(record.topic.as_str()),
+        payload: record.payload.clone(),
+        qos: record.qos,
+        retain: record.retain,
+        properties: properties_from(&record.properties, PropertyContext::Publish),
+        publisher: MqttStr::from(record.publisher.as_str()),
+        expires_at: record
+            .expires_at_ms
+            .map(|at| now + Duration::from_millis(at.saturating_sub(unix_ms))),
+        received_at: None,
+    })
+}
+
+fn will_from(record: &WillRecord) -> LastWill {
+    LastWill {
+        topic: MqttStr::from(record.topic.as_str()),
+        payload: record.payload.clone(),
+        qos: record.qos,
+        retain: record.retain,
+        properties: properties_from(&record.properties, PropertyContext::Will),
+    }
+}
+
+/// Properties stored as their wire block (length prefix included); empty bytes: none.
+fn properties_from(bytes: &Bytes, context: PropertyContext) -> Properties {
+    if bytes.is_empty() {
+        return Properties::default();
+    }
+    let mut reader = Reader::new(bytes.clone());
+    Properties::decode(&mut reader, context).unwrap_or_else(|error| {
+        tracing::warn!(%error, "stored message properties do not decode: dropped");
+        Properties::default()
+    })
 }

@@ -9,6 +9,8 @@ pub(super) struct HeldAck {
     pub(super) packet: Packet,
     /// When the journal has the publish itself.
     pub(super) durability: Durability,
+    /// Peer shards whose journals must have the publish's deliveries first.
+    pub(super) targets: Vec<usize>,
 }
 
 impl Shard {
@@ -21,6 +23,15 @@ impl Shard {
         message: Option<Arc<Message>>,
         ack: Option<(u16, u64)>,
     ) -> Durability {
+        if message.is_some() && self.storage_full() && !is_sys(topic) {
+            // The data directory is full: delivered, not kept (and not acknowledged as kept
+            // any longer than the publisher is told: 5.0 publishers were refused already).
+            self.stats.retained_refused += 1;
+            if let Some((shard, token)) = ack {
+                self.send(usize::from(shard), ShardMsg::RetainAck { token });
+            }
+            return Durability::Now;
+        }
         if let Some(new) = &message {
             if !self.retained_fits(topic, new) {
                 // Over the retained bounds: the message was delivered, it is not kept.
@@ -101,7 +112,7 @@ impl Shard {
             return;
         };
         if self.conns.contains(held.conn) {
-            self.ack_when_durable(held.conn, held.packet, held.durability);
+            self.ack_after_peers(held.conn, held.packet, held.durability, &held.targets);
             self.resume_reading(held.conn);
         }
     }

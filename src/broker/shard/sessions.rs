@@ -241,6 +241,21 @@ impl Shard {
         };
         entry.since_ms = now_ms;
         let token = entry.token;
+        if !entry.session.clean && self.hooks.journal.enabled() {
+            let (client_id, generation) = (&*entry.session.client_id, entry.generation);
+            let journal = &mut self.hooks.journal;
+            if entry.pending_will.is_none() {
+                journal.append(&JournalRecord::WillCleared {
+                    client_id,
+                    generation,
+                });
+            }
+            journal.append(&JournalRecord::SessionDisconnected {
+                client_id,
+                generation,
+                expiry: entry.session.expiry,
+            });
+        }
         if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel

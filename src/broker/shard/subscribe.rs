@@ -90,6 +90,10 @@ impl Shard {
                 reasons.push(ReasonCode::NotAuthorized);
                 continue;
             }
+            if self.storage_full() && self.sessions.get(session).is_some_and(|e| !e.session.clean) {
+                reasons.push(ReasonCode::QuotaExceeded);
+                continue;
+            }
             let entry = (options, subscription_id);
             let Some(existing) = self.sessions.get_mut(session) else {
                 return;

@@ -356,9 +356,10 @@ impl Shard {
             started = !entry.session.clean;
         }
         if started {
-            // The CONNACK itself is not held for the journal yet: the durable-session work
-            // decides how a held CONNACK and the resumed messages behind it are ordered.
-            self.journal_session_image(slot);
+            // The CONNACK and everything after it wait until the new owner's records are
+            // durable: a client told "session present" finds it after a crash.
+            let durability = self.journal_session_image(slot);
+            self.hold_output(index, durability);
         }
         match stub_shard {
             Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
@@ -414,13 +415,10 @@ impl Shard {
             if let Some(entry) = self.sessions.get_mut(slot) {
                 // What was held for the client while it was away: counted as sent, not
                 // measured for latency.
-                let (mark, now, stats) =
-                    (SessionMark::of(&entry.session), self.now, &mut self.stats);
-                entry
-                    .session
-                    .resume(&mut conn.out, now, &mut |message, qos| {
-                        stats.sent(message, qos, None, now)
-                    });
+                let (mark, now) = (SessionMark::of(&entry.session), self.now);
+                let mut recorder =
+                    Recorder::new(&mut self.stats, &mut self.hooks.journal, entry, None, now);
+                entry.session.resume(&mut conn.out, now, &mut recorder);
                 self.stats.session_changed(mark, &entry.session);
             }
         }

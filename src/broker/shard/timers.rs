@@ -131,6 +131,13 @@ impl Shard {
         if let Some(will) = entry.pending_will.take() {
             let client_id = entry.session.client_id.clone();
             let username = entry.session.username.clone();
+            if !entry.session.clean {
+                let generation = entry.generation;
+                self.journal(&JournalRecord::WillCleared {
+                    client_id: &client_id,
+                    generation,
+                });
+            }
             self.publish_will(&client_id, username.as_deref(), will);
         }
     }

@@ -56,6 +56,8 @@ label_enum! {
         /// Refused by the authorization hook: a PUBLISH or will the publisher may not send, a
         /// delivery the subscriber may not read.
         NotAuthorized => "not_authorized",
+        /// Refused because the data directory is full (a QoS 1/2 publish).
+        StorageFull => "storage_full",
     }
 }
 
