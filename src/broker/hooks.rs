@@ -536,15 +536,6 @@ pub trait Journal: fmt::Debug {
     fn mark_durable(&mut self, sequence: u64) {
         let _ = sequence;
     }
-    /// The runtime's side: writes fail (disk full, I/O error) and are retried, or work again.
-    fn set_full(&mut self, full: bool) {
-        let _ = full;
-    }
-    /// Whether writes are failing: records pile up in memory and nothing new becomes durable
-    /// until the runtime's retries succeed (the shard refuses new persistent work meanwhile).
-    fn full(&self) -> bool {
-        false
-    }
 }
 
 /// Bytes for the runtime to write, and what is durable once they are.

@@ -329,17 +329,25 @@ pub(super) async fn run_shard(
         journal.carry_into_next_image(store.carry);
         shard.set_journal(Box::new(journal));
         let now = Instant::now();
-        shard.install_recovered(store.sessions, store.retained, now);
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        shard.install_recovered(store.sessions, store.retained, now, unix_ms);
         shard.journal_image(now);
+        // Peers learn this shard's recovered subscriptions (broadcast by the install, before
+        // this on the ordered mesh); clients are accepted once every shard has announced.
+        shard.announce_recovered();
         let stop = Rc::new(std::cell::Cell::new(false));
+        let failing = Rc::new(std::cell::Cell::new(false));
         let shared = Arc::clone(&store.shared);
         let writer = journal_writer::JournalWriter::new(
             store.shared,
             id as u16,
             store.old_files,
             Rc::clone(&stop),
+            Rc::clone(&failing),
         );
-        (writer, stop, shared)
+        (writer, stop, (shared, failing))
     });
     let driver = Rc::new(RefCell::new(Driver::new(shard, engine, shards)));
     let (writer_task, store) = match writer {
@@ -371,6 +379,14 @@ pub(super) async fn run_shard(
             Rc::clone(&senders),
             peer,
         )));
+    }
+    // With a data directory, the engine (and so every accept) starts once every shard has
+    // installed what it recovered: a publish accepted here then reaches every recovered
+    // subscription. Connections wait in the listen backlog meanwhile.
+    if store.is_some() {
+        while !driver.borrow().shard.peers_recovered() && !global.shutdown.load(Ordering::Relaxed) {
+            Timer::new(Duration::from_millis(1)).await;
+        }
     }
     tasks.push(glommio::spawn_local(drive(
         Rc::clone(&driver),
@@ -410,14 +426,11 @@ pub(super) async fn run_shard(
             driver.shard.on_tick(Instant::now());
             // Compaction: once the current log is full (and every shard's first image is
             // durable, so that what it carries may go).
-            if store
+            let compact = store
                 .as_ref()
-                .is_some_and(|store| store.first_images_done())
-            {
-                let journal = driver.shard.journal_mut();
-                if !journal.full() && journal.image_due() {
-                    driver.shard.journal_image(Instant::now());
-                }
+                .is_some_and(|(store, failing)| store.first_images_done() && !failing.get());
+            if compact && driver.shard.journal_mut().image_due() {
+                driver.shard.journal_image(Instant::now());
             }
             driver.dispatch();
             // Deadlines of closing sockets and accept retries are checked by engine passes.

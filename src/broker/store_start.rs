@@ -175,7 +175,7 @@ pub(super) fn open(
             old_files,
         });
     }
-    let damaged = files.iter().map(|f| f.scan.corrupt.len()).sum::<usize>();
+    let corrupt = files.iter().map(|f| f.scan.corrupt.len()).sum::<usize>();
     let torn = files
         .iter()
         .filter(|f| f.scan.torn_tail.is_some_and(|tail| !tail.zeros))
@@ -188,7 +188,7 @@ pub(super) fn open(
         sessions = sessions_count,
         queued_messages = pending,
         retained = retained_count,
-        damaged_regions = damaged,
+        corrupt_regions = corrupt,
         torn_tails = torn,
         missing_messages = stats.missing_messages,
         epoch = global.epoch.load(Ordering::Relaxed),
@@ -196,12 +196,13 @@ pub(super) fn open(
         "data directory loaded: {sessions_count} sessions, {pending} queued messages, \
          {retained_count} retained messages recovered"
     );
-    if damaged > 0 || torn > 0 {
+    if corrupt > 0 || torn > 0 {
         tracing::warn!(
             data_dir = %path.display(),
-            damaged_regions = damaged,
+            corrupt_regions = corrupt,
             torn_tails = torn,
-            "data directory had damage; what was intact was recovered (details: shardmq inspect)"
+            "data directory damaged: {corrupt} corrupt regions skipped, {torn} torn tails cut; \
+             everything intact was recovered"
         );
     }
     Ok(Some(stores))

@@ -155,7 +155,6 @@ pub struct StoreJournal {
     open: Option<BatchTarget>,
     open_start: usize,
     scratch: BytesMut,
-    full: bool,
     stats: JournalStats,
 }
 
@@ -167,7 +166,6 @@ impl fmt::Debug for StoreJournal {
             .field("durable", &self.durable)
             .field("log", &self.log)
             .field("pending", &self.bytes.len())
-            .field("full", &self.full)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -198,7 +196,6 @@ impl StoreJournal {
             open: None,
             open_start: 0,
             scratch: BytesMut::new(),
-            full: false,
             stats: JournalStats::default(),
         }
     }
@@ -384,22 +381,19 @@ impl StoreJournal {
     }
 }
 
-/// The MQTT 5.0 property block of `properties` as encoded on the wire, without its length
-/// prefix (empty when there are none), into `scratch`.
+/// The MQTT 5.0 property block of `properties` as encoded on the wire, its length prefix
+/// included (nothing when there are none), into `scratch`.
 fn encode_properties(properties: &Properties, scratch: &mut BytesMut) -> Result<(), EncodeError> {
     scratch.clear();
     if properties.is_empty() {
         return Ok(());
     }
-    let prefix = properties.encoded_len() - properties.body_len();
     properties
         .encode(scratch)
         .map_err(|_| EncodeError::TooLong {
             field: "properties",
             len: properties.body_len(),
-        })?;
-    let _ = scratch.split_to(prefix);
-    Ok(())
+        })
 }
 
 /// The body of `record` (what [`StoreRecord::encode_body`] writes for the corresponding store
@@ -710,29 +704,19 @@ impl Journal for StoreJournal {
     fn mark_durable(&mut self, sequence: u64) {
         self.durable = self.durable.max(sequence);
     }
-
-    fn set_full(&mut self, full: bool) {
-        self.full = full;
-    }
-
-    fn full(&self) -> bool {
-        self.full
-    }
 }
 
 /// Decodes properties stored by a journal ([`super::record::MessageRecord::properties`],
-/// [`super::record::WillRecord::properties`]: the wire encoding without its length prefix).
+/// [`super::record::WillRecord::properties`]: the wire block, length prefix included; empty
+/// bytes: none).
 pub fn decode_properties(
     bytes: &[u8],
     context: crate::codec::PropertyContext,
 ) -> Result<Properties, crate::codec::DecodeError> {
-    let len = u32::try_from(bytes.len())
-        .map_err(|_| crate::codec::DecodeError::Malformed("property block too long"))?;
-    let mut block = BytesMut::with_capacity(bytes.len() + 4);
-    crate::codec::wire::write_varint(&mut block, len)
-        .map_err(|_| crate::codec::DecodeError::Malformed("property block too long"))?;
-    block.extend_from_slice(bytes);
-    let mut reader = crate::codec::wire::Reader::new(block.freeze());
+    if bytes.is_empty() {
+        return Ok(Properties::default());
+    }
+    let mut reader = crate::codec::wire::Reader::new(bytes::Bytes::copy_from_slice(bytes));
     Properties::decode(&mut reader, context)
 }
 

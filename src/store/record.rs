@@ -52,7 +52,8 @@ pub struct MessageRecord {
     pub qos: QoS,
     /// Retain flag it was published with.
     pub retain: bool,
-    /// MQTT 5.0 PUBLISH properties to forward, as encoded on the wire (may be empty).
+    /// MQTT 5.0 PUBLISH properties to forward: the wire block, length prefix included (empty:
+    /// none).
     pub properties: Bytes,
     /// Payload.
     pub payload: Bytes,
@@ -69,7 +70,7 @@ pub struct WillRecord {
     pub qos: QoS,
     /// Retain flag.
     pub retain: bool,
-    /// MQTT 5.0 will properties as encoded on the wire (may be empty).
+    /// MQTT 5.0 will properties: the wire block, length prefix included (empty: none).
     pub properties: Bytes,
     /// Payload.
     pub payload: Bytes,
@@ -1021,7 +1022,7 @@ pub(crate) mod tests {
                     topic: "dead/client-1".into(),
                     qos: QoS::AtLeastOnce,
                     retain: true,
-                    properties: Bytes::from_static(&[0x01, 0x01]),
+                    properties: Bytes::from_static(&[0x02, 0x01, 0x01]),
                     payload: Bytes::from_static(b"gone"),
                     delay_secs: 30,
                 },

@@ -10,8 +10,8 @@
 //!
 //! A snapshot is written under a temporary name, fdatasynced, renamed and the directory
 //! fsynced; then the shard's files it covers are removed. A write that fails (disk full, I/O
-//! error) is logged once, kept and retried every [`RETRY`]; meanwhile the journal says
-//! [`crate::broker::hooks::Journal::full`].
+//! error) is logged once, kept and retried every [`RETRY`]; meanwhile the shard is told
+//! (`Shard::set_storage_full`) and refuses new persistent work, and the tick does not compact.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -101,6 +101,8 @@ pub(in crate::broker) struct JournalWriter {
     first_image_done: bool,
     /// Set at shutdown: write what is left, sync, return.
     stop: Rc<Cell<bool>>,
+    /// Writes fail (shared with the tick, which does not compact meanwhile).
+    failing_flag: Rc<Cell<bool>>,
 }
 
 impl JournalWriter {
@@ -110,6 +112,7 @@ impl JournalWriter {
         shard: u16,
         old_files: Vec<SegmentName>,
         stop: Rc<Cell<bool>>,
+        failing_flag: Rc<Cell<bool>>,
     ) -> JournalWriter {
         JournalWriter {
             shared,
@@ -121,6 +124,7 @@ impl JournalWriter {
             failing: false,
             first_image_done: false,
             stop,
+            failing_flag,
         }
     }
 
@@ -327,21 +331,23 @@ impl JournalWriter {
     fn failed(&mut self, driver: &RefCell<Driver>, error: &WriteError) {
         if !self.failing {
             self.failing = true;
+            self.failing_flag.set(true);
             tracing::error!(
                 shard = self.shard,
                 %error,
                 "journal write failed: records are kept in memory and the write is retried; \
                  nothing new becomes durable until it succeeds"
             );
-            driver.borrow_mut().shard.journal_mut().set_full(true);
+            driver.borrow_mut().shard.set_storage_full(true);
         }
     }
 
     fn recovered(&mut self, driver: &RefCell<Driver>) {
         if self.failing {
             self.failing = false;
+            self.failing_flag.set(false);
             tracing::info!(shard = self.shard, "journal writes work again");
-            driver.borrow_mut().shard.journal_mut().set_full(false);
+            driver.borrow_mut().shard.set_storage_full(false);
         }
     }
 }
