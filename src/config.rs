@@ -49,6 +49,28 @@ pub enum RateAction {
     Disconnect,
 }
 
+/// When the journal of a data directory calls what it wrote durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncMode {
+    /// Once the write is in the page cache (survives a crash of the broker, not of the
+    /// machine); fdatasync every `sync_interval_ms`.
+    #[default]
+    Interval,
+    /// Once the write is on disk: fdatasync before every acknowledgement that depends on it.
+    Always,
+}
+
+impl SyncMode {
+    /// The config-file spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SyncMode::Interval => "interval",
+            SyncMode::Always => "always",
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum, Default)]
 #[serde(rename_all = "snake_case")]
@@ -231,6 +253,17 @@ pub struct Config {
     pub max_keepalive: u16,
     /// Use the user name as the client id (clients without a user name are refused, 0x87 / 5).
     pub use_username_as_clientid: bool,
+    /// Directory of the durable store (persistent sessions, their queues, retained messages);
+    /// unset = everything lives in memory only. Locked while the broker runs. Changing it
+    /// needs a restart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// When a journal write counts as durable: `interval` (in the page cache; fdatasync every
+    /// `sync_interval_ms`) or `always` (fdatasync first). Changing it needs a restart.
+    pub sync: SyncMode,
+    /// Milliseconds between fdatasyncs with `sync = "interval"` (1 ..= 60000). Changing it
+    /// needs a restart.
+    pub sync_interval_ms: u64,
     /// Test hook: each shard also listens on its own 127.0.0.1 port so tests can place a client
     /// on a chosen shard.
     pub per_shard_listeners: bool,
@@ -298,6 +331,9 @@ impl Default for Config {
             acl_file: None,
             allow_anonymous: None,
             failed_login_delay_ms: 100,
+            data_dir: None,
+            sync: SyncMode::Interval,
+            sync_interval_ms: 1000,
             max_keepalive: u16::MAX,
             use_username_as_clientid: false,
             per_shard_listeners: false,
@@ -590,6 +626,17 @@ pub struct Flags {
     /// Use the user name as the client id.
     #[arg(long)]
     pub use_username_as_clientid: bool,
+    /// Directory of the durable store (persistent sessions, queues, retained messages); without
+    /// it they live in memory only.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// When a journal write counts as durable: in the page cache (interval: fdatasync every
+    /// --sync-interval-ms) or on disk (always).
+    #[arg(long, value_enum)]
+    pub sync: Option<SyncMode>,
+    /// Milliseconds between fdatasyncs with --sync interval.
+    #[arg(long, value_name = "MS")]
+    pub sync_interval_ms: Option<u64>,
     /// Test hook: one extra 127.0.0.1 listener per shard.
     #[arg(long, hide = true)]
     pub per_shard_listeners: bool,
@@ -671,8 +718,13 @@ impl Config {
             publish_rate_action,
             max_connection_rate,
             failed_login_delay_ms,
-            tls_handshakes_per_pass
+            tls_handshakes_per_pass,
+            sync,
+            sync_interval_ms
         );
+        if flags.data_dir.is_some() {
+            config.data_dir = flags.data_dir;
+        }
         if flags.log_file.is_some() {
             config.log_file = flags.log_file;
         }
@@ -982,6 +1034,20 @@ impl Config {
         if let Some(cpus) = &self.cpus {
             parse_cpu_list(cpus)?;
         }
+        if !(1..=60_000).contains(&self.sync_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "sync_interval_ms must be between 1 and 60000".into(),
+            ));
+        }
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "data_dir is empty (leave the key out to keep everything in memory)".into(),
+            ));
+        }
         if self.admin_token.is_some() && self.admin_token_file.is_some() {
             return Err(ConfigError::Invalid(
                 "admin_token and admin_token_file are both set: set one".into(),
@@ -1046,7 +1112,7 @@ fn check_mount_point(mount: &str) -> Result<(), &'static str> {
 /// What changed between two configurations, by config key: `(applied, restart_needed)`.
 /// `restart_needed` lists the changed keys that only take effect at start (`listen`,
 /// `listener`, `shards`, `cpus`, `backlog`, `mesh_capacity`, `metrics_listen`,
-/// `per_shard_listeners`, `log_format`); every other changed key is in `applied` (`log_file`
+/// `per_shard_listeners`, `log_format`, `data_dir`, `sync`, `sync_interval_ms`); every other changed key is in `applied` (`log_file`
 /// among them: the SIGHUP path in the binary reopens the log at the new path). Both are empty when
 /// nothing changed.
 pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
@@ -1102,6 +1168,9 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         cafile,
         require_certificate,
         tls_handshakes_per_pass,
+        data_dir,
+        sync,
+        sync_interval_ms,
         test_inject_panic: _,
         auth_files,
         tls_files,
@@ -1125,7 +1194,10 @@ pub fn reload_diff(old: &Config, new: &Config) -> (Vec<String>, Vec<String>) {
         log_format,
         tls_listen,
         ws_listen,
-        wss_listen
+        wss_listen,
+        data_dir,
+        sync,
+        sync_interval_ms
     );
     diff!(
         applied: log_level,
@@ -1487,6 +1559,54 @@ protocol = "mqtt"
         // Top-level flags and a subcommand do not mix.
         assert!(Cli::try_parse_from(["shardmq", "--shards", "2", "serve"]).is_err());
         assert!(Cli::try_parse_from(["shardmq", "no-such-command"]).is_err());
+    }
+
+    #[test]
+    fn durable_store_keys_parse_validate_and_need_a_restart() {
+        let cli = Cli::try_parse_from([
+            "shardmq",
+            "--data-dir",
+            "/var/lib/shardmq",
+            "--sync",
+            "always",
+            "--sync-interval-ms",
+            "250",
+        ])
+        .unwrap();
+        let Command::Serve(flags) = cli.into_command() else {
+            panic!("not serve");
+        };
+        let config = Config::from_flags(flags).unwrap();
+        assert_eq!(config.data_dir, Some(PathBuf::from("/var/lib/shardmq")));
+        assert_eq!(config.sync, SyncMode::Always);
+        assert_eq!(config.sync_interval_ms, 250);
+        let text = config.to_toml().unwrap();
+        assert!(text.contains("data_dir = \"/var/lib/shardmq\""), "{text}");
+        assert!(text.contains("sync = \"always\""), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap(), config);
+        // Defaults: no directory, interval sync every second.
+        let defaults = Config::default();
+        assert_eq!(
+            (
+                defaults.data_dir.clone(),
+                defaults.sync,
+                defaults.sync_interval_ms
+            ),
+            (None, SyncMode::Interval, 1000)
+        );
+        let from_file = Config::from_toml("data_dir = \"d\"\nsync = \"interval\"\n").unwrap();
+        assert_eq!(from_file.data_dir, Some(PathBuf::from("d")));
+        assert!(Config::from_toml("sync = \"sometimes\"").is_err());
+        for bad in [0, 60_001] {
+            let config = Config {
+                sync_interval_ms: bad,
+                ..Config::default()
+            };
+            assert!(config.validate().is_err(), "{bad}");
+        }
+        let (applied, restart_needed) = reload_diff(&defaults, &config);
+        assert!(applied.is_empty(), "{applied:?}");
+        assert_eq!(restart_needed, vec!["data_dir", "sync", "sync_interval_ms"]);
     }
 
     #[test]

@@ -527,15 +527,56 @@ pub trait Journal: fmt::Debug {
     fn begin_image(&mut self) {}
     /// The end of the records begun with [`Journal::begin_image`].
     fn end_image(&mut self) {}
+    /// Whether [`Journal::take_batch`] has something (the runtime wakes its writer on it).
+    fn has_batch(&self) -> bool {
+        false
+    }
+    /// The runtime's side: everything up to `sequence` is written (and synced as the sync mode
+    /// asks), told before [`super::Shard::on_durable`], so that [`Journal::barrier`] knows.
+    fn mark_durable(&mut self, sequence: u64) {
+        let _ = sequence;
+    }
 }
 
 /// Bytes for the runtime to write, and what is durable once they are.
 #[derive(Debug, Default)]
 pub struct JournalBatch {
-    /// Encoded frames, in order.
+    /// Encoded frames (and segment headers), in order.
     pub bytes: Vec<u8>,
     /// The sequence number of the batch's last record.
     pub last_sequence: u64,
+    /// Where `bytes` go: consecutive pieces, each for one file, in order (their lengths add up
+    /// to `bytes.len()`).
+    pub parts: Vec<BatchPart>,
+}
+
+/// A piece of a [`JournalBatch`] and the file it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPart {
+    /// The file.
+    pub target: BatchTarget,
+    /// Bytes of the batch, from where the previous part ended.
+    pub len: usize,
+}
+
+/// The file a [`BatchPart`] goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchTarget {
+    /// Appended to the shard's log segment `sequence`; `create`: the file is new (the part
+    /// starts with its header) and every earlier log segment is closed.
+    Log {
+        /// The segment sequence.
+        sequence: u64,
+        /// Whether the part starts the file.
+        create: bool,
+    },
+    /// A whole snapshot (header, image records, checkpoint) of the state as of the end of log
+    /// segment `sequence`: written under a temporary name, synced, renamed; once it is, the
+    /// shard's older files are no longer needed.
+    Snapshot {
+        /// The last log segment it covers.
+        sequence: u64,
+    },
 }
 
 /// No persistence: every change is "durable" at once, nothing is written.

@@ -33,6 +33,9 @@ use super::shard::{Global, ReadState, Shard, ShardStats};
 use super::sys::{self, SysState, Totals};
 use crate::config::Config;
 use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler, ListenerTransport};
+use crate::store::journal::{JournalOptions, StoreJournal, SystemClock, DEFAULT_SEGMENT_LIMIT};
+
+mod journal_writer;
 
 /// How often each shard advances its clock (keep-alive, expiry, shutdown check).
 const TICK: Duration = Duration::from_millis(200);
@@ -47,6 +50,8 @@ pub(super) struct ShardSetup {
     /// Listening sockets with the index of the listener (in `Config::listeners`) each serves.
     pub(super) listeners: Vec<(usize, RawFd)>,
     pub(super) test_listener: Option<(SocketAddr, RawFd)>,
+    /// With a data directory: what the shard recovers and where it writes.
+    pub(super) store: Option<super::store_start::ShardStore>,
 }
 
 /// How a shard's runtime reaches the rest of the process.
@@ -117,6 +122,8 @@ pub(super) struct Driver {
     engine_waker: Option<Waker>,
     /// Something other than the shard's wake list wants an engine pass (a timer tick).
     engine_kicked: bool,
+    /// The journal writer while it waits for records.
+    journal_waker: Option<Waker>,
 }
 
 impl Driver {
@@ -127,6 +134,7 @@ impl Driver {
             pump_wakers: (0..shards).map(|_| None).collect(),
             engine_waker: None,
             engine_kicked: false,
+            journal_waker: None,
         }
     }
 
@@ -139,6 +147,16 @@ impl Driver {
             }
         }
         self.wake_pumps();
+        self.wake_journal();
+    }
+
+    /// Wakes the journal writer if the shard appended records.
+    fn wake_journal(&mut self) {
+        if self.journal_waker.is_some() && self.shard.journal_mut().has_batch() {
+            if let Some(waker) = self.journal_waker.take() {
+                waker.wake();
+            }
+        }
     }
 
     fn kick_engine(&mut self) {
@@ -182,6 +200,7 @@ impl Driver {
             ),
         };
         self.wake_pumps();
+        self.wake_journal();
         busy
     }
 }
@@ -287,14 +306,60 @@ pub(super) async fn run_shard(
     // SAFETY: `wake_fd` is a fresh descriptor owned by nobody else.
     let wake_file = Rc::new(unsafe { BufferedFile::from_raw_fd(wake_fd) });
     let config = Rc::new(config);
-    let shard = Shard::new(
+    let mut shard = Shard::new(
         id,
         shards,
         Rc::clone(&config),
         Arc::clone(&global),
         Instant::now(),
     );
+    // With a data directory: the journal, the recovered state, and the first image (which
+    // the writer makes durable before the shard's older files go), all before any accept.
+    let writer = setup.store.map(|store| {
+        let mut journal = StoreJournal::new(
+            JournalOptions {
+                shard: id as u16,
+                shard_count: shards as u16,
+                epoch: global.epoch.load(Ordering::Relaxed),
+                first_segment: store.first_segment,
+                segment_limit: DEFAULT_SEGMENT_LIMIT,
+            },
+            Box::new(SystemClock),
+        );
+        journal.carry_into_next_image(store.carry);
+        shard.set_journal(Box::new(journal));
+        let now = Instant::now();
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        shard.install_recovered(store.sessions, store.retained, now, unix_ms);
+        shard.journal_image(now);
+        // Peers learn this shard's recovered subscriptions (broadcast by the install, before
+        // this on the ordered mesh); clients are accepted once every shard has announced.
+        shard.announce_recovered();
+        let stop = Rc::new(std::cell::Cell::new(false));
+        let failing = Rc::new(std::cell::Cell::new(false));
+        let shared = Arc::clone(&store.shared);
+        let writer = journal_writer::JournalWriter::new(
+            store.shared,
+            id as u16,
+            store.old_files,
+            Rc::clone(&stop),
+            Rc::clone(&failing),
+        );
+        (writer, stop, (shared, failing))
+    });
     let driver = Rc::new(RefCell::new(Driver::new(shard, engine, shards)));
+    let (writer_task, store) = match writer {
+        Some((writer, stop, shared)) => (
+            Some((
+                glommio::spawn_local(journal_writer::run(Rc::clone(&driver), writer)),
+                stop,
+            )),
+            Some(shared),
+        ),
+        None => (None, None),
+    };
     let senders = Rc::new(senders);
     // Kept (not detached) so that dropping them at shutdown cancels them.
     let mut tasks = Vec::new();
@@ -314,6 +379,14 @@ pub(super) async fn run_shard(
             Rc::clone(&senders),
             peer,
         )));
+    }
+    // With a data directory, the engine (and so every accept) starts once every shard has
+    // installed what it recovered: a publish accepted here then reaches every recovered
+    // subscription. Connections wait in the listen backlog meanwhile.
+    if store.is_some() {
+        while !driver.borrow().shard.peers_recovered() && !global.shutdown.load(Ordering::Relaxed) {
+            Timer::new(Duration::from_millis(1)).await;
+        }
     }
     tasks.push(glommio::spawn_local(drive(
         Rc::clone(&driver),
@@ -351,6 +424,14 @@ pub(super) async fn run_shard(
                 });
             }
             driver.shard.on_tick(Instant::now());
+            // Compaction: once the current log is full (and every shard's first image is
+            // durable, so that what it carries may go).
+            let compact = store
+                .as_ref()
+                .is_some_and(|(store, failing)| store.first_images_done() && !failing.get());
+            if compact && driver.shard.journal_mut().image_due() {
+                driver.shard.journal_image(Instant::now());
+            }
             driver.dispatch();
             // Deadlines of closing sockets and accept retries are checked by engine passes.
             driver.kick_engine();
@@ -390,6 +471,14 @@ pub(super) async fn run_shard(
     Timer::new(SHUTDOWN_GRACE).await;
     let engine_stats: EngineStats = driver.borrow().engine.stats();
     tracing::debug!(shard = id, ?engine_stats, "engine stopped");
+    // The journal's last records, written and synced.
+    if let Some((task, stop)) = writer_task {
+        stop.set(true);
+        if let Some(waker) = driver.borrow_mut().journal_waker.take() {
+            waker.wake();
+        }
+        task.await;
+    }
     // Dropping the tasks releases the engine (its ring and sockets) and the cross-shard queues.
     senders.close();
     drop(tasks);

@@ -83,11 +83,21 @@ pub fn encode_frame(
     salt: u32,
     out: &mut Vec<u8>,
 ) -> Result<usize, EncodeError> {
+    encode_frame_with(salt, out, |out| record.encode_body(out))
+}
+
+/// Appends one frame of a segment with `salt` to `out`, its body written by `body`; returns
+/// the frame's length. On error `out` is left as it was.
+pub fn encode_frame_with(
+    salt: u32,
+    out: &mut Vec<u8>,
+    body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
+) -> Result<usize, EncodeError> {
     let start = out.len();
     out.extend_from_slice(&FRAME_MAGIC);
     out.extend_from_slice(&[0; FRAME_HEADER_LEN - 2]);
     let body_start = out.len();
-    if let Err(error) = record.encode_body(out) {
+    if let Err(error) = body(out) {
         out.truncate(start);
         return Err(error);
     }

@@ -1,6 +1,6 @@
 //! The durable store's foundation (issue 11): the on-disk format of persistent sessions,
 //! queues and retained messages, and their recovery, as pure code. Nothing here does I/O on
-//! a shard; the broker does not write to it yet.
+//! a shard: the runtime's journal writer does the I/O.
 //!
 //! # Format (version [`FORMAT_VERSION`])
 //!
@@ -24,12 +24,14 @@
 //! shards comes back exactly as its last owner had it. [`recover::rehome`] then assigns every
 //! session to its home shard for the new shard count ([`crate::placement::home_shard`]).
 //!
-//! # How the shard will use it (not wired yet)
+//! # How the broker uses it
 //!
-//! - The [`crate::broker::hooks::Journal`] implementation turns each state change into a
-//!   [`record::StoreRecord`], encodes its frame into the shard's write buffer and answers
-//!   `Durability::At(seq)`; one io_uring write (and, with `--sync always`, one fdatasync) per
-//!   loop pass covers every record of the pass, and its completion calls `Shard::on_durable`.
+//! - [`journal::StoreJournal`] is the shard's [`crate::broker::hooks::Journal`]: it encodes each
+//!   record the shard emits as a frame (byte for byte what [`record::StoreRecord`] encodes to),
+//!   numbers it, and hands the bytes out in batches that name their files; the runtime's
+//!   writer (`broker/runtime/journal_writer.rs`) writes them with io_uring, fdatasyncs them
+//!   (`--sync always`: before the shard is told; `interval`: periodically) and calls
+//!   `Shard::on_durable`.
 //! - A message body ([`record::MessageRecord`]) is written once per shard before the first
 //!   record that refers to it; message ids are unique within a shard's files (epoch in the
 //!   high bits), and recovery resolves references within the same shard's files only.
@@ -41,12 +43,14 @@
 //!   Retained versions the same way, by the topic's owner shard.
 //! - A new owner (takeover, move, recovery) writes the whole session under its generation:
 //!   started, will, subscriptions, queue and in-flight entries, inbound QoS 2 ids.
-//! - Compaction: close the current log at sequence N, write `shard-<n>-<N>.snap.tmp` with the
-//!   state as of that point and its checkpoint ([`snapshot::SnapshotWriter`]), fsync it, rename it to `.snap`, fsync the
-//!   directory, then remove the logs up to N and older snapshots.
-//! - Start-up: [`dir::open`] (lock, FORMAT check), [`load`], `drop_expired`, `rehome`, and each
-//!   shard installs its sessions under new generations and writes a snapshot before the old
-//!   files are removed.
+//! - Compaction (an image, when the current log reaches its size limit): the journal closes
+//!   log N, the shard's whole state becomes `shard-<n>-<N>.snap` (written as `.snap.tmp`,
+//!   fdatasynced, renamed, the directory fsynced), later records go to log N + 1, and the
+//!   logs up to N and older snapshots of the shard are removed.
+//! - Start-up (`broker/store_start.rs`): [`dir::open`] (lock, FORMAT check), [`load`] (one
+//!   thread per shard's files), `drop_expired`, the epoch, `rehome`; each shard installs its
+//!   sessions under new generations and writes its first image, carrying what its old files
+//!   held for other shards, before its old files are removed.
 
 pub mod crc;
 pub mod frame;
@@ -63,6 +67,8 @@ mod prop_tests;
 pub mod dir;
 #[cfg(feature = "runtime")]
 pub mod inspect;
+#[cfg(feature = "runtime")]
+pub mod journal;
 
 pub use load::{load, Loaded};
 pub use record::StoreRecord;

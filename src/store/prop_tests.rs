@@ -99,7 +99,7 @@ fn record((kind, client, generation, packet_id, message, payload, bits): Raw) ->
             publisher: client_id,
             qos,
             retain: bits & 1 != 0,
-            properties: Bytes::from_static(&[0x02, 0, 0, 0, 10]),
+            properties: Bytes::from_static(&[0x05, 0x02, 0, 0, 0, 10]),
             payload,
             expires_at_ms: (bits & 32 != 0).then_some(generation),
         }),
@@ -371,6 +371,7 @@ fn normalized(state: &RecoveredState) -> RecoveredState {
     }
     for retained in state.retained.values_mut() {
         retained.message = body(&retained.message);
+        retained.source_shard = 0;
     }
     state
 }

@@ -52,7 +52,8 @@ pub struct MessageRecord {
     pub qos: QoS,
     /// Retain flag it was published with.
     pub retain: bool,
-    /// MQTT 5.0 PUBLISH properties to forward, as encoded on the wire (may be empty).
+    /// MQTT 5.0 PUBLISH properties to forward: the wire block, length prefix included (empty:
+    /// none).
     pub properties: Bytes,
     /// Payload.
     pub payload: Bytes,
@@ -69,7 +70,7 @@ pub struct WillRecord {
     pub qos: QoS,
     /// Retain flag.
     pub retain: bool,
-    /// MQTT 5.0 will properties as encoded on the wire (may be empty).
+    /// MQTT 5.0 will properties: the wire block, length prefix included (empty: none).
     pub properties: Bytes,
     /// Payload.
     pub payload: Bytes,
@@ -326,7 +327,7 @@ pub enum EncodeError {
     },
 }
 
-mod tag {
+pub(super) mod tag {
     pub const SESSION_STARTED: u8 = 0x01;
     pub const SESSION_DISCONNECTED: u8 = 0x02;
     pub const SESSION_ENDED: u8 = 0x03;
@@ -724,7 +725,7 @@ impl StoreRecord {
 }
 
 /// The MQTT 5.0 subscription options byte.
-fn options_byte(options: &SubscriptionOptions) -> u8 {
+pub(super) fn options_byte(options: &SubscriptionOptions) -> u8 {
     options.qos as u8
         | (options.no_local as u8) << 2
         | (options.retain_as_published as u8) << 3
@@ -754,25 +755,27 @@ fn options_from_byte(byte: u8) -> Result<SubscriptionOptions, RecordError> {
     })
 }
 
-struct Writer<'a>(&'a mut Vec<u8>);
+/// Appends fields in the body encoding (shared with the journal, which encodes from borrowed
+/// records: the bytes must be the same).
+pub(super) struct Writer<'a>(pub(super) &'a mut Vec<u8>);
 
 impl Writer<'_> {
-    fn u8(&mut self, value: u8) {
+    pub(super) fn u8(&mut self, value: u8) {
         self.0.push(value);
     }
-    fn bool(&mut self, value: bool) {
+    pub(super) fn bool(&mut self, value: bool) {
         self.0.push(value as u8);
     }
-    fn u16(&mut self, value: u16) {
+    pub(super) fn u16(&mut self, value: u16) {
         self.0.extend_from_slice(&value.to_le_bytes());
     }
-    fn u32(&mut self, value: u32) {
+    pub(super) fn u32(&mut self, value: u32) {
         self.0.extend_from_slice(&value.to_le_bytes());
     }
-    fn u64(&mut self, value: u64) {
+    pub(super) fn u64(&mut self, value: u64) {
         self.0.extend_from_slice(&value.to_le_bytes());
     }
-    fn opt_u32(&mut self, value: Option<u32>) {
+    pub(super) fn opt_u32(&mut self, value: Option<u32>) {
         match value {
             None => self.u8(0),
             Some(value) => {
@@ -781,7 +784,7 @@ impl Writer<'_> {
             }
         }
     }
-    fn opt_u64(&mut self, value: Option<u64>) {
+    pub(super) fn opt_u64(&mut self, value: Option<u64>) {
         match value {
             None => self.u8(0),
             Some(value) => {
@@ -790,7 +793,7 @@ impl Writer<'_> {
             }
         }
     }
-    fn str(&mut self, field: &'static str, value: &str) -> Result<(), EncodeError> {
+    pub(super) fn str(&mut self, field: &'static str, value: &str) -> Result<(), EncodeError> {
         let len = u16::try_from(value.len()).map_err(|_| EncodeError::StringTooLong {
             field,
             len: value.len(),
@@ -799,7 +802,11 @@ impl Writer<'_> {
         self.0.extend_from_slice(value.as_bytes());
         Ok(())
     }
-    fn opt_str(&mut self, field: &'static str, value: Option<&str>) -> Result<(), EncodeError> {
+    pub(super) fn opt_str(
+        &mut self,
+        field: &'static str,
+        value: Option<&str>,
+    ) -> Result<(), EncodeError> {
         match value {
             None => {
                 self.u8(0);
@@ -811,7 +818,7 @@ impl Writer<'_> {
             }
         }
     }
-    fn bytes(&mut self, field: &'static str, value: &[u8]) -> Result<(), EncodeError> {
+    pub(super) fn bytes(&mut self, field: &'static str, value: &[u8]) -> Result<(), EncodeError> {
         let len = u32::try_from(value.len()).map_err(|_| EncodeError::TooLong {
             field,
             len: value.len(),
@@ -820,12 +827,16 @@ impl Writer<'_> {
         self.0.extend_from_slice(value);
         Ok(())
     }
-    fn session(&mut self, client_id: &str, generation: Generation) -> Result<(), EncodeError> {
+    pub(super) fn session(
+        &mut self,
+        client_id: &str,
+        generation: Generation,
+    ) -> Result<(), EncodeError> {
         self.str("client id", client_id)?;
         self.u64(generation);
         Ok(())
     }
-    fn packet(
+    pub(super) fn packet(
         &mut self,
         tag: u8,
         client_id: &str,
@@ -837,16 +848,23 @@ impl Writer<'_> {
         self.u16(packet_id);
         Ok(())
     }
-    fn delivery(&mut self, delivery: &Delivery) -> Result<(), EncodeError> {
-        self.u8(delivery.qos as u8);
-        self.bool(delivery.retain);
-        let count =
-            u16::try_from(delivery.subscription_ids.len()).map_err(|_| EncodeError::TooLong {
-                field: "subscription ids",
-                len: delivery.subscription_ids.len(),
-            })?;
+    pub(super) fn delivery(&mut self, delivery: &Delivery) -> Result<(), EncodeError> {
+        self.delivery_parts(delivery.qos, delivery.retain, &delivery.subscription_ids)
+    }
+    pub(super) fn delivery_parts(
+        &mut self,
+        qos: QoS,
+        retain: bool,
+        subscription_ids: &[u32],
+    ) -> Result<(), EncodeError> {
+        self.u8(qos as u8);
+        self.bool(retain);
+        let count = u16::try_from(subscription_ids.len()).map_err(|_| EncodeError::TooLong {
+            field: "subscription ids",
+            len: subscription_ids.len(),
+        })?;
         self.u16(count);
-        for id in &delivery.subscription_ids {
+        for id in subscription_ids {
             self.u32(*id);
         }
         Ok(())
@@ -1004,7 +1022,7 @@ pub(crate) mod tests {
                     topic: "dead/client-1".into(),
                     qos: QoS::AtLeastOnce,
                     retain: true,
-                    properties: Bytes::from_static(&[0x01, 0x01]),
+                    properties: Bytes::from_static(&[0x02, 0x01, 0x01]),
                     payload: Bytes::from_static(b"gone"),
                     delay_secs: 30,
                 },

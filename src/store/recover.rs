@@ -107,6 +107,8 @@ impl RecoveredSession {
 pub struct RecoveredRetained {
     /// Its version.
     pub version: Generation,
+    /// The shard whose files held it.
+    pub source_shard: u16,
     /// The message.
     pub message: Arc<MessageRecord>,
 }
@@ -485,10 +487,10 @@ impl Replayer {
                 version,
                 message,
             } => match self.message(shard, message) {
-                Some(message) => self.retain(topic, version, Some(message)),
+                Some(message) => self.retain(shard, topic, version, Some(message)),
                 None => None,
             },
-            RetainedCleared { topic, version } => self.retain(topic, version, None),
+            RetainedCleared { topic, version } => self.retain(shard, topic, version, None),
             Checkpoint { .. } => {
                 self.stats.checkpoints += 1;
                 Some(())
@@ -522,13 +524,18 @@ impl Replayer {
 
     fn retain(
         &mut self,
+        shard: u16,
         topic: String,
         version: Generation,
         message: Option<Arc<MessageRecord>>,
     ) -> Option<()> {
         self.max_generation = self.max_generation.max(version);
         let slot = match message {
-            Some(message) => RetainedSlot::Set(RecoveredRetained { version, message }),
+            Some(message) => RetainedSlot::Set(RecoveredRetained {
+                version,
+                source_shard: shard,
+                message,
+            }),
             None => RetainedSlot::Cleared(version),
         };
         match self.retained.entry(topic) {

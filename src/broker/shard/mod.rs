@@ -398,6 +398,11 @@ impl Shard {
         self.prepare_all_authorization();
     }
 
+    /// Replaces the journal hook only (the runtime's, with a data directory).
+    pub fn set_journal(&mut self, journal: Box<dyn super::hooks::Journal>) {
+        self.hooks.journal = journal;
+    }
+
     /// A new configuration (reload): limits and timeouts apply to new work from now on;
     /// sessions take the new queue limits when they next attach.
     ///

@@ -1,0 +1,463 @@
+//! The journal writer: one glommio task per shard with a data directory. It takes the batches
+//! the shard's [`crate::store::journal::StoreJournal`] encodes, writes them with glommio's file
+//! API (io_uring writes and fdatasyncs; renames and removals on glommio's blocking pool, never
+//! a blocking syscall on the shard thread), then reports them durable to the shard.
+//!
+//! Group commit: while a write is in flight the shard goes on appending; the next write takes
+//! everything appended meanwhile. `sync = always`: fdatasync after the write, before the
+//! shard is told. `sync = interval`: the shard is told once the write completed (page cache);
+//! fdatasync every `sync_interval_ms` when something was written.
+//!
+//! A snapshot is written under a temporary name, fdatasynced, renamed and the directory
+//! fsynced; then the shard's files it covers are removed. A write that fails (disk full, I/O
+//! error) is logged once, kept and retried every [`RETRY`]; meanwhile the shard is told
+//! (`Shard::set_storage_full`) and refuses new persistent work, and the tick does not compact.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use glommio::io::{BufferedFile, Directory, OpenOptions};
+use glommio::timer::Timer;
+
+use super::super::hooks::{BatchTarget, JournalBatch};
+use super::super::store_start::StoreShared;
+use super::Driver;
+use crate::config::SyncMode;
+use crate::store::segment::{SegmentKind, SegmentName};
+
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_millis(200);
+/// Tries of the last batch at shutdown before it is given up.
+const SHUTDOWN_TRIES: u32 = 10;
+
+/// Why a write did not complete.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    /// A file operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// A write took no bytes.
+    #[error("writing {0}: no bytes written")]
+    WriteZero(PathBuf),
+}
+
+fn io_error<'a, T>(
+    op: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(glommio::GlommioError<T>) -> WriteError + 'a {
+    move |error| WriteError::Io {
+        op,
+        path: path.to_owned(),
+        source: io::Error::from(error),
+    }
+}
+
+/// The log segment being appended to.
+struct OpenLog {
+    sequence: u64,
+    file: BufferedFile,
+    path: PathBuf,
+    len: u64,
+}
+
+/// A batch being written, and how far it got.
+struct InProgress {
+    batch: JournalBatch,
+    /// The next part to write.
+    part: usize,
+    /// Where that part starts in the batch's bytes.
+    start: usize,
+    /// Bytes of that part already written.
+    done: usize,
+}
+
+/// One shard's writer.
+pub(in crate::broker) struct JournalWriter {
+    shared: Arc<StoreShared>,
+    shard: u16,
+    /// This shard's files on disk, for removal once a snapshot covers them.
+    files: BTreeSet<SegmentName>,
+    log: Option<OpenLog>,
+    /// The open log has writes not fdatasynced.
+    unsynced: bool,
+    /// Files were created or removed since the directory was last fsynced.
+    dir_dirty: bool,
+    failing: bool,
+    first_image_done: bool,
+    /// Set at shutdown: write what is left, sync, return.
+    stop: Rc<Cell<bool>>,
+    /// Writes fail (shared with the tick, which does not compact meanwhile).
+    failing_flag: Rc<Cell<bool>>,
+}
+
+impl JournalWriter {
+    /// A writer for `shard`, whose files from before this boot are `old_files`.
+    pub(in crate::broker) fn new(
+        shared: Arc<StoreShared>,
+        shard: u16,
+        old_files: Vec<SegmentName>,
+        stop: Rc<Cell<bool>>,
+        failing_flag: Rc<Cell<bool>>,
+    ) -> JournalWriter {
+        JournalWriter {
+            shared,
+            shard,
+            files: old_files.into_iter().collect(),
+            log: None,
+            unsynced: false,
+            dir_dirty: false,
+            failing: false,
+            first_image_done: false,
+            stop,
+            failing_flag,
+        }
+    }
+
+    fn name(&self, sequence: u64, kind: SegmentKind) -> SegmentName {
+        SegmentName {
+            shard: self.shard,
+            sequence,
+            kind,
+        }
+    }
+
+    /// Writes what is left of `progress` (and, with `sync = always`, syncs it).
+    async fn write(&mut self, progress: &mut InProgress) -> Result<(), WriteError> {
+        while let Some(part) = progress.batch.parts.get(progress.part).copied() {
+            let end = progress.start + part.len;
+            let Some(bytes) = progress.batch.bytes.get(progress.start..end) else {
+                // A journal bug: parts beyond the bytes. Drop the rest rather than loop.
+                tracing::error!(
+                    shard = self.shard,
+                    "journal batch parts do not match its bytes"
+                );
+                break;
+            };
+            match part.target {
+                BatchTarget::Log { sequence, create } => {
+                    self.open_log(sequence, create).await?;
+                    while progress.done < bytes.len() {
+                        progress.done += self.append(&bytes[progress.done..]).await?;
+                    }
+                }
+                BatchTarget::Snapshot { sequence } => {
+                    self.write_snapshot(sequence, bytes).await?;
+                }
+            }
+            progress.part += 1;
+            progress.start = end;
+            progress.done = 0;
+        }
+        if self.shared.sync == SyncMode::Always {
+            self.sync().await?;
+        }
+        Ok(())
+    }
+
+    /// Makes log `sequence` the open log (syncing and closing the one before).
+    async fn open_log(&mut self, sequence: u64, create: bool) -> Result<(), WriteError> {
+        if self
+            .log
+            .as_ref()
+            .is_some_and(|log| log.sequence == sequence)
+        {
+            return Ok(());
+        }
+        self.close_log().await?;
+        let name = self.name(sequence, SegmentKind::Log);
+        let path = self.shared.path(&name);
+        let mut options = OpenOptions::new();
+        options.write(true);
+        if create {
+            options.create(true).truncate(true);
+        }
+        let file = options
+            .buffered_open(&path)
+            .await
+            .map_err(io_error("creating", &path))?;
+        let len = if create {
+            self.dir_dirty = true;
+            0
+        } else {
+            file.file_size().await.map_err(io_error("sizing", &path))?
+        };
+        self.files.insert(name);
+        self.log = Some(OpenLog {
+            sequence,
+            file,
+            path,
+            len,
+        });
+        Ok(())
+    }
+
+    /// Syncs and closes the open log.
+    async fn close_log(&mut self) -> Result<(), WriteError> {
+        if self.log.is_none() {
+            return Ok(());
+        }
+        self.sync().await?;
+        if let Some(log) = self.log.take() {
+            if let Err(error) = log.file.close().await {
+                tracing::warn!(shard = self.shard, file = %log.path.display(), %error, "closing a log segment failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends `bytes` (or a prefix) to the open log; how many went.
+    async fn append(&mut self, bytes: &[u8]) -> Result<usize, WriteError> {
+        let Some(log) = self.log.as_mut() else {
+            return Ok(bytes.len());
+        };
+        let written = log
+            .file
+            .write_at(bytes.to_vec(), log.len)
+            .await
+            .map_err(io_error("writing", &log.path))?;
+        if written == 0 {
+            return Err(WriteError::WriteZero(log.path.clone()));
+        }
+        log.len += written as u64;
+        self.unsynced = true;
+        Ok(written)
+    }
+
+    /// fdatasyncs the open log and, if files came or went, the directory.
+    async fn sync(&mut self) -> Result<(), WriteError> {
+        if self.unsynced {
+            if let Some(log) = &self.log {
+                log.file
+                    .fdatasync()
+                    .await
+                    .map_err(io_error("syncing", &log.path))?;
+            }
+            self.unsynced = false;
+        }
+        if self.dir_dirty {
+            sync_dir(&self.shared.dir).await?;
+            self.dir_dirty = false;
+        }
+        Ok(())
+    }
+
+    /// Writes a whole snapshot: temporary file, fdatasync, rename, directory fsync; then
+    /// removes the files it covers.
+    async fn write_snapshot(&mut self, sequence: u64, bytes: &[u8]) -> Result<(), WriteError> {
+        let name = self.name(sequence, SegmentKind::Snapshot);
+        let path = self.shared.path(&name);
+        let tmp = path.with_extension("snap.tmp");
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .buffered_open(&tmp)
+            .await
+            .map_err(io_error("creating", &tmp))?;
+        let mut done = 0;
+        while done < bytes.len() {
+            let written = file
+                .write_at(bytes[done..].to_vec(), done as u64)
+                .await
+                .map_err(io_error("writing", &tmp))?;
+            if written == 0 {
+                return Err(WriteError::WriteZero(tmp));
+            }
+            done += written;
+        }
+        file.fdatasync().await.map_err(io_error("syncing", &tmp))?;
+        if let Err(error) = file.close().await {
+            tracing::warn!(shard = self.shard, file = %tmp.display(), %error, "closing a snapshot failed");
+        }
+        glommio::io::rename(&tmp, &path)
+            .await
+            .map_err(io_error("renaming", &tmp))?;
+        self.files.insert(name);
+        sync_dir(&self.shared.dir).await?;
+        // The files it covers: older logs and snapshots of this shard.
+        let covered: Vec<SegmentName> = self
+            .files
+            .iter()
+            .filter(|file| match file.kind {
+                SegmentKind::Log => file.sequence <= sequence,
+                SegmentKind::Snapshot => file.sequence < sequence,
+            })
+            .copied()
+            .collect();
+        let mut removed = self.remove(&covered).await;
+        if !self.first_image_done {
+            self.first_image_done = true;
+            let orphans = self.shared.first_image_durable();
+            removed |= self.remove(&orphans).await;
+        }
+        if removed {
+            if let Err(error) = sync_dir(&self.shared.dir).await {
+                tracing::warn!(shard = self.shard, %error, "syncing the data directory failed");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes `names` (failures are logged: a covered file left behind is harmless).
+    async fn remove(&mut self, names: &[SegmentName]) -> bool {
+        for name in names {
+            self.files.remove(name);
+            let path = self.shared.path(name);
+            if let Err(error) = glommio::io::remove(&path).await {
+                let error = io::Error::from(error);
+                if error.kind() != io::ErrorKind::NotFound {
+                    tracing::warn!(shard = self.shard, file = %path.display(), %error, "cannot remove a file the snapshot covers");
+                }
+            }
+        }
+        !names.is_empty()
+    }
+
+    fn failed(&mut self, driver: &RefCell<Driver>, error: &WriteError) {
+        if !self.failing {
+            self.failing = true;
+            self.failing_flag.set(true);
+            tracing::error!(
+                shard = self.shard,
+                %error,
+                "journal write failed: records are kept in memory and the write is retried; \
+                 nothing new becomes durable until it succeeds"
+            );
+            driver.borrow_mut().shard.set_storage_full(true);
+        }
+    }
+
+    fn recovered(&mut self, driver: &RefCell<Driver>) {
+        if self.failing {
+            self.failing = false;
+            self.failing_flag.set(false);
+            tracing::info!(shard = self.shard, "journal writes work again");
+            driver.borrow_mut().shard.set_storage_full(false);
+        }
+    }
+}
+
+async fn sync_dir(dir: &Path) -> Result<(), WriteError> {
+    let handle = Directory::open(dir)
+        .await
+        .map_err(io_error("opening", dir))?;
+    let synced = handle.sync().await.map_err(io_error("syncing", dir));
+    let _ = handle.close().await;
+    synced
+}
+
+/// What woke the writer.
+enum Event {
+    Batch(JournalBatch),
+    Sync,
+    Stop,
+}
+
+/// Tells the shard everything up to `sequence` is durable.
+fn durable(driver: &RefCell<Driver>, sequence: u64) {
+    let mut driver = driver.borrow_mut();
+    driver.shard.journal_mut().mark_durable(sequence);
+    driver.shard.on_durable(sequence, Instant::now());
+    driver.dispatch();
+}
+
+/// The writer task: until `writer.stop` is set, then the last records, synced.
+pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: JournalWriter) {
+    let mut pending: Option<InProgress> = None;
+    let mut sync_timer: Option<Pin<Box<Timer>>> = None;
+    let mut stopping = false;
+    let mut tries = 0u32;
+    loop {
+        if pending.is_none() {
+            let event = poll_fn(|cx| {
+                let mut driver = driver.borrow_mut();
+                if let Some(batch) = driver.shard.journal_mut().take_batch() {
+                    return Poll::Ready(Event::Batch(batch));
+                }
+                if writer.stop.get() {
+                    return Poll::Ready(Event::Stop);
+                }
+                if let Some(timer) = sync_timer.as_mut() {
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Event::Sync);
+                    }
+                }
+                driver.journal_waker = Some(cx.waker().clone());
+                Poll::Pending
+            })
+            .await;
+            driver.borrow_mut().journal_waker = None;
+            match event {
+                Event::Batch(batch) => {
+                    pending = Some(InProgress {
+                        batch,
+                        part: 0,
+                        start: 0,
+                        done: 0,
+                    });
+                    tries = 0;
+                }
+                Event::Sync => {
+                    sync_timer = None;
+                    match writer.sync().await {
+                        Ok(()) => writer.recovered(&driver),
+                        Err(error) => {
+                            writer.failed(&driver, &error);
+                            sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                        }
+                    }
+                    continue;
+                }
+                Event::Stop => {
+                    if let Err(error) = writer.close_log().await {
+                        tracing::error!(shard = writer.shard, %error, "the journal's last sync failed");
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(progress) = pending.as_mut() else {
+            continue;
+        };
+        match writer.write(progress).await {
+            Ok(()) => {
+                let sequence = progress.batch.last_sequence;
+                pending = None;
+                writer.recovered(&driver);
+                durable(&driver, sequence);
+                if writer.unsynced && sync_timer.is_none() {
+                    sync_timer = Some(Box::pin(Timer::new(writer.shared.sync_interval)));
+                }
+            }
+            Err(error) => {
+                writer.failed(&driver, &error);
+                stopping |= writer.stop.get();
+                tries += 1;
+                if stopping && tries >= SHUTDOWN_TRIES {
+                    tracing::error!(
+                        shard = writer.shard,
+                        %error,
+                        "giving up on the journal's last records at shutdown: they are lost"
+                    );
+                    return;
+                }
+                Timer::new(RETRY).await;
+            }
+        }
+    }
+}
