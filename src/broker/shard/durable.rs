@@ -215,6 +215,8 @@ impl Shard {
                 kind,
             },
         );
+        // Already durable (the durability was taken before an `on_durable` that covered it).
+        self.release_held_outputs();
     }
 
     /// Acknowledges a publish with `packet` once this shard's journal allows (`durability`)
