@@ -7,21 +7,32 @@ use super::*;
 use crate::broker::hooks::Journal;
 use crate::session::{Change, SessionEvents};
 
-/// An output held for the journal.
+/// An output held for this shard's journal alone (released in sequence order: it never
+/// waits for another shard, so two shards never wait for each other).
 #[derive(Debug)]
 pub(super) struct HeldOutput {
     /// Journal sequence number that must be durable first.
     pub(super) sequence: u64,
-    /// Peer shards whose `StoreAck` for `token` must arrive first (they journaled deliveries
+    pub(super) kind: HeldKind,
+}
+
+/// An acknowledgement that also waits for peer shards (their `StoreAck`s): kept per
+/// connection, in order, apart from [`HeldOutput`]s so that it never blocks another
+/// connection's output nor an answer to a peer.
+#[derive(Debug)]
+pub(super) struct PeerWait {
+    /// Journal sequence number that must be durable first.
+    pub(super) sequence: u64,
+    /// Peer shards whose `StoreAck` for `token` must still arrive (they journaled deliveries
     /// of the publish this acknowledges).
     pub(super) waiting: u16,
-    /// The store barrier token (0: none).
+    /// The store barrier token (0: none; it only keeps its place in the order).
     pub(super) token: u64,
     /// An inbound QoS 2 PUBREC: once the peers answered, record the packet id (so a crash
     /// before then makes the client resend, instead of the resend being dropped as known
     /// while a peer lost the delivery).
     pub(super) record_inbound: bool,
-    pub(super) kind: HeldKind,
+    pub(super) packet: Box<Packet>,
 }
 
 #[derive(Debug)]
@@ -164,6 +175,10 @@ impl Shard {
         packet: Packet,
         durability: Durability,
     ) {
+        if self.peer_waits.contains_key(&conn) {
+            // Behind an acknowledgement that waits for peers: in order after it.
+            return self.wait_for_peers(conn, packet, durability, 0, 0);
+        }
         let waiting_behind = self
             .held_outputs
             .iter()
@@ -192,10 +207,6 @@ impl Shard {
     }
 
     fn hold(&mut self, sequence: u64, kind: HeldKind) {
-        self.hold_for(sequence, 0, 0, kind);
-    }
-
-    fn hold_for(&mut self, sequence: u64, waiting: u16, token: u64, kind: HeldKind) {
         // Sequence numbers grow; keep the queue sorted even if a journal hands out an older
         // one late.
         let at = self
@@ -203,18 +214,7 @@ impl Shard {
             .iter()
             .rposition(|held| held.sequence <= sequence)
             .map_or(0, |i| i + 1);
-        let record_inbound = waiting > 0
-            && matches!(&kind, HeldKind::Packet(_, p) if matches!(**p, Packet::PubRec(_)));
-        self.held_outputs.insert(
-            at,
-            HeldOutput {
-                sequence,
-                waiting,
-                token,
-                record_inbound,
-                kind,
-            },
-        );
+        self.held_outputs.insert(at, HeldOutput { sequence, kind });
         // Already durable (the durability was taken before an `on_durable` that covered it).
         self.release_held_outputs();
     }
@@ -243,6 +243,21 @@ impl Shard {
                 },
             );
         }
+        let waiting = u16::try_from(targets.len()).unwrap_or(u16::MAX);
+        self.wait_for_peers(conn, packet, durability, waiting, token);
+    }
+
+    /// Queues `packet` for `conn` behind its other acknowledgements: it leaves once
+    /// `durability` allows and `waiting` peers answered `token`.
+    fn wait_for_peers(
+        &mut self,
+        conn: ConnId,
+        packet: Packet,
+        durability: Durability,
+        waiting: u16,
+        token: u64,
+    ) {
+        // After every output of the connection held for the journal alone.
         let behind = self
             .held_outputs
             .iter()
@@ -253,13 +268,50 @@ impl Shard {
             Durability::Now => self.durable_through,
             Durability::At(sequence) => sequence,
         };
-        let waiting = u16::try_from(targets.len()).unwrap_or(u16::MAX);
-        self.hold_for(
-            own.max(behind),
-            waiting,
-            token,
-            HeldKind::Packet(conn, Box::new(packet)),
-        );
+        let record_inbound = waiting > 0 && matches!(packet, Packet::PubRec(_));
+        if token != 0 {
+            self.peer_wait_tokens.insert(token, conn);
+        }
+        self.peer_waits
+            .entry(conn)
+            .or_default()
+            .push_back(PeerWait {
+                sequence: own.max(behind),
+                waiting,
+                token,
+                record_inbound,
+                packet: Box::new(packet),
+            });
+        self.release_peer_waits(conn);
+    }
+
+    /// Sends what `conn` may have of its peer-waiting acknowledgements, in order.
+    fn release_peer_waits(&mut self, conn: ConnId) {
+        let durable = self.durable_through;
+        let alive = self.conns.contains(conn);
+        let Some(queue) = self.peer_waits.get_mut(&conn) else {
+            return;
+        };
+        let mut ready = Vec::new();
+        while let Some(front) = queue.front() {
+            if alive && (front.waiting > 0 || front.sequence > durable) {
+                break;
+            }
+            if let Some(wait) = queue.pop_front() {
+                if wait.token != 0 {
+                    self.peer_wait_tokens.remove(&wait.token);
+                }
+                ready.push(wait.packet);
+            }
+        }
+        if queue.is_empty() {
+            self.peer_waits.remove(&conn);
+        }
+        if alive {
+            for packet in ready {
+                self.write(conn, *packet);
+            }
+        }
     }
 
     /// Records that the inbound QoS 2 `packet_id` of a durable session was accepted (after
@@ -286,38 +338,41 @@ impl Shard {
 
     /// A peer's answer to a `StoreBarrier`: its deliveries of that publish are durable.
     pub(super) fn on_store_ack(&mut self, token: u64) {
-        let Some(at) = self.held_outputs.iter().position(|h| h.token == token) else {
+        let Some(conn) = self.peer_wait_tokens.get(&token).copied() else {
             return;
         };
-        let held = &mut self.held_outputs[at];
-        held.waiting = held.waiting.saturating_sub(1);
-        if held.waiting == 0 && held.record_inbound {
-            held.record_inbound = false;
-            let target = match &held.kind {
-                HeldKind::Packet(conn, packet) => match &**packet {
-                    Packet::PubRec(ack) => Some((*conn, ack.packet_id)),
-                    _ => None,
-                },
-                HeldKind::Mesh(..) | HeldKind::Release(_) => None,
-            };
-            let session =
-                target.and_then(
-                    |(conn, packet_id)| match self.conns.get(conn).map(|c| &c.state) {
-                        Some(ConnState::Active { session, .. }) => Some((*session, packet_id)),
-                        _ => None,
-                    },
-                );
-            if let Some((session, packet_id)) = session {
-                if let Durability::At(sequence) =
-                    self.journal_inbound(session, QoS::ExactlyOnce, packet_id)
-                {
-                    if let Some(held) = self.held_outputs.get_mut(at) {
-                        held.sequence = held.sequence.max(sequence);
-                    }
+        let mut inbound = None;
+        if let Some(wait) = self
+            .peer_waits
+            .get_mut(&conn)
+            .and_then(|queue| queue.iter_mut().find(|w| w.token == token))
+        {
+            wait.waiting = wait.waiting.saturating_sub(1);
+            if wait.waiting == 0 && wait.record_inbound {
+                wait.record_inbound = false;
+                if let Packet::PubRec(ack) = &*wait.packet {
+                    inbound = Some(ack.packet_id);
                 }
             }
         }
-        self.release_held_outputs();
+        let session = match self.conns.get(conn).map(|c| &c.state) {
+            Some(ConnState::Active { session, .. }) => Some(*session),
+            _ => None,
+        };
+        if let (Some(packet_id), Some(session)) = (inbound, session) {
+            if let Durability::At(sequence) =
+                self.journal_inbound(session, QoS::ExactlyOnce, packet_id)
+            {
+                if let Some(wait) = self
+                    .peer_waits
+                    .get_mut(&conn)
+                    .and_then(|queue| queue.iter_mut().find(|w| w.token == token))
+                {
+                    wait.sequence = wait.sequence.max(sequence);
+                }
+            }
+        }
+        self.release_peer_waits(conn);
     }
 
     /// A peer asks when what it routed here is durable: answer once everything journaled so
@@ -332,6 +387,10 @@ impl Shard {
         self.set_now(now);
         self.durable_through = self.durable_through.max(sequence);
         self.release_held_outputs();
+        let conns: Vec<ConnId> = self.peer_waits.keys().copied().collect();
+        for conn in conns {
+            self.release_peer_waits(conn);
+        }
         self.drain_local_inbox();
     }
 
@@ -340,7 +399,7 @@ impl Shard {
         while self
             .held_outputs
             .front()
-            .is_some_and(|held| held.sequence <= sequence && held.waiting == 0)
+            .is_some_and(|held| held.sequence <= sequence)
         {
             let Some(held) = self.held_outputs.pop_front() else {
                 break;

@@ -197,6 +197,10 @@ pub struct Shard {
     hooks: Hooks,
     /// Outputs held until the journal reports them durable, in sequence order.
     held_outputs: VecDeque<HeldOutput>,
+    /// Acknowledgements that also wait for peer shards, per connection (see [`PeerWait`]).
+    peer_waits: HashMap<ConnId, VecDeque<PeerWait>>,
+    /// The connection of each outstanding store barrier token.
+    peer_wait_tokens: HashMap<u64, ConnId>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
@@ -357,6 +361,8 @@ impl Shard {
             registry: HashMap::new(),
             hooks,
             held_outputs: VecDeque::new(),
+            peer_waits: HashMap::new(),
+            peer_wait_tokens: HashMap::new(),
             durable_through: 0,
             storage_full: false,
             peers_recovered: 0,
