@@ -339,6 +339,64 @@ fn acknowledgements_wait_for_the_journal_in_order() {
 }
 
 #[test]
+fn a_full_data_directory_refuses_new_persistent_work_with_quota_exceeded() {
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let mut shard = shard(Hooks {
+        admission: Box::new(DefaultAdmission::default()),
+        authorization: Box::new(AllowAll),
+        journal: Box::new(SlowJournal {
+            records: Rc::clone(&records),
+            next: 0,
+        }),
+    });
+    // Connected before the disk filled up: a persistent and a clean session.
+    let (mut persistent, _) = connect(&mut shard, "p", None, false);
+    shard.on_durable(u64::MAX, Instant::now());
+    received(&mut shard, &mut persistent);
+    let (mut clean, _) = connect(&mut shard, "c", None, true);
+    shard.set_storage_full(true);
+    let recorded = records.borrow().len();
+
+    // A new persistent session: CONNACK 0x97; a clean one is still welcome.
+    let (_, connack) = connect(&mut shard, "p2", None, false);
+    assert!(
+        matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::QuotaExceeded),
+        "{connack:?}"
+    );
+    let (_, connack) = connect(&mut shard, "c2", None, true);
+    assert!(matches!(&connack, Packet::ConnAck(c) if c.reason == ReasonCode::Success));
+
+    // QoS 1/2 publishes: refused in their acknowledgement (MQTT 5); QoS 0 goes on.
+    publish(&mut shard, &clean, "t/a", QoS::AtLeastOnce, 7, false);
+    publish(&mut shard, &clean, "t/b", QoS::ExactlyOnce, 8, false);
+    publish(&mut shard, &clean, "t/c", QoS::AtMostOnce, 0, false);
+    let acks = received(&mut shard, &mut clean);
+    assert!(
+        matches!(&acks[..], [Packet::PubAck(a), Packet::PubRec(b)]
+            if a.reason == ReasonCode::QuotaExceeded && b.reason == ReasonCode::QuotaExceeded),
+        "{acks:?}"
+    );
+    // A persistent session's subscription: refused; nothing was recorded meanwhile.
+    subscribe(&mut shard, &persistent, "t/#", QoS::AtLeastOnce);
+    let suback = received(&mut shard, &mut persistent);
+    assert!(
+        matches!(&suback[..], [Packet::SubAck(s)] if s.reasons == [ReasonCode::QuotaExceeded]),
+        "{suback:?}"
+    );
+    assert_eq!(records.borrow().len(), recorded, "{:?}", records.borrow());
+
+    // Space again: persistent work is accepted.
+    shard.set_storage_full(false);
+    subscribe(&mut shard, &persistent, "t/#", QoS::AtLeastOnce);
+    shard.on_durable(u64::MAX, Instant::now());
+    let suback = received(&mut shard, &mut persistent);
+    assert!(
+        matches!(&suback[..], [Packet::SubAck(s)] if s.reasons == [ReasonCode::GrantedQos1]),
+        "{suback:?}"
+    );
+}
+
+#[test]
 /// Each connection has at most one live entry on the timing wheel, however many packets and
 /// ticks go by (it once had one for the connect timeout and one for keep-alive, both
 /// rescheduling forever).
