@@ -140,38 +140,14 @@ pub(super) fn open(
     let pending = state.pending_messages();
     let retained_count = state.retained.len();
     let stats = state.stats;
-    let mut carries: Vec<Carry> = (0..shards).map(|_| Carry::default()).collect();
-    let home = crate::placement::home_shard;
-    for session in state.sessions.values() {
-        let source = usize::from(session.source_shard);
-        if source < shards && source != home(&session.client_id, shards) {
-            carries[source].sessions.push(session.clone());
-        }
-    }
-    let mut retained: Vec<Vec<(String, RecoveredRetained)>> = vec![Vec::new(); shards];
-    for (topic, message) in std::mem::take(&mut state.retained) {
-        let owner = crate::placement::topic_owner(&topic, shards).min(shards - 1);
-        let source = usize::from(message.source_shard);
-        if source < shards && source != owner {
-            carries[source]
-                .retained
-                .push((topic.clone(), message.clone()));
-        }
-        retained[owner].push((topic, message));
-    }
-    let sessions = crate::store::rehome(std::mem::take(&mut state.sessions), shards, home);
-    for (((sessions, retained), carry), old_files) in sessions
-        .into_iter()
-        .zip(retained)
-        .zip(carries)
-        .zip(old_files)
-    {
+    let parts = crate::store::split::split(state, shards);
+    for (part, old_files) in parts.into_iter().zip(old_files) {
         stores.push(ShardStore {
             shared: Arc::clone(&shared),
             first_segment,
-            sessions,
-            retained,
-            carry,
+            sessions: part.sessions,
+            retained: part.retained,
+            carry: part.carry,
             old_files,
         });
     }

@@ -69,6 +69,8 @@ pub mod dir;
 pub mod inspect;
 #[cfg(feature = "runtime")]
 pub mod journal;
+#[cfg(feature = "runtime")]
+pub mod split;
 
 pub use load::{load, Loaded};
 pub use record::StoreRecord;

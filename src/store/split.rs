@@ -1,0 +1,47 @@
+//! What a restarted broker's shards each install: the recovered state split for the current
+//! shard count (sessions by home shard, retained messages by topic owner), and what each
+//! shard's first snapshot must carry for others (see [`Carry`]). Pure: start-up and the
+//! simulation tests share it.
+
+use super::journal::Carry;
+use super::recover::{rehome, RecoveredRetained, RecoveredSession, RecoveredState};
+use crate::placement::{home_shard, topic_owner};
+
+/// One shard's part of a recovered state.
+#[derive(Debug, Default)]
+pub struct ShardPart {
+    /// Sessions to install (their home is this shard).
+    pub sessions: Vec<RecoveredSession>,
+    /// Retained messages of the topics it owns.
+    pub retained: Vec<(String, RecoveredRetained)>,
+    /// What its old files held for other shards, for its first snapshot.
+    pub carry: Carry,
+}
+
+/// Splits `state` between `shards` shards (at least one).
+pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
+    let shards = shards.max(1);
+    let mut parts: Vec<ShardPart> = (0..shards).map(|_| ShardPart::default()).collect();
+    for session in state.sessions.values() {
+        let source = usize::from(session.source_shard);
+        if source < shards && source != home_shard(&session.client_id, shards) {
+            parts[source].carry.sessions.push(session.clone());
+        }
+    }
+    for (topic, message) in std::mem::take(&mut state.retained) {
+        let owner = topic_owner(&topic, shards).min(shards - 1);
+        let source = usize::from(message.source_shard);
+        if source < shards && source != owner {
+            parts[source]
+                .carry
+                .retained
+                .push((topic.clone(), message.clone()));
+        }
+        parts[owner].retained.push((topic, message));
+    }
+    let sessions = rehome(std::mem::take(&mut state.sessions), shards, home_shard);
+    for (part, sessions) in parts.iter_mut().zip(sessions) {
+        part.sessions = sessions;
+    }
+    parts
+}
