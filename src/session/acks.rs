@@ -112,7 +112,9 @@ impl Session {
             .position(|&id| id == packet_id)
         {
             Some(index) => {
-                self.traffic_mut().incoming_qos2.swap_remove(index);
+                let traffic = self.traffic_mut();
+                traffic.incoming_qos2.swap_remove(index);
+                traffic.uncommitted_inbound.retain(|&id| id != packet_id);
                 self.shed_idle_traffic();
                 true
             }

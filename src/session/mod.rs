@@ -211,11 +211,17 @@ struct Traffic {
     queue: VecDeque<Queued>,
     queued_bytes: usize,
     incoming_qos2: Vec<u16>,
+    /// Inbound QoS 2 ids whose acceptance is not journaled yet (a durable session's: its
+    /// deliveries on other shards are not known to be durable). A snapshot leaves them out.
+    uncommitted_inbound: Vec<u16>,
 }
 
 impl Traffic {
     fn is_empty(&self) -> bool {
-        self.inflight.is_empty() && self.queue.is_empty() && self.incoming_qos2.is_empty()
+        self.inflight.is_empty()
+            && self.queue.is_empty()
+            && self.incoming_qos2.is_empty()
+            && self.uncommitted_inbound.is_empty()
     }
 }
 
@@ -225,6 +231,7 @@ static NO_TRAFFIC: Traffic = Traffic {
     queue: VecDeque::new(),
     queued_bytes: 0,
     incoming_qos2: Vec::new(),
+    uncommitted_inbound: Vec::new(),
 };
 
 /// Session state for one client id.
@@ -723,9 +730,31 @@ impl Session {
         self.on_incoming_qos2(packet_id);
     }
 
-    /// Inbound QoS 2 packet identifiers awaiting PUBREL.
-    pub fn incoming_qos2_ids(&self) -> &[u16] {
-        &self.traffic().incoming_qos2
+    /// Inbound QoS 2 packet identifiers awaiting PUBREL whose acceptance is journaled (see
+    /// [`Session::mark_inbound_uncommitted`]).
+    pub fn committed_incoming_qos2(&self) -> impl Iterator<Item = u16> + '_ {
+        let traffic = self.traffic();
+        traffic
+            .incoming_qos2
+            .iter()
+            .copied()
+            .filter(|id| !traffic.uncommitted_inbound.contains(id))
+    }
+
+    /// The inbound QoS 2 `packet_id` was accepted, but its acceptance is not journaled yet.
+    pub fn mark_inbound_uncommitted(&mut self, packet_id: u16) {
+        let traffic = self.traffic_mut();
+        if !traffic.uncommitted_inbound.contains(&packet_id) {
+            traffic.uncommitted_inbound.push(packet_id);
+        }
+    }
+
+    /// The acceptance of inbound QoS 2 `packet_id` is journaled.
+    pub fn commit_inbound(&mut self, packet_id: u16) {
+        if let Some(traffic) = self.traffic.as_mut() {
+            traffic.uncommitted_inbound.retain(|&id| id != packet_id);
+        }
+        self.shed_idle_traffic();
     }
 
     /// On a resumed session: resend every unacknowledged PUBLISH with DUP set and every PUBREL,

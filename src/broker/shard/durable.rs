@@ -16,6 +16,18 @@ pub(super) struct HeldOutput {
     pub(super) kind: HeldKind,
 }
 
+/// A `StoreBarrier` relayed to the shards this one forwarded deliveries to.
+#[derive(Debug)]
+pub(super) struct Relay {
+    /// Who asked, and its token.
+    pub(super) from: usize,
+    pub(super) token: u64,
+    /// Shards that have not answered the relay yet.
+    pub(super) waiting: u16,
+    /// This shard's own records when it was asked.
+    pub(super) own: Durability,
+}
+
 /// An acknowledgement that also waits for peer shards (their `StoreAck`s): kept per
 /// connection, in order, apart from [`HeldOutput`]s so that it never blocks another
 /// connection's output nor an answer to a peer.
@@ -146,7 +158,7 @@ impl Shard {
                 }),
             );
         }
-        for &packet_id in session.incoming_qos2_ids() {
+        for packet_id in session.committed_incoming_qos2() {
             journal.append(&JournalRecord::InboundReceived {
                 client_id,
                 generation,
@@ -325,9 +337,10 @@ impl Shard {
         if qos != QoS::ExactlyOnce {
             return Durability::Now;
         }
-        let Some(entry) = self.sessions.get(session).filter(|e| !e.session.clean) else {
+        let Some(entry) = self.sessions.get_mut(session).filter(|e| !e.session.clean) else {
             return Durability::Now;
         };
+        entry.session.commit_inbound(packet_id);
         let (client_id, generation) = (&*entry.session.client_id, entry.generation);
         self.hooks.journal.append(&JournalRecord::InboundReceived {
             client_id,
@@ -338,6 +351,9 @@ impl Shard {
 
     /// A peer's answer to a `StoreBarrier`: its deliveries of that publish are durable.
     pub(super) fn on_store_ack(&mut self, token: u64) {
+        if self.on_relay_ack(token) {
+            return;
+        }
         let Some(conn) = self.peer_wait_tokens.get(&token).copied() else {
             return;
         };
@@ -376,10 +392,68 @@ impl Shard {
     }
 
     /// A peer asks when what it routed here is durable: answer once everything journaled so
-    /// far is (the mesh is ordered, so that includes its deliveries).
+    /// far is (the mesh is ordered, so that includes its deliveries). Deliveries this shard
+    /// passed on (a moved session's stub forwards them to its new shard) must be durable
+    /// there too: the barrier is relayed to those shards first. Deliveries waiting for a
+    /// claim to be granted here are journaled only when it is: the answer waits for that.
     pub(super) fn on_store_barrier(&mut self, from: usize, token: u64) {
-        let durability = self.hooks.journal.barrier();
-        self.send_when_durable(from, ShardMsg::StoreAck { token }, durability);
+        if self.pending_claims.values().any(|c| !c.forwards.is_empty()) {
+            self.deferred_barriers.push((from, token));
+            return;
+        }
+        let own = self.hooks.journal.barrier();
+        let forwarded = std::mem::take(&mut self.forwarded_to);
+        if forwarded.is_empty() {
+            return self.send_when_durable(from, ShardMsg::StoreAck { token }, own);
+        }
+        let relay = self.new_token();
+        for &peer in &forwarded {
+            self.send(
+                peer,
+                ShardMsg::StoreBarrier {
+                    from: self.id as u16,
+                    token: relay,
+                },
+            );
+        }
+        self.relays.insert(
+            relay,
+            Relay {
+                from,
+                token,
+                waiting: u16::try_from(forwarded.len()).unwrap_or(u16::MAX),
+                own,
+            },
+        );
+    }
+
+    /// Barriers put off while claims with forwarded deliveries were pending: answered once
+    /// none is.
+    pub(super) fn retry_deferred_barriers(&mut self) {
+        if self.deferred_barriers.is_empty()
+            || self.pending_claims.values().any(|c| !c.forwards.is_empty())
+        {
+            return;
+        }
+        for (from, token) in std::mem::take(&mut self.deferred_barriers) {
+            self.on_store_barrier(from, token);
+        }
+    }
+
+    /// A `StoreAck` for a relayed barrier: once every shard it was relayed to answered, the
+    /// original asker is answered (after this shard's own records). `false`: not a relay.
+    fn on_relay_ack(&mut self, token: u64) -> bool {
+        let Some(relay) = self.relays.get_mut(&token) else {
+            return false;
+        };
+        relay.waiting = relay.waiting.saturating_sub(1);
+        if relay.waiting == 0 {
+            if let Some(relay) = self.relays.remove(&token) {
+                let ack = ShardMsg::StoreAck { token: relay.token };
+                self.send_when_durable(relay.from, ack, relay.own);
+            }
+        }
+        true
     }
 
     /// The journal made everything up to `sequence` durable: held acknowledgements go out.

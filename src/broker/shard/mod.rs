@@ -201,12 +201,20 @@ pub struct Shard {
     peer_waits: HashMap<ConnId, VecDeque<PeerWait>>,
     /// The connection of each outstanding store barrier token.
     peer_wait_tokens: HashMap<u64, ConnId>,
+    /// Peers this shard forwarded deliveries to since it last answered a `StoreBarrier`.
+    forwarded_to: Vec<usize>,
+    /// Barriers relayed to those peers, by the relay's token.
+    relays: HashMap<u64, Relay>,
+    /// Barriers waiting for pending claims' forwarded deliveries to be installed.
+    deferred_barriers: Vec<(usize, u64)>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
     output_held_until: HashMap<ConnId, u64>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
+    /// Recovered sessions are being installed (their image follows in `journal_image`).
+    installing_recovered: bool,
     /// Peers that announced their recovery ([`Shard::announce_recovered`]).
     peers_recovered: usize,
     /// The journal's disk is full (see [`Shard::set_storage_full`]).
@@ -363,9 +371,13 @@ impl Shard {
             held_outputs: VecDeque::new(),
             peer_waits: HashMap::new(),
             peer_wait_tokens: HashMap::new(),
+            forwarded_to: Vec::new(),
+            relays: HashMap::new(),
+            deferred_barriers: Vec::new(),
             durable_through: 0,
             storage_full: false,
             peers_recovered: 0,
+            installing_recovered: false,
             no_output: BytesMut::new(),
             output_held_until: HashMap::new(),
             store_targets: None,
@@ -489,6 +501,14 @@ impl Shard {
 
     /// Applies one message from a peer (or from this shard to itself).
     pub(super) fn handle_mesh(&mut self, message: ShardMsg) {
+        let settles_claims = matches!(message, ShardMsg::Granted { .. } | ShardMsg::Denied { .. });
+        self.apply_mesh(message);
+        if settles_claims {
+            self.retry_deferred_barriers();
+        }
+    }
+
+    fn apply_mesh(&mut self, message: ShardMsg) {
         match message {
             ShardMsg::Publish(message) => {
                 self.route_local_from(&message, self.mesh_source);

@@ -15,6 +15,13 @@ impl Shard {
                 targets.push(shard);
             }
         }
+        if shard != self.id
+            && matches!(message, ShardMsg::Forward { .. })
+            && self.hooks.journal.enabled()
+            && !self.forwarded_to.contains(&shard)
+        {
+            self.forwarded_to.push(shard);
+        }
         if shard == self.id {
             self.local_inbox.push_back(message);
             return;

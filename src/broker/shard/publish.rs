@@ -115,6 +115,10 @@ impl Shard {
             && std::str::from_utf8(&publish.payload).is_err();
         // A refused QoS 2 publish ends with its error PUBREC (MQTT 5.0 §4.3.3): its packet id
         // is not kept, so the client may reuse it at once.
+        let resent_qos2 = qos == QoS::ExactlyOnce
+            && !refused
+            && !payload_invalid
+            && entry.session.has_incoming_qos2(packet_id);
         let route = !refused
             && !payload_invalid
             && (qos != QoS::ExactlyOnce || entry.session.on_incoming_qos2(packet_id));
@@ -144,6 +148,12 @@ impl Shard {
             // to a durable session is on disk: here, and on the peers it is routed to.
             let journaling = qos != QoS::AtMostOnce && self.hooks.journal.enabled();
             self.store_targets = journaling.then(Vec::new);
+            if journaling && qos == QoS::ExactlyOnce {
+                // Journaled once its deliveries are (here or after the peers answered).
+                if let Some(entry) = self.sessions.get_mut(session) {
+                    entry.session.mark_inbound_uncommitted(packet_id);
+                }
+            }
             self.current_publisher = Some(index);
             let (any, retained) = self.route_publish(message);
             self.current_publisher = None;
@@ -167,6 +177,13 @@ impl Shard {
                 }
                 RetainWait::Journal(Durability::Now) | RetainWait::Nothing => {}
             }
+        }
+        if resent_qos2 && self.hooks.journal.enabled() {
+            // A resend of a QoS 2 publish still awaiting PUBREL (on a new connection, say):
+            // not routed again, but its PUBREC must not overtake the first attempt's
+            // deliveries to the journals, here and on every peer that may have them.
+            targets = (0..self.shards).filter(|&shard| shard != self.id).collect();
+            durability = later(durability, self.hooks.journal.barrier());
         }
         let reason = match () {
             _ if !protocol.is_v5() => ReasonCode::Success,

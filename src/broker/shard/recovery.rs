@@ -27,11 +27,14 @@ impl Shard {
     ) {
         self.set_now(now);
         let mut installed = 0usize;
+        // `journal_image` writes them all next.
+        self.installing_recovered = true;
         for recovered in sessions {
             if self.install_one(recovered, unix_ms).is_some() {
                 installed += 1;
             }
         }
+        self.installing_recovered = false;
         let mut kept = 0usize;
         for (topic, retained) in retained {
             let message = message_from(&retained.message, now, unix_ms);

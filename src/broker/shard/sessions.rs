@@ -104,6 +104,12 @@ impl Shard {
         }))?;
         self.stats.session_queue_moved(queued, true);
         self.prepare_authorization(slot);
+        if !self.installing_recovered {
+            // A new owner, whatever comes next (its connection may already be gone): its
+            // records start with the whole session, or recovery would find a newest
+            // generation without it.
+            self.journal_session_image(slot);
+        }
         if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
