@@ -12,7 +12,7 @@
 #               again after a restart (shardmq compacts into a snapshot at start); Mosquitto's
 #               mosquitto.db after its shutdown save
 #   recovery    start-up time on a generated data directory of 100,000 sessions x 10 queued
-#               messages and 1,000,000 retained messages: from exec to the listener accepting,
+#               messages and 1,000,000 retained messages: from exec to the first CONNACK,
 #               first start (logs only) and second start (on the snapshot the first one wrote),
 #               with the broker's RSS once up. The directory is written by a small generator
 #               built against the store's own encoder (shardmq::store, a throw-away crate in the
@@ -179,6 +179,8 @@ stop_broker() { # [signal]: TERM (default) with a 10 s grace, then KILL
 }
 cleanup() {
     stop_broker KILL
+    # The brokers' output (warnings, errors, recovery lines) is part of the result.
+    if [ -s "${BLOG:-}" ]; then mkdir -p "$OUT_DIR" && cp "$BLOG" "$STEM.log"; fi
     rm -rf "$WORK"
     [[ "$DATA_ROOT" == "$WORK"/* ]] || rm -rf "$DATA_ROOT"/bench-durability-*
 }
@@ -236,6 +238,7 @@ broker_cmd() {
 }
 
 BLOG="$WORK/broker.log"
+STEM="$OUT_DIR/$(date -u +%F)-durability-$(hostname -s 2>/dev/null || echo host)"
 start_broker() { # variant data-dir
     broker_cmd "$1" "$2"
     if listening "$PORT"; then
@@ -253,7 +256,13 @@ start_broker() { # variant data-dir
             BROKER_PID=""
             return 1
         fi
-        listening "$PORT" && { sleep 0.2; return 0; }
+        if listening "$PORT"; then
+            # Listening is not serving (shardmq binds before it loads its data directory).
+            python3 "$DRIVER" ready --port "$PORT" --timeout 120 >/dev/null && return 0
+            log "$1 listens but gave no CONNACK within 120 s"
+            stop_broker KILL
+            return 1
+        fi
         sleep 0.1
     done
     log "$1 did not listen on $PORT within 60 s"
@@ -292,7 +301,8 @@ cat >"$DRIVER" <<'PYEOF'
       flight) for a seeded random 0.5-1.5 s, the broker gets SIGKILL, is started again, and
       the subscriber drains its queue. Prints JSON: acknowledged, received, lost.
   driver.py ready --port P --timeout S
-      Waits until 127.0.0.1:P accepts a TCP connection; prints the seconds it took.
+      Waits until 127.0.0.1:P answers an MQTT CONNECT with a CONNACK; prints the seconds it
+      took.
 """
 import argparse, json, os, random, signal, socket, struct, subprocess, sys, time
 
@@ -388,14 +398,19 @@ class Conn:
 
 
 def wait_ready(port, timeout):
+    """Seconds until a clean MQTT CONNECT on 127.0.0.1:port gets its CONNACK. shardmq binds its
+    listening sockets before it loads the data directory, so an accepted TCP connection (or
+    a LISTEN socket) says nothing about recovery: the kernel queues the connection until the
+    broker gets round to it."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            left = max(1.0, timeout - (time.monotonic() - start))
+            Conn(port, "bench-durability-ready", clean=True, timeout=left).close()
             return time.monotonic() - start
-        except OSError:
+        except (OSError, Closed, RuntimeError):
             time.sleep(0.005)
-    raise RuntimeError(f"nothing listens on {port} after {timeout} s")
+    raise RuntimeError(f"no CONNACK on {port} after {timeout} s")
 
 
 def publish_numbered(conn, topic, first, count, payload_len, acked, until=None, window=20):
@@ -785,10 +800,12 @@ if part persistent; then
             "${PIN_CLIENT[@]}" mosquitto_sub -p "$PORT" -h 127.0.0.1 -c -i "psub-$k" -q 1 -t "p2p/$k" -E
         done
         seq -f "%0${PAYLOAD}.0f" 1 "$MESSAGES" >"$WORK/lines"
+        # A subscriber short of its count gives up after this long (-W) rather than 600 s.
+        SUB_TIMEOUT=$((60 + MESSAGES / 100))
         subs=()
         for k in $(seq 0 9); do
             "${PIN_CLIENT[@]}" mosquitto_sub -p "$PORT" -h 127.0.0.1 -c -i "psub-$k" -q 1 -t "p2p/$k" \
-                -C "$MESSAGES" -W 600 >"$WORK/sub-$k.out" &
+                -C "$MESSAGES" -W "$SUB_TIMEOUT" >"$WORK/sub-$k.out" &
             subs+=($!)
         done
         sleep 0.5
@@ -824,8 +841,12 @@ if part disk; then
         sleep 0.5
         before=$(du_bytes "$dir")
         log "disk $variant: 100 offline subscribers, $DISK_MESSAGES messages"
+        # fill exits 1 when not every message was acknowledged: record it, do not end the run
+        # (set -e) with a broker still up.
         "${PIN_CLIENT[@]}" python3 "$DRIVER" fill --port "$PORT" --subs 100 --messages "$DISK_MESSAGES" \
-            --payload "$PAYLOAD" >"$WORK/fill.json"
+            --payload "$PAYLOAD" >"$WORK/fill.json" ||
+            log "disk $variant: not every message was acknowledged: $(cat "$WORK/fill.json" 2>/dev/null)"
+        [ -s "$WORK/fill.json" ] || echo null >"$WORK/fill.json"
         sleep 1.5 # the interval mode's last write, Mosquitto's nothing (it saves at shutdown)
         running=$(du_bytes "$dir")
         rss=$(rss_kb "$BROKER_PID")
@@ -854,6 +875,7 @@ if part recovery && [ "$HAVE_STORE" = 1 ]; then
     size=$(du_bytes "$dir")
     sync
     for attempt in first second; do
+        size=$(du_bytes "$dir") # the second start reads what the first one left
         broker_cmd interval "$dir"
         echo "=== $(date -u +%FT%TZ) recovery $attempt: ${BROKER_CMD[*]}" >>"$BLOG"
         t0=$(now_s)
@@ -883,6 +905,7 @@ if part crash; then
         broker_cmd "$variant" "$dir"
         if listening "$PORT"; then log "port $PORT is already in use"; exit 1; fi
         log "crash $variant: $ROUNDS rounds of kill -9"
+        echo "=== $(date -u +%FT%TZ) crash $variant ($ROUNDS rounds): ${PIN_BROKER[*]} ${BROKER_CMD[*]}" >>"$BLOG"
         if "${PIN_CLIENT[@]}" python3 "$DRIVER" crash --port "$PORT" --rounds "$ROUNDS" --seed "$SEED" \
             --payload "$PAYLOAD" --log "$BLOG" -- "${PIN_BROKER[@]}" "${BROKER_CMD[@]}" >"$WORK/crash.json"; then
             record "{\"part\":\"crash\",\"variant\":\"$variant\",\"seed\":$SEED,\"result\":$(cat "$WORK/crash.json")}"
@@ -895,7 +918,6 @@ fi
 
 # --- report --------------------------------------------------------------------------------------------------------
 mkdir -p "$OUT_DIR"
-STEM="$OUT_DIR/$(date -u +%F)-durability-$(hostname -s 2>/dev/null || echo host)"
 cp "$JSONL" "$STEM.jsonl"
 python3 - "$JSONL" "$STEM.md" "$HAVE_STORE" "$SHARDS" "$(uname -r)" "$(nproc)" \
     "$("$SHARDMQ_BIN" --version 2>/dev/null || echo 'shardmq: none')" \
@@ -957,7 +979,7 @@ if rows:
 rows = by("recovery")
 if rows:
     lines += ["## Recovery time", "",
-              "| start | sessions x queued | retained | records | directory bytes | until the listener accepts | RSS once up |",
+              "| start | sessions x queued | retained | records | directory bytes | exec to first CONNACK | RSS once up |",
               "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['start']} | {num(r['sessions'])} x {r['queued']} | {num(r['retained'])} | "
