@@ -450,3 +450,23 @@ fn one_timer_entry_per_connection() {
     shard.on_tick(silent + std::time::Duration::from_secs(4));
     assert!(shard.conns.get(conn).is_some_and(|c| c.kill.is_some()));
 }
+
+/// A clean session's QoS 2 exchange ends with PUBCOMP success (a journal-only condition once
+/// answered it with 0x92; MQTT.js 5 reported it, rumqttc ignores the reason).
+#[test]
+fn an_inbound_qos2_exchange_completes_without_a_journal() {
+    let mut shard = shard(Hooks::default());
+    let (mut client, _) = connect(&mut shard, "q2", None, true);
+    publish(&mut shard, &client, "t/q2", QoS::ExactlyOnce, 7, false);
+    let rec = received(&mut shard, &mut client);
+    assert!(
+        matches!(&rec[..], [Packet::PubRec(a)] if a.packet_id == 7),
+        "{rec:?}"
+    );
+    send(&mut shard, &client, Packet::PubRel(Ack::new(7)));
+    let comp = received(&mut shard, &mut client);
+    assert!(
+        matches!(&comp[..], [Packet::PubComp(a)] if a.packet_id == 7 && a.reason == ReasonCode::Success),
+        "{comp:?}"
+    );
+}

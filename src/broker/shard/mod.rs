@@ -634,7 +634,9 @@ impl Shard {
                 let known = entry.session.on_pubrel(ack.packet_id);
                 let mut complete = Ack::new(ack.packet_id);
                 let mut durability = Durability::Now;
-                if known && !entry.session.clean {
+                if !known {
+                    complete.reason = ReasonCode::PacketIdentifierNotFound;
+                } else if !entry.session.clean {
                     let client_id = entry.session.client_id.clone();
                     let generation = entry.generation;
                     durability = self.journal(&JournalRecord::InboundReleased {
@@ -642,8 +644,6 @@ impl Shard {
                         generation,
                         packet_id: ack.packet_id,
                     });
-                } else {
-                    complete.reason = ReasonCode::PacketIdentifierNotFound;
                 }
                 self.ack_when_durable(index, Packet::PubComp(complete), durability);
             }
