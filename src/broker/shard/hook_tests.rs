@@ -89,6 +89,20 @@ fn shard(hooks: Hooks) -> Shard {
     shard
 }
 
+/// A shard whose journal records the kinds it is given and makes nothing durable by itself.
+fn shard_with_slow_journal() -> (Shard, Rc<RefCell<Vec<String>>>) {
+    let records = Rc::new(RefCell::new(Vec::new()));
+    let shard = shard(Hooks {
+        admission: Box::new(DefaultAdmission::default()),
+        authorization: Box::new(AllowAll),
+        journal: Box::new(SlowJournal {
+            records: Rc::clone(&records),
+            next: 0,
+        }),
+    });
+    (shard, records)
+}
+
 fn send(shard: &mut Shard, client: &Client, packet: Packet) {
     let mut bytes = BytesMut::new();
     packet.encode(client.protocol, &mut bytes).unwrap();
@@ -275,15 +289,7 @@ fn authorization_guards_publish_subscribe_and_delivery() {
 
 #[test]
 fn acknowledgements_wait_for_the_journal_in_order() {
-    let records = Rc::new(RefCell::new(Vec::new()));
-    let mut shard = shard(Hooks {
-        admission: Box::new(DefaultAdmission::default()),
-        authorization: Box::new(AllowAll),
-        journal: Box::new(SlowJournal {
-            records: Rc::clone(&records),
-            next: 0,
-        }),
-    });
+    let (mut shard, records) = shard_with_slow_journal();
     let (mut client, _) = connect(&mut shard, "p", None, false);
     // Installed, then taken by the connection: two images (`connect` made them durable).
     assert_eq!(*records.borrow(), ["session-started", "session-started"]);
@@ -344,15 +350,7 @@ fn acknowledgements_wait_for_the_journal_in_order() {
 
 #[test]
 fn a_full_data_directory_refuses_new_persistent_work_with_quota_exceeded() {
-    let records = Rc::new(RefCell::new(Vec::new()));
-    let mut shard = shard(Hooks {
-        admission: Box::new(DefaultAdmission::default()),
-        authorization: Box::new(AllowAll),
-        journal: Box::new(SlowJournal {
-            records: Rc::clone(&records),
-            next: 0,
-        }),
-    });
+    let (mut shard, records) = shard_with_slow_journal();
     // Connected before the disk filled up: a persistent and a clean session.
     let (mut persistent, _) = connect(&mut shard, "p", None, false);
     shard.on_durable(u64::MAX, Instant::now());
