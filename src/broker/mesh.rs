@@ -43,6 +43,10 @@ pub enum ShardMsg {
         from: u16,
         /// Barrier token.
         token: u64,
+        /// Sent by a shard passing on a barrier to where it forwarded deliveries (not by the
+        /// publisher's shard): such a barrier never waits for relays already under way, so
+        /// two shards relaying to each other never wait on each other.
+        relayed: bool,
     },
     /// Answer to `StoreBarrier`.
     StoreAck {

@@ -16,16 +16,20 @@ pub(super) struct HeldOutput {
     pub(super) kind: HeldKind,
 }
 
-/// A `StoreBarrier` relayed to the shards this one forwarded deliveries to.
+/// A `StoreBarrier` whose answer waits for other shards: relayed to the shards this one
+/// forwarded deliveries to, and (for a publisher's barrier) behind the relays already under
+/// way, which cover what was forwarded before them.
 #[derive(Debug)]
 pub(super) struct Relay {
     /// Who asked, and its token.
     pub(super) from: usize,
     pub(super) token: u64,
-    /// Shards that have not answered the relay yet.
+    /// Shards that have not answered the relay yet, plus earlier relays not complete yet.
     pub(super) waiting: u16,
     /// This shard's own records when it was asked.
     pub(super) own: Durability,
+    /// Later relays waiting for this one (always newer: the waits form no cycle).
+    pub(super) dependents: Vec<u64>,
 }
 
 /// An acknowledgement that also waits for peer shards (their `StoreAck`s): kept per
@@ -252,6 +256,7 @@ impl Shard {
                 ShardMsg::StoreBarrier {
                     from: self.id as u16,
                     token,
+                    relayed: false,
                 },
             );
         }
@@ -394,16 +399,26 @@ impl Shard {
     /// A peer asks when what it routed here is durable: answer once everything journaled so
     /// far is (the mesh is ordered, so that includes its deliveries). Deliveries this shard
     /// passed on (a moved session's stub forwards them to its new shard) must be durable
-    /// there too: the barrier is relayed to those shards first. Deliveries waiting for a
-    /// claim to be granted here are journaled only when it is: the answer waits for that.
-    pub(super) fn on_store_barrier(&mut self, from: usize, token: u64) {
+    /// there too: the barrier is relayed to the shards forwarded to since the last relay, and
+    /// a publisher's barrier also waits for the relays under way (what was forwarded before
+    /// them is theirs to cover). Deliveries waiting for a claim to be granted here are
+    /// journaled only when it is: the answer waits for that.
+    pub(super) fn on_store_barrier(&mut self, from: usize, token: u64, relayed: bool) {
         if self.pending_claims.values().any(|c| !c.forwards.is_empty()) {
-            self.deferred_barriers.push((from, token));
+            self.deferred_barriers.push((from, token, relayed));
             return;
         }
         let own = self.hooks.journal.barrier();
         let forwarded = std::mem::take(&mut self.forwarded_to);
-        if forwarded.is_empty() {
+        // A relayed barrier does not wait for relays under way: two shards that forward to
+        // each other would each wait for the other's relay. What a relay leaves uncovered is
+        // a delivery forwarded twice (two moves) while another relay is under way.
+        let earlier: Vec<u64> = if relayed {
+            Vec::new()
+        } else {
+            self.relays.keys().copied().collect()
+        };
+        if forwarded.is_empty() && earlier.is_empty() {
             return self.send_when_durable(from, ShardMsg::StoreAck { token }, own);
         }
         let relay = self.new_token();
@@ -413,16 +428,24 @@ impl Shard {
                 ShardMsg::StoreBarrier {
                     from: self.id as u16,
                     token: relay,
+                    relayed: true,
                 },
             );
         }
+        for earlier_token in &earlier {
+            if let Some(earlier_relay) = self.relays.get_mut(earlier_token) {
+                earlier_relay.dependents.push(relay);
+            }
+        }
+        let waiting = forwarded.len() + earlier.len();
         self.relays.insert(
             relay,
             Relay {
                 from,
                 token,
-                waiting: u16::try_from(forwarded.len()).unwrap_or(u16::MAX),
+                waiting: u16::try_from(waiting).unwrap_or(u16::MAX),
                 own,
+                dependents: Vec::new(),
             },
         );
     }
@@ -435,22 +458,31 @@ impl Shard {
         {
             return;
         }
-        for (from, token) in std::mem::take(&mut self.deferred_barriers) {
-            self.on_store_barrier(from, token);
+        for (from, token, relayed) in std::mem::take(&mut self.deferred_barriers) {
+            self.on_store_barrier(from, token, relayed);
         }
     }
 
-    /// A `StoreAck` for a relayed barrier: once every shard it was relayed to answered, the
-    /// original asker is answered (after this shard's own records). `false`: not a relay.
+    /// A `StoreAck` for a relayed barrier: once every shard it was relayed to answered and
+    /// every earlier relay it waits for completed, the original asker is answered (after
+    /// this shard's own records). `false`: not a relay.
     fn on_relay_ack(&mut self, token: u64) -> bool {
-        let Some(relay) = self.relays.get_mut(&token) else {
+        if !self.relays.contains_key(&token) {
             return false;
-        };
-        relay.waiting = relay.waiting.saturating_sub(1);
-        if relay.waiting == 0 {
+        }
+        let mut done = vec![token];
+        while let Some(token) = done.pop() {
+            let Some(relay) = self.relays.get_mut(&token) else {
+                continue;
+            };
+            relay.waiting = relay.waiting.saturating_sub(1);
+            if relay.waiting > 0 {
+                continue;
+            }
             if let Some(relay) = self.relays.remove(&token) {
                 let ack = ShardMsg::StoreAck { token: relay.token };
                 self.send_when_durable(relay.from, ack, relay.own);
+                done.extend(relay.dependents);
             }
         }
         true

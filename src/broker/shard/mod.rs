@@ -206,7 +206,7 @@ pub struct Shard {
     /// Barriers relayed to those peers, by the relay's token.
     relays: HashMap<u64, Relay>,
     /// Barriers waiting for pending claims' forwarded deliveries to be installed.
-    deferred_barriers: Vec<(usize, u64)>,
+    deferred_barriers: Vec<(usize, u64, bool)>,
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
@@ -524,9 +524,11 @@ impl Shard {
                 self.own_retained_update(&topic, message, ack);
             }
             ShardMsg::RetainAck { token } => self.release_held_ack(token),
-            ShardMsg::StoreBarrier { from, token } => {
-                self.on_store_barrier(usize::from(from), token)
-            }
+            ShardMsg::StoreBarrier {
+                from,
+                token,
+                relayed,
+            } => self.on_store_barrier(usize::from(from), token, relayed),
             ShardMsg::StoreAck { token } => self.on_store_ack(token),
             ShardMsg::Recovered => self.peers_recovered += 1,
             ShardMsg::Ping { from, token } => {
