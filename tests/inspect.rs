@@ -218,7 +218,7 @@ fn inspect_prints_sessions_queues_and_retained() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     for line in [
-        "format version: 1",
+        "format version: 2",
         "segments: 4 (3 replayed)",
         "covered by a snapshot (not used)",
         "written with 2 shards",

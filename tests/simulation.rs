@@ -7,7 +7,9 @@
 //!
 //! Environment: `SIM_SEEDS=n` runs seeds `0..n`, `SIM_SEED=s` only seed `s`; `SIM_LOG=n` keeps
 //! the last `n` events for the report; `SIM_KEEP_GOING=1` runs every seed and lists the failing
-//! ones.
+//! ones. Crash scenario: `SIM_TORN=1` tears the last write at half the crashes (a power loss),
+//! `SIM_DEBUG=1` logs what each recovery rebuilt, `SIM_DUMP=<client id>` prints that client's
+//! records in every file at each crash.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -361,6 +363,17 @@ impl Sim {
         };
         disk.crashes += 1;
         let names: Vec<SegmentName> = disk.files.keys().copied().collect();
+        if let Ok(client) = std::env::var("SIM_DUMP") {
+            for (name, bytes) in &disk.files {
+                if let Ok((_, scanner)) = shardmq::store::segment::open_segment(bytes) {
+                    for (at, record) in scanner {
+                        if record.client_id() == Some(client.as_str()) {
+                            eprintln!("DUMP crash{} {:?} @{at}: {record:?}", disk.crashes, name);
+                        }
+                    }
+                }
+            }
+        }
         let first_segment = names.iter().map(|n| n.sequence).max().unwrap_or(0) + 1;
         let loaded = shardmq::store::load(names, |name| {
             Ok(disk.files.get(name).cloned().unwrap_or_default())

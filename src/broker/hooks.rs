@@ -332,6 +332,13 @@ pub enum JournalRecord<'a> {
         /// Generation.
         generation: u64,
     },
+    /// The session's image (written by each new owner) is complete.
+    ImageComplete {
+        /// Client identifier.
+        client_id: &'a str,
+        /// Generation.
+        generation: u64,
+    },
     /// A persistent session subscribed (or replaced a subscription).
     Subscribed {
         /// Client identifier.
@@ -468,6 +475,7 @@ impl JournalRecord<'_> {
             JournalRecord::SessionEnded { .. } => "session-ended",
             JournalRecord::WillSet { .. } => "will-set",
             JournalRecord::WillCleared { .. } => "will-cleared",
+            JournalRecord::ImageComplete { .. } => "image-complete",
             JournalRecord::Subscribed { .. } => "subscribed",
             JournalRecord::Unsubscribed { .. } => "unsubscribed",
             JournalRecord::Enqueued { .. } => "enqueued",

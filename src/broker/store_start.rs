@@ -167,6 +167,7 @@ pub(super) fn open(
         corrupt_regions = corrupt,
         torn_tails = torn,
         missing_messages = stats.missing_messages,
+        cut_images = stats.cut_images,
         epoch = global.epoch.load(Ordering::Relaxed),
         ms = started.elapsed().as_millis() as u64,
         "data directory loaded: {sessions_count} sessions, {pending} queued messages, \

@@ -173,11 +173,13 @@ pub fn lock(dir: &Path) -> Result<DirLock, DirError> {
 }
 
 /// Opens `dir` for a broker: creates it if needed, locks it, then checks its FORMAT (writing
-/// it for a new directory; a directory with segments but no FORMAT is refused).
+/// it for a new directory, raising an older version to this build's, whose files it is
+/// about to write; a directory with segments but no FORMAT is refused).
 pub fn open(dir: &Path) -> Result<DirLock, DirError> {
     fs::create_dir_all(dir).map_err(io_error(dir))?;
     let lock = lock(dir)?;
     match read_format(dir)? {
+        Some(version) if version < FORMAT_VERSION => write_format(dir)?,
         Some(_) => {}
         None if list_segments(dir)?.is_empty() => write_format(dir)?,
         None => {
@@ -224,6 +226,15 @@ mod tests {
         drop(guard);
         let again = open(&data).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn an_older_format_is_raised_to_this_builds() {
+        let dir = TempDir::new("older");
+        fs::write(dir.0.join(FORMAT_FILE), "shardmq-data 1\n").unwrap();
+        let guard = open(&dir.0).unwrap();
+        assert_eq!(read_format(&dir.0).unwrap(), Some(FORMAT_VERSION));
+        drop(guard);
     }
 
     #[test]

@@ -117,13 +117,14 @@ pub fn describe(dir: &Path, format: Option<u32>, loaded: &Loaded) -> String {
     let stats = &state.stats;
     let _ = writeln!(
         out,
-        "replay: {} applied, {} stale, {} sessions superseded by a newer owner, {} missing messages, {} missing entries, {} sessions without a start record",
+        "replay: {} applied, {} stale, {} sessions superseded by a newer owner, {} missing messages, {} missing entries, {} sessions without a start record, {} cut session images set aside",
         stats.applied,
         stats.stale,
         stats.superseded_sessions,
         stats.missing_messages,
         stats.missing_entries,
-        stats.sessions_without_start
+        stats.sessions_without_start,
+        stats.cut_images
     );
     let _ = writeln!(out, "sessions: {}", state.sessions.len());
     for session in state.sessions.values() {

@@ -454,6 +454,13 @@ fn encode_journal_body(
             w.u8(tag::WILL_CLEARED);
             w.session(client_id, generation)?;
         }
+        ImageComplete {
+            client_id,
+            generation,
+        } => {
+            w.u8(tag::IMAGE_COMPLETE);
+            w.session(client_id, generation)?;
+        }
         Subscribed {
             client_id,
             generation,

@@ -76,5 +76,6 @@ pub use load::{load, Loaded};
 pub use record::StoreRecord;
 pub use recover::{rehome, RecoveredState};
 
-/// The newest format this build reads and the one it writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format this build reads and the one it writes. 2: session images end with an
+/// `ImageComplete` record (version 1 files, without it, are read as before).
+pub const FORMAT_VERSION: u32 = 2;

@@ -21,7 +21,7 @@ type Raw = (u8, u8, u64, u16, u64, Vec<u8>, u8);
 
 fn raw() -> impl Strategy<Value = Raw> {
     (
-        0u8..19,
+        0u8..20,
         0u8..4,
         0u64..6,
         any::<u16>(),
@@ -155,9 +155,13 @@ fn record((kind, client, generation, packet_id, message, payload, bits): Raw) ->
             topic,
             version: generation,
         },
-        _ => StoreRecord::Checkpoint {
+        18 => StoreRecord::Checkpoint {
             through_segment: generation,
             records: message,
+        },
+        _ => StoreRecord::ImageComplete {
+            client_id,
+            generation,
         },
     }
 }

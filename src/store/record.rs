@@ -144,6 +144,15 @@ pub enum StoreRecord {
         /// Generation.
         generation: Generation,
     },
+    /// The last record of a session's image (what a new owner writes first): an image cut
+    /// short by a torn write has none, and recovery then keeps the newest complete
+    /// generation instead.
+    ImageComplete {
+        /// Client identifier.
+        client_id: String,
+        /// Generation.
+        generation: Generation,
+    },
     /// A subscription was added or replaced.
     Subscribed {
         /// Client identifier.
@@ -333,6 +342,7 @@ pub(super) mod tag {
     pub const SESSION_ENDED: u8 = 0x03;
     pub const WILL_SET: u8 = 0x04;
     pub const WILL_CLEARED: u8 = 0x05;
+    pub const IMAGE_COMPLETE: u8 = 0x08;
     pub const SUBSCRIBED: u8 = 0x06;
     pub const UNSUBSCRIBED: u8 = 0x07;
     pub const MESSAGE: u8 = 0x10;
@@ -359,6 +369,7 @@ impl StoreRecord {
             | SessionEnded { client_id, .. }
             | WillSet { client_id, .. }
             | WillCleared { client_id, .. }
+            | ImageComplete { client_id, .. }
             | Subscribed { client_id, .. }
             | Unsubscribed { client_id, .. }
             | Enqueued { client_id, .. }
@@ -431,6 +442,13 @@ impl StoreRecord {
                 generation,
             } => {
                 w.u8(tag::WILL_CLEARED);
+                w.session(client_id, *generation)?;
+            }
+            ImageComplete {
+                client_id,
+                generation,
+            } => {
+                w.u8(tag::IMAGE_COMPLETE);
                 w.session(client_id, *generation)?;
             }
             Subscribed {
@@ -603,6 +621,13 @@ impl StoreRecord {
             tag::WILL_CLEARED => {
                 let (client_id, generation) = r.session()?;
                 WillCleared {
+                    client_id,
+                    generation,
+                }
+            }
+            tag::IMAGE_COMPLETE => {
+                let (client_id, generation) = r.session()?;
+                ImageComplete {
                     client_id,
                     generation,
                 }
@@ -1113,6 +1138,10 @@ pub(crate) mod tests {
             StoreRecord::Checkpoint {
                 through_segment: 12,
                 records: 1000,
+            },
+            StoreRecord::ImageComplete {
+                client_id: id(),
+                generation: 9,
             },
         ]
     }

@@ -131,6 +131,9 @@ pub struct ReplayStats {
     pub missing_entries: u64,
     /// Sessions whose `SessionStarted` record was not found.
     pub sessions_without_start: u64,
+    /// Session images cut short (no `ImageComplete`: a torn write) set aside for the newest
+    /// complete generation of their client id.
+    pub cut_images: u64,
     /// Checkpoint records seen.
     pub checkpoints: u64,
 }
@@ -175,10 +178,71 @@ impl RecoveredState {
     }
 }
 
+/// What replay knows of one client id: the generation it last ended (0: none) and the
+/// generations seen since, oldest first. A generation's records start with its image, closed
+/// by `ImageComplete`; an image a torn write cut short has no end, and recovery then keeps
+/// the newest complete generation (the acknowledged state) rather than the partial one.
+/// Only the oldest candidate may be complete: a complete generation drops older ones.
+#[derive(Debug, Default)]
+struct SessionSlot {
+    ended: Generation,
+    candidates: Vec<Candidate>,
+}
+
 #[derive(Debug)]
-enum SessionSlot {
-    Live(Box<RecoveredSession>),
-    Ended(Generation),
+struct Candidate {
+    session: Box<RecoveredSession>,
+    complete: bool,
+}
+
+impl SessionSlot {
+    /// The generation below which records are stale: the newest ended or complete one.
+    fn floor(&self) -> Generation {
+        match self.candidates.first() {
+            Some(first) if first.complete => first.session.generation.max(self.ended),
+            _ => self.ended,
+        }
+    }
+
+    /// Whether `generation` is the complete candidate (its later records still apply).
+    fn is_complete_generation(&self, generation: Generation) -> bool {
+        generation > self.ended
+            && self
+                .candidates
+                .first()
+                .is_some_and(|c| c.complete && c.session.generation == generation)
+    }
+
+    /// Drops candidates older than a complete one or not newer than the end; how many.
+    fn prune(&mut self) -> u64 {
+        let before = self.candidates.len();
+        let ended = self.ended;
+        self.candidates.retain(|c| c.session.generation > ended);
+        if let Some(newest_complete) = self.candidates.iter().rposition(|c| c.complete) {
+            self.candidates.drain(..newest_complete);
+        }
+        (before - self.candidates.len()) as u64
+    }
+
+    /// The state recovery keeps: the newest generation if its image is complete, else the
+    /// newest complete one, else (files without image ends) the newest. Counts what it set
+    /// aside in `stats`.
+    fn chosen(mut self, stats: &mut ReplayStats) -> Option<RecoveredSession> {
+        let newest_complete = self.candidates.iter().rposition(|c| c.complete);
+        let len = self.candidates.len();
+        let at = match (newest_complete, len) {
+            (_, 0) => return None,
+            (Some(at), _) => {
+                stats.cut_images += (len - 1 - at) as u64;
+                at
+            }
+            (None, len) => {
+                stats.superseded_sessions += (len - 1) as u64;
+                len - 1
+            }
+        };
+        Some(*self.candidates.swap_remove(at).session)
+    }
 }
 
 #[derive(Debug)]
@@ -238,33 +302,45 @@ impl Replayer {
         generation: Generation,
     ) -> Option<&mut RecoveredSession> {
         self.max_generation = self.max_generation.max(generation);
-        let fresh = match self.sessions.get(client_id) {
-            None => true,
-            Some(SessionSlot::Live(session)) if session.generation == generation => false,
-            Some(SessionSlot::Live(session)) => {
-                let newer = generation > session.generation;
-                self.stats.superseded_sessions += newer as u64;
-                newer
+        if !self.sessions.contains_key(client_id) {
+            self.sessions
+                .insert(client_id.to_owned(), SessionSlot::default());
+        }
+        let slot = self.sessions.get_mut(client_id)?;
+        if generation <= slot.floor() && !slot.is_complete_generation(generation) {
+            self.stats.stale += 1;
+            return None;
+        }
+        let at = match slot
+            .candidates
+            .binary_search_by_key(&generation, |c| c.session.generation)
+        {
+            Ok(at) => at,
+            Err(at) => {
+                slot.candidates.insert(
+                    at,
+                    Candidate {
+                        session: Box::new(RecoveredSession::new(client_id, generation, shard)),
+                        complete: false,
+                    },
+                );
+                at
             }
-            Some(SessionSlot::Ended(ended)) => generation > *ended,
         };
-        if fresh {
-            self.sessions.insert(
-                client_id.to_owned(),
-                SessionSlot::Live(Box::new(RecoveredSession::new(
-                    client_id, generation, shard,
-                ))),
-            );
-        }
-        match self.sessions.get_mut(client_id) {
-            Some(SessionSlot::Live(session)) if session.generation == generation => {
-                Some(&mut **session)
-            }
-            _ => {
-                self.stats.stale += 1;
-                None
-            }
-        }
+        Some(&mut *slot.candidates[at].session)
+    }
+
+    /// `ImageComplete`: the image of `client_id` at `generation` is whole; older generations
+    /// are superseded.
+    fn image_complete(&mut self, client_id: &str, generation: Generation) -> Option<()> {
+        let slot = self.sessions.get_mut(client_id)?;
+        let at = slot
+            .candidates
+            .binary_search_by_key(&generation, |c| c.session.generation)
+            .ok()?;
+        slot.candidates[at].complete = true;
+        self.stats.superseded_sessions += slot.prune();
+        Some(())
     }
 
     fn message(&mut self, shard: u16, id: MessageId) -> Option<Arc<MessageRecord>> {
@@ -308,19 +384,12 @@ impl Replayer {
                 generation,
             } => {
                 self.max_generation = self.max_generation.max(generation);
-                let newer = match self.sessions.get(&client_id) {
-                    None => true,
-                    Some(SessionSlot::Live(session)) => {
-                        let newer = generation >= session.generation;
-                        self.stats.superseded_sessions +=
-                            (newer && generation > session.generation) as u64;
-                        newer
-                    }
-                    Some(SessionSlot::Ended(ended)) => generation > *ended,
-                };
-                if newer {
-                    self.sessions
-                        .insert(client_id, SessionSlot::Ended(generation));
+                let slot = self.sessions.entry(client_id).or_default();
+                if generation > slot.ended && generation >= slot.floor() {
+                    slot.ended = generation;
+                    let dropped = slot.prune();
+                    // The ended generation itself is not a supersession.
+                    self.stats.superseded_sessions += dropped.saturating_sub(1);
                     Some(())
                 } else {
                     self.stats.stale += 1;
@@ -340,6 +409,10 @@ impl Replayer {
             } => self
                 .session(shard, &client_id, generation)
                 .map(|session| session.will = None),
+            ImageComplete {
+                client_id,
+                generation,
+            } => self.image_complete(&client_id, generation),
             Subscribed {
                 client_id,
                 generation,
@@ -572,24 +645,29 @@ impl Replayer {
         self.stats.missing_entries += stats.missing_entries;
         self.stats.checkpoints += stats.checkpoints;
         self.stats.superseded_sessions += stats.superseded_sessions;
-        fn session_rank(slot: &SessionSlot) -> (Generation, bool) {
-            match slot {
-                SessionSlot::Live(session) => (session.generation, false),
-                SessionSlot::Ended(generation) => (*generation, true),
-            }
-        }
-        for (client_id, slot) in other.sessions {
-            let (keep_mine, loser_live) = match self.sessions.get(&client_id) {
-                None => (false, false),
-                Some(mine) if session_rank(mine) >= session_rank(&slot) => {
-                    (true, matches!(slot, SessionSlot::Live(_)))
-                }
-                Some(mine) => (false, matches!(mine, SessionSlot::Live(_))),
+        self.stats.cut_images += stats.cut_images;
+        for (client_id, theirs) in other.sessions {
+            let Some(mine) = self.sessions.get_mut(&client_id) else {
+                self.sessions.insert(client_id, theirs);
+                continue;
             };
-            self.stats.superseded_sessions += loser_live as u64;
-            if !keep_mine {
-                self.sessions.insert(client_id, slot);
+            mine.ended = mine.ended.max(theirs.ended);
+            for candidate in theirs.candidates {
+                let generation = candidate.session.generation;
+                match mine
+                    .candidates
+                    .binary_search_by_key(&generation, |c| c.session.generation)
+                {
+                    // One generation in two shards' files (a carried copy): a complete one wins.
+                    Ok(at) => {
+                        if candidate.complete && !mine.candidates[at].complete {
+                            mine.candidates[at] = candidate;
+                        }
+                    }
+                    Err(at) => mine.candidates.insert(at, candidate),
+                }
             }
+            self.stats.superseded_sessions += mine.prune();
         }
         fn retained_rank(slot: &RetainedSlot) -> (Generation, bool) {
             match slot {
@@ -613,10 +691,7 @@ impl Replayer {
         let sessions: BTreeMap<_, _> = self
             .sessions
             .into_iter()
-            .filter_map(|(client_id, slot)| match slot {
-                SessionSlot::Live(session) => Some((client_id, *session)),
-                SessionSlot::Ended(_) => None,
-            })
+            .filter_map(|(client_id, slot)| Some((client_id, slot.chosen(&mut stats)?)))
             .collect();
         stats.sessions_without_start = sessions.values().filter(|s| !s.started).count() as u64;
         RecoveredState {
@@ -884,63 +959,123 @@ mod tests {
         assert_eq!(state.stats.missing_entries, 1);
     }
 
+    fn complete(client: &str, generation: Generation) -> StoreRecord {
+        StoreRecord::ImageComplete {
+            client_id: client.into(),
+            generation,
+        }
+    }
+
+    fn tagged(shard: u16, records: &[StoreRecord]) -> Vec<(u16, StoreRecord)> {
+        records.iter().cloned().map(|r| (shard, r)).collect()
+    }
+
+    /// `a` then `b`, `b` then `a`, and the two interleaved record by record (either first).
+    fn orders(
+        a: Vec<(u16, StoreRecord)>,
+        b: Vec<(u16, StoreRecord)>,
+    ) -> Vec<Vec<(u16, StoreRecord)>> {
+        let interleaved = |first: &[(u16, StoreRecord)], second: &[(u16, StoreRecord)]| {
+            let mut mixed = Vec::new();
+            for i in 0..first.len().max(second.len()) {
+                mixed.extend(first.get(i).cloned());
+                mixed.extend(second.get(i).cloned());
+            }
+            mixed
+        };
+        vec![
+            [a.clone(), b.clone()].concat(),
+            [b.clone(), a.clone()].concat(),
+            interleaved(&a, &b),
+            interleaved(&b, &a),
+        ]
+    }
+
     /// A session moved from shard 0 (generation 1) to shard 1 (generation 2): whatever order
-    /// the shards' records come in, only generation 2's state survives.
+    /// the shards' records come in, only generation 2's state survives; with image ends (as
+    /// the broker writes them) and without (files of the first format).
     #[test]
     fn the_newest_generation_wins_in_any_shard_order() {
         let c = "mover";
+        for with_ends in [true, false] {
+            let mut old = vec![started(c, 1), subscribed(c, 1, "old")];
+            let mut new = vec![started(c, 2), subscribed(c, 2, "new")];
+            if with_ends {
+                old.push(complete(c, 1));
+                new.push(complete(c, 2));
+            }
+            old.extend([
+                message(1, "x"),
+                enqueued(c, 1, 1),
+                subscribed(c, 1, "old-later"),
+            ]);
+            new.extend([message(1, "y"), enqueued(c, 2, 1)]);
+            for order in orders(tagged(0, &old), tagged(1, &new)) {
+                let state = replay(order);
+                let session = &state.sessions[c];
+                assert_eq!(session.generation, 2);
+                assert_eq!(session.source_shard, 1);
+                assert_eq!(
+                    session.subscriptions.keys().collect::<Vec<_>>(),
+                    vec!["new"]
+                );
+                assert_eq!(session.queue.len(), 1);
+                assert_eq!(session.queue[0].message.topic, "y");
+                assert_eq!(state.max_generation, 2);
+                assert!(
+                    state.stats.superseded_sessions + state.stats.stale >= u64::from(with_ends),
+                    "the old generation is either replayed then superseded, or read late and stale"
+                );
+            }
+        }
+    }
+
+    /// A torn write cut generation 2's image short (no `ImageComplete`): generation 1, whose
+    /// image is whole, is what was acknowledged, and recovery keeps it, in any shard order.
+    #[test]
+    fn a_cut_image_gives_way_to_the_newest_complete_generation() {
+        let c = "torn";
         let old = vec![
             started(c, 1),
-            subscribed(c, 1, "old"),
+            subscribed(c, 1, "a"),
             message(1, "x"),
             enqueued(c, 1, 1),
-            subscribed(c, 1, "old-later"),
+            complete(c, 1),
+            subscribed(c, 1, "b"),
         ];
-        let new = vec![
-            started(c, 2),
-            subscribed(c, 2, "new"),
-            message(1, "y"),
-            enqueued(c, 2, 1),
-        ];
-        let tag = |shard: u16, records: &Vec<StoreRecord>| {
-            records
-                .iter()
-                .cloned()
-                .map(move |r| (shard, r))
-                .collect::<Vec<_>>()
-        };
-        let orders = [
-            [tag(0, &old), tag(1, &new)].concat(),
-            [tag(1, &new), tag(0, &old)].concat(),
-            {
-                // Interleaved.
-                let (a, b) = (tag(0, &old), tag(1, &new));
-                let mut mixed = Vec::new();
-                for i in 0..a.len().max(b.len()) {
-                    mixed.extend(b.get(i).cloned());
-                    mixed.extend(a.get(i).cloned());
-                }
-                mixed
-            },
-        ];
-        for order in orders {
+        let cut = vec![started(c, 2), subscribed(c, 2, "a")];
+        for order in orders(tagged(0, &old), tagged(1, &cut)) {
             let state = replay(order);
             let session = &state.sessions[c];
-            assert_eq!(session.generation, 2);
-            assert_eq!(session.source_shard, 1);
+            assert_eq!(session.generation, 1);
             assert_eq!(
                 session.subscriptions.keys().collect::<Vec<_>>(),
-                vec!["new"]
+                vec!["a", "b"]
             );
             assert_eq!(session.queue.len(), 1);
-            assert_eq!(session.queue[0].message.topic, "y");
-            assert_eq!(state.max_generation, 2);
-            assert_eq!(
-                state.stats.superseded_sessions + state.stats.stale.min(1),
-                1,
-                "old generation either replayed then superseded, or read late and stale"
-            );
+            assert_eq!(state.max_generation, 2, "the next epoch still passes it");
+            assert_eq!(state.stats.cut_images, 1);
         }
+        // The same in one shard's file (a takeover on the same shard).
+        let state = replay(tagged(0, &[old.clone(), cut.clone()].concat()));
+        assert_eq!(state.sessions[c].generation, 1);
+        // Once generation 2's image is whole, it wins.
+        let whole = [cut, vec![complete(c, 2)]].concat();
+        for order in orders(tagged(0, &old), tagged(1, &whole)) {
+            let state = replay(order);
+            assert_eq!(state.sessions[c].generation, 2);
+            assert_eq!(state.sessions[c].queue.len(), 0);
+        }
+        // Replays merged per shard agree.
+        let mut merged = Replayer::new();
+        for (shard, records) in [(1u16, &vec![started(c, 2)]), (0, &old)] {
+            let mut one = Replayer::new();
+            for record in records.iter().cloned() {
+                one.apply(shard, record);
+            }
+            merged.merge(one);
+        }
+        assert_eq!(merged.finish().sessions[c].generation, 1);
     }
 
     #[test]

@@ -143,6 +143,10 @@ impl SnapshotWriter {
                 packet_id: *packet_id,
             });
         }
+        self.records.push(StoreRecord::ImageComplete {
+            client_id: client_id(),
+            generation,
+        });
     }
 
     /// Adds the retained message of `topic`.

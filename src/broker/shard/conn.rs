@@ -279,8 +279,9 @@ impl Shard {
         if conn.kill.is_some() {
             return;
         }
-        // What is closing needs no durability: its last packets go out.
-        conn.limited.set(Limited::OUTPUT_HELD, false);
+        // Output held for the journal (a CONNACK, PUBLISHes to a durable session) stays held
+        // until its records are durable: the DISCONNECT queues behind it, and the connection
+        // closes once it has gone out (see `read_state`).
         if !graceful && conn.protocol.is_v5() && matches!(conn.state, ConnState::Active { .. }) {
             let _ =
                 Packet::Disconnect(Disconnect::new(reason)).encode(conn.protocol, &mut conn.out);
@@ -391,6 +392,10 @@ impl Shard {
             return ReadState::Close;
         };
         if c.kill.is_some() {
+            if c.limited.has(Limited::OUTPUT_HELD) {
+                // Its last packets wait for the journal (the release wakes it).
+                return ReadState::Wait;
+            }
             // One flush attempt for a pending DISCONNECT, then close: a peer that does not read
             // must not keep the connection alive.
             return ReadState::Close;

@@ -180,7 +180,12 @@ impl Shard {
             self.now,
         );
         entry.session.record_image(&mut recorder);
-        later(durability, self.hooks.journal.barrier())
+        let (client_id, generation) = (&*entry.session.client_id, entry.generation);
+        let complete = self.hooks.journal.append(&JournalRecord::ImageComplete {
+            client_id,
+            generation,
+        });
+        later(later(durability, complete), self.hooks.journal.barrier())
     }
 
     /// Writes `packet` to `conn` once `durability` allows, after any output held before it

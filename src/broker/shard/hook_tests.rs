@@ -121,8 +121,24 @@ fn received(shard: &mut Shard, client: &mut Client) -> Vec<Packet> {
 }
 
 fn connect(shard: &mut Shard, id: &str, user: Option<&str>, clean: bool) -> (Client, Packet) {
+    let mut client = send_connect(shard, id, user, clean);
+    let mut packets = received(shard, &mut client);
+    // A persistent session's CONNACK waits for its journal records (the images written when
+    // the session is installed and when the connection takes it): made durable one by one.
+    let mut sequence = 0;
+    while packets.is_empty() && !clean && sequence < 8 {
+        sequence += 1;
+        shard.on_durable(sequence, Instant::now());
+        packets = received(shard, &mut client);
+    }
+    assert_eq!(packets.len(), 1, "one CONNACK: {packets:?}");
+    (client, packets.remove(0))
+}
+
+/// A new connection sends an MQTT 5 CONNECT (a persistent session unless `clean`).
+fn send_connect(shard: &mut Shard, id: &str, user: Option<&str>, clean: bool) -> Client {
     let conn = shard.on_accept(Instant::now()).unwrap();
-    let mut client = Client {
+    let client = Client {
         conn,
         protocol: ProtocolVersion::V5,
         input: BytesMut::new(),
@@ -142,17 +158,7 @@ fn connect(shard: &mut Shard, id: &str, user: Option<&str>, clean: bool) -> (Cli
         properties,
     };
     send(shard, &client, Packet::Connect(Box::new(connect)));
-    let mut packets = received(shard, &mut client);
-    // A persistent session's CONNACK waits for its journal records (the images written when
-    // the session is installed and when the connection takes it): made durable one by one.
-    let mut sequence = 0;
-    while packets.is_empty() && !clean && sequence < 8 {
-        sequence += 1;
-        shard.on_durable(sequence, Instant::now());
-        packets = received(shard, &mut client);
-    }
-    assert_eq!(packets.len(), 1, "one CONNACK: {packets:?}");
-    (client, packets.remove(0))
+    client
 }
 
 fn subscribe(shard: &mut Shard, client: &Client, filter: &str, qos: QoS) {
@@ -291,8 +297,17 @@ fn authorization_guards_publish_subscribe_and_delivery() {
 fn acknowledgements_wait_for_the_journal_in_order() {
     let (mut shard, records) = shard_with_slow_journal();
     let (mut client, _) = connect(&mut shard, "p", None, false);
-    // Installed, then taken by the connection: two images (`connect` made them durable).
-    assert_eq!(*records.borrow(), ["session-started", "session-started"]);
+    // Installed, then taken by the connection: two images (`connect` made them durable),
+    // each closed by its end marker.
+    assert_eq!(
+        *records.borrow(),
+        [
+            "session-started",
+            "image-complete",
+            "session-started",
+            "image-complete"
+        ]
+    );
     subscribe(&mut shard, &client, "t/#", QoS::AtLeastOnce);
     publish(&mut shard, &client, "t/a", QoS::AtLeastOnce, 1, false);
     publish(&mut shard, &client, "t/r", QoS::AtLeastOnce, 2, true);
@@ -309,7 +324,9 @@ fn acknowledgements_wait_for_the_journal_in_order() {
         *records.borrow(),
         [
             "session-started",
+            "image-complete",
             "session-started",
+            "image-complete",
             "subscribed",
             // The client receives its own messages: each delivery is recorded.
             "in-flight",
@@ -318,16 +335,16 @@ fn acknowledgements_wait_for_the_journal_in_order() {
         ]
     );
     // Durable up to the subscription: the SUBACK is due, but the connection's output also
-    // holds the deliveries to it (records 4 and 6), so nothing leaves yet.
-    shard.on_durable(3, Instant::now());
+    // holds the deliveries to it (records 6 and 8), so nothing leaves yet.
+    shard.on_durable(5, Instant::now());
     let none = received(&mut shard, &mut client);
     assert!(none.is_empty(), "{none:?}");
-    shard.on_durable(5, Instant::now());
+    shard.on_durable(7, Instant::now());
     let none = received(&mut shard, &mut client);
     assert!(none.is_empty(), "{none:?}");
     // Up to the last record: the SUBACK, both deliveries (a server may deliver before its
     // SUBACK), both PUBACKs in order.
-    shard.on_durable(6, Instant::now());
+    shard.on_durable(8, Instant::now());
     let packets = received(&mut shard, &mut client);
     assert!(
         packets.iter().any(|p| matches!(p, Packet::SubAck(_))),
@@ -466,5 +483,35 @@ fn an_inbound_qos2_exchange_completes_without_a_journal() {
     assert!(
         matches!(&comp[..], [Packet::PubComp(a)] if a.packet_id == 7 && a.reason == ReasonCode::Success),
         "{comp:?}"
+    );
+}
+
+/// A connection taken over while its CONNACK still waits for the journal is not closed at
+/// once (the CONNACK would be lost, or the DISCONNECT go out without it) nor flushed before
+/// its records are durable: it waits, then gets its CONNACK and the DISCONNECT, then closes.
+#[test]
+fn a_connection_taken_over_while_its_output_is_held_closes_after_the_journal() {
+    let (mut shard, _) = shard_with_slow_journal();
+    let (_first, _) = connect(&mut shard, "dev", None, false);
+    let mut second = send_connect(&mut shard, "dev", None, false);
+    assert!(received(&mut shard, &mut second).is_empty(), "CONNACK held");
+    let mut third = send_connect(&mut shard, "dev", None, false);
+    assert_eq!(shard.read_state(second.conn), super::ReadState::Wait);
+    assert!(received(&mut shard, &mut second).is_empty(), "still held");
+    shard.on_durable(1_000, Instant::now());
+    let packets = received(&mut shard, &mut second);
+    assert!(
+        matches!(packets.first(), Some(Packet::ConnAck(_))),
+        "{packets:?}"
+    );
+    assert!(
+        matches!(packets.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::SessionTakenOver),
+        "{packets:?}"
+    );
+    assert_eq!(shard.read_state(second.conn), super::ReadState::Close);
+    let packets = received(&mut shard, &mut third);
+    assert!(
+        matches!(packets.first(), Some(Packet::ConnAck(_))),
+        "{packets:?}"
     );
 }

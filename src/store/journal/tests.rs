@@ -171,6 +171,16 @@ fn pairs(will: &LastWill) -> Vec<(JournalRecord<'_>, StoreRecord)> {
             },
         ),
         (
+            JournalRecord::ImageComplete {
+                client_id: "client-1",
+                generation: g,
+            },
+            StoreRecord::ImageComplete {
+                client_id: id(),
+                generation: g,
+            },
+        ),
+        (
             JournalRecord::Subscribed {
                 client_id: "client-1",
                 generation: g,
@@ -341,7 +351,7 @@ fn every_record_encodes_as_its_store_record() {
     let pairs = pairs(&will);
     // Every JournalRecord variant is covered.
     let kinds: std::collections::BTreeSet<_> = pairs.iter().map(|(r, _)| r.kind()).collect();
-    assert_eq!(kinds.len(), 17);
+    assert_eq!(kinds.len(), 18);
     for (record, expected) in &pairs {
         let mut journal = journal(&clock);
         assert_eq!(journal.append(record), Durability::At(1));
