@@ -1044,18 +1044,20 @@ fn retained_topic(_name: &str, n: u64) -> String {
 /// acknowledged value (or the newer one in flight at the end), every session was present at
 /// every reconnection and every subscription still delivers.
 ///
-/// QoS 2 exactly once across shards has a known gap (README, "Durability"): a publish routed to
-/// another shard is recorded as received by the publisher's shard after the peer answered, so a
-/// crash in between makes the publisher's resend a second delivery. This test counts those
-/// duplicates; `..._qos2_exactly_once` (ignored until the gap is closed) fails on them.
+/// QoS 2 across shards: a publish routed to another shard is recorded as received by the
+/// publisher's shard after the peer answered; the origin entries the subscribers' shards write
+/// make a resend after a crash in between skip them. A subscriber whose session moved to
+/// another shard before the resend arrived still gets it twice (README, "Durability"): this
+/// test counts those duplicates; `..._qos2_exactly_once` (ignored until that gap is closed)
+/// fails on them.
 #[tokio::test]
 async fn acknowledged_messages_survive_sigkill_storm() {
     sigkill_storm(false).await;
 }
 
-/// The storm with QoS 2 duplicates as failures (see above: the known cross-shard gap).
+/// The storm with QoS 2 duplicates as failures (see above).
 #[tokio::test]
-#[ignore = "QoS 2 exactly once across shards after a crash is a known gap (README, Durability)"]
+#[ignore = "a session that moves between shards around a crash can get a QoS 2 resend twice (README, Durability)"]
 async fn acknowledged_messages_survive_sigkill_storm_qos2_exactly_once() {
     sigkill_storm(true).await;
 }

@@ -24,7 +24,7 @@ use crate::acl::Acl;
 pub use crate::acl::{ClientAcl, SubscribeCheck};
 use crate::auth::password::{PasswordFile, Verdict};
 use crate::auth::{AuthMethods, AuthStep};
-use crate::codec::{Connect, LastWill, QoS, ReasonCode, SubscriptionOptions};
+use crate::codec::{Connect, LastWill, MqttStr, QoS, ReasonCode, SubscriptionOptions};
 use crate::config::Config;
 use crate::session::Message;
 
@@ -332,6 +332,25 @@ pub enum JournalRecord<'a> {
         /// Generation.
         generation: u64,
     },
+    /// Deliveries of a QoS 2 PUBLISH from another shard reached these durable sessions: a
+    /// resend after a crash is not delivered to them again until `OriginCleared`.
+    OriginReceived {
+        /// The publisher's client id.
+        publisher: &'a str,
+        /// Its packet id.
+        packet_id: u16,
+        /// CRC-32C of topic and payload.
+        digest: u32,
+        /// The subscribers' client ids.
+        clients: &'a [MqttStr],
+    },
+    /// The publisher's shard recorded the packet id.
+    OriginCleared {
+        /// The publisher's client id.
+        publisher: &'a str,
+        /// Its packet id.
+        packet_id: u16,
+    },
     /// The session's image (written by each new owner) is complete.
     ImageComplete {
         /// Client identifier.
@@ -476,6 +495,8 @@ impl JournalRecord<'_> {
             JournalRecord::WillSet { .. } => "will-set",
             JournalRecord::WillCleared { .. } => "will-cleared",
             JournalRecord::ImageComplete { .. } => "image-complete",
+            JournalRecord::OriginReceived { .. } => "origin-received",
+            JournalRecord::OriginCleared { .. } => "origin-cleared",
             JournalRecord::Subscribed { .. } => "subscribed",
             JournalRecord::Unsubscribed { .. } => "unsubscribed",
             JournalRecord::Enqueued { .. } => "enqueued",

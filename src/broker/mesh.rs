@@ -48,7 +48,19 @@ pub enum ShardMsg {
         /// two shards relaying to each other never wait on each other.
         relayed: bool,
     },
-    /// Answer to `StoreBarrier`.
+    /// The publisher's shard recorded the packet id of a QoS 2 publish routed to you: drop
+    /// its origin entry, and answer with `StoreAck` once that is durable.
+    OriginCommitted {
+        /// Shard to answer.
+        from: u16,
+        /// Token of the answer.
+        token: u64,
+        /// The publisher's client id.
+        publisher: MqttStr,
+        /// Its packet id.
+        packet_id: u16,
+    },
+    /// Answer to `StoreBarrier` (and `OriginCommitted`).
     StoreAck {
         /// Barrier token.
         token: u64,

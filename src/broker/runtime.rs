@@ -333,6 +333,7 @@ pub(super) async fn run_shard(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
         shard.install_recovered(store.sessions, store.retained, now, unix_ms);
+        shard.install_origins(store.origins);
         shard.journal_image(now);
         // Peers learn this shard's recovered subscriptions (broadcast by the install, before
         // this on the ordered mesh); clients are accepted once every shard has announced.

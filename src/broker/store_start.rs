@@ -91,6 +91,8 @@ pub(super) struct ShardStore {
     pub(super) retained: Vec<(String, RecoveredRetained)>,
     /// For its first image (see the module docs).
     pub(super) carry: Carry,
+    /// Origin entries of its sessions (QoS 2 resends to recognise).
+    pub(super) origins: Vec<crate::store::recover::RecoveredOrigin>,
     /// Its files from before this boot, removed once its first image is durable.
     pub(super) old_files: Vec<SegmentName>,
 }
@@ -148,6 +150,7 @@ pub(super) fn open(
             sessions: part.sessions,
             retained: part.retained,
             carry: part.carry,
+            origins: part.origins,
             old_files,
         });
     }

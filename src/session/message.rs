@@ -23,6 +23,10 @@ pub struct Message {
     pub properties: Properties,
     /// Client id of the publisher (for MQTT 5.0 no-local).
     pub publisher: MqttStr,
+    /// The packet id of a QoS 2 PUBLISH from a durable session (0: none): the shards it is
+    /// routed to remember it, so that a resend after a crash that lost the publisher's record
+    /// of it is not delivered twice.
+    pub origin_packet_id: u16,
     /// When the message expires (MQTT 5.0 message expiry interval), if ever.
     pub expires_at: Option<Instant>,
     /// When the broker read the PUBLISH this message came from (the `now` of that read), for

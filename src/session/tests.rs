@@ -15,6 +15,7 @@ fn message(qos: QoS, payload: &'static [u8]) -> Arc<Message> {
         publisher: MqttStr::from("pub"),
         expires_at: None,
         received_at: None,
+        origin_packet_id: 0,
     })
 }
 

@@ -461,6 +461,27 @@ fn encode_journal_body(
             w.u8(tag::IMAGE_COMPLETE);
             w.session(client_id, generation)?;
         }
+        OriginReceived {
+            publisher,
+            packet_id,
+            digest,
+            clients,
+        } => {
+            w.u8(tag::ORIGIN_RECEIVED);
+            w.origin(publisher, packet_id)?;
+            w.u32(digest);
+            w.count("origin clients", clients.len())?;
+            for client in clients {
+                w.str("client id", client)?;
+            }
+        }
+        OriginCleared {
+            publisher,
+            packet_id,
+        } => {
+            w.u8(tag::ORIGIN_CLEARED);
+            w.origin(publisher, packet_id)?;
+        }
         Subscribed {
             client_id,
             generation,

@@ -144,6 +144,26 @@ pub enum StoreRecord {
         /// Generation.
         generation: Generation,
     },
+    /// Deliveries of a QoS 2 PUBLISH routed here from another shard reached `clients`
+    /// (durable sessions of this shard): until the publisher's shard has recorded the packet
+    /// id (`OriginCleared`), a resend of it after a crash is not delivered to them again.
+    OriginReceived {
+        /// The publisher's client id.
+        publisher: String,
+        /// Its packet id.
+        packet_id: u16,
+        /// CRC-32C of the topic and payload (a resend carries the same).
+        digest: u32,
+        /// The subscribers' client ids.
+        clients: Vec<String>,
+    },
+    /// The publisher's shard recorded the packet id: the resend will be recognised there.
+    OriginCleared {
+        /// The publisher's client id.
+        publisher: String,
+        /// Its packet id.
+        packet_id: u16,
+    },
     /// The last record of a session's image (what a new owner writes first): an image cut
     /// short by a torn write has none, and recovery then keeps the newest complete
     /// generation instead.
@@ -343,6 +363,8 @@ pub(super) mod tag {
     pub const WILL_SET: u8 = 0x04;
     pub const WILL_CLEARED: u8 = 0x05;
     pub const IMAGE_COMPLETE: u8 = 0x08;
+    pub const ORIGIN_RECEIVED: u8 = 0x19;
+    pub const ORIGIN_CLEARED: u8 = 0x1A;
     pub const SUBSCRIBED: u8 = 0x06;
     pub const UNSUBSCRIBED: u8 = 0x07;
     pub const MESSAGE: u8 = 0x10;
@@ -380,7 +402,12 @@ impl StoreRecord {
             | Dequeued { client_id, .. }
             | InboundReceived { client_id, .. }
             | InboundReleased { client_id, .. } => Some(client_id),
-            Message(_) | RetainedSet { .. } | RetainedCleared { .. } | Checkpoint { .. } => None,
+            Message(_)
+            | RetainedSet { .. }
+            | RetainedCleared { .. }
+            | Checkpoint { .. }
+            | OriginReceived { .. }
+            | OriginCleared { .. } => None,
         }
     }
 
@@ -450,6 +477,27 @@ impl StoreRecord {
             } => {
                 w.u8(tag::IMAGE_COMPLETE);
                 w.session(client_id, *generation)?;
+            }
+            OriginReceived {
+                publisher,
+                packet_id,
+                digest,
+                clients,
+            } => {
+                w.u8(tag::ORIGIN_RECEIVED);
+                w.origin(publisher, *packet_id)?;
+                w.u32(*digest);
+                w.count("origin clients", clients.len())?;
+                for client in clients {
+                    w.str("client id", client)?;
+                }
+            }
+            OriginCleared {
+                publisher,
+                packet_id,
+            } => {
+                w.u8(tag::ORIGIN_CLEARED);
+                w.origin(publisher, *packet_id)?;
             }
             Subscribed {
                 client_id,
@@ -625,6 +673,27 @@ impl StoreRecord {
                     generation,
                 }
             }
+            tag::ORIGIN_RECEIVED => {
+                let publisher = r.str("publisher")?;
+                let packet_id = r.u16("packet id")?;
+                let digest = r.u32("digest")?;
+                let count = r.u16("origin client count")? as usize;
+                // Every client id needs at least its 2-byte length.
+                let mut clients = Vec::with_capacity(count.min(r.0.len() / 2));
+                for _ in 0..count {
+                    clients.push(r.str("client id")?);
+                }
+                OriginReceived {
+                    publisher,
+                    packet_id,
+                    digest,
+                    clients,
+                }
+            }
+            tag::ORIGIN_CLEARED => OriginCleared {
+                publisher: r.str("publisher")?,
+                packet_id: r.u16("packet id")?,
+            },
             tag::IMAGE_COMPLETE => {
                 let (client_id, generation) = r.session()?;
                 ImageComplete {
@@ -852,6 +921,18 @@ impl Writer<'_> {
         self.0.extend_from_slice(value);
         Ok(())
     }
+    pub(super) fn origin(&mut self, publisher: &str, packet_id: u16) -> Result<(), EncodeError> {
+        self.str("publisher", publisher)?;
+        self.u16(packet_id);
+        Ok(())
+    }
+
+    pub(super) fn count(&mut self, field: &'static str, len: usize) -> Result<(), EncodeError> {
+        let count = u16::try_from(len).map_err(|_| EncodeError::TooLong { field, len })?;
+        self.u16(count);
+        Ok(())
+    }
+
     pub(super) fn session(
         &mut self,
         client_id: &str,
@@ -1142,6 +1223,16 @@ pub(crate) mod tests {
             StoreRecord::ImageComplete {
                 client_id: id(),
                 generation: 9,
+            },
+            StoreRecord::OriginReceived {
+                publisher: "pub-1".into(),
+                packet_id: 7,
+                digest: 0xdead_beef,
+                clients: vec![id(), "client-2".into()],
+            },
+            StoreRecord::OriginCleared {
+                publisher: "pub-1".into(),
+                packet_id: 7,
             },
         ]
     }

@@ -102,6 +102,20 @@ impl RecoveredSession {
     }
 }
 
+/// A QoS 2 publish from another shard that reached `clients` while its publisher's shard
+/// had not recorded the packet id (see `StoreRecord::OriginReceived`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveredOrigin {
+    /// The publisher's client id.
+    pub publisher: String,
+    /// Its packet id.
+    pub packet_id: u16,
+    /// CRC-32C of topic and payload.
+    pub digest: u32,
+    /// The subscribers that have it.
+    pub clients: BTreeSet<String>,
+}
+
 /// A recovered retained message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecoveredRetained {
@@ -145,6 +159,9 @@ pub struct RecoveredState {
     pub sessions: BTreeMap<String, RecoveredSession>,
     /// Retained messages by topic.
     pub retained: BTreeMap<String, RecoveredRetained>,
+    /// QoS 2 publishes delivered to durable sessions whose publisher's shard had not yet
+    /// recorded the packet id: their resend must not reach those sessions again.
+    pub origins: Vec<RecoveredOrigin>,
     /// The newest generation or version seen (ended sessions and cleared topics included).
     pub max_generation: Generation,
     /// Counts.
@@ -283,6 +300,8 @@ pub struct Replayer {
     sessions: HashMap<String, SessionSlot>,
     retained: HashMap<String, RetainedSlot>,
     messages: HashMap<(u16, MessageId), Arc<MessageRecord>, BuildHasherDefault<IdHasher>>,
+    /// Origin entries by the shard whose files hold them, publisher and packet id.
+    origins: BTreeMap<(u16, String, u16), (u32, BTreeSet<String>)>,
     max_generation: Generation,
     stats: ReplayStats,
 }
@@ -413,6 +432,30 @@ impl Replayer {
                 client_id,
                 generation,
             } => self.image_complete(&client_id, generation),
+            OriginReceived {
+                publisher,
+                packet_id,
+                digest,
+                clients,
+            } => {
+                let entry = self
+                    .origins
+                    .entry((shard, publisher, packet_id))
+                    .or_insert_with(|| (digest, BTreeSet::new()));
+                if entry.0 != digest {
+                    // The packet id was reused for another message: a new entry.
+                    *entry = (digest, BTreeSet::new());
+                }
+                entry.1.extend(clients);
+                Some(())
+            }
+            OriginCleared {
+                publisher,
+                packet_id,
+            } => self
+                .origins
+                .remove(&(shard, publisher, packet_id))
+                .map(|_| ()),
             Subscribed {
                 client_id,
                 generation,
@@ -637,6 +680,7 @@ impl Replayer {
     /// clear) winning a tie, as in a single replay.
     pub fn merge(&mut self, other: Replayer) {
         self.messages.extend(other.messages);
+        self.origins.extend(other.origins);
         self.max_generation = self.max_generation.max(other.max_generation);
         let stats = other.stats;
         self.stats.applied += stats.applied;
@@ -694,6 +738,7 @@ impl Replayer {
             .filter_map(|(client_id, slot)| Some((client_id, slot.chosen(&mut stats)?)))
             .collect();
         stats.sessions_without_start = sessions.values().filter(|s| !s.started).count() as u64;
+        let origins = reconcile_origins(self.origins, &sessions);
         RecoveredState {
             sessions,
             retained: self
@@ -704,10 +749,44 @@ impl Replayer {
                     RetainedSlot::Cleared(_) => None,
                 })
                 .collect(),
+            origins,
             max_generation: self.max_generation,
             stats,
         }
     }
+}
+
+/// The origin entries still needed, one per publish: those whose publisher's session lives
+/// on without the packet id recorded (once recorded there, the resend is recognised by the
+/// publisher's shard; with the session gone, no resend comes), for subscribers that live on.
+fn reconcile_origins(
+    entries: BTreeMap<(u16, String, u16), (u32, BTreeSet<String>)>,
+    sessions: &BTreeMap<String, RecoveredSession>,
+) -> Vec<RecoveredOrigin> {
+    let mut merged: BTreeMap<(String, u16, u32), BTreeSet<String>> = BTreeMap::new();
+    for ((_, publisher, packet_id), (digest, clients)) in entries {
+        let pending = sessions
+            .get(&publisher)
+            .is_some_and(|session| !session.inbound_qos2.contains(&packet_id));
+        if pending {
+            merged
+                .entry((publisher, packet_id, digest))
+                .or_default()
+                .extend(clients.into_iter().filter(|c| sessions.contains_key(c)));
+        }
+    }
+    merged
+        .into_iter()
+        .filter(|(_, clients)| !clients.is_empty())
+        .map(
+            |((publisher, packet_id, digest), clients)| RecoveredOrigin {
+                publisher,
+                packet_id,
+                digest,
+                clients,
+            },
+        )
+        .collect()
 }
 
 /// Replays `records` (each with the shard whose files held it) into a state.
@@ -1076,6 +1155,54 @@ mod tests {
             merged.merge(one);
         }
         assert_eq!(merged.finish().sessions[c].generation, 1);
+    }
+
+    /// Origin entries survive recovery only while a resend can still come and reach a
+    /// subscriber that has the message: the publisher's session lives on without the packet
+    /// id recorded, and the subscriber's session lives on. Entries of two shards merge.
+    #[test]
+    fn origin_entries_are_kept_while_a_resend_can_come() {
+        let received = |publisher: &str, packet_id, clients: &[&str]| StoreRecord::OriginReceived {
+            publisher: publisher.into(),
+            packet_id,
+            digest: 7,
+            clients: clients.iter().map(|c| c.to_string()).collect(),
+        };
+        let inbound = |client: &str, packet_id| StoreRecord::InboundReceived {
+            client_id: client.into(),
+            generation: 1,
+            packet_id,
+        };
+        let state = replay([
+            (0, started("pub", 1)),
+            (0, started("sub-a", 1)),
+            (1, started("sub-b", 2)),
+            (0, received("pub", 1, &["sub-a"])),
+            (1, received("pub", 1, &["sub-b", "gone"])),
+            // Recorded by the publisher's shard: the resend is recognised there.
+            (0, received("pub", 2, &["sub-a"])),
+            (0, inbound("pub", 2)),
+            // Cleared.
+            (1, received("pub", 3, &["sub-b"])),
+            (
+                1,
+                StoreRecord::OriginCleared {
+                    publisher: "pub".into(),
+                    packet_id: 3,
+                },
+            ),
+            // The publisher's session is gone: no resend comes.
+            (0, received("nobody", 4, &["sub-a"])),
+        ]);
+        assert_eq!(
+            state.origins,
+            vec![RecoveredOrigin {
+                publisher: "pub".into(),
+                packet_id: 1,
+                digest: 7,
+                clients: ["sub-a".to_string(), "sub-b".to_string()].into(),
+            }]
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! simulation tests share it.
 
 use super::journal::Carry;
-use super::recover::{rehome, RecoveredRetained, RecoveredSession, RecoveredState};
+use super::recover::{
+    rehome, RecoveredOrigin, RecoveredRetained, RecoveredSession, RecoveredState,
+};
 use crate::placement::{home_shard, topic_owner};
 
 /// One shard's part of a recovered state.
@@ -16,6 +18,8 @@ pub struct ShardPart {
     pub retained: Vec<(String, RecoveredRetained)>,
     /// What its old files held for other shards, for its first snapshot.
     pub carry: Carry,
+    /// Origin entries of its sessions (each with the clients homed here).
+    pub origins: Vec<RecoveredOrigin>,
 }
 
 /// Splits `state` between `shards` shards (at least one).
@@ -38,6 +42,22 @@ pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
                 .push((topic.clone(), message.clone()));
         }
         parts[owner].retained.push((topic, message));
+    }
+    for origin in std::mem::take(&mut state.origins) {
+        for (shard, part) in parts.iter_mut().enumerate() {
+            let clients: std::collections::BTreeSet<String> = origin
+                .clients
+                .iter()
+                .filter(|client| home_shard(client, shards).min(shards - 1) == shard)
+                .cloned()
+                .collect();
+            if !clients.is_empty() {
+                part.origins.push(RecoveredOrigin {
+                    clients,
+                    ..origin.clone()
+                });
+            }
+        }
     }
     let sessions = rehome(std::mem::take(&mut state.sessions), shards, home_shard);
     for (part, sessions) in parts.iter_mut().zip(sessions) {

@@ -24,6 +24,9 @@ impl Shard {
             matches.sort_unstable_by_key(|&(session, _, id)| (session, id));
         }
         let now = self.now;
+        let origin = self.origin_key(message);
+        let digest = origin.as_ref().map_or(0, |_| origin_digest(message));
+        let mut received: Vec<MqttStr> = Vec::new();
         let mut start = 0;
         while start < matches.len() {
             // One delivery per session: the highest granted QoS of its matching subscriptions,
@@ -63,9 +66,21 @@ impl Shard {
                     continue;
                 }
             }
+            if let (Some(key), Some(entry)) = (&origin, self.sessions.get(session)) {
+                if !entry.session.clean && entry.moved_to.is_none() {
+                    if self.origin_has(key, digest, &entry.session.client_id) {
+                        // A resend after a crash: this subscriber has the first one.
+                        continue;
+                    }
+                    received.push(entry.session.client_id.clone());
+                }
+            }
             let qos = message.qos.min(options.qos);
             let retain = options.retain_as_published && message.retain;
             self.deliver_to(session, message, qos, retain, &ids, now);
+        }
+        if let Some(key) = origin {
+            self.origin_received(key, digest, &received);
         }
         let matched = !matches.is_empty();
         self.matches = matches;
@@ -102,6 +117,9 @@ impl Shard {
         };
         if let Some((shard, token)) = entry.moved_to {
             let client_id = entry.session.client_id.clone();
+            if group.is_none() {
+                self.origin_forwarded(message, shard);
+            }
             self.send(
                 usize::from(shard),
                 ShardMsg::Forward {

@@ -48,6 +48,9 @@ pub(super) struct PeerWait {
     /// before then makes the client resend, instead of the resend being dropped as known
     /// while a peer lost the delivery).
     pub(super) record_inbound: bool,
+    /// With `record_inbound`: the peers to send `OriginCommitted` once the packet id is
+    /// recorded; the acknowledgement then waits for their answers too (see `origins.rs`).
+    pub(super) commit_to: Vec<u16>,
     pub(super) packet: Box<Packet>,
 }
 
@@ -198,7 +201,7 @@ impl Shard {
     ) {
         if self.peer_waits.contains_key(&conn) {
             // Behind an acknowledgement that waits for peers: in order after it.
-            return self.wait_for_peers(conn, packet, durability, 0, 0);
+            return self.wait_for_peers(conn, packet, durability, 0, 0, Vec::new());
         }
         let waiting_behind = self
             .held_outputs
@@ -266,7 +269,12 @@ impl Shard {
             );
         }
         let waiting = u16::try_from(targets.len()).unwrap_or(u16::MAX);
-        self.wait_for_peers(conn, packet, durability, waiting, token);
+        let commit_to = if matches!(packet, Packet::PubRec(_)) {
+            targets.iter().map(|&t| t as u16).collect()
+        } else {
+            Vec::new()
+        };
+        self.wait_for_peers(conn, packet, durability, waiting, token, commit_to);
     }
 
     /// Queues `packet` for `conn` behind its other acknowledgements: it leaves once
@@ -278,6 +286,7 @@ impl Shard {
         durability: Durability,
         waiting: u16,
         token: u64,
+        commit_to: Vec<u16>,
     ) {
         // After every output of the connection held for the journal alone.
         let behind = self
@@ -302,6 +311,11 @@ impl Shard {
                 waiting,
                 token,
                 record_inbound,
+                commit_to: if record_inbound {
+                    commit_to
+                } else {
+                    Vec::new()
+                },
                 packet: Box::new(packet),
             });
         self.release_peer_waits(conn);
@@ -359,7 +373,8 @@ impl Shard {
         })
     }
 
-    /// A peer's answer to a `StoreBarrier`: its deliveries of that publish are durable.
+    /// A peer's answer to a `StoreBarrier` (its deliveries of that publish are durable) or to
+    /// an `OriginCommitted` (its origin entry is gone).
     pub(super) fn on_store_ack(&mut self, token: u64) {
         if self.on_relay_ack(token) {
             return;
@@ -377,7 +392,7 @@ impl Shard {
             if wait.waiting == 0 && wait.record_inbound {
                 wait.record_inbound = false;
                 if let Packet::PubRec(ack) = &*wait.packet {
-                    inbound = Some(ack.packet_id);
+                    inbound = Some((ack.packet_id, std::mem::take(&mut wait.commit_to)));
                 }
             }
         }
@@ -385,16 +400,51 @@ impl Shard {
             Some(ConnState::Active { session, .. }) => Some(*session),
             _ => None,
         };
-        if let (Some(packet_id), Some(session)) = (inbound, session) {
+        if let (Some((packet_id, commit_to)), Some(session)) = (inbound, session) {
             if let Durability::At(sequence) =
                 self.journal_inbound(session, QoS::ExactlyOnce, packet_id)
             {
+                // Once the packet id is durable here, the peers drop their origin entries;
+                // the PUBREC waits for that too, so no entry outlives the exchange.
+                let publisher = self
+                    .sessions
+                    .get(session)
+                    .map(|e| e.session.client_id.clone());
+                if let Some(publisher) = &publisher {
+                    self.origin_clear_local(publisher, packet_id);
+                }
+                let commit = match publisher {
+                    Some(publisher) if !commit_to.is_empty() => {
+                        let commit_token = self.new_token();
+                        for &peer in &commit_to {
+                            let message = ShardMsg::OriginCommitted {
+                                from: self.id as u16,
+                                token: commit_token,
+                                publisher: publisher.clone(),
+                                packet_id,
+                            };
+                            self.send_when_durable(
+                                usize::from(peer),
+                                message,
+                                Durability::At(sequence),
+                            );
+                        }
+                        self.peer_wait_tokens.remove(&token);
+                        self.peer_wait_tokens.insert(commit_token, conn);
+                        Some((commit_token, commit_to.len()))
+                    }
+                    _ => None,
+                };
                 if let Some(wait) = self
                     .peer_waits
                     .get_mut(&conn)
                     .and_then(|queue| queue.iter_mut().find(|w| w.token == token))
                 {
                     wait.sequence = wait.sequence.max(sequence);
+                    if let Some((commit_token, peers)) = commit {
+                        wait.token = commit_token;
+                        wait.waiting = u16::try_from(peers).unwrap_or(u16::MAX);
+                    }
                 }
             }
         }

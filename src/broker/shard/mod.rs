@@ -95,6 +95,7 @@ mod durable;
 mod flow;
 mod identity;
 mod login_delay;
+mod origins;
 mod outbox;
 mod overload;
 mod publish;
@@ -115,6 +116,8 @@ use conn::*;
 pub use conn::{Conn, Kill, ReadState};
 use durable::*;
 use login_delay::FailedLogins;
+use origins::digest as origin_digest;
+use origins::Origin;
 use overload::Overload;
 pub use rate::RateGate;
 use registry::*;
@@ -205,6 +208,9 @@ pub struct Shard {
     forwarded_to: Vec<usize>,
     /// Barriers relayed to those peers, by the relay's token.
     relays: HashMap<u64, Relay>,
+    /// QoS 2 publishes from peers whose publisher's shard has not recorded the packet id yet,
+    /// by publisher and packet id (see `origins.rs`).
+    origins: HashMap<(MqttStr, u16), Origin>,
     /// Barriers waiting for pending claims' forwarded deliveries to be installed.
     deferred_barriers: Vec<(usize, u64, bool)>,
     /// The journal's last report: everything up to this sequence number is durable.
@@ -373,6 +379,7 @@ impl Shard {
             peer_wait_tokens: HashMap::new(),
             forwarded_to: Vec::new(),
             relays: HashMap::new(),
+            origins: HashMap::new(),
             deferred_barriers: Vec::new(),
             durable_through: 0,
             storage_full: false,
@@ -530,6 +537,12 @@ impl Shard {
                 relayed,
             } => self.on_store_barrier(usize::from(from), token, relayed),
             ShardMsg::StoreAck { token } => self.on_store_ack(token),
+            ShardMsg::OriginCommitted {
+                from,
+                token,
+                publisher,
+                packet_id,
+            } => self.on_origin_committed(usize::from(from), token, publisher, packet_id),
             ShardMsg::Recovered => self.peers_recovered += 1,
             ShardMsg::Ping { from, token } => {
                 self.send(usize::from(from), ShardMsg::Pong { token });

@@ -133,6 +133,16 @@ impl Shard {
                 .message_expiry_interval
                 .take()
                 .map(|secs| self.now + Duration::from_secs(u64::from(secs)));
+            // With a journal, the acknowledgement waits until every delivery of the message
+            // to a durable session is on disk: here, and on the peers it is routed to.
+            let journaling = qos != QoS::AtMostOnce && self.hooks.journal.enabled();
+            let durable_publisher = self.sessions.get(session).is_some_and(|e| !e.session.clean);
+            let origin_packet_id = if journaling && qos == QoS::ExactlyOnce && durable_publisher {
+                packet_id
+            } else {
+                0
+            };
+            let publisher_id = publisher.clone();
             let message = Arc::new(Message {
                 topic: publish.topic,
                 payload: publish.payload,
@@ -143,10 +153,8 @@ impl Shard {
                 expires_at,
                 // The time of the read that brought the PUBLISH: the start of its latency.
                 received_at: Some(self.now),
+                origin_packet_id,
             });
-            // With a journal, the acknowledgement waits until every delivery of the message
-            // to a durable session is on disk: here, and on the peers it is routed to.
-            let journaling = qos != QoS::AtMostOnce && self.hooks.journal.enabled();
             self.store_targets = journaling.then(Vec::new);
             if journaling && qos == QoS::ExactlyOnce {
                 // Journaled once its deliveries are (here or after the peers answered).
@@ -163,6 +171,9 @@ impl Shard {
                     // With peers, the id is recorded once their deliveries are durable (see
                     // `ack_after_peers`).
                     durability = later(durability, self.journal_inbound(session, qos, packet_id));
+                    if origin_packet_id != 0 {
+                        self.origin_clear_local(&publisher_id, packet_id);
+                    }
                 }
                 durability = later(durability, self.hooks.journal.barrier());
             }
@@ -276,6 +287,7 @@ impl Shard {
             publisher: MqttStr::default(),
             expires_at: None,
             received_at: None,
+            origin_packet_id: 0,
         });
         self.route_publish(message);
         self.drain_local_inbox();
@@ -328,6 +340,7 @@ impl Shard {
             publisher: client_id.clone(),
             expires_at,
             received_at: None,
+            origin_packet_id: 0,
         });
         tracing::debug!(shard = self.id, client = %client_id, topic = %message.topic, "publishing will");
         self.route_publish(message);
@@ -352,6 +365,7 @@ impl Shard {
                     topic: MqttStr::from(message.topic.as_str()),
                     payload: Bytes::copy_from_slice(&message.payload),
                     received_at: None,
+                    origin_packet_id: 0,
                     ..(*message).clone()
                 }))
             };

@@ -84,6 +84,7 @@ impl Shard {
             publisher: MqttStr::default(),
             expires_at: None,
             received_at: None,
+            origin_packet_id: 0,
         });
         for (&packet_id, inflight) in &recovered.inflight {
             let entry = match inflight {
@@ -212,6 +213,7 @@ impl Shard {
                     });
             }
         }
+        self.journal_origins();
         // Every retained message (`#` matches all but `$` topics, which are the broker's).
         let mut owned: Vec<Arc<Message>> = Vec::new();
         self.retained
@@ -255,6 +257,7 @@ fn message_from(record: &MessageRecord, now: Instant, unix_ms: u64) -> Arc<Messa
             .expires_at_ms
             .map(|at| now + Duration::from_millis(at.saturating_sub(unix_ms))),
         received_at: None,
+        origin_packet_id: 0,
     })
 }
 

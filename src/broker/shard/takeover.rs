@@ -458,14 +458,13 @@ impl Shard {
     /// Delivers what a stub forwarded while the session was on its way here.
     fn replay_forwards(&mut self, slot: SessionId, forwards: Vec<Forwarded>) {
         for f in forwards {
-            self.deliver_tagged(
+            self.deliver_forwarded(
                 slot,
                 &f.message,
                 f.qos,
                 f.retain,
                 &f.subscription_ids,
                 f.group.as_ref(),
-                self.now,
             );
         }
     }
@@ -534,14 +533,13 @@ impl Shard {
     ) {
         match self.by_client_id.get(&client_id) {
             Some(&slot) if self.sessions.get(slot).is_some_and(|e| e.token == token) => self
-                .deliver_tagged(
+                .deliver_forwarded(
                     slot,
                     &message,
                     qos,
                     retain,
                     &subscription_ids,
                     group.as_ref(),
-                    self.now,
                 ),
             _ => {
                 if let Some(claim) = self.pending_claims.get_mut(&token) {

@@ -79,12 +79,17 @@ fn message(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
         publisher: MqttStr::from("pub"),
         expires_at,
         received_at: None,
+        origin_packet_id: 0,
     })
 }
 
 /// Every journal record with the store record it stands for (at `UNIX_MS`).
 fn pairs(will: &LastWill) -> Vec<(JournalRecord<'_>, StoreRecord)> {
     let id = || "client-1".to_owned();
+    let origin_clients: &'static [MqttStr] = Box::leak(Box::new([
+        MqttStr::from("client-1"),
+        MqttStr::from("client-2"),
+    ]));
     let options = SubscriptionOptions {
         qos: QoS::ExactlyOnce,
         no_local: true,
@@ -168,6 +173,30 @@ fn pairs(will: &LastWill) -> Vec<(JournalRecord<'_>, StoreRecord)> {
             StoreRecord::WillCleared {
                 client_id: id(),
                 generation: g,
+            },
+        ),
+        (
+            JournalRecord::OriginReceived {
+                publisher: "pub-1",
+                packet_id: 7,
+                digest: 0xdead_beef,
+                clients: origin_clients,
+            },
+            StoreRecord::OriginReceived {
+                publisher: "pub-1".into(),
+                packet_id: 7,
+                digest: 0xdead_beef,
+                clients: vec![id(), "client-2".into()],
+            },
+        ),
+        (
+            JournalRecord::OriginCleared {
+                publisher: "pub-1",
+                packet_id: 7,
+            },
+            StoreRecord::OriginCleared {
+                publisher: "pub-1".into(),
+                packet_id: 7,
             },
         ),
         (
@@ -351,7 +380,7 @@ fn every_record_encodes_as_its_store_record() {
     let pairs = pairs(&will);
     // Every JournalRecord variant is covered.
     let kinds: std::collections::BTreeSet<_> = pairs.iter().map(|(r, _)| r.kind()).collect();
-    assert_eq!(kinds.len(), 18);
+    assert_eq!(kinds.len(), 20);
     for (record, expected) in &pairs {
         let mut journal = journal(&clock);
         assert_eq!(journal.append(record), Durability::At(1));
