@@ -102,7 +102,7 @@ impl Shard {
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Default::default(),
             publisher: MqttStr::default(),
             expires_at: None,
             received_at: None,
@@ -312,7 +312,7 @@ impl Converter {
             payload: record.payload,
             qos: record.qos,
             retain: record.retain,
-            properties: properties_from(&record.properties, PropertyContext::Publish),
+            properties: properties_from(&record.properties, PropertyContext::Publish).into(),
             publisher: same_or_new(&mut self.publisher, record.publisher),
             expires_at: record
                 .expires_at_ms
