@@ -317,6 +317,9 @@ fn load_parallel(
                             read_time += reading.elapsed();
                             bytes
                         })?;
+                        // Complete: no record will look a body up by id any more. Dropped
+                        // here, on the shard's loading thread, not in the merge.
+                        replayer.forget_message_ids();
                         tracing::info!(
                             files = files.len(),
                             read_ms = read_time.as_millis() as u64,
