@@ -344,7 +344,8 @@ pub(super) async fn run_shard(
             install_ms,
             install_cpu_ms = install_cpu.as_millis() as u64,
             image_ms = (install_started.elapsed().as_millis() as u64).saturating_sub(install_ms),
-            image_cpu_ms = (super::store_start::thread_cpu() - cpu - install_cpu).as_millis() as u64,
+            image_cpu_ms =
+                (super::store_start::thread_cpu() - cpu - install_cpu).as_millis() as u64,
             "recovered state installed and its first image encoded"
         );
         // Peers learn this shard's recovered subscriptions (broadcast by the install, before

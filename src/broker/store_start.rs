@@ -205,7 +205,10 @@ pub(super) fn open(
 /// cost fresh pages and a copy); read into a buffer when it cannot be mapped (an empty
 /// file). The directory is locked, so nothing else writes the file while it is mapped.
 enum FileBytes {
-    Mapped { address: *mut libc::c_void, len: usize },
+    Mapped {
+        address: *mut libc::c_void,
+        len: usize,
+    },
     Read(Vec<u8>),
 }
 

@@ -37,7 +37,8 @@ pub struct Message {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MessageProperties(Option<Box<Properties>>);
 
-static NO_PROPERTIES: std::sync::LazyLock<Properties> = std::sync::LazyLock::new(Properties::default);
+static NO_PROPERTIES: std::sync::LazyLock<Properties> =
+    std::sync::LazyLock::new(Properties::default);
 
 impl MessageProperties {
     /// The properties, owned.

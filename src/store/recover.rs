@@ -627,23 +627,28 @@ impl Replayer {
     pub fn finish(self) -> RecoveredState {
         let mut stats = self.stats;
         drop(self.messages);
-        let sessions = sorted_map(self.sessions.into_iter().filter_map(
-            |(client_id, slot)| match slot {
-                SessionSlot::Live(session) => Some((client_id, *session)),
-                SessionSlot::Ended(_) => None,
-            },
-        ));
+        let sessions =
+            sorted_map(
+                self.sessions
+                    .into_iter()
+                    .filter_map(|(client_id, slot)| match slot {
+                        SessionSlot::Live(session) => Some((client_id, *session)),
+                        SessionSlot::Ended(_) => None,
+                    }),
+            );
         stats.sessions_without_start = sessions.values().filter(|s| !s.started).count() as u64;
         RecoveredState {
             sessions,
             retained: {
                 let mut retained = HashMap::with_capacity(self.retained.len());
-                retained.extend(self.retained.into_iter().filter_map(|(topic, slot)| {
-                    match slot {
-                        RetainedSlot::Set(retained) => Some((topic, retained)),
-                        RetainedSlot::Cleared(_) => None,
-                    }
-                }));
+                retained.extend(
+                    self.retained
+                        .into_iter()
+                        .filter_map(|(topic, slot)| match slot {
+                            RetainedSlot::Set(retained) => Some((topic, retained)),
+                            RetainedSlot::Cleared(_) => None,
+                        }),
+                );
                 retained
             },
             max_generation: self.max_generation,
