@@ -16,12 +16,18 @@ pub fn stable_hash(bytes: &[u8]) -> u64 {
 /// The home shard of `client_id` among `shards` (the shard whose registry arbitrates the id's
 /// ownership): `hash(id) % shards`. `shards` of 0 is taken as 1.
 pub fn home_shard(client_id: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
     (stable_hash(client_id.as_bytes()) % shards.max(1) as u64) as usize
 }
 
 /// The shard that serialises retained updates of `topic` among `shards`. `shards` of 0 is
 /// taken as 1.
 pub fn topic_owner(topic: &str, shards: usize) -> usize {
+    if shards <= 1 {
+        return 0;
+    }
     (stable_hash(topic.as_bytes()).rotate_left(17) % shards.max(1) as u64) as usize
 }
 

@@ -327,14 +327,28 @@ pub(super) async fn run_shard(
             Box::new(SystemClock),
         );
         journal.carry_into_next_image(store.carry);
+        journal.reserve(store.image_bytes);
         shard.set_journal(Box::new(journal));
         let now = Instant::now();
         let unix_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let install_started = Instant::now();
+        let cpu = super::store_start::thread_cpu();
         shard.install_recovered(store.sessions, store.retained, now, unix_ms);
+        let install_ms = install_started.elapsed().as_millis() as u64;
+        let install_cpu = super::store_start::thread_cpu() - cpu;
         shard.install_origins(store.origins);
         shard.journal_image(now);
+        tracing::info!(
+            shard = id,
+            install_ms,
+            install_cpu_ms = install_cpu.as_millis() as u64,
+            image_ms = (install_started.elapsed().as_millis() as u64).saturating_sub(install_ms),
+            image_cpu_ms =
+                (super::store_start::thread_cpu() - cpu - install_cpu).as_millis() as u64,
+            "recovered state installed and its first image encoded"
+        );
         // Peers learn this shard's recovered subscriptions (broadcast by the install, before
         // this on the ordered mesh); clients are accepted once every shard has announced.
         shard.announce_recovered();

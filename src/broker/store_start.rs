@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crate::config::{Config, SyncMode};
 use crate::store::dir::{self, DirLock};
 use crate::store::journal::Carry;
-use crate::store::load::{load_into, FileReport, LoadError};
+use crate::store::load::{load_into, FileReport, FileUse, LoadError};
 use crate::store::recover::{RecoveredRetained, RecoveredSession, Replayer};
 use crate::store::segment::SegmentName;
 
@@ -95,6 +95,8 @@ pub(super) struct ShardStore {
     pub(super) origins: Vec<crate::store::recover::RecoveredOrigin>,
     /// Its files from before this boot, removed once its first image is durable.
     pub(super) old_files: Vec<SegmentName>,
+    /// About how large its first image is (bytes).
+    pub(super) image_bytes: usize,
 }
 
 /// Opens and loads `config.data_dir` for `shards` shards; `None` without one. Sets
@@ -109,10 +111,12 @@ pub(super) fn open(
         return Ok(None);
     };
     let started = Instant::now();
+    let cpu = thread_cpu();
     let lock = dir::open(&path)?;
     remove_temporaries(&path);
     let names = dir::list_segments(&path)?;
     let (mut state, files) = load_parallel(&path, &names)?;
+    let loaded_ms = started.elapsed().as_millis() as u64;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| elapsed.as_millis() as u64);
@@ -142,7 +146,15 @@ pub(super) fn open(
     let pending = state.pending_messages();
     let retained_count = state.retained.len();
     let stats = state.stats;
+    let split_started = Instant::now();
     let parts = crate::store::split::split(state, shards);
+    let split_ms = split_started.elapsed().as_millis() as u64;
+    let replayed_bytes: u64 = files
+        .iter()
+        .filter(|file| file.used == FileUse::Replayed)
+        .filter_map(|file| file.bytes)
+        .sum();
+    let image_bytes = (replayed_bytes / shards as u64) as usize;
     for (part, old_files) in parts.into_iter().zip(old_files) {
         stores.push(ShardStore {
             shared: Arc::clone(&shared),
@@ -152,6 +164,7 @@ pub(super) fn open(
             carry: part.carry,
             origins: part.origins,
             old_files,
+            image_bytes,
         });
     }
     let corrupt = files.iter().map(|f| f.scan.corrupt.len()).sum::<usize>();
@@ -172,7 +185,10 @@ pub(super) fn open(
         missing_messages = stats.missing_messages,
         cut_images = stats.cut_images,
         epoch = global.epoch.load(Ordering::Relaxed),
+        load_ms = loaded_ms,
+        split_ms,
         ms = started.elapsed().as_millis() as u64,
+        main_cpu_ms = (thread_cpu() - cpu).as_millis() as u64,
         "data directory loaded: {sessions_count} sessions, {pending} queued messages, \
          {retained_count} retained messages recovered"
     );
@@ -186,6 +202,82 @@ pub(super) fn open(
         );
     }
     Ok(Some(stores))
+}
+
+/// A segment file's bytes: mapped (read-only, private) rather than copied into a buffer of
+/// the file's size (a large directory's logs are hundreds of MB: reading them into the heap
+/// cost fresh pages and a copy); read into a buffer when it cannot be mapped (an empty
+/// file). The directory is locked, so nothing else writes the file while it is mapped.
+enum FileBytes {
+    Mapped {
+        address: *mut libc::c_void,
+        len: usize,
+    },
+    Read(Vec<u8>),
+}
+
+// SAFETY: the mapping is private to the value and read-only; it is unmapped on drop.
+unsafe impl Send for FileBytes {}
+
+impl FileBytes {
+    fn read(path: &Path) -> std::io::Result<FileBytes> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len() as usize;
+        if len == 0 {
+            return Ok(FileBytes::Read(Vec::new()));
+        }
+        // SAFETY: a fresh read-only private mapping of an open file; no memory is aliased.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return std::fs::read(path).map(FileBytes::Read);
+        }
+        Ok(FileBytes::Mapped { address, len })
+    }
+}
+
+impl AsRef<[u8]> for FileBytes {
+    fn as_ref(&self) -> &[u8] {
+        match self {
+            // SAFETY: the mapping is `len` readable bytes, alive as long as `self`.
+            FileBytes::Mapped { address, len } => unsafe {
+                std::slice::from_raw_parts(address.cast::<u8>(), *len)
+            },
+            FileBytes::Read(bytes) => bytes,
+        }
+    }
+}
+
+impl Drop for FileBytes {
+    fn drop(&mut self) {
+        if let FileBytes::Mapped { address, len } = *self {
+            // SAFETY: a mapping this value made and nothing borrows any more.
+            unsafe { libc::munmap(address, len) };
+        }
+    }
+}
+
+/// CPU time of the calling thread (for the start-up timings, which wall time alone does not
+/// tell apart from a busy machine).
+pub(super) fn thread_cpu() -> Duration {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `time` is a valid timespec to write.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut time) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(time.tv_sec as u64, time.tv_nsec as u32)
 }
 
 /// Removes snapshots left half-written by a crash (never read back).
@@ -222,10 +314,26 @@ fn load_parallel(
                 std::thread::Builder::new()
                     .name("store-load".into())
                     .spawn_scoped(scope, move || {
+                        let started = Instant::now();
+                        let cpu = thread_cpu();
+                        let mut read_time = Duration::ZERO;
                         let mut replayer = Replayer::new();
                         let files = load_into(&mut replayer, names, |name| {
-                            std::fs::read(dir.join(name.file_name()))
+                            let reading = Instant::now();
+                            let bytes = FileBytes::read(&dir.join(name.file_name()));
+                            read_time += reading.elapsed();
+                            bytes
                         })?;
+                        // Complete: no record will look a body up by id any more. Dropped
+                        // here, on the shard's loading thread, not in the merge.
+                        replayer.forget_message_ids();
+                        tracing::info!(
+                            files = files.len(),
+                            read_ms = read_time.as_millis() as u64,
+                            ms = started.elapsed().as_millis() as u64,
+                            cpu_ms = (thread_cpu() - cpu).as_millis() as u64,
+                            "a shard's files read and replayed"
+                        );
                         Ok::<_, LoadError>((replayer, files))
                     })
             })
@@ -238,6 +346,7 @@ fn load_parallel(
             })
             .collect::<Vec<_>>()
     });
+    let merging = Instant::now();
     let mut replayer = Replayer::new();
     let mut files = Vec::new();
     for result in results {
@@ -251,5 +360,12 @@ fn load_parallel(
         replayer.merge(shard_replayer);
         files.extend(shard_files);
     }
-    Ok((replayer.finish(), files))
+    let merge_ms = merging.elapsed().as_millis() as u64;
+    let state = replayer.finish();
+    tracing::info!(
+        merge_ms,
+        finish_ms = (merging.elapsed().as_millis() as u64).saturating_sub(merge_ms),
+        "replays merged"
+    );
+    Ok((state, files))
 }

@@ -12,7 +12,7 @@ mod lifecycle;
 mod message;
 
 pub use lifecycle::WillTiming;
-pub use message::{EncodeCache, Message};
+pub use message::{EncodeCache, Message, MessageProperties};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;

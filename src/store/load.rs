@@ -140,10 +140,10 @@ pub fn load(
 /// [`load`] into a replayer the caller finishes: a shard can load its own files into its own
 /// replayer (in parallel with the others), and the replayers be merged
 /// ([`Replayer::merge`]).
-pub fn load_into(
+pub fn load_into<B: AsRef<[u8]>>(
     replayer: &mut Replayer,
     names: impl IntoIterator<Item = SegmentName>,
-    mut read: impl FnMut(&SegmentName) -> io::Result<Vec<u8>>,
+    mut read: impl FnMut(&SegmentName) -> io::Result<B>,
 ) -> Result<Vec<FileReport>, LoadError> {
     let mut files = Vec::new();
     for (shard, shard_files) in plan(names) {
@@ -151,23 +151,34 @@ pub fn load_into(
         for name in &shard_files.snapshots {
             let mut report = FileReport::new(*name, FileUse::SupersededSnapshot);
             if through.is_none() {
-                let bytes = read(name).map_err(|source| LoadError::Read {
+                let file = read(name).map_err(|source| LoadError::Read {
                     name: *name,
                     source,
                 })?;
+                let bytes = file.as_ref();
                 report.bytes = Some(bytes.len() as u64);
-                match open_checked(name, &bytes)? {
+                match open_checked(name, bytes)? {
                     Err(used) => report.used = used,
                     Ok((header, mut scanner)) => {
                         report.shard_count = Some(header.shard_count);
-                        // Applied only once the whole snapshot checks out.
-                        let records: Vec<StoreRecord> =
-                            scanner.by_ref().map(|(_, record)| record).collect();
-                        let scan = scanner.into_stats();
-                        if snapshot_is_complete(name, &scan, records.last()) {
-                            for record in records {
-                                replayer.apply(shard, record);
+                        // Replayed on its own as it is scanned (not collected first: a
+                        // snapshot is the shard's whole state), and merged in only once the
+                        // whole snapshot checks out. It is the first file of its shard, so a
+                        // merge is what replaying it in place would give (see
+                        // `Replayer::merge`); into an empty replay, it is a move.
+                        let mut image = Replayer::new();
+                        let mut last: Option<StoreRecord> = None;
+                        for (_, record) in scanner.by_ref() {
+                            if let Some(previous) = last.replace(record) {
+                                image.apply(shard, previous);
                             }
+                        }
+                        let scan = scanner.into_stats();
+                        if snapshot_is_complete(name, &scan, last.as_ref()) {
+                            if let Some(last) = last {
+                                image.apply(shard, last);
+                            }
+                            replayer.merge(image);
                             report.used = FileUse::Replayed;
                             through = Some(name.sequence);
                         } else {
@@ -185,12 +196,13 @@ pub fn load_into(
                 files.push(report);
                 continue;
             }
-            let bytes = read(name).map_err(|source| LoadError::Read {
+            let file = read(name).map_err(|source| LoadError::Read {
                 name: *name,
                 source,
             })?;
+            let bytes = file.as_ref();
             report.bytes = Some(bytes.len() as u64);
-            match open_checked(name, &bytes)? {
+            match open_checked(name, bytes)? {
                 Err(used) => report.used = used,
                 Ok((header, mut scanner)) => {
                     report.shard_count = Some(header.shard_count);

@@ -157,8 +157,8 @@ pub struct ReplayStats {
 pub struct RecoveredState {
     /// Live sessions by client id.
     pub sessions: BTreeMap<String, RecoveredSession>,
-    /// Retained messages by topic.
-    pub retained: BTreeMap<String, RecoveredRetained>,
+    /// Retained messages by topic (not sorted: a million of them took a second to sort).
+    pub retained: HashMap<String, RecoveredRetained>,
     /// QoS 2 publishes delivered to durable sessions whose publisher's shard had not yet
     /// recorded the packet id: their resend must not reach those sessions again.
     pub origins: Vec<RecoveredOrigin>,
@@ -678,10 +678,7 @@ impl Replayer {
     /// replayer): so that shards can replay their own files in parallel and the results be
     /// merged. Per client id (and topic) the newest generation (version) wins, an end (a
     /// clear) winning a tie, as in a single replay.
-    pub fn merge(&mut self, other: Replayer) {
-        self.messages.extend(other.messages);
-        self.origins.extend(other.origins);
-        self.max_generation = self.max_generation.max(other.max_generation);
+    pub fn merge(&mut self, mut other: Replayer) {
         let stats = other.stats;
         self.stats.applied += stats.applied;
         self.stats.stale += stats.stale;
@@ -690,6 +687,18 @@ impl Replayer {
         self.stats.checkpoints += stats.checkpoints;
         self.stats.superseded_sessions += stats.superseded_sessions;
         self.stats.cut_images += stats.cut_images;
+        self.max_generation = self.max_generation.max(other.max_generation);
+        self.origins.append(&mut other.origins);
+        if self.sessions.is_empty() && self.retained.is_empty() && self.messages.is_empty() {
+            // Nothing to fold into: take the other's maps as they are.
+            self.sessions = std::mem::take(&mut other.sessions);
+            self.retained = std::mem::take(&mut other.retained);
+            self.messages = std::mem::take(&mut other.messages);
+            return;
+        }
+        self.messages.extend(other.messages);
+        self.sessions.reserve(other.sessions.len());
+        self.retained.reserve(other.retained.len());
         for (client_id, theirs) in other.sessions {
             let Some(mine) = self.sessions.get_mut(&client_id) else {
                 self.sessions.insert(client_id, theirs);
@@ -729,26 +738,38 @@ impl Replayer {
         }
     }
 
+    /// Forgets the message bodies by id: records applied after this no longer find them
+    /// (bodies already referred to stay). Before merging replays that are complete, so that
+    /// the merge does not index bodies nothing will look up.
+    pub fn forget_message_ids(&mut self) {
+        self.messages = HashMap::default();
+    }
+
     /// The state replayed so far.
     pub fn finish(self) -> RecoveredState {
         let mut stats = self.stats;
-        let sessions: BTreeMap<_, _> = self
-            .sessions
-            .into_iter()
-            .filter_map(|(client_id, slot)| Some((client_id, slot.chosen(&mut stats)?)))
-            .collect();
+        drop(self.messages);
+        let sessions = sorted_map(
+            self.sessions
+                .into_iter()
+                .filter_map(|(client_id, slot)| Some((client_id, slot.chosen(&mut stats)?))),
+        );
         stats.sessions_without_start = sessions.values().filter(|s| !s.started).count() as u64;
         let origins = reconcile_origins(self.origins, &sessions);
         RecoveredState {
             sessions,
-            retained: self
-                .retained
-                .into_iter()
-                .filter_map(|(topic, slot)| match slot {
-                    RetainedSlot::Set(retained) => Some((topic, retained)),
-                    RetainedSlot::Cleared(_) => None,
-                })
-                .collect(),
+            retained: {
+                let mut retained = HashMap::with_capacity(self.retained.len());
+                retained.extend(
+                    self.retained
+                        .into_iter()
+                        .filter_map(|(topic, slot)| match slot {
+                            RetainedSlot::Set(retained) => Some((topic, retained)),
+                            RetainedSlot::Cleared(_) => None,
+                        }),
+                );
+                retained
+            },
             origins,
             max_generation: self.max_generation,
             stats,
@@ -787,6 +808,14 @@ fn reconcile_origins(
             },
         )
         .collect()
+}
+
+/// A map of unique keys, sorted without the stable sort `BTreeMap::from_iter` makes (which
+/// then finds them in order, in one pass).
+fn sorted_map<V>(entries: impl Iterator<Item = (String, V)>) -> BTreeMap<String, V> {
+    let mut entries: Vec<(String, V)> = entries.collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    entries.into_iter().collect()
 }
 
 /// Replays `records` (each with the shard whose files held it) into a state.

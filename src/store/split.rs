@@ -26,6 +26,10 @@ pub struct ShardPart {
 pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
     let shards = shards.max(1);
     let mut parts: Vec<ShardPart> = (0..shards).map(|_| ShardPart::default()).collect();
+    let share = state.retained.len() / shards;
+    for part in &mut parts {
+        part.retained.reserve(share + share / 8);
+    }
     for session in state.sessions.values() {
         let source = usize::from(session.source_shard);
         if source < shards && source != home_shard(&session.client_id, shards) {

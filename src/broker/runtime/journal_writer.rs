@@ -37,6 +37,10 @@ use crate::store::segment::{SegmentKind, SegmentName};
 const RETRY: Duration = Duration::from_millis(200);
 /// Tries of the last batch at shutdown before it is given up.
 const SHUTDOWN_TRIES: u32 = 10;
+/// The most bytes one write copies out of a batch and hands to the ring: a start-up image is
+/// hundreds of MB, and copying it whole (twice resident, the shard blocked meanwhile) delayed
+/// the first clients; the shard runs its other tasks between chunks.
+const WRITE_CHUNK: usize = 4 << 20;
 
 /// Why a write did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -227,7 +231,7 @@ impl JournalWriter {
         };
         let written = log
             .file
-            .write_at(bytes.to_vec(), log.len)
+            .write_at(bytes[..bytes.len().min(WRITE_CHUNK)].to_vec(), log.len)
             .await
             .map_err(io_error("writing", &log.path))?;
         if written == 0 {
@@ -272,7 +276,10 @@ impl JournalWriter {
         let mut done = 0;
         while done < bytes.len() {
             let written = file
-                .write_at(bytes[done..].to_vec(), done as u64)
+                .write_at(
+                    bytes[done..bytes.len().min(done + WRITE_CHUNK)].to_vec(),
+                    done as u64,
+                )
                 .await
                 .map_err(io_error("writing", &tmp))?;
             if written == 0 {

@@ -27,21 +27,26 @@ impl Shard {
     ) {
         self.set_now(now);
         let mut installed = 0usize;
+        let mut converter = Converter::new(now, unix_ms);
         // `journal_image` writes them all next.
         self.installing_recovered = true;
         for recovered in sessions {
-            if self.install_one(recovered, unix_ms).is_some() {
+            if self.install_one(recovered, &mut converter).is_some() {
                 installed += 1;
             }
         }
         self.installing_recovered = false;
         let mut kept = 0usize;
         for (topic, retained) in retained {
-            let message = message_from(&retained.message, now, unix_ms);
+            let message = converter.message(retained.message);
             if message.is_expired(now) {
                 continue;
             }
-            let topic = MqttStr::from(topic.as_str());
+            let topic = if message.topic == *topic {
+                message.topic.clone()
+            } else {
+                MqttStr::from(topic)
+            };
             self.apply_retained(&topic, Some(Arc::clone(&message)));
             self.broadcast(|| ShardMsg::RetainApply {
                 topic: topic.clone(),
@@ -57,20 +62,37 @@ impl Shard {
         );
     }
 
-    fn install_one(&mut self, recovered: RecoveredSession, unix_ms: u64) -> Option<SessionId> {
-        let now = self.now;
-        let protocol = match recovered.protocol {
+    fn install_one(
+        &mut self,
+        recovered: RecoveredSession,
+        converter: &mut Converter,
+    ) -> Option<SessionId> {
+        let unix_ms = converter.unix_ms;
+        let RecoveredSession {
+            client_id,
+            username,
+            protocol,
+            expiry_secs,
+            disconnected_at_ms,
+            will,
+            subscriptions,
+            queue,
+            inflight,
+            inbound_qos2,
+            ..
+        } = recovered;
+        let protocol = match protocol {
             3 => ProtocolVersion::V3_1,
             4 => ProtocolVersion::V3_1_1,
             _ => ProtocolVersion::V5,
         };
-        let client_id = MqttStr::from(recovered.client_id.as_str());
+        let client_id = MqttStr::from(client_id);
         let mut session = Session::new(client_id.clone(), protocol, false, self.limits);
-        session.username = recovered.username.as_deref().map(Box::from);
-        session.expiry = recovered.expiry_secs;
-        for (filter, subscription) in &recovered.subscriptions {
+        session.username = username.map(String::into_boxed_str);
+        session.expiry = expiry_secs;
+        for (filter, subscription) in subscriptions {
             session.subscriptions.insert(
-                MqttStr::from(filter.as_str()),
+                MqttStr::from(filter),
                 (subscription.options, subscription.subscription_id),
             );
         }
@@ -80,22 +102,22 @@ impl Shard {
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Default::default(),
             publisher: MqttStr::default(),
             expires_at: None,
             received_at: None,
             origin_packet_id: 0,
         });
-        for (&packet_id, inflight) in &recovered.inflight {
+        for (packet_id, inflight) in inflight {
             let entry = match inflight {
                 InFlightMessage::Published {
                     message, delivery, ..
                 } => Inflight {
                     packet_id,
-                    message: message_from(message, now, unix_ms),
+                    message: converter.message(message),
                     qos: delivery.qos,
                     retain: delivery.retain,
-                    subscription_ids: delivery.subscription_ids.clone(),
+                    subscription_ids: delivery.subscription_ids,
                     group: None,
                     state: if delivery.qos == QoS::AtLeastOnce {
                         InflightState::AwaitPubAck
@@ -117,17 +139,17 @@ impl Shard {
             };
             session.restore_inflight(entry);
         }
-        for queued in &recovered.queue {
+        for queued in queue {
             session.restore_queued(Queued {
-                message: message_from(&queued.message, now, unix_ms),
+                message: converter.message(queued.message),
                 qos: queued.delivery.qos,
                 retain: queued.delivery.retain,
-                subscription_ids: queued.delivery.subscription_ids.clone(),
+                subscription_ids: queued.delivery.subscription_ids,
                 group: None,
                 store_id: 0,
             });
         }
-        for &packet_id in &recovered.inbound_qos2 {
+        for packet_id in inbound_qos2 {
             session.restore_incoming_qos2(packet_id);
         }
         let username = session.username.as_deref().map(MqttStr::from);
@@ -147,16 +169,17 @@ impl Shard {
             },
         );
         let now_ms = self.clock_ms();
-        let will = recovered.will.as_ref().map(will_from);
+        let will_record = will;
+        let will = will_record.as_ref().map(will_from);
         let Some(entry) = self.sessions.get_mut(slot) else {
             return Some(slot);
         };
         entry.since_ms = now_ms;
-        if let (Some(will), Some(record)) = (will, recovered.will.as_ref()) {
+        if let (Some(will), Some(record)) = (will, will_record.as_ref()) {
             // Connected at the crash: the connection ended abnormally now, the will delay
             // counts from here. Disconnected with a delayed will: what is left of the delay.
             let delay_ms = 1000 * u64::from(record.delay_secs);
-            let left_ms = match recovered.disconnected_at_ms {
+            let left_ms = match disconnected_at_ms {
                 None => delay_ms,
                 Some(at) => (at + delay_ms).saturating_sub(unix_ms),
             };
@@ -169,7 +192,7 @@ impl Shard {
                     token,
                 });
         }
-        if let Some(expiry) = recovered.expiry_secs {
+        if let Some(expiry) = expiry_secs {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel
                 .entry(deadline)
@@ -244,21 +267,70 @@ impl Shard {
     }
 }
 
-/// A stored message as the broker routes it; deadlines go from wall clock to `Instant`.
-fn message_from(record: &MessageRecord, now: Instant, unix_ms: u64) -> Arc<Message> {
-    Arc::new(Message {
-        topic: MqttStr::from(record.topic.as_str()),
-        payload: record.payload.clone(),
-        qos: record.qos,
-        retain: record.retain,
-        properties: properties_from(&record.properties, PropertyContext::Publish),
-        publisher: MqttStr::from(record.publisher.as_str()),
-        expires_at: record
-            .expires_at_ms
-            .map(|at| now + Duration::from_millis(at.saturating_sub(unix_ms))),
-        received_at: None,
-        origin_packet_id: 0,
-    })
+/// Turns stored messages into messages as the broker routes them (deadlines go from wall
+/// clock to `Instant`), without copying what it can move: a body only one entry refers to is
+/// taken apart, its text moved; a body several entries share (a message queued for several
+/// sessions) becomes one message they share, as it was before the restart. The text of
+/// consecutive messages with the same topic or publisher (a session's queue, often) is shared.
+struct Converter {
+    now: Instant,
+    unix_ms: u64,
+    /// Bodies several entries refer to, by address (the `Arc` kept keeps the address).
+    shared: HashMap<*const MessageRecord, (Arc<MessageRecord>, Arc<Message>)>,
+    topic: MqttStr,
+    publisher: MqttStr,
+}
+
+impl Converter {
+    fn new(now: Instant, unix_ms: u64) -> Converter {
+        Converter {
+            now,
+            unix_ms,
+            shared: HashMap::new(),
+            topic: MqttStr::default(),
+            publisher: MqttStr::default(),
+        }
+    }
+
+    fn message(&mut self, record: Arc<MessageRecord>) -> Arc<Message> {
+        if Arc::strong_count(&record) > 1 {
+            let key = Arc::as_ptr(&record);
+            if let Some((_, message)) = self.shared.get(&key) {
+                return Arc::clone(message);
+            }
+            let message = Arc::new(self.convert(MessageRecord::clone(&record)));
+            self.shared.insert(key, (record, Arc::clone(&message)));
+            return message;
+        }
+        match Arc::try_unwrap(record) {
+            Ok(record) => Arc::new(self.convert(record)),
+            Err(record) => Arc::new(self.convert(MessageRecord::clone(&record))),
+        }
+    }
+
+    fn convert(&mut self, record: MessageRecord) -> Message {
+        Message {
+            topic: same_or_new(&mut self.topic, record.topic),
+            payload: record.payload,
+            qos: record.qos,
+            retain: record.retain,
+            properties: properties_from(&record.properties, PropertyContext::Publish).into(),
+            publisher: same_or_new(&mut self.publisher, record.publisher),
+            expires_at: record
+                .expires_at_ms
+                .map(|at| self.now + Duration::from_millis(at.saturating_sub(self.unix_ms))),
+            received_at: None,
+            origin_packet_id: 0,
+        }
+    }
+}
+
+/// `last` when it holds `text`, else `text` (which becomes `last`).
+fn same_or_new(last: &mut MqttStr, text: String) -> MqttStr {
+    if *last.as_str() != *text {
+        *last = MqttStr::from(text);
+    }
+    last.clone()
 }
 
 fn will_from(record: &WillRecord) -> LastWill {

@@ -75,7 +75,8 @@ fn message(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
             payload_format_indicator: Some(1),
             user_properties: vec![(MqttStr::from("k"), MqttStr::from("v"))],
             ..Properties::default()
-        },
+        }
+        .into(),
         publisher: MqttStr::from("pub"),
         expires_at,
         received_at: None,
@@ -447,7 +448,7 @@ fn message_bodies_encode_as_message_records_once_per_fan_out() {
     // The stored properties decode back to the message's.
     assert_eq!(
         decode_properties(&properties, PropertyContext::Publish).unwrap(),
-        first.properties
+        *first.properties
     );
     assert_eq!(
         decode_properties(&[], PropertyContext::Publish).unwrap(),
