@@ -54,6 +54,9 @@
 #                     --quick: 10)
 #   --repeat N        runs per mode and pair count of the harness-persistent part (default 3;
 #                     --quick: 1); the report gives each run and the median
+#   --quiet-wait S    before each harness-persistent run, wait up to S seconds (default 0) for
+#                     the other processes on the machine to use under 20% of a CPU over 1 s;
+#                     either way each run records the CPU the other processes used during it
 #   --messages N      messages per pair of the persistent runs (default 20000)
 #   --disk-messages N messages of the disk runs (default 100000)
 #   --payload N       payload bytes of the persistent, disk and crash runs (default 64)
@@ -85,10 +88,10 @@ ROOT=$(pwd)
 PARTS="throughput,harness-persistent,persistent,disk,recovery,crash"
 BROKERS="shardmq,mosquitto"
 QUICK=0 DURATION="" MESSAGES="" DISK_MESSAGES="" PAYLOAD=64 SESSIONS="" QUEUED=10 RETAINED=""
-ROUNDS="" PAIRS="" REPEAT="" SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
+ROUNDS="" PAIRS="" REPEAT="" QUIET_WAIT=0 SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
 DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results" STEM_NAME=""
 
-usage() { sed -n '2,81p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,84p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --parts) PARTS="$2"; shift ;;
@@ -97,6 +100,7 @@ while [ $# -gt 0 ]; do
         --duration) DURATION="$2"; shift ;;
         --pairs) PAIRS="$2"; shift ;;
         --repeat) REPEAT="$2"; shift ;;
+        --quiet-wait) QUIET_WAIT="$2"; shift ;;
         --messages) MESSAGES="$2"; shift ;;
         --disk-messages) DISK_MESSAGES="$2"; shift ;;
         --payload) PAYLOAD="$2"; shift ;;
@@ -781,6 +785,27 @@ RSEOF
 }
 
 du_bytes() { du -sb "$1" 2>/dev/null | awk '{print $1}'; }
+# CPU time in clock ticks: of the whole machine (busy: all but idle, iowait and steal; steal:
+# taken by the hypervisor), of a process
+# (utime + stime), of this shell's reaped children (cutime + cstime: the harness once it ran).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# Waits up to $1 seconds until the other processes use under 20% of a CPU over one second
+# (the broker $2 idles meanwhile); prints the seconds waited.
+wait_quiet() {
+    local limit=$1 pid=$2 waited=0 tck b0 p0 b1 p1
+    tck=$(getconf CLK_TCK)
+    while [ "$waited" -lt "$limit" ]; do
+        b0=$(busy_ticks) p0=$(proc_ticks "$pid")
+        sleep 1
+        b1=$(busy_ticks) p1=$(proc_ticks "$pid")
+        [ $(((b1 - b0) - (p1 - p0))) -lt $((tck / 5)) ] && break
+        waited=$((waited + 1))
+    done
+    echo "$waited"
+}
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_s() { date +%s.%N; }
 
@@ -828,16 +853,25 @@ if part harness-persistent && [ "$HAVE_SHARDMQ" = 1 ]; then
                 log "harness-persistent $variant, $pairs pairs, run $run: ${cmd[*]}"
                 echo "=== $(date -u +%FT%TZ) harness-persistent $variant $pairs pairs run $run (load $(cut -d' ' -f1-3 /proc/loadavg)): ${PIN_CLIENT[*]} ${cmd[*]}" >>"$BLOG"
                 out="$WORK/hp-$variant-$pairs-$run"
+                waited=0
+                [ "$QUIET_WAIT" -gt 0 ] && waited=$(wait_quiet "$QUIET_WAIT" "$BROKER_PID")
+                t0=$(now_s) m0=$(busy_ticks) k0=$(proc_ticks "$BROKER_PID") h0=$(children_ticks) s0=$(steal_ticks)
                 if "${PIN_CLIENT[@]}" "${cmd[@]}" >"$out.json" 2>"$out.err"; then
                     :
                 else
                     log "harness run failed:"; tail -n 15 "$out.err" >&2 || true
                 fi
+                t1=$(now_s) m1=$(busy_ticks) k1=$(proc_ticks "$BROKER_PID") h1=$(children_ticks) s1=$(steal_ticks)
+                # Everything but the broker and the harness, in % of one CPU over the run.
+                others=$(echo "(($m1 - $m0) - ($k1 - $k0) - ($h1 - $h0)) / $(getconf CLK_TCK) / ($t1 - $t0) * 100" | bc -l)
+                others=$(printf %.0f "$others")
+                [ "$others" -lt 0 ] && others=0
+                steal=$(printf %.0f "$(echo "($s1 - $s0) / $(getconf CLK_TCK) / ($t1 - $t0) * 100" | bc -l)")
                 # The harness's table goes into the log next to the broker's output.
                 cat "$out.err" >>"$BLOG"
-                disk=$(du_bytes "$dir")
+                disk=$(du_bytes "$dir" || true) # none in memory
                 if [ -s "$out.json" ]; then
-                    record "{\"part\":\"harness-persistent\",\"variant\":\"$variant\",\"pairs\":$pairs,\"repeat\":$run,\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"dir_bytes\":${disk:-null},\"run\":$(tail -n 1 "$out.json")}"
+                    record "{\"part\":\"harness-persistent\",\"variant\":\"$variant\",\"pairs\":$pairs,\"repeat\":$run,\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"others_cpu_percent\":$others,\"steal_percent\":$steal,\"quiet_waited_s\":$waited,\"dir_bytes\":${disk:-null},\"run\":$(tail -n 1 "$out.json")}"
                 fi
                 stop_broker
                 rm -rf "$dir"
@@ -1053,14 +1087,16 @@ if rows:
                 f"{num(med([f['hcpu'] or 0 for f in fs]), '{:.0f}')} | "
                 f"{sum(f['lost'] or 0 for f in fs)} | {all(f['ok'] for f in fs)} |")
     lines += ["", "Every run:", "",
-              "| pairs | mode | run | load (1/5/15 min) | delivered msg/s | p50 / p99 ms | "
+              "| pairs | mode | run | load (1/5/15 min) | other processes' CPU % | steal % | delivered msg/s | p50 / p99 ms | "
               "broker CPU s/M | broker CPU % | harness CPU % (saturated) | ctx switches per msg | "
               "lost | sessions cleared | data dir after | ok |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         f = fig(r)
         lines.append(
             f"| {r['pairs']} | {r['variant']} | {r['repeat']} | {r.get('loadavg', '-')} | "
+            f"{r.get('others_cpu_percent', '-')} (waited {r.get('quiet_waited_s', 0)} s) | "
+            f"{r.get('steal_percent', '-')} | "
             f"{num(f['rate'])} | {f['p50']:.2f} / {f['p99']:.2f} | {num(f['cpu_m'], '{:.2f}')} | "
             f"{num(f['bcpu'], '{:.0f}')} | {num(f['hcpu'], '{:.0f}')} ({f['sat']}) | "
             f"{num(f['ctx'], '{:.2f}')} | {f['lost']} | {f['cleared']} / {f['attempted']} | "
@@ -1069,7 +1105,11 @@ if rows:
               "unique to the run; every QoS 1 message to a subscriber is a durable delivery "
               "(enqueued, in flight, acknowledged records) and the publisher's PUBACK waits for "
               "them. At the end the harness connects every client id again with a clean session "
-              "to discard the sessions. 64 in flight per publisher, one harness thread.", ""]
+              "to discard the sessions. 64 in flight per publisher, one harness thread. "
+              "Other processes' CPU: the machine's busy time during the run minus the broker's "
+              "and the harness's, in % of one CPU (of 2): what other work on the machine took "
+              "while the broker and the harness ran. Steal: time the hypervisor gave another guest, "
+              "in % of one CPU.", ""]
 
 rows = by("persistent")
 if rows:
