@@ -68,6 +68,9 @@
 #   --sync-interval-ms N  --sync-interval-ms of the interval runs (default: the broker's)
 #   --shards N        shardmq shards (default 1)
 #   --port N          TCP port for the brokers (default 27960)
+#   --rt PRIO         run the broker and the harness under SCHED_FIFO priority PRIO (chrt -f;
+#                     root): on a machine shared with other (niced) work, their wake-ups are
+#                     then not delayed behind someone else's time slice (default: off)
 #   --broker-cpu N    CPU for the broker (default 0)
 #   --harness-cpu N   CPU for the harness and clients (default 1)
 #   --data-root DIR   where data directories go (default: the work directory under /tmp; put
@@ -89,9 +92,9 @@ PARTS="throughput,harness-persistent,persistent,disk,recovery,crash"
 BROKERS="shardmq,mosquitto"
 QUICK=0 DURATION="" MESSAGES="" DISK_MESSAGES="" PAYLOAD=64 SESSIONS="" QUEUED=10 RETAINED=""
 ROUNDS="" PAIRS="" REPEAT="" QUIET_WAIT=0 SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
-DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results" STEM_NAME=""
+RT_PRIO="" DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results" STEM_NAME=""
 
-usage() { sed -n '2,84p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,87p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --parts) PARTS="$2"; shift ;;
@@ -112,6 +115,7 @@ while [ $# -gt 0 ]; do
         --sync-interval-ms) SYNC_INTERVAL_MS="$2"; shift ;;
         --shards) SHARDS="$2"; shift ;;
         --port) PORT="$2"; shift ;;
+        --rt) RT_PRIO="$2"; shift ;;
         --broker-cpu) BROKER_CPU="$2"; shift ;;
         --harness-cpu) HARNESS_CPU="$2"; shift ;;
         --data-root) DATA_ROOT="$2"; shift ;;
@@ -213,6 +217,10 @@ PIN_CLIENT=(taskset -c "$HARNESS_CPU")
 if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
     log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
     PIN_BROKER=() PIN_CLIENT=()
+fi
+if [ -n "$RT_PRIO" ]; then
+    chrt -f "$RT_PRIO" true || { log "chrt -f $RT_PRIO failed (root needed)"; exit 1; }
+    PIN_BROKER=(chrt -f "$RT_PRIO" "${PIN_BROKER[@]}") PIN_CLIENT=(chrt -f "$RT_PRIO" "${PIN_CLIENT[@]}")
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
