@@ -82,8 +82,8 @@
 #                     <date>-durability-<host>)
 #
 # Writes <out-dir>/<stem>.md, the raw JSON lines next to it (<stem>.jsonl) and the brokers'
-# output with the exact harness commands (<stem>.log). A shardmq without --data-dir (the store not merged yet)
-# is reported as such and only Mosquitto's figures are produced.
+# output with the exact harness commands (<stem>.log). A shardmq without --data-dir (the store
+# not merged yet) is reported as such and only Mosquitto's figures are produced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -94,7 +94,7 @@ QUICK=0 DURATION="" MESSAGES="" DISK_MESSAGES="" PAYLOAD=64 SESSIONS="" QUEUED=1
 ROUNDS="" PAIRS="" REPEAT="" QUIET_WAIT=0 SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
 RT_PRIO="" DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results" STEM_NAME=""
 
-usage() { sed -n '2,87p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,86p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --parts) PARTS="$2"; shift ;;
