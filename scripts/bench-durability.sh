@@ -3,10 +3,16 @@
 #
 #   throughput  p2p QoS 1, 10 pairs, with bench-harness (clean sessions, as in every harness
 #               scenario): shardmq in memory vs --data-dir with --sync interval vs --sync always
-#   persistent  the same p2p QoS 1 with persistent sessions (clean session 0; the harness only
-#               speaks clean sessions): 10 mosquitto_sub -c / mosquitto_pub -l pairs, N messages
-#               each, wall time from the first publish to the last delivery; in memory,
-#               interval, always, and Mosquitto (persistence true) for reference
+#   harness-persistent
+#               p2p QoS 1 with persistent sessions through bench-harness (`p2p --persistent`:
+#               clean session 0 under run-unique client ids, cleared at the end), so every
+#               QoS 1 message to a subscriber is journaled and its PUBACK waits for the
+#               journal: in memory vs --sync interval vs --sync always, for each --pairs count,
+#               --repeat times (the modes interleaved), a fresh broker and directory per run
+#   persistent  the same p2p QoS 1 with persistent sessions through 10 mosquitto_sub -c /
+#               mosquitto_pub -l pairs, N messages each, wall time from the first publish to the
+#               last delivery (client-bound); in memory, interval, always, and Mosquitto
+#               (persistence true) for reference
 #   disk        disk bytes per queued message: 100 persistent subscribers offline, N messages
 #               published (QoS 1, acknowledged), `du` of the data directory before / after, / N;
 #               again after a restart (shardmq compacts into a snapshot at start); Mosquitto's
@@ -35,14 +41,22 @@
 #   scripts/bench-durability.sh --parts crash --brokers mosquitto
 #
 # Flags:
-#   --parts LIST      comma-separated subset of throughput,persistent,disk,recovery,crash
-#                     (default all)
+#   --parts LIST      comma-separated subset of throughput,harness-persistent,persistent,disk,
+#                     recovery,crash (default all)
 #   --brokers LIST    comma-separated subset of shardmq,mosquitto (default both; the parts
 #                     without Mosquitto ignore it)
-#   --quick           short runs and small sizes (throughput 3 s, persistent 5,000 messages per
+#   --quick           short runs and small sizes (throughput and harness-persistent 3 s, one run
+#                     of 10 pairs each, persistent 5,000 messages per
 #                     pair, disk 20,000 messages, recovery 10,000 sessions / 100,000 retained,
 #                     crash 3 rounds)
 #   --duration S      measured seconds of the harness runs (default 10)
+#   --pairs LIST      publisher/subscriber pairs of the harness-persistent runs (default 10,100;
+#                     --quick: 10)
+#   --repeat N        runs per mode and pair count of the harness-persistent part (default 3;
+#                     --quick: 1); the report gives each run and the median
+#   --quiet-wait S    before each harness-persistent run, wait up to S seconds (default 0) for
+#                     the other processes on the machine to use under 20% of a CPU over 1 s;
+#                     either way each run records the CPU the other processes used during it
 #   --messages N      messages per pair of the persistent runs (default 20000)
 #   --disk-messages N messages of the disk runs (default 100000)
 #   --payload N       payload bytes of the persistent, disk and crash runs (default 64)
@@ -54,6 +68,9 @@
 #   --sync-interval-ms N  --sync-interval-ms of the interval runs (default: the broker's)
 #   --shards N        shardmq shards (default 1)
 #   --port N          TCP port for the brokers (default 27960)
+#   --rt PRIO         run the broker and the harness under SCHED_FIFO priority PRIO (chrt -f;
+#                     root): on a machine shared with other (niced) work, their wake-ups are
+#                     then not delayed behind someone else's time slice (default: off)
 #   --broker-cpu N    CPU for the broker (default 0)
 #   --harness-cpu N   CPU for the harness and clients (default 1)
 #   --data-root DIR   where data directories go (default: the work directory under /tmp; put
@@ -61,27 +78,32 @@
 #   --no-build        use existing binaries (SHARDMQ_BIN, HARNESS_BIN or target/release/)
 #   --no-install      do not apt-get install mosquitto / mosquitto-clients when missing
 #   --out-dir DIR     where the report goes (default bench-harness/results)
+#   --stem NAME       file name of the report without extension (default
+#                     <date>-durability-<host>)
 #
-# Writes <out-dir>/<date>-durability-<host>.md and the raw JSON lines next to it
-# (<date>-durability-<host>.jsonl). A shardmq without --data-dir (the store not merged yet)
-# is reported as such and only Mosquitto's figures are produced.
+# Writes <out-dir>/<stem>.md, the raw JSON lines next to it (<stem>.jsonl) and the brokers'
+# output with the exact harness commands (<stem>.log). A shardmq without --data-dir (the store
+# not merged yet) is reported as such and only Mosquitto's figures are produced.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 
-PARTS="throughput,persistent,disk,recovery,crash"
+PARTS="throughput,harness-persistent,persistent,disk,recovery,crash"
 BROKERS="shardmq,mosquitto"
 QUICK=0 DURATION="" MESSAGES="" DISK_MESSAGES="" PAYLOAD=64 SESSIONS="" QUEUED=10 RETAINED=""
-ROUNDS="" SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
-DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results"
+ROUNDS="" PAIRS="" REPEAT="" QUIET_WAIT=0 SEED=11 SYNC_INTERVAL_MS="" SHARDS=1 PORT=27960 BROKER_CPU=0 HARNESS_CPU=1
+RT_PRIO="" DATA_ROOT="" BUILD=1 INSTALL=1 OUT_DIR="$ROOT/bench-harness/results" STEM_NAME=""
 
-usage() { sed -n '2,64p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,86p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --parts) PARTS="$2"; shift ;;
         --brokers) BROKERS="$2"; shift ;;
         --quick) QUICK=1 ;;
         --duration) DURATION="$2"; shift ;;
+        --pairs) PAIRS="$2"; shift ;;
+        --repeat) REPEAT="$2"; shift ;;
+        --quiet-wait) QUIET_WAIT="$2"; shift ;;
         --messages) MESSAGES="$2"; shift ;;
         --disk-messages) DISK_MESSAGES="$2"; shift ;;
         --payload) PAYLOAD="$2"; shift ;;
@@ -93,12 +115,14 @@ while [ $# -gt 0 ]; do
         --sync-interval-ms) SYNC_INTERVAL_MS="$2"; shift ;;
         --shards) SHARDS="$2"; shift ;;
         --port) PORT="$2"; shift ;;
+        --rt) RT_PRIO="$2"; shift ;;
         --broker-cpu) BROKER_CPU="$2"; shift ;;
         --harness-cpu) HARNESS_CPU="$2"; shift ;;
         --data-root) DATA_ROOT="$2"; shift ;;
         --no-build) BUILD=0 ;;
         --no-install) INSTALL=0 ;;
         --out-dir) OUT_DIR="$2"; shift ;;
+        --stem) STEM_NAME="$2"; shift ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -107,9 +131,11 @@ done
 if [ "$QUICK" = 1 ]; then
     DURATION="${DURATION:-3}" MESSAGES="${MESSAGES:-5000}" DISK_MESSAGES="${DISK_MESSAGES:-20000}"
     SESSIONS="${SESSIONS:-10000}" RETAINED="${RETAINED:-100000}" ROUNDS="${ROUNDS:-3}"
+    PAIRS="${PAIRS:-10}" REPEAT="${REPEAT:-1}"
 else
     DURATION="${DURATION:-10}" MESSAGES="${MESSAGES:-20000}" DISK_MESSAGES="${DISK_MESSAGES:-100000}"
     SESSIONS="${SESSIONS:-100000}" RETAINED="${RETAINED:-1000000}" ROUNDS="${ROUNDS:-5}"
+    PAIRS="${PAIRS:-10,100}" REPEAT="${REPEAT:-3}"
 fi
 
 log() { echo "[bench-durability] $*" >&2; }
@@ -192,6 +218,10 @@ if ! command -v taskset >/dev/null || [ "$(nproc)" -lt 2 ]; then
     log "WARNING: taskset missing or fewer than 2 CPUs: running unpinned"
     PIN_BROKER=() PIN_CLIENT=()
 fi
+if [ -n "$RT_PRIO" ]; then
+    chrt -f "$RT_PRIO" true || { log "chrt -f $RT_PRIO failed (root needed)"; exit 1; }
+    PIN_BROKER=(chrt -f "$RT_PRIO" "${PIN_BROKER[@]}") PIN_CLIENT=(chrt -f "$RT_PRIO" "${PIN_CLIENT[@]}")
+fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 listening() { # port
@@ -238,7 +268,7 @@ broker_cmd() {
 }
 
 BLOG="$WORK/broker.log"
-STEM="$OUT_DIR/$(date -u +%F)-durability-$(hostname -s 2>/dev/null || echo host)"
+STEM="$OUT_DIR/${STEM_NAME:-$(date -u +%F)-durability-$(hostname -s 2>/dev/null || echo host)}"
 start_broker() { # variant data-dir
     broker_cmd "$1" "$2"
     if listening "$PORT"; then
@@ -763,6 +793,27 @@ RSEOF
 }
 
 du_bytes() { du -sb "$1" 2>/dev/null | awk '{print $1}'; }
+# CPU time in clock ticks: of the whole machine (busy: all but idle, iowait and steal; steal:
+# taken by the hypervisor), of a process
+# (utime + stime), of this shell's reaped children (cutime + cstime: the harness once it ran).
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+steal_ticks() { awk '/^cpu / {print $9}' /proc/stat; }
+proc_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+children_ticks() { awk '{print $16 + $17}' "/proc/$$/stat"; }
+# Waits up to $1 seconds until the other processes use under 20% of a CPU over one second
+# (the broker $2 idles meanwhile); prints the seconds waited.
+wait_quiet() {
+    local limit=$1 pid=$2 waited=0 tck b0 p0 b1 p1
+    tck=$(getconf CLK_TCK)
+    while [ "$waited" -lt "$limit" ]; do
+        b0=$(busy_ticks) p0=$(proc_ticks "$pid")
+        sleep 1
+        b1=$(busy_ticks) p1=$(proc_ticks "$pid")
+        [ $(((b1 - b0) - (p1 - p0))) -lt $((tck / 5)) ] && break
+        waited=$((waited + 1))
+    done
+    echo "$waited"
+}
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 now_s() { date +%s.%N; }
 
@@ -787,6 +838,53 @@ if part throughput && [ "$HAVE_SHARDMQ" = 1 ]; then
         fi
         stop_broker
         rm -rf "$dir"
+    done
+fi
+
+# --- part: harness-persistent (bench-harness p2p --persistent) ------------------------------------------------
+if part harness-persistent && [ "$HAVE_SHARDMQ" = 1 ]; then
+    [ -x "$HARNESS" ] || { log "no harness at $HARNESS"; exit 1; }
+    modes=()
+    for variant in $(variants 1 0); do
+        case "$variant" in memory|interval|always) modes+=("$variant") ;; esac
+    done
+    for pairs in ${PAIRS//,/ }; do
+        for run in $(seq 1 "$REPEAT"); do
+            # The modes interleaved, so that a noisy minute on this machine hits all of them.
+            for variant in "${modes[@]}"; do
+                dir="$DATA_ROOT/bench-durability-hp-$variant"
+                rm -rf "$dir"
+                start_broker "$variant" "$dir" || continue
+                cmd=("$HARNESS" p2p --persistent --pubs "$pairs" --qos 1 --duration "$DURATION"
+                    --warmup 2 --drain 5 --port "$PORT" --threads 1 --broker-pid "$BROKER_PID"
+                    --label "shardmq-$variant")
+                log "harness-persistent $variant, $pairs pairs, run $run: ${cmd[*]}"
+                echo "=== $(date -u +%FT%TZ) harness-persistent $variant $pairs pairs run $run (load $(cut -d' ' -f1-3 /proc/loadavg)): ${PIN_CLIENT[*]} ${cmd[*]}" >>"$BLOG"
+                out="$WORK/hp-$variant-$pairs-$run"
+                waited=0
+                [ "$QUIET_WAIT" -gt 0 ] && waited=$(wait_quiet "$QUIET_WAIT" "$BROKER_PID")
+                t0=$(now_s) m0=$(busy_ticks) k0=$(proc_ticks "$BROKER_PID") h0=$(children_ticks) s0=$(steal_ticks)
+                if "${PIN_CLIENT[@]}" "${cmd[@]}" >"$out.json" 2>"$out.err"; then
+                    :
+                else
+                    log "harness run failed:"; tail -n 15 "$out.err" >&2 || true
+                fi
+                t1=$(now_s) m1=$(busy_ticks) k1=$(proc_ticks "$BROKER_PID") h1=$(children_ticks) s1=$(steal_ticks)
+                # Everything but the broker and the harness, in % of one CPU over the run.
+                others=$(echo "(($m1 - $m0) - ($k1 - $k0) - ($h1 - $h0)) / $(getconf CLK_TCK) / ($t1 - $t0) * 100" | bc -l)
+                others=$(printf %.0f "$others")
+                [ "$others" -lt 0 ] && others=0
+                steal=$(printf %.0f "$(echo "($s1 - $s0) / $(getconf CLK_TCK) / ($t1 - $t0) * 100" | bc -l)")
+                # The harness's table goes into the log next to the broker's output.
+                cat "$out.err" >>"$BLOG"
+                disk=$(du_bytes "$dir" || true) # none in memory
+                if [ -s "$out.json" ]; then
+                    record "{\"part\":\"harness-persistent\",\"variant\":\"$variant\",\"pairs\":$pairs,\"repeat\":$run,\"loadavg\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"others_cpu_percent\":$others,\"steal_percent\":$steal,\"quiet_waited_s\":$waited,\"dir_bytes\":${disk:-null},\"run\":$(tail -n 1 "$out.json")}"
+                fi
+                stop_broker
+                rm -rf "$dir"
+            done
+        done
     done
 fi
 
@@ -951,6 +1049,75 @@ if rows:
                      f"{num(cpu, '{:.2f}')} | {run['messages'].get('lost')} | {run.get('ok')} |")
     lines += ["", "Clean sessions: nothing of this traffic is durable, so this is the cost of having "
               "the store on, not of writing to it; the next table is the durable path.", ""]
+
+rows = by("harness-persistent")
+if rows:
+    import statistics
+    med = lambda xs: statistics.median(xs) if xs else None
+    def fig(r):
+        run = r["run"]
+        lat = run.get("latency_us") or {}
+        b = run.get("broker") or {}
+        h = run.get("harness") or {}
+        return {
+            "rate": run.get("delivered_per_s") or 0,
+            "p50": (lat.get("p50") or 0) / 1000, "p99": (lat.get("p99") or 0) / 1000,
+            "cpu_m": b.get("cpu_s_per_million_delivered"),
+            "bcpu": b.get("cpu_percent"), "hcpu": h.get("cpu_percent"),
+            "sat": h.get("saturated"), "lost": run["messages"].get("lost"),
+            "ok": run.get("ok"), "cleared": (run.get("connections") or {}).get("sessions_cleared"),
+            "attempted": (run.get("connections") or {}).get("attempted"),
+            "ctx": ((b.get("counters") or {}).get("ctx_switches_per_unit")),
+        }
+    pairs_list = sorted({r["pairs"] for r in rows})
+    modes = [m for m in ("memory", "interval", "always") if any(r["variant"] == m for r in rows)]
+    lines += ["## p2p QoS 1 with persistent sessions (bench-harness `p2p --persistent`)", "",
+              "Medians over the runs of each mode (every run is in the next table). Ratio: of the "
+              "in-memory median with the same pairs.", "",
+              "| pairs | mode | runs | delivered msg/s | vs memory | latency p50 / p99 ms | "
+              "broker CPU s per million | broker CPU % | harness CPU % | lost | ok |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for pairs in pairs_list:
+        base = None
+        for mode in modes:
+            fs = [fig(r) for r in rows if r["pairs"] == pairs and r["variant"] == mode]
+            if not fs:
+                continue
+            rate = med([f["rate"] for f in fs])
+            if mode == "memory":
+                base = rate
+            ratio = f"{rate / base:.2f}" if base else "-"
+            cpu = [f["cpu_m"] for f in fs if f["cpu_m"] is not None]
+            lines.append(
+                f"| {pairs} | {mode} | {len(fs)} | {num(rate)} | {ratio} | "
+                f"{med([f['p50'] for f in fs]):.2f} / {med([f['p99'] for f in fs]):.2f} | "
+                f"{num(med(cpu), '{:.2f}')} | {num(med([f['bcpu'] or 0 for f in fs]), '{:.0f}')} | "
+                f"{num(med([f['hcpu'] or 0 for f in fs]), '{:.0f}')} | "
+                f"{sum(f['lost'] or 0 for f in fs)} | {all(f['ok'] for f in fs)} |")
+    lines += ["", "Every run:", "",
+              "| pairs | mode | run | load (1/5/15 min) | other processes' CPU % | steal % | delivered msg/s | p50 / p99 ms | "
+              "broker CPU s/M | broker CPU % | harness CPU % (saturated) | ctx switches per msg | "
+              "lost | sessions cleared | data dir after | ok |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        f = fig(r)
+        lines.append(
+            f"| {r['pairs']} | {r['variant']} | {r['repeat']} | {r.get('loadavg', '-')} | "
+            f"{r.get('others_cpu_percent', '-')} (waited {r.get('quiet_waited_s', 0)} s) | "
+            f"{r.get('steal_percent', '-')} | "
+            f"{num(f['rate'])} | {f['p50']:.2f} / {f['p99']:.2f} | {num(f['cpu_m'], '{:.2f}')} | "
+            f"{num(f['bcpu'], '{:.0f}')} | {num(f['hcpu'], '{:.0f}')} ({f['sat']}) | "
+            f"{num(f['ctx'], '{:.2f}')} | {f['lost']} | {f['cleared']} / {f['attempted']} | "
+            f"{num(r.get('dir_bytes'))} B | {f['ok']} |")
+    lines += ["", "Publishers and subscribers connect with clean session 0 under client ids "
+              "unique to the run; every QoS 1 message to a subscriber is a durable delivery "
+              "(enqueued, in flight, acknowledged records) and the publisher's PUBACK waits for "
+              "them. At the end the harness connects every client id again with a clean session "
+              "to discard the sessions. 64 in flight per publisher, one harness thread. "
+              "Other processes' CPU: the machine's busy time during the run minus the broker's "
+              "and the harness's, in % of one CPU (of 2): what other work on the machine took "
+              "while the broker and the harness ran. Steal: time the hypervisor gave another guest, "
+              "in % of one CPU.", ""]
 
 rows = by("persistent")
 if rows:

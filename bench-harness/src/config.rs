@@ -170,6 +170,17 @@ pub struct RunArgs {
     /// Shared subscription group name (fan-in, --mode shared).
     #[arg(long, default_value = "bench")]
     pub share_group: String,
+    /// Persistent sessions: every client connects with clean session 0 (3.1.1) / clean start
+    /// false and a Session Expiry Interval (5.0) under a client id unique to the run, so a
+    /// broker with a durable store journals every QoS 1/2 message to a subscriber. At the end
+    /// every client id connects again with a clean session (and disconnects) to discard what
+    /// the sessions still hold. The name gets a `-persistent` suffix.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Session Expiry Interval in seconds of --persistent sessions (MQTT 5.0 only; 3.1.1
+    /// sessions do not expire): bounds what a run that could not clear its sessions leaves.
+    #[arg(long, requires = "persistent")]
+    pub session_expiry: Option<u32>,
     /// Source addresses 127.0.0.1, .2, ... to spread connections over (bind before connect);
     /// 0 = automatic: one per 25,000 connections when the broker is on loopback.
     #[arg(long, default_value_t = 0)]
@@ -327,6 +338,12 @@ pub struct Config {
     pub keepalive: u16,
     /// Shared subscription group.
     pub share_group: String,
+    /// Clean session 0 / clean start false under run-unique client ids (--persistent).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub persistent: bool,
+    /// Session Expiry Interval sent with --persistent over MQTT 5.0, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_expiry_s: Option<u32>,
     /// Source addresses used.
     pub source_ips: usize,
     /// Broker pid.
@@ -349,6 +366,9 @@ pub struct Config {
     /// Run id (topic prefix `bh/<run_id>`).
     pub run_id: u32,
 }
+
+/// Session Expiry Interval of --persistent MQTT 5.0 sessions unless --session-expiry.
+pub const DEFAULT_SESSION_EXPIRY_S: u32 = 300;
 
 /// The smallest payload.
 pub const MIN_PAYLOAD: usize = HEADER_LEN;
@@ -482,6 +502,19 @@ impl Config {
             _ => pubs,
         };
         let protocol = protocol.unwrap_or_else(|| "3.1.1".into());
+        if args.session_expiry.is_some() && protocol != "5" {
+            return Err(
+                "--session-expiry needs --protocol 5 (3.1.1 sessions do not expire)".into(),
+            );
+        }
+        if args.session_expiry == Some(0) {
+            return Err(
+                "--session-expiry 0 ends the session at the disconnect: drop --persistent instead"
+                    .into(),
+            );
+        }
+        let session_expiry_s = (args.persistent && protocol == "5")
+            .then(|| args.session_expiry.unwrap_or(DEFAULT_SESSION_EXPIRY_S));
         let run_id = args
             .run_id
             .unwrap_or_else(|| std::process::id() ^ (crate::sys::mono_ns() as u32 & 0xffff_0000));
@@ -516,6 +549,8 @@ impl Config {
             connect_timeout_s: args.connect_timeout,
             keepalive: args.keepalive,
             share_group: args.share_group.clone(),
+            persistent: args.persistent,
+            session_expiry_s,
             source_ips,
             broker_pid: args.broker_pid,
             perf: args.perf,
@@ -559,7 +594,12 @@ impl Config {
                 } else {
                     "max".into()
                 };
-                return format!("conn-{}-{}-{rate}", self.transport, count(self.clients));
+                let persistent = if self.persistent { "-persistent" } else { "" };
+                return format!(
+                    "conn-{}-{}-{rate}{persistent}",
+                    self.transport,
+                    count(self.clients)
+                );
             }
             Scenario::Fanin => {
                 let kind = match self.mode {
@@ -581,7 +621,8 @@ impl Config {
                 count(self.topics)
             ),
         };
-        name + &suffix
+        let persistent = if self.persistent { "-persistent" } else { "" };
+        name + &suffix + persistent
     }
 
     /// The codec's protocol version.
@@ -765,6 +806,53 @@ mod tests {
             .unwrap_err()
             .contains("/nonexistent/ca.pem"));
         assert!(Cli::try_parse_from(["bench-harness", "p2p", "--tls", "--cert", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn persistent_sessions() {
+        let c = cfg(&["p2p", "--pubs", "10"]);
+        assert!(!c.persistent);
+        assert_eq!(c.session_expiry_s, None);
+        assert_eq!(c.name, "p2p-10-10-10-max");
+        // The default JSON is unchanged: no persistent keys.
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json.get("persistent").is_none() && json.get("session_expiry_s").is_none());
+
+        let c = cfg(&["p2p", "--pubs", "10", "--persistent"]);
+        assert!(c.persistent);
+        assert_eq!(c.session_expiry_s, None, "3.1.1 sessions do not expire");
+        assert_eq!(c.name, "p2p-10-10-10-max-persistent");
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["persistent"], true);
+
+        let c = cfg(&["p2p", "--persistent", "--protocol", "5"]);
+        assert_eq!(c.session_expiry_s, Some(DEFAULT_SESSION_EXPIRY_S));
+        let c = cfg(&[
+            "p2p",
+            "--persistent",
+            "--protocol",
+            "5",
+            "--session-expiry",
+            "30",
+            "--ws",
+        ]);
+        assert_eq!(c.session_expiry_s, Some(30));
+        assert_eq!(c.name, "p2p-100-100-100-max-ws-persistent");
+        let c = cfg(&["conn", "--clients", "10", "--persistent"]);
+        assert_eq!(c.name, "conn-tcp-10-1K-persistent");
+
+        let (s, a) = args(&["p2p", "--persistent", "--session-expiry", "30"]);
+        assert!(Config::resolve(s, &a).unwrap_err().contains("--protocol 5"));
+        let (s, a) = args(&[
+            "p2p",
+            "--persistent",
+            "--protocol",
+            "5",
+            "--session-expiry",
+            "0",
+        ]);
+        assert!(Config::resolve(s, &a).is_err());
+        assert!(Cli::try_parse_from(["bench-harness", "p2p", "--session-expiry", "30"]).is_err());
     }
 
     #[test]

@@ -418,9 +418,15 @@ impl Engine {
                 Role::Sub(Box::new((filters.clone(), tracker)))
             }
         };
+        // --persistent: a session the broker keeps (and, with a durable store, journals);
+        // MQTT 5.0 bounds its life with a Session Expiry Interval.
+        let properties = Properties {
+            session_expiry_interval: core.cfg.session_expiry_s,
+            ..Properties::default()
+        };
         let connect = Connect {
             protocol: core.version,
-            clean_start: true,
+            clean_start: !core.cfg.persistent,
             keep_alive: core.cfg.keepalive,
             client_id: MqttStr::from(plan.client_id.as_str()),
             will: None,
@@ -430,7 +436,7 @@ impl Engine {
                 .password
                 .as_ref()
                 .map(|p| Bytes::copy_from_slice(p.as_bytes())),
-            properties: Properties::default(),
+            properties,
         };
         Packet::Connect(Box::new(connect))
             .encode(core.version, &mut conn.wbuf)
@@ -659,6 +665,7 @@ impl Engine {
             warnings: core.warnings,
             cpu_s: 0.0,
             nofile: 0,
+            sessions_cleared: 0,
         }
     }
 }
@@ -840,6 +847,13 @@ fn on_packet(core: &mut Core, conn: &mut Conn, idx: usize, packet: Packet, now: 
                     format!("CONNACK refused: {}", ack.reason.description()),
                 );
                 return;
+            }
+            if ack.session_present {
+                // Client ids are unique to the run: a stored session means a collision with
+                // another run (or --run-id reused), whose queued messages may arrive here.
+                core.warnings.add(
+                    "CONNACK with session present: the broker had a session for this client id",
+                );
             }
             if let Some(max) = ack.properties.maximum_qos {
                 if max < core.qos {

@@ -81,6 +81,10 @@ pub struct Connections {
     /// `rate_per_s`; full handshakes unless --tls-resume).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_handshakes_per_s: Option<f64>,
+    /// --persistent: client ids whose session was discarded after the run (a clean connect
+    /// and disconnect each; = attempted when every one was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_cleared: Option<u64>,
 }
 
 /// Message figures.
@@ -284,6 +288,7 @@ pub fn build(cfg: &Config, outcome: &Outcome) -> (RunResult, Histogram<u64>, His
         latency_us: Percentiles::from_ns(&connect_latency),
         transport: cfg.transport.to_string(),
         tls_handshakes_per_s: cfg.transport.tls().then_some(rate_per_s),
+        sessions_cleared: cfg.persistent.then_some(r.sessions_cleared),
     };
     let duration = cfg.duration_s;
     let delivered_per_s = round2(c.received_window as f64 / duration);
@@ -582,6 +587,18 @@ pub fn table(cfg: &Config, r: &RunResult) -> String {
         us(c.latency_us.p99),
         us(c.latency_us.max)
     );
+    if let Some(cleared) = c.sessions_cleared {
+        let expiry = cfg
+            .session_expiry_s
+            .map(|s| format!(", session expiry {s} s"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            t,
+            "sessions     persistent (clean session 0{expiry}); {} of {} cleared after the run",
+            thousands(cleared as f64),
+            thousands(c.attempted as f64)
+        );
+    }
     if cfg.scenario != Scenario::Conn {
         let m = &r.messages;
         let _ = writeln!(
@@ -827,6 +844,32 @@ mod tests {
         assert_eq!(v["latency_us"]["p999"], v["latency_us"]["p50"]);
         let back: RunResult = serde_json::from_str(&line).unwrap();
         assert_eq!(back, r);
+    }
+
+    #[test]
+    fn persistent_runs_report_cleared_sessions() {
+        let c = cfg(&["p2p", "--pubs", "1", "--threads", "1"]);
+        let (r, _, _) = build(&c, &outcome(4, &[0, 1, 2, 3]));
+        assert_eq!(r.connections.sessions_cleared, None);
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(!line.contains("sessions_cleared"), "{line}");
+        assert!(!table(&c, &r).contains("sessions"));
+
+        let c = cfg(&["p2p", "--pubs", "1", "--threads", "1", "--persistent"]);
+        let mut o = outcome(4, &[0, 1, 2, 3]);
+        o.result.sessions_cleared = 2;
+        let (r, _, _) = build(&c, &o);
+        assert!(r.ok, "{:?}", r.errors);
+        assert_eq!(r.name, "p2p-1-1-1-max-persistent");
+        assert_eq!(r.connections.sessions_cleared, Some(2));
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["connections"]["sessions_cleared"], 2);
+        assert_eq!(v["params"]["persistent"], true);
+        assert!(
+            table(&c, &r).contains("2 of 2 cleared"),
+            "{}",
+            table(&c, &r)
+        );
     }
 
     #[test]

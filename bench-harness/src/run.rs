@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::config::{Config, Scenario};
 use crate::engine::{Engine, ABORT};
 use crate::perf::{PerfCounter, PerfCounts};
-use crate::plan::plan_worker;
+use crate::plan::{plan_worker, ConnPlan, RolePlan};
 use crate::stats::{ReadyInfo, WorkerResult};
 use crate::sys::{self, mono_ns, sleep_until, ProcSample};
 
@@ -97,12 +97,94 @@ pub fn run_worker(
             Err(_) => result.errors.add("an event-loop thread panicked"),
         }
     }
+    if cfg.persistent {
+        clear_sessions(&cfg, worker, &mut result);
+    }
     result.cpu_s = cpu_s;
     result.nofile = nofile;
     if died {
         return Err("an event-loop thread died during set-up".into());
     }
     Ok(result)
+}
+
+/// The persistent sessions of `worker`'s client ids, discarded after the run: every id
+/// connects again with a clean session (MQTT 5.0: Session Expiry Interval 0) and disconnects,
+/// on the same threads, so a broker with a durable store does not keep (or journal) what the
+/// sessions still hold. Failures are warnings: the figures are already taken.
+fn clear_sessions(cfg: &Arc<Config>, worker: usize, result: &mut WorkerResult) {
+    let mut clean = Config::clone(cfg);
+    clean.persistent = false;
+    clean.session_expiry_s = None;
+    let clean = Arc::new(clean);
+    // Already "aborted": each thread sets its connections up, then closes them at once.
+    let go = Arc::new(AtomicU64::new(ABORT));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    for (t, plan) in clean_plans(plan_worker(cfg, worker))
+        .into_iter()
+        .enumerate()
+    {
+        let engine = match Engine::new(clean.clone(), plan, go.clone(), cfg.threads) {
+            Ok(e) => e,
+            Err(e) => {
+                result
+                    .warnings
+                    .add(format!("clearing sessions: event loop: {e}"));
+                continue;
+            }
+        };
+        let tx = ready_tx.clone();
+        match thread::Builder::new()
+            .name(format!("bh-w{worker}-clear{t}"))
+            .spawn(move || engine.run(tx))
+        {
+            Ok(h) => handles.push(h),
+            Err(e) => result
+                .warnings
+                .add(format!("clearing sessions: spawn: {e}")),
+        }
+    }
+    drop(ready_tx);
+    while ready_rx.recv().is_ok() {}
+    let mut cleared = WorkerResult::default();
+    for handle in handles {
+        match handle.join() {
+            Ok(one) => cleared.merge(&one),
+            Err(_) => result.warnings.add("clearing sessions: a thread panicked"),
+        }
+    }
+    result.sessions_cleared += cleared.counts.conn_ok;
+    if cleared.counts.conn_failed > 0 {
+        result.warnings.add(format!(
+            "{} persistent sessions could not be cleared at the end (they stay on the broker{})",
+            cleared.counts.conn_failed,
+            if cfg.session_expiry_s.is_some() {
+                " until their Session Expiry Interval"
+            } else {
+                ""
+            }
+        ));
+        for line in cleared.errors.lines() {
+            result.warnings.add(format!("clearing sessions: {line}"));
+        }
+    }
+}
+
+/// The same connections (client ids, threads, source addresses) as idle clients.
+fn clean_plans(threads: Vec<Vec<ConnPlan>>) -> Vec<Vec<ConnPlan>> {
+    threads
+        .into_iter()
+        .map(|plans| {
+            plans
+                .into_iter()
+                .map(|p| ConnPlan {
+                    role: RolePlan::Idle,
+                    ..p
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// Worker side of the child protocol: stdout / stdin.
@@ -431,7 +513,9 @@ pub fn run_controller(cfg: Config) -> Outcome {
     } else {
         None
     };
-    let result_deadline = mono_ns() + ((cfg.drain_s + 60.0) * 1e9) as u64;
+    // --persistent: the workers connect every client id again to clear its session.
+    let clear_s = if cfg.persistent { setup_budget_s } else { 0.0 };
+    let result_deadline = mono_ns() + ((cfg.drain_s + 60.0 + clear_s) * 1e9) as u64;
     let expected = cfg.workers - failures.len();
     let mut late_failures = Vec::new();
     while results + late_failures.len() < expected {
@@ -475,5 +559,45 @@ pub fn run_controller(cfg: Config) -> Outcome {
         broker,
         aborted: abort,
         perf,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn clean_plans_keep_ids_threads_and_sources() {
+        let cli = Cli::try_parse_from([
+            "bench-harness",
+            "p2p",
+            "--pubs",
+            "3",
+            "--threads",
+            "2",
+            "--source-ips",
+            "2",
+            "--run-id",
+            "7",
+            "--persistent",
+        ])
+        .unwrap();
+        let Command::P2p(a) = cli.command else {
+            unreachable!()
+        };
+        let cfg = Config::resolve(Scenario::P2p, &a).unwrap();
+        let plans = plan_worker(&cfg, 0);
+        let clean = clean_plans(plans.clone());
+        assert_eq!(clean.len(), plans.len());
+        for (ours, theirs) in clean.iter().zip(&plans) {
+            assert_eq!(ours.len(), theirs.len());
+            for (o, t) in ours.iter().zip(theirs) {
+                assert_eq!(o.role, RolePlan::Idle);
+                assert_eq!((&o.client_id, o.source), (&t.client_id, t.source));
+            }
+        }
+        assert_eq!(clean[0][0].client_id, "bh7s0");
     }
 }

@@ -194,6 +194,9 @@ pub struct WorkerResult {
     pub cpu_s: f64,
     /// Open-file limit of the process.
     pub nofile: u64,
+    /// --persistent: sessions discarded after the run (clean reconnects that succeeded).
+    #[serde(default)]
+    pub sessions_cleared: u64,
 }
 
 impl WorkerResult {
@@ -211,6 +214,7 @@ impl WorkerResult {
         self.warnings.merge(&o.warnings);
         self.cpu_s += o.cpu_s;
         self.nofile = self.nofile.max(o.nofile);
+        self.sessions_cleared += o.sessions_cleared;
     }
 
     /// Group totals of the shared subscription, if any.
