@@ -515,3 +515,46 @@ fn a_connection_taken_over_while_its_output_is_held_closes_after_the_journal() {
         "{packets:?}"
     );
 }
+
+/// A recovered session whose client had disconnected keeps counting down its expiry from the
+/// disconnection, the downtime included: one offline for 50 of its 60 s expires 10 s after
+/// the restart, one offline for 70 s at once.
+#[test]
+fn a_recovered_session_expires_counting_the_downtime() {
+    use crate::store::recover::RecoveredSession;
+    use std::time::Duration;
+    let mut shard = shard(Hooks::default());
+    let start = Instant::now();
+    let unix_ms = 1_800_000_000_000;
+    let session = |client_id: &str, offline_secs: u64| RecoveredSession {
+        client_id: client_id.into(),
+        generation: 1,
+        source_shard: 0,
+        started: true,
+        username: None,
+        protocol: 5,
+        expiry_secs: Some(60),
+        disconnected_at_ms: Some(unix_ms - 1000 * offline_secs),
+        will: None,
+        subscriptions: Default::default(),
+        queue: Default::default(),
+        inflight: Default::default(),
+        inbound_qos2: Default::default(),
+    };
+    shard.install_recovered(
+        vec![session("fifty", 50), session("seventy", 70)],
+        Vec::new(),
+        start,
+        unix_ms,
+    );
+    shard.on_tick(start + Duration::from_secs(2));
+    assert_eq!(
+        shard.stats().sessions_expired,
+        1,
+        "the one offline for 70 s"
+    );
+    shard.on_tick(start + Duration::from_secs(8));
+    assert_eq!(shard.stats().sessions_expired, 1);
+    shard.on_tick(start + Duration::from_secs(12));
+    assert_eq!(shard.stats().sessions_expired, 2, "10 s after the restart");
+}

@@ -89,7 +89,15 @@ impl Shard {
         let client_id = MqttStr::from(client_id);
         let mut session = Session::new(client_id.clone(), protocol, false, self.limits);
         session.username = username.map(String::into_boxed_str);
-        session.expiry = expiry_secs;
+        // A session whose client had disconnected has been counting down since then, the
+        // time the broker was down included.
+        session.expiry = match (expiry_secs, disconnected_at_ms) {
+            (Some(expiry), Some(at)) => {
+                let offline_secs = unix_ms.saturating_sub(at) / 1000;
+                Some(expiry.saturating_sub(u32::try_from(offline_secs).unwrap_or(u32::MAX)))
+            }
+            (expiry, _) => expiry,
+        };
         for (filter, subscription) in subscriptions {
             session.subscriptions.insert(
                 MqttStr::from(filter),
@@ -192,7 +200,7 @@ impl Shard {
                     token,
                 });
         }
-        if let Some(expiry) = expiry_secs {
+        if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel
                 .entry(deadline)
