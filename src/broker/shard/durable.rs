@@ -203,17 +203,13 @@ impl Shard {
             // Behind an acknowledgement that waits for peers: in order after it.
             return self.wait_for_peers(conn, packet, durability, 0, 0, Vec::new());
         }
-        let waiting_behind = self
-            .held_outputs
-            .iter()
-            .rev()
-            .find(|held| matches!(held.kind, HeldKind::Packet(c, _) if c == conn))
-            .map(|held| held.sequence);
+        let waiting_behind = self.last_held_packet(conn);
         let sequence = match (durability, waiting_behind) {
             (Durability::Now, None) => return self.write(conn, packet),
             (Durability::Now, Some(sequence)) => sequence,
             (Durability::At(sequence), behind) => sequence.max(behind.unwrap_or(0)),
         };
+        self.held_packet_until.insert(conn, sequence);
         self.hold(sequence, HeldKind::Packet(conn, Box::new(packet)));
     }
 
@@ -228,6 +224,16 @@ impl Shard {
             Durability::Now => self.send(shard, message),
             Durability::At(sequence) => self.hold(sequence, HeldKind::Mesh(shard, message)),
         }
+    }
+
+    /// The sequence number the last packet held for `conn` waits for, if one is held: an
+    /// index rather than a scan of `held_outputs` per acknowledgement, which grew with the
+    /// number of connections.
+    fn last_held_packet(&self, conn: ConnId) -> Option<u64> {
+        self.held_packet_until
+            .get(&conn)
+            .copied()
+            .filter(|&sequence| sequence > self.durable_through)
     }
 
     fn hold(&mut self, sequence: u64, kind: HeldKind) {
@@ -289,12 +295,7 @@ impl Shard {
         commit_to: Vec<u16>,
     ) {
         // After every output of the connection held for the journal alone.
-        let behind = self
-            .held_outputs
-            .iter()
-            .rev()
-            .find(|held| matches!(held.kind, HeldKind::Packet(c, _) if c == conn))
-            .map_or(0, |held| held.sequence);
+        let behind = self.last_held_packet(conn).unwrap_or(0);
         let own = match durability {
             Durability::Now => self.durable_through,
             Durability::At(sequence) => sequence,
@@ -566,7 +567,16 @@ impl Shard {
                 break;
             };
             match held.kind {
-                HeldKind::Packet(conn, packet) => self.write(conn, *packet),
+                HeldKind::Packet(conn, packet) => {
+                    if self
+                        .held_packet_until
+                        .get(&conn)
+                        .is_some_and(|&last| last <= held.sequence)
+                    {
+                        self.held_packet_until.remove(&conn);
+                    }
+                    self.write(conn, *packet)
+                }
                 HeldKind::Mesh(shard, message) => self.send(shard, message),
                 HeldKind::Release(conn) => {
                     // Only the last hold of the connection releases it.

@@ -217,6 +217,8 @@ pub struct Shard {
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
     output_held_until: HashMap<ConnId, u64>,
+    /// Per connection, the sequence number its last packet in `held_outputs` waits for.
+    held_packet_until: HashMap<ConnId, u64>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
     /// Recovered sessions are being installed (their image follows in `journal_image`).
@@ -387,6 +389,7 @@ impl Shard {
             installing_recovered: false,
             no_output: BytesMut::new(),
             output_held_until: HashMap::new(),
+            held_packet_until: HashMap::new(),
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,
