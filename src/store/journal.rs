@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -114,37 +114,7 @@ struct ImageState {
     /// Records so far (the checkpoint counts them).
     records: u64,
     /// Bodies written in the image, by address (the Arc keeps the address from being reused).
-    bodies: HashMap<usize, (Arc<Message>, MessageId), BuildHasherDefault<AddressHasher>>,
-}
-
-/// Hashes the addresses that key [`ImageState::bodies`]: an image looks one up for every
-/// queued message and retained message it writes (millions in a large start-up image), and
-/// SipHash was a large part of writing one. Addresses are the broker's own allocations, not
-/// input a client chooses.
-#[derive(Debug, Default, Clone, Copy)]
-struct AddressHasher(u64);
-
-impl Hasher for AddressHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte) ^ self.0.rotate_left(8));
-        }
-    }
-
-    fn write_usize(&mut self, value: usize) {
-        self.write_u64(value as u64);
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        // Low bits of an address are alignment zeros: fold the high half of the product (which
-        // every input bit reaches) into the low bits the table indexes with.
-        let product = (value ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        self.0 = product ^ (product >> 29);
-    }
+    bodies: HashMap<usize, (Arc<Message>, MessageId), BuildHasherDefault<super::FoldHasher>>,
 }
 
 /// What recovery found in this shard's old files that now belongs to other shards: written into
@@ -504,15 +474,7 @@ fn encode_journal_body(
             packet_id,
             digest,
             clients,
-        } => {
-            w.u8(tag::ORIGIN_RECEIVED);
-            w.origin(publisher, packet_id)?;
-            w.u32(digest);
-            w.count("origin clients", clients.len())?;
-            for client in clients {
-                w.str("client id", client)?;
-            }
-        }
+        } => w.origin_received(publisher, packet_id, digest, clients)?,
         OriginCleared {
             publisher,
             packet_id,

@@ -79,3 +79,37 @@ pub use recover::{rehome, RecoveredState};
 /// The newest format this build reads and the one it writes. 2: session images end with an
 /// `ImageComplete` record (version 1 files, without it, are read as before).
 pub const FORMAT_VERSION: u32 = 2;
+
+/// A fast hash for keys the broker makes itself, never input a client chooses: message
+/// addresses (an image's body index, looked up for every queued and retained message it
+/// writes) and (shard, message id) pairs (replay's body index, looked up for most records).
+/// SipHash was a large part of both.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct FoldHasher(u64);
+
+impl std::hash::Hasher for FoldHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.write_u64(u64::from(byte) ^ self.0.rotate_left(8));
+        }
+    }
+
+    fn write_u16(&mut self, value: u16) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        // Low bits of an address are alignment zeros: fold the high half of the product (which
+        // every input bit reaches) into the low bits the table indexes with.
+        let product = (value ^ self.0).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        self.0 = product ^ (product >> 29);
+    }
+}

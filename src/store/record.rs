@@ -483,15 +483,7 @@ impl StoreRecord {
                 packet_id,
                 digest,
                 clients,
-            } => {
-                w.u8(tag::ORIGIN_RECEIVED);
-                w.origin(publisher, *packet_id)?;
-                w.u32(*digest);
-                w.count("origin clients", clients.len())?;
-                for client in clients {
-                    w.str("client id", client)?;
-                }
-            }
+            } => w.origin_received(publisher, *packet_id, *digest, clients)?,
             OriginCleared {
                 publisher,
                 packet_id,
@@ -927,9 +919,26 @@ impl Writer<'_> {
         Ok(())
     }
 
-    pub(super) fn count(&mut self, field: &'static str, len: usize) -> Result<(), EncodeError> {
-        let count = u16::try_from(len).map_err(|_| EncodeError::TooLong { field, len })?;
+    /// The body of an `OriginReceived` record, from owned or borrowed client ids.
+    pub(super) fn origin_received<C: std::ops::Deref<Target = str>>(
+        &mut self,
+        publisher: &str,
+        packet_id: u16,
+        digest: u32,
+        clients: &[C],
+    ) -> Result<(), EncodeError> {
+        self.u8(tag::ORIGIN_RECEIVED);
+        self.origin(publisher, packet_id)?;
+        self.u32(digest);
+        let len = clients.len();
+        let count = u16::try_from(len).map_err(|_| EncodeError::TooLong {
+            field: "origin clients",
+            len,
+        })?;
         self.u16(count);
+        for client in clients {
+            self.str("client id", client)?;
+        }
         Ok(())
     }
 

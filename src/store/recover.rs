@@ -5,7 +5,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use crate::codec::SubscriptionOptions;
@@ -268,38 +268,12 @@ enum RetainedSlot {
     Cleared(Generation),
 }
 
-/// A multiplicative hash for the (shard, message id) keys of the body map: ids are dense
-/// integers the broker makes itself, and replay looks one up for most records (SipHash was a
-/// measurable part of replay time).
-#[derive(Debug, Default, Clone, Copy)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.write_u64(u64::from(byte));
-        }
-    }
-
-    fn write_u16(&mut self, value: u16) {
-        self.write_u64(u64::from(value));
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x517c_c1b7_2722_0a95);
-    }
-}
-
 /// Folds records into a [`RecoveredState`].
 #[derive(Debug, Default)]
 pub struct Replayer {
     sessions: HashMap<String, SessionSlot>,
     retained: HashMap<String, RetainedSlot>,
-    messages: HashMap<(u16, MessageId), Arc<MessageRecord>, BuildHasherDefault<IdHasher>>,
+    messages: HashMap<(u16, MessageId), Arc<MessageRecord>, BuildHasherDefault<super::FoldHasher>>,
     /// Origin entries by the shard whose files hold them, publisher and packet id.
     origins: BTreeMap<(u16, String, u16), (u32, BTreeSet<String>)>,
     max_generation: Generation,
