@@ -137,6 +137,9 @@ pub enum ShardMsg {
         handover: Option<HandoverKind>,
         /// What the session received recently on its way (deduplication during moves).
         recent: Option<Box<RecentDeliveries>>,
+        /// The QoS 2 publishes the session has whose publishers have not recorded them yet
+        /// (its origin marks on the old shard): a resend after a crash must skip it here too.
+        origins: Vec<OriginMark>,
     },
     /// A delivery that reached the stub of a session that moved to the receiving shard.
     Forward {
@@ -272,6 +275,17 @@ pub enum HandoverKind {
     InPlace(super::handles::SessionId),
     /// From this shard, which keeps a forwarding stub until told `StubDone`.
     Stub(u16),
+}
+
+/// A QoS 2 publish a moved session already has (see `broker/shard/origins.rs`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginMark {
+    /// The publisher's client id.
+    pub publisher: MqttStr,
+    /// Its packet id.
+    pub packet_id: u16,
+    /// CRC-32C of topic and payload.
+    pub digest: u32,
 }
 
 /// What the queues carry.

@@ -28,7 +28,7 @@ use bytes::BytesMut;
 
 use super::frame::encode_frame_with;
 use super::record::{generation, options_byte, tag, EncodeError, StoreRecord, Writer};
-use super::recover::{RecoveredRetained, RecoveredSession};
+use super::recover::{RecoveredOrigin, RecoveredRetained, RecoveredSession};
 use super::segment::{SegmentHeader, SegmentKind, SegmentName};
 use super::snapshot::SnapshotWriter;
 use crate::broker::hooks::{
@@ -126,12 +126,16 @@ pub struct Carry {
     pub sessions: Vec<RecoveredSession>,
     /// Retained messages read from this shard's files, owned elsewhere now.
     pub retained: Vec<(String, RecoveredRetained)>,
+    /// Origin entries of clients homed on other shards (which file held an entry is not
+    /// kept, so every shard carries them: an extra copy is harmless, a lost one lets a resend
+    /// through twice).
+    pub origins: Vec<RecoveredOrigin>,
 }
 
 impl Carry {
     /// Nothing to carry.
     pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty() && self.retained.is_empty()
+        self.sessions.is_empty() && self.retained.is_empty() && self.origins.is_empty()
     }
 }
 
@@ -385,6 +389,14 @@ impl StoreJournal {
         records.pop(); // its checkpoint: the image writes its own
         for record in &records {
             self.store_record(record);
+        }
+        for origin in carry.origins {
+            self.store_record(&StoreRecord::OriginReceived {
+                publisher: origin.publisher,
+                packet_id: origin.packet_id,
+                digest: origin.digest,
+                clients: origin.clients.into_iter().collect(),
+            });
         }
     }
 }

@@ -55,9 +55,19 @@ pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
                 .filter(|client| home_shard(client, shards).min(shards - 1) == shard)
                 .cloned()
                 .collect();
+            let others: std::collections::BTreeSet<String> =
+                origin.clients.difference(&clients).cloned().collect();
             if !clients.is_empty() {
                 part.origins.push(RecoveredOrigin {
                     clients,
+                    ..origin.clone()
+                });
+            }
+            // The old file that held them may be this shard's: its first snapshot keeps
+            // them until the home shards' snapshots are durable.
+            if !others.is_empty() {
+                part.carry.origins.push(RecoveredOrigin {
+                    clients: others,
                     ..origin.clone()
                 });
             }
@@ -68,4 +78,48 @@ pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
         part.sessions = sessions;
     }
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each shard installs the origin entries of the clients homed on it and carries the rest
+    /// in its first snapshot: the old file that held them may be its own.
+    #[test]
+    fn origin_entries_go_home_and_are_carried_by_every_other_shard() {
+        let clients: std::collections::BTreeSet<String> =
+            (0..8).map(|i| format!("client-{i}")).collect();
+        let state = RecoveredState {
+            origins: vec![RecoveredOrigin {
+                publisher: "publisher".into(),
+                packet_id: 7,
+                digest: 42,
+                clients: clients.clone(),
+            }],
+            ..RecoveredState::default()
+        };
+        let parts = split(state, 3);
+        let mut installed = std::collections::BTreeSet::new();
+        for (shard, part) in parts.iter().enumerate() {
+            let own: std::collections::BTreeSet<String> = part
+                .origins
+                .iter()
+                .flat_map(|o| o.clients.iter().cloned())
+                .collect();
+            assert!(own.iter().all(|c| home_shard(c, 3) == shard));
+            let carried: std::collections::BTreeSet<String> = part
+                .carry
+                .origins
+                .iter()
+                .flat_map(|o| o.clients.iter().cloned())
+                .collect();
+            assert!(own.is_disjoint(&carried));
+            let mut all = own.clone();
+            all.extend(carried);
+            assert_eq!(all, clients, "shard {shard} keeps every client's entry");
+            installed.extend(own);
+        }
+        assert_eq!(installed, clients);
+    }
 }

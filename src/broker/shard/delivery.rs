@@ -81,6 +81,18 @@ impl Shard {
         }
         if let Some(key) = origin {
             self.origin_received(key, digest, &received);
+            if from.is_none() {
+                // Marks of sessions that moved away since: those shards are waited for and
+                // committed to like the shards routed to.
+                let moved: Vec<u16> = self.origin_forwarded_shards(message);
+                if let Some(targets) = self.store_targets.as_mut() {
+                    for shard in moved.into_iter().map(usize::from) {
+                        if shard != self.id && !targets.contains(&shard) {
+                            targets.push(shard);
+                        }
+                    }
+                }
+            }
         }
         let matched = !matches.is_empty();
         self.matches = matches;

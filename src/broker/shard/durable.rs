@@ -411,8 +411,13 @@ impl Shard {
                     .sessions
                     .get(session)
                     .map(|e| e.session.client_id.clone());
+                let mut commit_to = commit_to;
                 if let Some(publisher) = &publisher {
-                    self.origin_clear_local(publisher, packet_id);
+                    for shard in self.origin_clear_local(publisher, packet_id) {
+                        if usize::from(shard) != self.id && !commit_to.contains(&shard) {
+                            commit_to.push(shard);
+                        }
+                    }
                 }
                 let commit = match publisher {
                     Some(publisher) if !commit_to.is_empty() => {

@@ -77,7 +77,7 @@ use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
 use super::hooks::{
     ClientAcl, ClientRef, Durability, Hooks, JournalRecord, ListenerAdmission, SubscribeCheck,
 };
-use super::mesh::{HandoverKind, Outbox, RecentDeliveries, ShardMsg};
+use super::mesh::{HandoverKind, OriginMark, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
     decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
@@ -577,7 +577,8 @@ impl Shard {
                 session,
                 handover,
                 recent,
-            } => self.on_granted(token, session, handover, recent),
+                origins,
+            } => self.on_granted(token, session, handover, recent, origins),
             ShardMsg::Forward {
                 client_id,
                 token,

@@ -13,9 +13,13 @@
 //! disk without it. A moved session's old shard forwards its deliveries to the new shard,
 //! which writes the entry; the old shard relays `OriginCommitted` there.
 //!
-//! Not covered: entries stay on the shard that wrote them, so a session that moves to another
-//! shard before the resend arrives gets it again; shared subscriptions (a resend may pick
-//! another member of the group).
+//! A session that moves to another shard takes its marks along (`Granted`): the new shard
+//! writes them under its own journal and the old one relays `OriginCommitted` there, as for a
+//! forwarded delivery. A session that ends loses its marks (a new session of the same client
+//! id has not got the publish).
+//!
+//! Not covered: shared subscriptions (a resend may pick another member of the group); a torn
+//! write (power loss) that keeps deliveries without the entry written after them.
 
 use super::*;
 use crate::store::crc::Crc32c;
@@ -31,6 +35,9 @@ pub(super) struct Origin {
     /// Shards this one forwarded it to (moved sessions' new shards): they have entries of
     /// their own, and `OriginCommitted` is relayed to them.
     pub(super) forwarded: Vec<u16>,
+    /// This shard's journal holds the entry (so clearing it must be journaled, even once
+    /// its clients have moved away).
+    pub(super) written: bool,
 }
 
 /// Topic and payload of `message`, checksummed.
@@ -58,6 +65,8 @@ impl Shard {
                         .map(|client| MqttStr::from(client.as_str()))
                         .collect(),
                     forwarded: Vec::new(),
+                    // The first snapshot rewrites it.
+                    written: true,
                 },
             );
         }
@@ -72,7 +81,8 @@ impl Shard {
             .then(|| (message.publisher.clone(), message.origin_packet_id))
     }
 
-    /// Whether `client` already has the publish `key` (a resend after a crash).
+    /// Whether `client` already has the publish `key` (a resend after a crash). The DUP flag
+    /// cannot tell: clients in the field (rumqttc among them) resend without it.
     pub(super) fn origin_has(&self, key: &(MqttStr, u16), digest: u32, client: &str) -> bool {
         self.origins
             .get(key)
@@ -85,12 +95,15 @@ impl Shard {
             digest,
             clients: Vec::new(),
             forwarded: Vec::new(),
+            written: false,
         });
         if entry.digest != digest {
+            // The packet id was reused: the journal's later record replaces the old entry.
             *entry = Origin {
                 digest,
                 clients: Vec::new(),
                 forwarded: Vec::new(),
+                written: entry.written,
             };
         }
         entry
@@ -114,11 +127,89 @@ impl Shard {
             clients,
         });
         let entry = self.origin_entry(key, digest);
+        entry.written = true;
         for client in clients {
             if !entry.clients.contains(client) {
                 entry.clients.push(client.clone());
             }
         }
+    }
+
+    /// `client`'s session moves to `shard`: its marks go with it (returned for `Granted`),
+    /// and `OriginCommitted` for them will be relayed there. This shard's journal keeps its
+    /// records until then: if the new shard's copy is lost in a crash, recovery still finds
+    /// them (entries are re-homed by client).
+    pub(super) fn origins_move_client(&mut self, client: &str, shard: u16) -> Vec<OriginMark> {
+        let mut marks = Vec::new();
+        for ((publisher, packet_id), origin) in self.origins.iter_mut() {
+            let Some(at) = origin.clients.iter().position(|c| &**c == client) else {
+                continue;
+            };
+            origin.clients.swap_remove(at);
+            if !origin.forwarded.contains(&shard) {
+                origin.forwarded.push(shard);
+            }
+            marks.push(OriginMark {
+                publisher: publisher.clone(),
+                packet_id: *packet_id,
+                digest: origin.digest,
+            });
+        }
+        marks
+    }
+
+    /// A moved session of `client` arrived with its marks: they are written here.
+    pub(super) fn origins_arrive(&mut self, client: &MqttStr, marks: Vec<OriginMark>) {
+        if !self.hooks.journal.enabled() {
+            return;
+        }
+        for mark in marks {
+            self.origin_received(
+                (mark.publisher, mark.packet_id),
+                mark.digest,
+                std::slice::from_ref(client),
+            );
+        }
+    }
+
+    /// `client`'s session ended here: a later session of that client id has not got those
+    /// publishes. Each entry it was in is rewritten without it.
+    pub(super) fn origins_forget_client(&mut self, client: &str) {
+        let keys: Vec<(MqttStr, u16)> = self
+            .origins
+            .iter()
+            .filter(|(_, origin)| origin.clients.iter().any(|c| &**c == client))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in keys {
+            let Some(origin) = self.origins.get_mut(&key) else {
+                continue;
+            };
+            origin.clients.retain(|c| &**c != client);
+            let (digest, remaining) = (origin.digest, origin.clients.clone());
+            self.hooks.journal.append(&JournalRecord::OriginCleared {
+                publisher: &key.0,
+                packet_id: key.1,
+            });
+            if !remaining.is_empty() {
+                self.hooks.journal.append(&JournalRecord::OriginReceived {
+                    publisher: &key.0,
+                    packet_id: key.1,
+                    digest,
+                    clients: &remaining,
+                });
+            }
+        }
+    }
+
+    /// The shards this shard's entry for `message` was passed on to (moved sessions' new
+    /// shards): the publisher's shard waits for them and commits to them like any target.
+    pub(super) fn origin_forwarded_shards(&self, message: &Message) -> Vec<u16> {
+        self.origin_key(message)
+            .and_then(|key| self.origins.get(&key))
+            .filter(|origin| origin.digest == digest(message))
+            .map(|origin| origin.forwarded.clone())
+            .unwrap_or_default()
     }
 
     /// A delivery of a peer's publish forwarded to `shard` (a moved session's new shard).
@@ -167,18 +258,21 @@ impl Shard {
 
     /// This shard (the publisher's) recorded the packet id: its own entry for the local
     /// deliveries goes (after that record, in the same file).
-    pub(super) fn origin_clear_local(&mut self, publisher: &MqttStr, packet_id: u16) {
+    /// Returns the shards the entry was passed on to (moved sessions' new shards), which
+    /// must be sent `OriginCommitted` too.
+    #[must_use]
+    pub(super) fn origin_clear_local(&mut self, publisher: &MqttStr, packet_id: u16) -> Vec<u16> {
         let key = (publisher.clone(), packet_id);
-        if self
-            .origins
-            .remove(&key)
-            .is_some_and(|o| !o.clients.is_empty())
-        {
+        let Some(origin) = self.origins.remove(&key) else {
+            return Vec::new();
+        };
+        if origin.written {
             self.hooks.journal.append(&JournalRecord::OriginCleared {
                 publisher,
                 packet_id,
             });
         }
+        origin.forwarded
     }
 
     /// `OriginCommitted`: the publisher's shard recorded the packet id; the entry goes (and
@@ -192,7 +286,7 @@ impl Shard {
     ) {
         let removed = self.origins.remove(&(publisher.clone(), packet_id));
         let own = match &removed {
-            Some(origin) if !origin.clients.is_empty() => {
+            Some(origin) if origin.written => {
                 self.hooks.journal.append(&JournalRecord::OriginCleared {
                     publisher: &publisher,
                     packet_id,

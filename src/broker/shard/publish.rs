@@ -172,7 +172,19 @@ impl Shard {
                     // `ack_after_peers`).
                     durability = later(durability, self.journal_inbound(session, qos, packet_id));
                     if origin_packet_id != 0 {
-                        self.origin_clear_local(&publisher_id, packet_id);
+                        // No shard was routed to, so no mark was passed on during this
+                        // publish; one passed on earlier is told without waiting (its shard
+                        // recognises a resend by the packet id recorded here anyway).
+                        let token = self.new_token();
+                        for shard in self.origin_clear_local(&publisher_id, packet_id) {
+                            let commit = ShardMsg::OriginCommitted {
+                                from: self.id as u16,
+                                token,
+                                publisher: publisher_id.clone(),
+                                packet_id,
+                            };
+                            self.send(usize::from(shard), commit);
+                        }
                     }
                 }
                 durability = later(durability, self.hooks.journal.barrier());

@@ -62,6 +62,7 @@ impl Shard {
                     session: None,
                     handover: None,
                     recent: None,
+                    origins: Vec::new(),
                 },
             );
         };
@@ -157,6 +158,7 @@ impl Shard {
                         session: None,
                         handover: None,
                         recent: None,
+                        origins: Vec::new(),
                     },
                 );
             }

@@ -285,6 +285,9 @@ impl Shard {
                 client_id: &entry.session.client_id,
                 generation: entry.generation,
             });
+            if entry.moved_to.is_none() && self.hooks.journal.enabled() {
+                self.origins_forget_client(&entry.session.client_id);
+            }
         }
         let orphans = entry.session.take_shared_undelivered();
         if let Some(will) = entry.pending_will.take() {

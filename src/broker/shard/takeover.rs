@@ -32,7 +32,7 @@ pub(super) struct Forwarded {
 pub(super) enum Handover {
     Ended,
     InPlace(SessionId),
-    Moved(Box<Session>, Option<Box<RecentDeliveries>>),
+    Moved(Box<Session>, Option<Box<RecentDeliveries>>, Vec<OriginMark>),
 }
 
 impl Shard {
@@ -123,18 +123,24 @@ impl Shard {
         let handover =
             session.map(|slot| self.hand_over(slot, &client_id, new_shard, new_token, clean_start));
         let moved = matches!(handover, Some(Handover::Moved(..)));
-        let (session, handover, recent) = match handover {
-            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot)), None),
-            Some(Handover::Moved(data, recent)) => {
-                (Some(data), Some(HandoverKind::Stub(self.id as u16)), recent)
+        let (session, handover, recent, origins) = match handover {
+            Some(Handover::InPlace(slot)) => {
+                (None, Some(HandoverKind::InPlace(slot)), None, Vec::new())
             }
-            Some(Handover::Ended) | None => (None, None, None),
+            Some(Handover::Moved(data, recent, origins)) => (
+                Some(data),
+                Some(HandoverKind::Stub(self.id as u16)),
+                recent,
+                origins,
+            ),
+            Some(Handover::Ended) | None => (None, None, None, Vec::new()),
         };
         let granted = ShardMsg::Granted {
             token: new_token,
             session,
             handover,
             recent,
+            origins,
         };
         if moved {
             // The session continues elsewhere only once every shard has applied what this
@@ -223,7 +229,9 @@ impl Shard {
         let recent = entry.recent.take();
         self.by_client_id.remove(client_id);
         self.stubs.insert(new_token, slot);
-        Handover::Moved(Box::new(data), recent)
+        // So do its origin marks: a resend after a crash must skip it on its new shard.
+        let origins = self.origins_move_client(client_id, new_shard);
+        Handover::Moved(Box::new(data), recent, origins)
     }
 
     /// Claimant role: the id is ours; finish the CONNECT (or, when the connection is already
@@ -235,6 +243,7 @@ impl Shard {
         previous: Option<Box<Session>>,
         handover: Option<HandoverKind>,
         recent: Option<Box<RecentDeliveries>>,
+        origins: Vec<OriginMark>,
     ) {
         if !self.pending_claims.contains_key(&token) {
             // Every claim is answered once, by Granted or Denied: this is a protocol bug. Keep
@@ -243,7 +252,7 @@ impl Shard {
             self.stats.protocol_violations += 1;
             return;
         }
-        self.finish_grant(token, previous, handover, recent);
+        self.finish_grant(token, previous, handover, recent, origins);
     }
 
     /// Finishes a grant: installs or resumes the session and answers the CONNECT.
@@ -253,6 +262,7 @@ impl Shard {
         previous: Option<Box<Session>>,
         handover: Option<HandoverKind>,
         mut recent: Option<Box<RecentDeliveries>>,
+        origins: Vec<OriginMark>,
     ) {
         let now_ms = self.clock_ms();
         let Some(claim) = self.pending_claims.remove(&token) else {
@@ -291,6 +301,7 @@ impl Shard {
                     if let Some(entry) = self.sessions.get_mut(slot) {
                         entry.listener = listener;
                     }
+                    self.origins_arrive(&connect.client_id, origins);
                     self.park_session(slot);
                     match stub_shard {
                         Some(shard) => self.start_stub_release(shard, token, slot, recent.take()),
@@ -354,6 +365,9 @@ impl Shard {
             entry.progress_secs = self.now_secs;
             entry.stuck_logged = false;
             started = !entry.session.clean;
+        }
+        if session_present {
+            self.origins_arrive(&connect.client_id, origins);
         }
         if started {
             // The CONNACK and everything after it wait until the new owner's records are

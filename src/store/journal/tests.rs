@@ -729,6 +729,7 @@ fn an_image_becomes_a_snapshot_and_later_records_a_new_log() {
             .into_values()
             .collect(),
         retained: std::mem::take(&mut carried.retained).into_iter().collect(),
+        origins: Vec::new(),
     });
     // The image: the shard's whole state, as the shard writes it (the same body twice is
     // written once).
