@@ -741,6 +741,11 @@ impl Session {
             .filter(|id| !traffic.uncommitted_inbound.contains(id))
     }
 
+    /// Inbound QoS 2 packet identifiers accepted but not journaled yet.
+    pub fn uncommitted_incoming_qos2(&self) -> Vec<u16> {
+        self.traffic().uncommitted_inbound.clone()
+    }
+
     /// The inbound QoS 2 `packet_id` was accepted, but its acceptance is not journaled yet.
     pub fn mark_inbound_uncommitted(&mut self, packet_id: u16) {
         let traffic = self.traffic_mut();

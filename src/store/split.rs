@@ -18,7 +18,7 @@ pub struct ShardPart {
     pub retained: Vec<(String, RecoveredRetained)>,
     /// What its old files held for other shards, for its first snapshot.
     pub carry: Carry,
-    /// Origin entries of its sessions (each with the clients homed here).
+    /// Every recovered origin entry, each with the clients homed here (possibly none).
     pub origins: Vec<RecoveredOrigin>,
 }
 
@@ -57,12 +57,13 @@ pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
                 .collect();
             let others: std::collections::BTreeSet<String> =
                 origin.clients.difference(&clients).cloned().collect();
-            if !clients.is_empty() {
-                part.origins.push(RecoveredOrigin {
-                    clients,
-                    ..origin.clone()
-                });
-            }
+            // Every shard learns every key, with or without clients of its own: entries
+            // may sit on shards the publisher's resend does not reach, so its commit goes
+            // to all of them (see `broker/shard/origins.rs`).
+            part.origins.push(RecoveredOrigin {
+                clients,
+                ..origin.clone()
+            });
             // The old file that held them may be this shard's: its first snapshot keeps
             // them until the home shards' snapshots are durable.
             if !others.is_empty() {
@@ -84,8 +85,9 @@ pub fn split(mut state: RecoveredState, shards: usize) -> Vec<ShardPart> {
 mod tests {
     use super::*;
 
-    /// Each shard installs the origin entries of the clients homed on it and carries the rest
-    /// in its first snapshot: the old file that held them may be its own.
+    /// Each shard installs the origin entries of the clients homed on it, knows every key, and
+    /// carries the other clients' entries in its first snapshot: the old file that held them
+    /// may be its own.
     #[test]
     fn origin_entries_go_home_and_are_carried_by_every_other_shard() {
         let clients: std::collections::BTreeSet<String> =
@@ -102,6 +104,7 @@ mod tests {
         let parts = split(state, 3);
         let mut installed = std::collections::BTreeSet::new();
         for (shard, part) in parts.iter().enumerate() {
+            assert_eq!(part.origins.len(), 1, "every shard knows the key");
             let own: std::collections::BTreeSet<String> = part
                 .origins
                 .iter()

@@ -111,7 +111,20 @@ impl Shard {
                 }
                 self.resume_reading(conn);
             }
-            BarrierAction::HandOver { shard, message } => self.send(usize::from(shard), *message),
+            BarrierAction::HandOver { shard, mut message } => {
+                if let ShardMsg::Granted {
+                    session: Some(session),
+                    origins,
+                    ..
+                } = &mut *message
+                {
+                    // The session's origin marks go with it, taken now rather than at the
+                    // takeover: a commit sent since has cleared some, and one sent from now
+                    // on is relayed to the new shard behind this message.
+                    *origins = self.origins_move_client(&session.client_id, shard);
+                }
+                self.send(usize::from(shard), *message)
+            }
             BarrierAction::DropStub {
                 token,
                 client_id,

@@ -82,11 +82,12 @@ impl Shard {
         if let Some(key) = origin {
             self.origin_received(key, digest, &received);
             if from.is_none() {
-                // Marks of sessions that moved away since: those shards are waited for and
-                // committed to like the shards routed to.
-                let moved: Vec<u16> = self.origin_forwarded_shards(message);
+                // Shards that may hold entries this publish does not reach (marks of sessions
+                // that moved away; entries recovery found) are waited for and committed to
+                // like the shards routed to.
+                let extra: Vec<usize> = self.origin_extra_targets(message);
                 if let Some(targets) = self.store_targets.as_mut() {
-                    for shard in moved.into_iter().map(usize::from) {
+                    for shard in extra {
                         if shard != self.id && !targets.contains(&shard) {
                             targets.push(shard);
                         }

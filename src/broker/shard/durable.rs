@@ -51,6 +51,9 @@ pub(super) struct PeerWait {
     /// With `record_inbound`: the peers to send `OriginCommitted` once the packet id is
     /// recorded; the acknowledgement then waits for their answers too (see `origins.rs`).
     pub(super) commit_to: Vec<u16>,
+    /// With `record_inbound`: the publisher's session, which records the packet id even if
+    /// its connection was taken over meanwhile (the PUBREC may still leave on it).
+    pub(super) session: Option<SessionId>,
     pub(super) packet: Box<Packet>,
 }
 
@@ -301,6 +304,10 @@ impl Shard {
             Durability::At(sequence) => sequence,
         };
         let record_inbound = waiting > 0 && matches!(packet, Packet::PubRec(_));
+        let session = match self.conns.get(conn).map(|c| &c.state) {
+            Some(ConnState::Active { session, .. }) if record_inbound => Some(*session),
+            _ => None,
+        };
         if token != 0 {
             self.peer_wait_tokens.insert(token, conn);
         }
@@ -317,6 +324,7 @@ impl Shard {
                 } else {
                     Vec::new()
                 },
+                session,
                 packet: Box::new(packet),
             });
         self.release_peer_waits(conn);
@@ -397,10 +405,24 @@ impl Shard {
                 }
             }
         }
-        let session = match self.conns.get(conn).map(|c| &c.state) {
-            Some(ConnState::Active { session, .. }) => Some(*session),
-            _ => None,
-        };
+        // The session that published, as long as it is still here (a session that moved
+        // away records the id when its client resends on the new shard).
+        let session = self
+            .peer_waits
+            .get(&conn)
+            .and_then(|queue| queue.iter().find(|w| w.token == token))
+            .and_then(|w| w.session)
+            .filter(|&s| self.sessions.get(s).is_some_and(|e| e.moved_to.is_none()));
+        if inbound.is_some() && session.is_none() {
+            // The session moved away (or ended) before the id could be recorded here: no
+            // PUBREC, so its client resends the PUBLISH on its new connection, where the id
+            // is recorded and the shards are told to drop their origin entries.
+            if let Some(queue) = self.peer_waits.get_mut(&conn) {
+                queue.retain(|w| w.token != token);
+            }
+            self.peer_wait_tokens.remove(&token);
+            return self.release_peer_waits(conn);
+        }
         if let (Some((packet_id, commit_to)), Some(session)) = (inbound, session) {
             if let Durability::At(sequence) =
                 self.journal_inbound(session, QoS::ExactlyOnce, packet_id)

@@ -211,6 +211,9 @@ pub struct Shard {
     /// QoS 2 publishes from peers whose publisher's shard has not recorded the packet id yet,
     /// by publisher and packet id (see `origins.rs`).
     origins: HashMap<(MqttStr, u16), Origin>,
+    /// The keys of the origin entries recovery found, on any shard (see `origins.rs`): their
+    /// commits go to every shard.
+    recovered_origins: std::collections::HashSet<(MqttStr, u16)>,
     /// Barriers waiting for pending claims' forwarded deliveries to be installed.
     deferred_barriers: Vec<(usize, u64, bool)>,
     /// The journal's last report: everything up to this sequence number is durable.
@@ -382,6 +385,7 @@ impl Shard {
             forwarded_to: Vec::new(),
             relays: HashMap::new(),
             origins: HashMap::new(),
+            recovered_origins: std::collections::HashSet::new(),
             deferred_barriers: Vec::new(),
             durable_through: 0,
             storage_full: false,
@@ -650,11 +654,20 @@ impl Shard {
                 let Some(entry) = self.sessions.get_mut(session) else {
                     return;
                 };
+                let uncommitted = entry
+                    .session
+                    .uncommitted_incoming_qos2()
+                    .contains(&ack.packet_id);
                 let known = entry.session.on_pubrel(ack.packet_id);
                 let mut complete = Ack::new(ack.packet_id);
                 let mut durability = Durability::Now;
                 if !known {
                     complete.reason = ReasonCode::PacketIdentifierNotFound;
+                    let key = (entry.session.client_id.clone(), ack.packet_id);
+                    if self.recovered_origins.contains(&key) {
+                        // Its PUBREC left before a crash that lost the id: no resend comes.
+                        self.origins_drop_everywhere(&key.0, vec![key.1]);
+                    }
                 } else if !entry.session.clean {
                     let client_id = entry.session.client_id.clone();
                     let generation = entry.generation;
@@ -663,6 +676,11 @@ impl Shard {
                         generation,
                         packet_id: ack.packet_id,
                     });
+                    if uncommitted && self.hooks.journal.enabled() {
+                        // Its PUBREC left on a connection taken over before the id was
+                        // recorded: no commit told the shards to drop their entries.
+                        self.origins_drop_everywhere(&client_id, vec![ack.packet_id]);
+                    }
                 }
                 self.ack_when_durable(index, Packet::PubComp(complete), durability);
             }

@@ -55,6 +55,10 @@ impl Shard {
     pub fn install_origins(&mut self, origins: Vec<RecoveredOrigin>) {
         for origin in origins {
             let key = (MqttStr::from(origin.publisher.as_str()), origin.packet_id);
+            self.recovered_origins.insert(key.clone());
+            if origin.clients.is_empty() {
+                continue;
+            }
             self.origins.insert(
                 key,
                 Origin {
@@ -202,14 +206,60 @@ impl Shard {
         }
     }
 
-    /// The shards this shard's entry for `message` was passed on to (moved sessions' new
-    /// shards): the publisher's shard waits for them and commits to them like any target.
-    pub(super) fn origin_forwarded_shards(&self, message: &Message) -> Vec<u16> {
-        self.origin_key(message)
-            .and_then(|key| self.origins.get(&key))
+    /// Shards that may hold entries for `message` (published here) that its routing does not
+    /// reach: every shard for a key recovery found (its entries sit with the subscribers' home
+    /// shards, and copies in other shards' first snapshots), else those this shard's entry was
+    /// passed on to (moved sessions' new shards). The publisher's shard waits for them and
+    /// commits to them like the shards routed to.
+    pub(super) fn origin_extra_targets(&self, message: &Message) -> Vec<usize> {
+        let Some(key) = self.origin_key(message) else {
+            return Vec::new();
+        };
+        if self.recovered_origins.contains(&key) {
+            return (0..self.shards).filter(|&s| s != self.id).collect();
+        }
+        self.origins
+            .get(&key)
             .filter(|origin| origin.digest == digest(message))
-            .map(|origin| origin.forwarded.clone())
+            .map(|origin| origin.forwarded.iter().map(|&s| usize::from(s)).collect())
             .unwrap_or_default()
+    }
+
+    /// The durable session of publisher `client` ended: no resend of its unfinished QoS 2
+    /// publishes (`pending`, and any recovery found) will come, so every shard drops their
+    /// entries (told without waiting: an entry outliving this only makes a later resend of
+    /// the same packet id, topic and payload skip a subscriber).
+    pub(super) fn origins_publisher_ended(&mut self, client: &MqttStr, pending: Vec<u16>) {
+        let mut packet_ids = pending;
+        for (publisher, packet_id) in &self.recovered_origins {
+            if publisher == client && !packet_ids.contains(packet_id) {
+                packet_ids.push(*packet_id);
+            }
+        }
+        self.origins_drop_everywhere(client, packet_ids);
+    }
+
+    /// Every shard drops its entries for `packet_ids` of publisher `client` (told without
+    /// waiting for answers).
+    pub(super) fn origins_drop_everywhere(&mut self, client: &MqttStr, packet_ids: Vec<u16>) {
+        if packet_ids.is_empty() {
+            return;
+        }
+        let token = self.new_token();
+        for packet_id in packet_ids {
+            // Every shard is told below, those it passed entries on to included.
+            let _passed_on = self.origin_clear_local(client, packet_id);
+            let (shards, own) = (self.shards, self.id);
+            for shard in (0..shards).filter(|&s| s != own) {
+                let commit = ShardMsg::OriginCommitted {
+                    from: self.id as u16,
+                    token,
+                    publisher: client.clone(),
+                    packet_id,
+                };
+                self.send(shard, commit);
+            }
+        }
     }
 
     /// A delivery of a peer's publish forwarded to `shard` (a moved session's new shard).
@@ -263,16 +313,16 @@ impl Shard {
     #[must_use]
     pub(super) fn origin_clear_local(&mut self, publisher: &MqttStr, packet_id: u16) -> Vec<u16> {
         let key = (publisher.clone(), packet_id);
-        let Some(origin) = self.origins.remove(&key) else {
-            return Vec::new();
-        };
-        if origin.written {
+        // A recovered key: this shard's first snapshot may hold a copy for other shards.
+        let recovered = self.recovered_origins.remove(&key);
+        let origin = self.origins.remove(&key);
+        if recovered || origin.as_ref().is_some_and(|o| o.written) {
             self.hooks.journal.append(&JournalRecord::OriginCleared {
                 publisher,
                 packet_id,
             });
         }
-        origin.forwarded
+        origin.map(|o| o.forwarded).unwrap_or_default()
     }
 
     /// `OriginCommitted`: the publisher's shard recorded the packet id; the entry goes (and
@@ -284,8 +334,15 @@ impl Shard {
         publisher: MqttStr,
         packet_id: u16,
     ) {
-        let removed = self.origins.remove(&(publisher.clone(), packet_id));
+        let key = (publisher.clone(), packet_id);
+        // A recovered key: this shard's first snapshot may hold a copy for other shards.
+        let recovered = self.recovered_origins.remove(&key);
+        let removed = self.origins.remove(&key);
         let own = match &removed {
+            _ if recovered => self.hooks.journal.append(&JournalRecord::OriginCleared {
+                publisher: &publisher,
+                packet_id,
+            }),
             Some(origin) if origin.written => {
                 self.hooks.journal.append(&JournalRecord::OriginCleared {
                     publisher: &publisher,

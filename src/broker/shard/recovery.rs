@@ -269,6 +269,20 @@ impl Shard {
         self.peers_recovered + 1 >= self.shards
     }
 
+    /// QoS 2 origin entries held (see `origins.rs`): none once every publisher's exchanges
+    /// completed.
+    pub fn origin_entries(&self) -> Vec<String> {
+        self.origins
+            .iter()
+            .map(|((publisher, packet_id), origin)| {
+                format!(
+                    "{publisher}/{packet_id} {:?} forwarded {:?}",
+                    origin.clients, origin.forwarded
+                )
+            })
+            .collect()
+    }
+
     /// The journal hook, for the runtime that writes its batches.
     pub fn journal_mut(&mut self) -> &mut dyn Journal {
         &mut *self.hooks.journal

@@ -287,6 +287,8 @@ impl Shard {
             });
             if entry.moved_to.is_none() && self.hooks.journal.enabled() {
                 self.origins_forget_client(&entry.session.client_id);
+                let pending = entry.session.uncommitted_incoming_qos2();
+                self.origins_publisher_ended(&entry.session.client_id, pending);
             }
         }
         let orphans = entry.session.take_shared_undelivered();

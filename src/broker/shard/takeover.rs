@@ -32,7 +32,7 @@ pub(super) struct Forwarded {
 pub(super) enum Handover {
     Ended,
     InPlace(SessionId),
-    Moved(Box<Session>, Option<Box<RecentDeliveries>>, Vec<OriginMark>),
+    Moved(Box<Session>, Option<Box<RecentDeliveries>>),
 }
 
 impl Shard {
@@ -123,24 +123,21 @@ impl Shard {
         let handover =
             session.map(|slot| self.hand_over(slot, &client_id, new_shard, new_token, clean_start));
         let moved = matches!(handover, Some(Handover::Moved(..)));
-        let (session, handover, recent, origins) = match handover {
-            Some(Handover::InPlace(slot)) => {
-                (None, Some(HandoverKind::InPlace(slot)), None, Vec::new())
+        let (session, handover, recent) = match handover {
+            Some(Handover::InPlace(slot)) => (None, Some(HandoverKind::InPlace(slot)), None),
+            Some(Handover::Moved(data, recent)) => {
+                (Some(data), Some(HandoverKind::Stub(self.id as u16)), recent)
             }
-            Some(Handover::Moved(data, recent, origins)) => (
-                Some(data),
-                Some(HandoverKind::Stub(self.id as u16)),
-                recent,
-                origins,
-            ),
-            Some(Handover::Ended) | None => (None, None, None, Vec::new()),
+            Some(Handover::Ended) | None => (None, None, None),
         };
         let granted = ShardMsg::Granted {
             token: new_token,
             session,
             handover,
             recent,
-            origins,
+            // A moving session's origin marks are added when the message leaves (after the
+            // barrier below).
+            origins: Vec::new(),
         };
         if moved {
             // The session continues elsewhere only once every shard has applied what this
@@ -229,9 +226,7 @@ impl Shard {
         let recent = entry.recent.take();
         self.by_client_id.remove(client_id);
         self.stubs.insert(new_token, slot);
-        // So do its origin marks: a resend after a crash must skip it on its new shard.
-        let origins = self.origins_move_client(client_id, new_shard);
-        Handover::Moved(Box::new(data), recent, origins)
+        Handover::Moved(Box::new(data), recent)
     }
 
     /// Claimant role: the id is ours; finish the CONNECT (or, when the connection is already
