@@ -1,6 +1,7 @@
-//! CRC-32C (Castagnoli, the polynomial of iSCSI, ext4 and RocksDB), slicing-by-8 over tables
-//! built at compile time: no dependency, and fast enough that checksumming is never the
-//! bottleneck of a log replay.
+//! CRC-32C (Castagnoli, the polynomial of iSCSI, ext4 and RocksDB): the SSE 4.2 `crc32`
+//! instruction where the CPU has it (every x86-64 server since 2008; 8 bytes per instruction),
+//! else slicing-by-8 over tables built at compile time. No dependency. Every journal record is
+//! checksummed on the shard thread, so this is on the durable publish path.
 
 const POLY: u32 = 0x82F6_3B78; // 0x1EDC6F41 reflected
 
@@ -54,7 +55,46 @@ impl Crc32c {
 
     /// Adds `bytes`.
     pub fn update(&mut self, bytes: &[u8]) {
-        let mut crc = self.0;
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("sse4.2") {
+            // SAFETY: the CPU supports SSE 4.2 (checked just above; the check is cached).
+            self.0 = unsafe { update_sse42(self.0, bytes) };
+            return;
+        }
+        self.0 = update_tables(self.0, bytes);
+    }
+
+    /// The checksum of everything added.
+    pub fn finish(self) -> u32 {
+        !self.0
+    }
+}
+
+/// The running (uninverted) checksum `crc` over `bytes`, by the `crc32` instruction, which
+/// computes the same reflected CRC-32C as the tables.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "sse4.2")]
+unsafe fn update_sse42(crc: u32, bytes: &[u8]) -> u32 {
+    use std::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+    let mut wide = u64::from(crc);
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        wide = _mm_crc32_u64(wide, u64::from_le_bytes(word));
+    }
+    // The instruction leaves the 32-bit CRC in the low half.
+    let mut crc = wide as u32;
+    for &byte in chunks.remainder() {
+        crc = _mm_crc32_u8(crc, byte);
+    }
+    crc
+}
+
+/// The running (uninverted) checksum `crc` over `bytes`, slicing by 8.
+fn update_tables(crc: u32, bytes: &[u8]) -> u32 {
+    let mut crc = crc;
+    {
         let mut chunks = bytes.chunks_exact(8);
         for chunk in &mut chunks {
             let lo = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]) ^ crc;
@@ -70,13 +110,8 @@ impl Crc32c {
         for &byte in chunks.remainder() {
             crc = (crc >> 8) ^ TABLES[0][((crc ^ byte as u32) & 0xff) as usize];
         }
-        self.0 = crc;
     }
-
-    /// The checksum of everything added.
-    pub fn finish(self) -> u32 {
-        !self.0
-    }
+    crc
 }
 
 /// CRC-32C of `bytes`.
@@ -126,5 +161,24 @@ mod tests {
         crc.update(&data[13..500]);
         crc.update(&data[500..]);
         assert_eq!(crc.finish(), slow(&data));
+    }
+
+    /// Both ways of computing agree (whichever `update` picks on this machine).
+    #[test]
+    fn tables_and_instruction_agree() {
+        let data: Vec<u8> = (0..4096u32).map(|i| (i * 31 + i / 7) as u8).collect();
+        for start in [0, 1, 3, 8] {
+            for len in [0, 1, 7, 8, 9, 63, 64, 65, 1000, 4000] {
+                let bytes = &data[start..start + len];
+                let tables = !update_tables(!0, bytes);
+                assert_eq!(tables, slow(bytes), "tables, len {len}");
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("sse4.2") {
+                    // SAFETY: checked just above.
+                    let instruction = !unsafe { update_sse42(!0, bytes) };
+                    assert_eq!(instruction, tables, "instruction, len {len}");
+                }
+            }
+        }
     }
 }
