@@ -677,8 +677,11 @@ impl Journal for StoreJournal {
             return None;
         }
         self.open_start = 0;
+        // The next batch starts with room for one like this (up to 1 MiB: not a snapshot's
+        // size): growing from empty would reallocate and copy it a dozen times.
+        let room = self.bytes.len().min(1 << 20);
         Some(JournalBatch {
-            bytes: std::mem::take(&mut self.bytes),
+            bytes: std::mem::replace(&mut self.bytes, Vec::with_capacity(room)),
             last_sequence: self.sequence,
             parts: std::mem::take(&mut self.parts),
         })

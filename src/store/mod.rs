@@ -102,6 +102,10 @@ impl std::hash::Hasher for FoldHasher {
         self.write_u64(u64::from(value));
     }
 
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
     fn write_usize(&mut self, value: usize) {
         self.write_u64(value as u64);
     }

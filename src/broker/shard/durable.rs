@@ -61,8 +61,9 @@ pub(super) struct PeerWait {
 pub(super) enum HeldKind {
     /// A packet for a connection.
     Packet(ConnId, Box<Packet>),
-    /// A message for a peer shard (or this one).
-    Mesh(usize, ShardMsg),
+    /// A message for a peer shard (or this one), boxed: held outputs queue by the thousand
+    /// and move as they are released, and most are packets.
+    Mesh(usize, Box<ShardMsg>),
     /// The output of a connection (held behind a persistent session's CONNACK) may go.
     Release(ConnId),
 }
@@ -225,7 +226,9 @@ impl Shard {
     ) {
         match durability {
             Durability::Now => self.send(shard, message),
-            Durability::At(sequence) => self.hold(sequence, HeldKind::Mesh(shard, message)),
+            Durability::At(sequence) => {
+                self.hold(sequence, HeldKind::Mesh(shard, Box::new(message)))
+            }
         }
     }
 
@@ -604,7 +607,7 @@ impl Shard {
                     }
                     self.write(conn, *packet)
                 }
-                HeldKind::Mesh(shard, message) => self.send(shard, message),
+                HeldKind::Mesh(shard, message) => self.send(shard, *message),
                 HeldKind::Release(conn) => {
                     // Only the last hold of the connection releases it.
                     let until = self.output_held_until.get(&conn).copied().unwrap_or(0);

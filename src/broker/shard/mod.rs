@@ -132,6 +132,10 @@ pub use stats::{
 use takeover::*;
 use timers::*;
 
+/// A map keyed by handles or tokens the broker makes itself (never by client input), looked
+/// up per held acknowledgement: SipHash was a visible share of a durable publish.
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<crate::store::FoldHasher>>;
+
 /// Process-wide state shared by all shards.
 #[derive(Debug, Default)]
 pub struct Global {
@@ -201,9 +205,9 @@ pub struct Shard {
     /// Outputs held until the journal reports them durable, in sequence order.
     held_outputs: VecDeque<HeldOutput>,
     /// Acknowledgements that also wait for peer shards, per connection (see [`PeerWait`]).
-    peer_waits: HashMap<ConnId, VecDeque<PeerWait>>,
+    peer_waits: FastMap<ConnId, VecDeque<PeerWait>>,
     /// The connection of each outstanding store barrier token.
-    peer_wait_tokens: HashMap<u64, ConnId>,
+    peer_wait_tokens: FastMap<u64, ConnId>,
     /// Peers this shard forwarded deliveries to since it last answered a `StoreBarrier`.
     forwarded_to: Vec<usize>,
     /// Barriers relayed to those peers, by the relay's token.
@@ -219,9 +223,9 @@ pub struct Shard {
     /// The journal's last report: everything up to this sequence number is durable.
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
-    output_held_until: HashMap<ConnId, u64>,
+    output_held_until: FastMap<ConnId, u64>,
     /// Per connection, the sequence number its last packet in `held_outputs` waits for.
-    held_packet_until: HashMap<ConnId, u64>,
+    held_packet_until: FastMap<ConnId, u64>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
     /// Recovered sessions are being installed (their image follows in `journal_image`).
@@ -380,8 +384,8 @@ impl Shard {
             registry: HashMap::new(),
             hooks,
             held_outputs: VecDeque::new(),
-            peer_waits: HashMap::new(),
-            peer_wait_tokens: HashMap::new(),
+            peer_waits: FastMap::default(),
+            peer_wait_tokens: FastMap::default(),
             forwarded_to: Vec::new(),
             relays: HashMap::new(),
             origins: HashMap::new(),
@@ -392,8 +396,8 @@ impl Shard {
             peers_recovered: 0,
             installing_recovered: false,
             no_output: BytesMut::new(),
-            output_held_until: HashMap::new(),
-            held_packet_until: HashMap::new(),
+            output_held_until: FastMap::default(),
+            held_packet_until: FastMap::default(),
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,
