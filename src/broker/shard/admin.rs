@@ -139,7 +139,7 @@ impl Shard {
 
     /// The session indexed for `client_id` on this shard, with its live connection if any.
     fn admin_lookup(&self, client_id: &str) -> Option<(SessionId, Option<ConnId>)> {
-        let &slot = self.by_client_id.get(client_id)?;
+        let slot = self.by_client_id.get(&self.sessions, client_id)?;
         let entry = self.sessions.get(slot)?;
         if entry.moved_to.is_some() {
             return None;
@@ -158,7 +158,7 @@ impl Shard {
         let now_secs = self.clock_ms() / 1000;
         let mut clients = Vec::new();
         let mut total = 0;
-        for &slot in self.by_client_id.values() {
+        for slot in self.by_client_id.slots() {
             let Some((entry, conn)) = self
                 .sessions
                 .get(slot)
@@ -211,7 +211,7 @@ impl Shard {
             || self
                 .registry
                 .get(client_id)
-                .is_some_and(|r| !r.settled || r.waiting.is_some())
+                .is_some_and(|r| !r.settled || r.waiting().is_some())
     }
 
     fn admin_report(&self, slot: SessionId, was_connected: bool) -> Option<SessionReport> {

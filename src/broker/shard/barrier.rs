@@ -67,8 +67,8 @@ impl Shard {
             // That peer now routes to the moved session here: its direct publishes may reach it.
             if let Some(recent) = self
                 .by_client_id
-                .get(client_id)
-                .and_then(|&slot| self.sessions.get_mut(slot))
+                .get(&self.sessions, client_id)
+                .and_then(|slot| self.sessions.get_mut(slot))
                 .and_then(|e| e.recent.as_mut())
             {
                 recent.open_for(peer);
@@ -127,8 +127,8 @@ impl Shard {
             } => {
                 if let Some(recent) = self
                     .by_client_id
-                    .get(&client_id)
-                    .and_then(|&slot| self.sessions.get_mut(slot))
+                    .get(&self.sessions, &client_id)
+                    .and_then(|slot| self.sessions.get_mut(slot))
                     .filter(|e| e.token == token)
                     .and_then(|e| e.recent.as_mut())
                 {

@@ -115,7 +115,7 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
-        if let Some((shard, token)) = entry.moved_to {
+        if let Some(&(shard, token)) = entry.moved_to.as_deref() {
             let client_id = entry.session.client_id.clone();
             if group.is_none() {
                 self.origin_forwarded(message, shard);

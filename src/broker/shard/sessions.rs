@@ -17,7 +17,8 @@ pub(super) struct SessionEntry {
     pub(super) pending_will: Option<Box<LastWill>>,
     /// Set on a stub left behind when the session moved to another shard: deliveries are
     /// forwarded there (shard, claim token) until every shard routes to the new place.
-    pub(super) moved_to: Option<(u16, u64)>,
+    /// (Boxed: only stubs have it, and every session carries the field.)
+    pub(super) moved_to: Option<Box<(u16, u64)>>,
     /// While a moved session may receive a message both directly and through the old shard's
     /// stub: what it already got, so nothing is delivered twice.
     pub(super) recent: Option<Box<RecentDeliveries>>,
@@ -110,7 +111,7 @@ impl Shard {
             // generation without it.
             self.journal_session_image(slot);
         }
-        if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
+        if let Some(stale) = self.by_client_id.insert(&self.sessions, &client_id, slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
             tracing::error!(shard = self.id, client = %client_id, "a second session for one client id; ending the older");
@@ -122,9 +123,9 @@ impl Shard {
                         conn.state = ConnState::Detached;
                     }
                 }
-                self.by_client_id.insert(client_id.clone(), stale);
+                self.by_client_id.insert(&self.sessions, &client_id, stale);
                 self.end_session(stale);
-                self.by_client_id.insert(client_id, slot);
+                self.by_client_id.insert(&self.sessions, &client_id, slot);
             }
         }
         for (filter, options) in filters {
@@ -173,7 +174,7 @@ impl Shard {
     /// After an ACL reload: every session's subscriptions checked against the new rules. Denied
     /// ones are removed (and logged); the per-delivery check is recomputed.
     pub(super) fn recheck_subscriptions(&mut self) {
-        let slots: Vec<SessionId> = self.by_client_id.values().copied().collect();
+        let slots: Vec<SessionId> = self.by_client_id.slots().collect();
         let mut removed = 0usize;
         for slot in slots {
             let Some(entry) = self.sessions.get(slot) else {
@@ -265,9 +266,7 @@ impl Shard {
         if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel
-                .entry(deadline)
-                .or_default()
-                .push(WheelEntry::Session { session, token });
+                .push(deadline, WheelEntry::Session { session, token });
         }
     }
 
@@ -292,9 +291,8 @@ impl Shard {
             let username = entry.session.username.as_deref();
             self.publish_will(&entry.session.client_id, username, will);
         }
-        if self.by_client_id.get(&entry.session.client_id) == Some(&session) {
-            self.by_client_id.remove(&entry.session.client_id);
-        }
+        self.by_client_id
+            .remove_slot(&entry.session.client_id, session);
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(session, filter);
         }
