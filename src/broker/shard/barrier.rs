@@ -69,7 +69,7 @@ impl Shard {
                 .by_client_id
                 .get(&self.sessions, client_id)
                 .and_then(|slot| self.sessions.get_mut(slot))
-                .and_then(|e| e.recent.as_mut())
+                .and_then(|e| e.recent_mut())
             {
                 recent.open_for(peer);
             }
@@ -130,7 +130,7 @@ impl Shard {
                     .get(&self.sessions, &client_id)
                     .and_then(|slot| self.sessions.get_mut(slot))
                     .filter(|e| e.token == token)
-                    .and_then(|e| e.recent.as_mut())
+                    .and_then(|e| e.recent_mut())
                 {
                     recent.open_gate();
                 }

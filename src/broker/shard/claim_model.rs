@@ -360,11 +360,11 @@ impl Sim {
                     "shard {shard_id}: index entry of {client_id} not found under its key"
                 );
                 *indexed.entry(client_id).or_default() += 1;
-                assert!(entry.moved_to.is_none(), "a stub is indexed");
+                assert!(entry.moved_to().is_none(), "a stub is indexed");
             }
             for (slot, entry) in shard.sessions.iter() {
                 let client_id = entry.session.client_id.as_str();
-                if entry.moved_to.is_some() {
+                if entry.moved_to().is_some() {
                     *stubs.entry(client_id).or_default() += 1;
                     assert!(entry.conn.is_none(), "a stub has a connection");
                     continue;
@@ -421,7 +421,7 @@ impl Sim {
             assert!(shard.stubs.is_empty(), "shard {shard_id}: stubs left");
             assert!(shard.barriers.is_empty(), "shard {shard_id}: barriers left");
             assert!(
-                shard.sessions.iter().all(|(_, e)| e.moved_to.is_none()),
+                shard.sessions.iter().all(|(_, e)| e.moved_to().is_none()),
                 "shard {shard_id}: stub sessions left"
             );
         }
@@ -499,7 +499,7 @@ fn run(seed: u64, shards: usize, ids: usize, steps: usize) -> usize {
     for shard in &mut sim.shards {
         shard.on_tick(later);
         assert!(
-            shard.sessions.iter().all(|(_, e)| e.recent.is_none()),
+            shard.sessions.iter().all(|(_, e)| e.recent().is_none()),
             "move deduplication outlived its margin"
         );
     }

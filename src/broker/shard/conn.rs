@@ -643,7 +643,7 @@ impl Shard {
                     {
                         WillTiming::Now => self.publish_will(&client_id, username.as_deref(), will),
                         WillTiming::After(delay) => {
-                            entry.pending_will = Some(will);
+                            entry.set_pending_will(will);
                             let token = entry.token;
                             self.wheel.push(
                                 Self::bucket(now_ms + 1000 * u64::from(delay)),

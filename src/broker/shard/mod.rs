@@ -765,14 +765,15 @@ mod footprint {
         // handles carry generations; the partial-packet buffer is a boxed slice, 16 bytes).
         let conn = std::mem::size_of::<super::Conn>();
         assert!(conn <= 96, "Conn is {conn} bytes");
-        // Sessions: 208 bytes (one `since_ms` serves session expiry and latency measurement;
-        // the in-flight window, queue and inbound QoS 2 ids are boxed while messages flow, the
-        // subscription map from the first subscription, a stub's forwarding address always;
+        // Sessions: 192 bytes, mimalloc's size class (one `since_ms` serves session expiry and
+        // latency measurement; the in-flight window, queue and inbound QoS 2 ids are boxed
+        // while messages flow, the subscription map from the first subscription, a pending
+        // will, a stub's address and a moved session's deduplication together when present;
         // the limits are shared with the shard; 8 bytes of prepared ACL state; 8 of durable
-        // generation). mimalloc serves it from its 224-byte size class.
+        // generation).
         let session_entry = std::mem::size_of::<super::SessionEntry>();
         assert!(
-            session_entry <= 208,
+            session_entry <= 192,
             "SessionEntry is {session_entry} bytes"
         );
         // The home shard's registration of a client id: 32 bytes (user name and waiting claim

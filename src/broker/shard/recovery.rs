@@ -185,7 +185,7 @@ impl Shard {
                 None => delay_ms,
                 Some(at) => (at + delay_ms).saturating_sub(unix_ms),
             };
-            entry.pending_will = Some(Box::new(will));
+            entry.set_pending_will(Box::new(will));
             self.wheel.push(
                 Self::bucket(now_ms + left_ms.max(FIRST_WILL_DELAY_MS)),
                 WheelEntry::Will {
@@ -219,7 +219,7 @@ impl Shard {
             let live = self
                 .sessions
                 .get(slot)
-                .is_some_and(|e| !e.session.clean && e.moved_to.is_none());
+                .is_some_and(|e| !e.session.clean && e.moved_to().is_none());
             if !live {
                 continue;
             }

@@ -89,7 +89,7 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(slot).filter(|e| e.token == token) else {
             return;
         };
-        if entry.recent.is_some() {
+        if entry.recent().is_some() {
             // Copies sent directly by other shards before they learned of the move may still
             // be on their way: keep filtering for a margin.
             let deadline = self.clock_ms() + MOVE_DEDUP_MARGIN.as_millis() as u64;
@@ -166,7 +166,7 @@ impl Shard {
             return Handover::Ended;
         };
         let ends = entry.session.ends_on_takeover(clean_start);
-        let pending_will = entry.pending_will.take();
+        let pending_will = entry.take_pending_will();
         let old_conn = entry.conn.take();
         let live_will = old_conn.and_then(|_| entry.session.will.take());
         let username = entry.session.username.clone();
@@ -220,10 +220,10 @@ impl Shard {
         stub.subscriptions = entry.session.subscriptions.clone();
         let data = std::mem::replace(&mut entry.session, stub);
         self.stats.session_queue_moved(data.queued_len(), false);
-        entry.moved_to = Some(Box::new((new_shard, new_token)));
+        entry.set_moved_to(new_shard, new_token);
         // What the session got recently goes with it: a copy of one of those messages may still
         // reach it on its new shard.
-        let recent = entry.recent.take();
+        let recent = entry.take_recent();
         self.by_client_id.remove(&self.sessions, client_id);
         self.stubs.insert(new_token, slot);
         Handover::Moved(Box::new(data), recent)
@@ -313,7 +313,7 @@ impl Shard {
                 let Some(entry) = self.sessions.get_mut(slot) else {
                     return;
                 };
-                entry.pending_will = None;
+                entry.take_pending_will();
                 let session = std::mem::replace(
                     &mut entry.session,
                     Session::new(MqttStr::default(), protocol, true, limits),
@@ -493,7 +493,7 @@ impl Shard {
             recent.remember(message);
         }
         recent.close_gate();
-        entry.recent = Some(recent);
+        entry.set_recent(recent);
         let action = BarrierAction::ReleaseStub {
             shard,
             token,
@@ -509,7 +509,7 @@ impl Shard {
         let is_stub = self
             .sessions
             .get(slot)
-            .is_some_and(|e| e.moved_to.as_ref().is_some_and(|m| m.1 == token));
+            .is_some_and(|e| e.moved_to().is_some_and(|m| m.1 == token));
         if !is_stub {
             return;
         }

@@ -91,7 +91,7 @@ impl Shard {
                         // arrival on this shard, and in-place takeovers since then change its
                         // token but not the fact that the move is long over.
                         if let Some(entry) = self.sessions.get_mut(session) {
-                            entry.recent = None;
+                            entry.take_recent();
                         }
                     }
                 }
@@ -176,7 +176,7 @@ impl Shard {
         if entry.token != token || entry.conn.is_some() {
             return;
         }
-        if let Some(will) = entry.pending_will.take() {
+        if let Some(will) = entry.take_pending_will() {
             let client_id = entry.session.client_id.clone();
             let username = entry.session.username.clone();
             if !entry.session.clean {
@@ -224,7 +224,7 @@ impl Shard {
                 .will
                 .take()
                 .into_iter()
-                .chain(entry.pending_will.take())
+                .chain(entry.take_pending_will())
                 .collect();
             for will in wills {
                 self.publish_will(&client_id, username.as_deref(), will);
