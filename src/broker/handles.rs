@@ -59,6 +59,10 @@ pub enum ConnKind {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SessionKind {}
 
+/// Marker for home-shard registration handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RegistrationKind {}
+
 /// A connection on its shard.
 pub type ConnId = Handle<ConnKind>;
 /// A session entry on its shard.

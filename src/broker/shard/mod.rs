@@ -72,7 +72,6 @@ use core_router::interest::{InterestIndex, LocalInterest, ShardSet};
 use core_router::retained::RetainedStore;
 use core_router::topic;
 use core_router::trie::SubscriptionTrie;
-use indexmap::IndexMap;
 
 use super::handles::{ConnId, ConnKind, GenSlab, SessionId, SessionKind};
 use super::hooks::{
@@ -117,7 +116,7 @@ use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
 use durable::*;
-use index::SessionIndex;
+use index::{Registry, SessionIndex};
 use login_delay::FailedLogins;
 use origins::digest as origin_digest;
 use origins::Origin;
@@ -200,10 +199,8 @@ pub struct Shard {
     /// Reused by shared-subscription routing for the matching groups of one message.
     shared_scratch: Vec<MqttStr>,
     random_state: u64,
-    /// Home-shard registrations by client id. An `IndexMap`: its table holds a u64 index per
-    /// slot and the entries sit in a dense vector, a third of what a map of 64-byte entries
-    /// costs at the load factors a growing table passes through.
-    registry: IndexMap<MqttStr, Registration>,
+    /// Home-shard registrations by client id.
+    registry: Registry,
     hooks: Hooks,
     /// Outputs held until the journal reports them durable, in sequence order.
     held_outputs: VecDeque<HeldOutput>,
@@ -381,7 +378,7 @@ impl Shard {
             shared_cursor: HashMap::new(),
             shared_scratch: Vec::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
-            registry: IndexMap::new(),
+            registry: Registry::default(),
             hooks,
             held_outputs: VecDeque::new(),
             peer_waits: HashMap::new(),
@@ -777,7 +774,8 @@ mod footprint {
             "SessionEntry is {session_entry} bytes"
         );
         // The home shard's registration of a client id: 32 bytes (user name and waiting claim
-        // boxed together), in an index map whose table holds a u64 index per slot.
+        // boxed together), stored with its client id in a chunked slab, found through a
+        // 12-byte index entry.
         let registration = std::mem::size_of::<super::Registration>();
         assert!(registration <= 32, "Registration is {registration} bytes");
         // One per published message (shared by its subscribers): 520 bytes, 536 with the

@@ -211,8 +211,7 @@ impl Shard {
                 );
             }
             None => {
-                // Order in the map means nothing: the last entry fills the gap.
-                self.registry.swap_remove(&client_id);
+                self.registry.remove(&client_id);
             }
         }
     }
