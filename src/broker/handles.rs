@@ -224,6 +224,19 @@ impl<K, V> GenSlab<K, V> {
         self.get(handle).is_some()
     }
 
+    /// The handle of the value in slot `slot`, if it is occupied (for side tables that store
+    /// bare slot numbers and rebuild the current handle).
+    pub fn handle_at(&self, slot: u32) -> Option<Handle<K>> {
+        match self.slots.get(slot as usize)? {
+            Slot::Occupied { generation, .. } => Some(Handle {
+                slot,
+                generation: *generation,
+                kind: PhantomData,
+            }),
+            Slot::Vacant { .. } => None,
+        }
+    }
+
     /// Removes and returns the value behind `handle`, unless the handle is stale.
     pub fn remove(&mut self, handle: Handle<K>) -> Option<V> {
         let entry = self.slots.get_mut(handle.slot as usize)?;

@@ -158,7 +158,7 @@ impl Shard {
         let now_secs = self.clock_ms() / 1000;
         let mut clients = Vec::new();
         let mut total = 0;
-        for slot in self.by_client_id.slots() {
+        for slot in self.by_client_id.slots(&self.sessions) {
             let Some((entry, conn)) = self
                 .sessions
                 .get(slot)

@@ -342,11 +342,15 @@ impl Sim {
         let mut live_conns: HashMap<&str, usize> = HashMap::new();
         for (shard_id, shard) in self.shards.iter().enumerate() {
             let mut slots = HashSet::new();
-            for slot in shard.by_client_id.slots() {
+            for number in shard.by_client_id.slot_numbers() {
                 assert!(
-                    slots.insert(slot),
-                    "shard {shard_id}: two index entries for slot {slot:?}"
+                    slots.insert(number),
+                    "shard {shard_id}: two index entries for slot {number}"
                 );
+                let slot = shard
+                    .sessions
+                    .handle_at(number)
+                    .unwrap_or_else(|| panic!("shard {shard_id}: index entry to a free slot"));
                 let entry = shard
                     .sessions
                     .get(slot)
@@ -440,13 +444,13 @@ impl Sim {
                         "{client_id}: not settled"
                     );
                     assert_eq!(
-                        usize::from(r.owner.shard),
+                        usize::from(r.owner().shard),
                         shard,
                         "{client_id}: owner shard"
                     );
                     assert_eq!(
                         self.shards[shard].sessions.get(slot).map(|e| e.token),
-                        Some(r.owner.token),
+                        Some(r.owner().token),
                         "{client_id}: owner token"
                     );
                 }

@@ -3,6 +3,7 @@
 //! client id stored with each registration).
 
 use std::hash::{BuildHasher, RandomState};
+use std::marker::PhantomData;
 
 use hashbrown::HashTable;
 
@@ -11,10 +12,11 @@ use crate::broker::handles::{Handle, RegistrationKind};
 
 type Sessions = GenSlab<SessionKind, Box<SessionEntry>>;
 
-/// Client id -> slot in 12 bytes an entry (a 32-bit hash and the handle) instead of a map
-/// entry with its own copy of the key: lookups compare against the key the slot holds. The
-/// hash is kept so the table can grow without reading the slots, and so an entry can be
-/// removed by its handle after its slot is gone.
+/// Client id -> slot in 8 bytes an entry (a 32-bit hash and the slot number) instead of a map
+/// entry with its own copy of the key: lookups compare against the key the slot's current
+/// occupant holds and answer with its current handle (an entry whose slot was reused by
+/// another client id does not match). The hash is kept so the table can grow without reading
+/// the slots, and so an entry can be removed after its slot is vacated.
 #[derive(Debug)]
 struct ClientIndex<K> {
     table: HashTable<Indexed<K>>,
@@ -34,7 +36,8 @@ impl<K> Default for ClientIndex<K> {
 #[derive(Debug)]
 struct Indexed<K> {
     hash: u32,
-    slot: Handle<K>,
+    slot: u32,
+    kind: PhantomData<fn() -> K>,
 }
 
 /// The table's hash of a stored 32-bit hash: its bits choose the bucket and its high bits the
@@ -43,29 +46,24 @@ fn spread(hash: u32) -> u64 {
     (u64::from(hash) << 32) | u64::from(hash)
 }
 
-/// Handle equality without requiring it of the marker type.
-fn same<K>(a: Handle<K>, b: Handle<K>) -> bool {
-    a.slot() == b.slot() && a.generation() == b.generation()
-}
-
 impl<K> ClientIndex<K> {
     fn hash(&self, client_id: &str) -> u32 {
         // The upper half of a 64-bit keyed hash; truncation keeps it uniform.
         (self.hasher.hash_one(client_id) >> 32) as u32
     }
 
-    /// The slot indexed for `client_id`; `key_of` reads a slot's key.
+    /// The slot indexed for `client_id`; `key_of` reads the current occupant of a slot
+    /// number: its handle and key.
     fn get<'a>(
         &self,
         client_id: &str,
-        key_of: impl Fn(Handle<K>) -> Option<&'a str>,
+        key_of: impl Fn(u32) -> Option<(Handle<K>, &'a str)>,
     ) -> Option<Handle<K>> {
         let hash = self.hash(client_id);
-        self.table
-            .find(spread(hash), |e| {
-                e.hash == hash && key_of(e.slot) == Some(client_id)
-            })
-            .map(|e| e.slot)
+        let found = self.table.find(spread(hash), |e| {
+            e.hash == hash && key_of(e.slot).is_some_and(|(_, key)| key == client_id)
+        })?;
+        key_of(found.slot).map(|(handle, _)| handle)
     }
 
     /// Indexes `slot` (which holds `client_id`); the slot indexed before for it, if any.
@@ -73,26 +71,34 @@ impl<K> ClientIndex<K> {
         &mut self,
         client_id: &str,
         slot: Handle<K>,
-        key_of: impl Fn(Handle<K>) -> Option<&'a str>,
+        key_of: impl Fn(u32) -> Option<(Handle<K>, &'a str)>,
     ) -> Option<Handle<K>> {
         let hash = self.hash(client_id);
+        let number = u32::try_from(slot.slot()).unwrap_or(u32::MAX);
         if let Some(e) = self.table.find_mut(spread(hash), |e| {
-            e.hash == hash && key_of(e.slot) == Some(client_id)
+            e.hash == hash && key_of(e.slot).is_some_and(|(_, key)| key == client_id)
         }) {
-            return Some(std::mem::replace(&mut e.slot, slot));
+            let old = key_of(e.slot).map(|(handle, _)| handle);
+            e.slot = number;
+            return old;
         }
+        let entry = Indexed {
+            hash,
+            slot: number,
+            kind: PhantomData,
+        };
         self.table
-            .insert_unique(spread(hash), Indexed { hash, slot }, |e| spread(e.hash));
+            .insert_unique(spread(hash), entry, |e| spread(e.hash));
         None
     }
 
-    /// Removes the entry for `client_id` if it is `slot` (whose key may be gone already).
+    /// Removes the entry for `client_id` if it is `slot`'s (whose key may be gone already).
     fn remove_slot(&mut self, client_id: &str, slot: Handle<K>) -> bool {
         let hash = self.hash(client_id);
-        match self
-            .table
-            .find_entry(spread(hash), |e| e.hash == hash && same(e.slot, slot))
-        {
+        let number = slot.slot();
+        match self.table.find_entry(spread(hash), |e| {
+            e.hash == hash && e.slot as usize == number
+        }) {
             Ok(entry) => {
                 entry.remove();
                 true
@@ -101,7 +107,8 @@ impl<K> ClientIndex<K> {
         }
     }
 
-    fn slots(&self) -> impl Iterator<Item = Handle<K>> + '_ {
+    /// Every indexed slot number.
+    fn slots(&self) -> impl Iterator<Item = u32> + '_ {
         self.table.iter().map(|e| e.slot)
     }
 }
@@ -110,8 +117,11 @@ impl<K> ClientIndex<K> {
 #[derive(Debug, Default)]
 pub(super) struct SessionIndex(ClientIndex<SessionKind>);
 
-fn session_key<'a>(sessions: &'a Sessions) -> impl Fn(SessionId) -> Option<&'a str> + 'a {
-    |slot| sessions.get(slot).map(|e| e.session.client_id.as_str())
+fn session_key<'a>(sessions: &'a Sessions) -> impl Fn(u32) -> Option<(SessionId, &'a str)> + 'a {
+    |number| {
+        let slot = sessions.handle_at(number)?;
+        Some((slot, sessions.get(slot)?.session.client_id.as_str()))
+    }
 }
 
 impl SessionIndex {
@@ -142,27 +152,46 @@ impl SessionIndex {
         self.0.remove_slot(client_id, slot)
     }
 
-    /// Every indexed slot.
-    pub(super) fn slots(&self) -> impl Iterator<Item = SessionId> + '_ {
+    /// Every indexed slot number, occupied or not (for the model checks).
+    #[cfg(test)]
+    pub(super) fn slot_numbers(&self) -> impl Iterator<Item = u32> + '_ {
         self.0.slots()
+    }
+
+    /// Every indexed session (its current handle).
+    pub(super) fn slots<'a>(
+        &'a self,
+        sessions: &'a Sessions,
+    ) -> impl Iterator<Item = SessionId> + 'a {
+        self.0
+            .slots()
+            .filter_map(|number| sessions.handle_at(number))
     }
 }
 
 /// The home shard's registrations by client id: each stored with its client id in a slab
-/// that grows by chunks, found through a [`ClientIndex`]. Per registration: 72 bytes of slab
-/// slot and 12 of index, and no table of whole entries to copy and leave behind as it grows.
+/// that grows by chunks, found through a [`ClientIndex`]. Per registration: 64 bytes of slab
+/// slot and 8 of index, and no table of whole entries to copy and leave behind as it grows.
 #[derive(Debug, Default)]
 pub(super) struct Registry {
     index: ClientIndex<RegistrationKind>,
-    records: GenSlab<RegistrationKind, (MqttStr, Registration)>,
+    records: Records,
+}
+
+type Records = GenSlab<RegistrationKind, (MqttStr, Registration)>;
+
+fn record_key<'a>(
+    records: &'a Records,
+) -> impl Fn(u32) -> Option<(Handle<RegistrationKind>, &'a str)> + 'a {
+    |number| {
+        let slot = records.handle_at(number)?;
+        Some((slot, records.get(slot)?.0.as_str()))
+    }
 }
 
 impl Registry {
     fn find(&self, client_id: &str) -> Option<Handle<RegistrationKind>> {
-        let records = &self.records;
-        self.index.get(client_id, |slot| {
-            records.get(slot).map(|(key, _)| key.as_str())
-        })
+        self.index.get(client_id, record_key(&self.records))
     }
 
     /// The registration of `client_id`.
@@ -189,9 +218,7 @@ impl Registry {
         let slot = self.records.insert((client_id, registration))?;
         let records = &self.records;
         let key = records.get(slot).map(|(key, _)| key.as_str()).unwrap_or("");
-        self.index.insert(key, slot, |slot| {
-            records.get(slot).map(|(key, _)| key.as_str())
-        });
+        self.index.insert(key, slot, record_key(records));
         None
     }
 
@@ -208,8 +235,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn indexed_entry_is_twelve_bytes() {
-        assert_eq!(std::mem::size_of::<Indexed<SessionKind>>(), 12);
+    fn indexed_entry_is_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Indexed<SessionKind>>(), 8);
     }
 
     fn registration(token: u64) -> Registration {
@@ -226,10 +253,14 @@ mod tests {
                 .is_none());
         }
         let replaced = registry.insert(ids[7].clone(), registration(70_000));
-        assert_eq!(replaced.map(|r| r.owner.token), Some(7));
+        assert_eq!(replaced.map(|r| r.owner().token), Some(7));
         for (i, id) in ids.iter().enumerate() {
             let want = if i == 7 { 70_000 } else { i as u64 };
-            assert_eq!(registry.get(id).map(|r| r.owner.token), Some(want), "{id}");
+            assert_eq!(
+                registry.get(id).map(|r| r.owner().token),
+                Some(want),
+                "{id}"
+            );
         }
         for id in ids.iter().step_by(2) {
             assert!(registry.remove(id).is_some());

@@ -773,11 +773,11 @@ mod footprint {
             session_entry <= 192,
             "SessionEntry is {session_entry} bytes"
         );
-        // The home shard's registration of a client id: 32 bytes (user name and waiting claim
-        // boxed together), stored with its client id in a chunked slab, found through a
-        // 12-byte index entry.
+        // The home shard's registration of a client id: 24 bytes (user name and waiting claim
+        // boxed together), stored with its client id in a chunked slab, found through an
+        // 8-byte index entry.
         let registration = std::mem::size_of::<super::Registration>();
-        assert!(registration <= 32, "Registration is {registration} bytes");
+        assert!(registration <= 24, "Registration is {registration} bytes");
         // One per published message (shared by its subscribers): 520 bytes, 536 with the
         // receive time the latency histogram needs.
         assert!(std::mem::size_of::<crate::session::Message>() <= 536);

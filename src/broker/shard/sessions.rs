@@ -240,7 +240,7 @@ impl Shard {
     /// After an ACL reload: every session's subscriptions checked against the new rules. Denied
     /// ones are removed (and logged); the per-delivery check is recomputed.
     pub(super) fn recheck_subscriptions(&mut self) {
-        let slots: Vec<SessionId> = self.by_client_id.slots().collect();
+        let slots: Vec<SessionId> = self.by_client_id.slots(&self.sessions).collect();
         let mut removed = 0usize;
         for slot in slots {
             let Some(entry) = self.sessions.get(slot) else {
