@@ -59,6 +59,10 @@ pub enum ConnKind {}
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SessionKind {}
 
+/// Marker for home-shard registration handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RegistrationKind {}
+
 /// A connection on its shard.
 pub type ConnId = Handle<ConnKind>;
 /// A session entry on its shard.
@@ -70,10 +74,62 @@ enum Slot<V> {
     Vacant { generation: u32, next_free: u32 },
 }
 
+/// Slots per chunk of a [`GenSlab`].
+const CHUNK: usize = 1024;
+
+/// A vector that grows by fixed-size chunks: growing never copies what is there, and never
+/// frees (or keeps spare) a buffer half as large as the new one. A slab with one slot per
+/// connection would otherwise leave a freed copy of itself behind at every doubling, which an
+/// allocator may keep resident.
+#[derive(Debug)]
+struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, index: usize) -> Option<&T> {
+        self.chunks.get(index / CHUNK)?.get(index % CHUNK)
+    }
+
+    fn get_mut(&mut self, index: usize) -> Option<&mut T> {
+        self.chunks.get_mut(index / CHUNK)?.get_mut(index % CHUNK)
+    }
+
+    fn push(&mut self, value: T) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(value),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(value);
+                self.chunks.push(chunk);
+            }
+        }
+        self.len += 1;
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        self.chunks.iter().flatten()
+    }
+}
+
 /// A slab whose keys are generation-checked [`Handle`]s.
 #[derive(Debug)]
 pub struct GenSlab<K, V> {
-    slots: Vec<Slot<V>>,
+    slots: Chunked<Slot<V>>,
     free: u32,
     len: usize,
     kind: PhantomData<fn() -> K>,
@@ -84,7 +140,7 @@ const NO_FREE: u32 = u32::MAX;
 impl<K, V> Default for GenSlab<K, V> {
     fn default() -> Self {
         GenSlab {
-            slots: Vec::new(),
+            slots: Chunked::default(),
             free: NO_FREE,
             len: 0,
             kind: PhantomData,
@@ -114,20 +170,22 @@ impl<K, V> GenSlab<K, V> {
         let free = self.free as usize;
         // The free list holds vacant slots only (`NO_FREE` is past the end); should it ever
         // point elsewhere, the value goes to a new slot rather than over a live one.
-        if let Some(&Slot::Vacant {
-            generation,
-            next_free,
-        }) = self.slots.get(free)
-        {
-            let generation = generation.wrapping_add(1);
-            self.free = next_free;
-            self.slots[free] = Slot::Occupied { generation, value };
-            self.len += 1;
-            return Some(Handle {
-                slot: free as u32,
+        if let Some(entry) = self.slots.get_mut(free) {
+            if let Slot::Vacant {
                 generation,
-                kind: PhantomData,
-            });
+                next_free,
+            } = *entry
+            {
+                let generation = generation.wrapping_add(1);
+                self.free = next_free;
+                *entry = Slot::Occupied { generation, value };
+                self.len += 1;
+                return Some(Handle {
+                    slot: free as u32,
+                    generation,
+                    kind: PhantomData,
+                });
+            }
         }
         self.free = NO_FREE;
         let slot = u32::try_from(self.slots.len())
@@ -164,6 +222,19 @@ impl<K, V> GenSlab<K, V> {
     /// Whether `handle` is live.
     pub fn contains(&self, handle: Handle<K>) -> bool {
         self.get(handle).is_some()
+    }
+
+    /// The handle of the value in slot `slot`, if it is occupied (for side tables that store
+    /// bare slot numbers and rebuild the current handle).
+    pub fn handle_at(&self, slot: u32) -> Option<Handle<K>> {
+        match self.slots.get(slot as usize)? {
+            Slot::Occupied { generation, .. } => Some(Handle {
+                slot,
+                generation: *generation,
+                kind: PhantomData,
+            }),
+            Slot::Vacant { .. } => None,
+        }
     }
 
     /// Removes and returns the value behind `handle`, unless the handle is stale.
@@ -231,6 +302,28 @@ mod tests {
         assert_eq!(slab.len(), 2);
         let live: Vec<_> = slab.iter().map(|(h, v)| (h, *v)).collect();
         assert_eq!(live, vec![(c, "c"), (b, "b")]);
+    }
+
+    #[test]
+    fn slots_past_a_chunk_boundary_work_alike() {
+        let mut slab: GenSlab<ConnKind, usize> = GenSlab::new();
+        let handles: Vec<_> = (0..CHUNK * 2 + 3)
+            .map(|i| slab.insert(i).unwrap())
+            .collect();
+        assert_eq!(slab.len(), CHUNK * 2 + 3);
+        for (i, &h) in handles.iter().enumerate() {
+            assert_eq!(h.slot(), i);
+            assert_eq!(slab.get(h), Some(&i));
+        }
+        let last = handles[CHUNK * 2 + 2];
+        assert_eq!(slab.remove(handles[CHUNK]), Some(CHUNK));
+        assert_eq!(slab.remove(last), Some(CHUNK * 2 + 2));
+        let reused = slab.insert(7).unwrap();
+        assert_eq!(reused.slot(), last.slot());
+        assert_eq!(slab.get(last), None, "the old handle is stale");
+        assert_eq!(slab.insert(8).unwrap().slot(), CHUNK);
+        let seen: Vec<usize> = slab.iter().map(|(h, _)| h.slot()).collect();
+        assert_eq!(seen, (0..CHUNK * 2 + 3).collect::<Vec<_>>());
     }
 
     #[test]

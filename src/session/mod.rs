@@ -10,9 +10,11 @@
 mod acks;
 mod lifecycle;
 mod message;
+mod subscriptions;
 
 pub use lifecycle::WillTiming;
 pub use message::{EncodeCache, Message, MessageProperties};
+pub use subscriptions::{Subscription, Subscriptions};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +22,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
-use crate::codec::{Ack, LastWill, MqttStr, Packet, ProtocolVersion, QoS, SubscriptionOptions};
+use crate::codec::{Ack, LastWill, MqttStr, Packet, ProtocolVersion, QoS};
 
 /// Limits that shape a session's queues (from the broker configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,11 +251,12 @@ pub struct Session {
     /// interval, or the broker's setting for MQTT 3.x persistent sessions.
     pub expiry: Option<u32>,
     /// Subscriptions: filter (as sent, including `$share/...`) to options and identifier.
-    pub subscriptions: HashMap<MqttStr, (SubscriptionOptions, u32)>,
+    pub subscriptions: Subscriptions,
     /// The will of the current connection (boxed: most clients have none, and an idle
     /// connection's footprint matters).
     pub will: Option<Box<LastWill>>,
-    limits: SessionLimits,
+    // Shared with the shard (the same for every session it creates): 8 bytes, not 24.
+    limits: Arc<SessionLimits>,
     peer: PeerLimits,
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
@@ -280,7 +283,7 @@ impl Session {
         client_id: MqttStr,
         protocol: ProtocolVersion,
         clean: bool,
-        limits: SessionLimits,
+        limits: impl Into<Arc<SessionLimits>>,
     ) -> Self {
         Session {
             client_id,
@@ -288,9 +291,9 @@ impl Session {
             protocol,
             clean,
             expiry: None,
-            subscriptions: HashMap::new(),
+            subscriptions: Subscriptions::new(),
             will: None,
-            limits,
+            limits: limits.into(),
             peer: PeerLimits::default(),
             aliases: None,
             next_packet_id: 1,
@@ -374,8 +377,8 @@ impl Session {
     }
 
     /// Replaces the limits (a resumed session takes the limits in force now).
-    pub fn set_limits(&mut self, limits: SessionLimits) {
-        self.limits = limits;
+    pub fn set_limits(&mut self, limits: impl Into<Arc<SessionLimits>>) {
+        self.limits = limits.into();
     }
 
     /// A new connection takes over the session: its declared limits apply and topic aliases

@@ -139,9 +139,9 @@ impl Shard {
 
     /// The session indexed for `client_id` on this shard, with its live connection if any.
     fn admin_lookup(&self, client_id: &str) -> Option<(SessionId, Option<ConnId>)> {
-        let &slot = self.by_client_id.get(client_id)?;
+        let slot = self.by_client_id.get(&self.sessions, client_id)?;
         let entry = self.sessions.get(slot)?;
-        if entry.moved_to.is_some() {
+        if entry.moved_to().is_some() {
             return None;
         }
         let conn = entry
@@ -158,12 +158,12 @@ impl Shard {
         let now_secs = self.clock_ms() / 1000;
         let mut clients = Vec::new();
         let mut total = 0;
-        for &slot in self.by_client_id.values() {
+        for slot in self.by_client_id.slots(&self.sessions) {
             let Some((entry, conn)) = self
                 .sessions
                 .get(slot)
                 .and_then(|e| Some((e, e.conn?)))
-                .filter(|(e, _)| e.moved_to.is_none())
+                .filter(|(e, _)| e.moved_to().is_none())
             else {
                 continue;
             };
@@ -211,7 +211,7 @@ impl Shard {
             || self
                 .registry
                 .get(client_id)
-                .is_some_and(|r| !r.settled || r.waiting.is_some())
+                .is_some_and(|r| !r.settled || r.waiting().is_some())
     }
 
     fn admin_report(&self, slot: SessionId, was_connected: bool) -> Option<SessionReport> {
@@ -221,7 +221,7 @@ impl Shard {
             shard: self.id,
             protocol: session.protocol,
             was_connected,
-            will: session.will.is_some() || entry.pending_will.is_some(),
+            will: session.will.is_some() || entry.pending_will().is_some(),
             subscriptions: session.subscriptions.len(),
             queued: session.queued_len(),
             inflight: session.inflight().count(),
@@ -265,7 +265,7 @@ impl Shard {
         // ends here, not when its socket is gone.
         let old_conn = entry.conn.take();
         let live_will = old_conn.and_then(|_| entry.session.will.take());
-        let pending_will = entry.pending_will.is_some();
+        let pending_will = entry.pending_will().is_some();
         // A client that sent DISCONNECT itself (its connection closing gracefully) left no will.
         let graceful = old_conn
             .and_then(|c| self.conns.get(c)?.kill)

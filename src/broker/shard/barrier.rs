@@ -67,9 +67,9 @@ impl Shard {
             // That peer now routes to the moved session here: its direct publishes may reach it.
             if let Some(recent) = self
                 .by_client_id
-                .get(client_id)
-                .and_then(|&slot| self.sessions.get_mut(slot))
-                .and_then(|e| e.recent.as_mut())
+                .get(&self.sessions, client_id)
+                .and_then(|slot| self.sessions.get_mut(slot))
+                .and_then(|e| e.recent_mut())
             {
                 recent.open_for(peer);
             }
@@ -140,10 +140,10 @@ impl Shard {
             } => {
                 if let Some(recent) = self
                     .by_client_id
-                    .get(&client_id)
-                    .and_then(|&slot| self.sessions.get_mut(slot))
+                    .get(&self.sessions, &client_id)
+                    .and_then(|slot| self.sessions.get_mut(slot))
                     .filter(|e| e.token == token)
-                    .and_then(|e| e.recent.as_mut())
+                    .and_then(|e| e.recent_mut())
                 {
                     recent.open_gate();
                 }

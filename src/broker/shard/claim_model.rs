@@ -342,29 +342,42 @@ impl Sim {
         let mut live_conns: HashMap<&str, usize> = HashMap::new();
         for (shard_id, shard) in self.shards.iter().enumerate() {
             let mut slots = HashSet::new();
-            for (client_id, &slot) in &shard.by_client_id {
-                *indexed.entry(client_id.as_str()).or_default() += 1;
+            for number in shard.by_client_id.slot_numbers() {
                 assert!(
-                    slots.insert(slot),
-                    "shard {shard_id}: two index entries for slot {slot:?}"
+                    slots.insert(number),
+                    "shard {shard_id}: two index entries for slot {number}"
                 );
+                let slot = shard
+                    .sessions
+                    .handle_at(number)
+                    .unwrap_or_else(|| panic!("shard {shard_id}: index entry to a free slot"));
                 let entry = shard
                     .sessions
                     .get(slot)
                     .unwrap_or_else(|| panic!("shard {shard_id}: index entry to a free slot"));
-                assert_eq!(entry.session.client_id, *client_id);
-                assert!(entry.moved_to.is_none(), "a stub is indexed");
+                // The index keys by the session's own client id: its entry must be found
+                // under it (the stored hash agrees with the key).
+                let client_id = entry.session.client_id.as_str();
+                assert_eq!(
+                    shard.by_client_id.get(&shard.sessions, client_id),
+                    Some(slot),
+                    "shard {shard_id}: index entry of {client_id} not found under its key"
+                );
+                *indexed.entry(client_id).or_default() += 1;
+                assert!(entry.moved_to().is_none(), "a stub is indexed");
             }
             for (slot, entry) in shard.sessions.iter() {
                 let client_id = entry.session.client_id.as_str();
-                if entry.moved_to.is_some() {
+                if entry.moved_to().is_some() {
                     *stubs.entry(client_id).or_default() += 1;
                     assert!(entry.conn.is_none(), "a stub has a connection");
                     continue;
                 }
                 assert_eq!(
-                    shard.by_client_id.get(&entry.session.client_id),
-                    Some(&slot),
+                    shard
+                        .by_client_id
+                        .get(&shard.sessions, &entry.session.client_id),
+                    Some(slot),
                     "shard {shard_id}: session of {client_id} not indexed (orphan)"
                 );
                 if let Some(conn) = entry.conn {
@@ -412,29 +425,32 @@ impl Sim {
             assert!(shard.stubs.is_empty(), "shard {shard_id}: stubs left");
             assert!(shard.barriers.is_empty(), "shard {shard_id}: barriers left");
             assert!(
-                shard.sessions.iter().all(|(_, e)| e.moved_to.is_none()),
+                shard.sessions.iter().all(|(_, e)| e.moved_to().is_none()),
                 "shard {shard_id}: stub sessions left"
             );
         }
         for (id, client_id) in self.ids.iter().enumerate() {
             let home = self.shards[0].home_shard(client_id);
             let registration = self.shards[home].registry.get(client_id);
-            let holder = self
-                .shards
-                .iter()
-                .enumerate()
-                .find_map(|(i, s)| s.by_client_id.get(client_id).map(|&slot| (i, slot)));
+            let holder = self.shards.iter().enumerate().find_map(|(i, s)| {
+                s.by_client_id
+                    .get(&s.sessions, client_id)
+                    .map(|slot| (i, slot))
+            });
             match (registration, holder) {
                 (Some(r), Some((shard, slot))) => {
-                    assert!(r.settled && r.waiting.is_none(), "{client_id}: not settled");
+                    assert!(
+                        r.settled && r.waiting().is_none(),
+                        "{client_id}: not settled"
+                    );
                     assert_eq!(
-                        usize::from(r.owner.shard),
+                        usize::from(r.owner().shard),
                         shard,
                         "{client_id}: owner shard"
                     );
                     assert_eq!(
                         self.shards[shard].sessions.get(slot).map(|e| e.token),
-                        Some(r.owner.token),
+                        Some(r.owner().token),
                         "{client_id}: owner token"
                     );
                 }
@@ -487,7 +503,7 @@ fn run(seed: u64, shards: usize, ids: usize, steps: usize) -> usize {
     for shard in &mut sim.shards {
         shard.on_tick(later);
         assert!(
-            shard.sessions.iter().all(|(_, e)| e.recent.is_none()),
+            shard.sessions.iter().all(|(_, e)| e.recent().is_none()),
             "move deduplication outlived its margin"
         );
     }

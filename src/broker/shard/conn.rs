@@ -52,7 +52,7 @@ pub struct Conn {
     /// Milliseconds since the shard started, at the last packet (or the accept).
     pub(super) last_seen: u64,
     pub(super) out: BytesMut,
-    pub(super) leftover: BytesMut,
+    pub(super) leftover: Leftover,
     pub(super) kill: Option<Kill>,
     pub(super) reprocess: bool,
     /// Waiting for other shards before answering (a SUBACK or a retained PUBACK): no further
@@ -74,6 +74,29 @@ pub struct Conn {
     // Boxed on purpose: 8 bytes for the many clients without aliases instead of a 48-byte map.
     #[allow(clippy::box_collection)]
     pub(super) aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
+}
+
+/// The partial packet kept from the last read: 16 bytes where an empty `BytesMut` takes 32,
+/// as most connections hold none between reads.
+#[derive(Debug, Default)]
+pub(super) struct Leftover(Option<Box<[u8]>>);
+
+impl Leftover {
+    pub(super) fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|bytes| bytes.is_empty())
+    }
+
+    /// The kept bytes (an empty buffer if none), leaving none.
+    pub(super) fn take(&mut self) -> BytesMut {
+        self.0
+            .take()
+            .map_or_else(BytesMut::new, |bytes| BytesMut::from(Bytes::from(bytes)))
+    }
+
+    /// Keeps a copy of `partial`.
+    pub(super) fn keep(&mut self, partial: &[u8]) {
+        self.0 = (!partial.is_empty()).then(|| Box::from(partial));
+    }
 }
 
 /// A connection's flags in one byte (`Conn` is allocated per connection and has a budget).
@@ -213,7 +236,7 @@ impl Shard {
             keep_alive: 0,
             last_seen: now_ms,
             out: BytesMut::new(),
-            leftover: BytesMut::new(),
+            leftover: Leftover::default(),
             kill: None,
             reprocess: false,
             paused: false,
@@ -438,7 +461,7 @@ impl Shard {
         let data = if c.leftover.is_empty() {
             BytesMut::from(bytes)
         } else {
-            let mut data = std::mem::take(&mut c.leftover);
+            let mut data = c.leftover.take();
             data.extend_from_slice(bytes);
             data
         };
@@ -483,7 +506,7 @@ impl Shard {
         let mut buf = if conn.leftover.is_empty() {
             data
         } else {
-            let mut buf = std::mem::take(&mut conn.leftover);
+            let mut buf = conn.leftover.take();
             buf.extend_from_slice(&data);
             buf
         };
@@ -516,7 +539,7 @@ impl Shard {
             if conn.kill.is_none() && !buf.is_empty() {
                 // Keep only the partial frame, in memory of its own, so it does not pin the
                 // whole read buffer.
-                conn.leftover = BytesMut::from(&buf[..]);
+                conn.leftover.keep(&buf);
             }
         }
     }
@@ -620,12 +643,12 @@ impl Shard {
                     {
                         WillTiming::Now => self.publish_will(&client_id, username.as_deref(), will),
                         WillTiming::After(delay) => {
-                            entry.pending_will = Some(will);
+                            entry.set_pending_will(will);
                             let token = entry.token;
-                            self.wheel
-                                .entry(Self::bucket(now_ms + 1000 * u64::from(delay)))
-                                .or_default()
-                                .push(WheelEntry::Will { session, token });
+                            self.wheel.push(
+                                Self::bucket(now_ms + 1000 * u64::from(delay)),
+                                WheelEntry::Will { session, token },
+                            );
                         }
                     }
                 }

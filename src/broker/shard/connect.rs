@@ -134,6 +134,10 @@ impl Shard {
                 return refuse(self, ReasonCode::TopicNameInvalid);
             }
         }
+        // The id (and the user name the registration keeps) outlive the CONNECT: copies of
+        // their own, so they do not pin the whole packet (password and will included) and its
+        // shared-buffer header for the life of the connection.
+        connect.client_id = MqttStr::from(connect.client_id.as_str());
         let token = self.new_token();
         let home = self.home_shard(&connect.client_id);
         let claim = ShardMsg::Claim {
@@ -141,7 +145,7 @@ impl Shard {
             token,
             shard: self.id as u16,
             clean_start: connect.clean_start,
-            username: connect.username.clone(),
+            username: connect.username.as_deref().map(MqttStr::from),
         };
         if let Some(conn) = self.conns.get_mut(index) {
             conn.state = ConnState::Claiming { token };

@@ -58,7 +58,7 @@ impl Shard {
                 let held_back = self
                     .sessions
                     .get(session)
-                    .and_then(|e| e.recent.as_ref())
+                    .and_then(|e| e.recent())
                     .is_some_and(|recent| recent.holds_back(peer));
                 if held_back {
                     // Routed before that shard knew of the move: the session gets this message
@@ -67,7 +67,7 @@ impl Shard {
                 }
             }
             if let (Some(key), Some(entry)) = (&origin, self.sessions.get(session)) {
-                if !entry.session.clean && entry.moved_to.is_none() {
+                if !entry.session.clean && entry.moved_to().is_none() {
                     if self.origin_has(key, digest, &entry.session.client_id) {
                         // A resend after a crash: this subscriber has the first one.
                         continue;
@@ -128,7 +128,7 @@ impl Shard {
         let Some(entry) = self.sessions.get_mut(session) else {
             return;
         };
-        if let Some((shard, token)) = entry.moved_to {
+        if let Some((shard, token)) = entry.moved_to() {
             let client_id = entry.session.client_id.clone();
             if group.is_none() {
                 self.origin_forwarded(message, shard);
@@ -161,7 +161,7 @@ impl Shard {
                 return;
             }
         }
-        if let Some(recent) = entry.recent.as_mut() {
+        if let Some(recent) = entry.recent_mut() {
             if !recent.first_time(message) {
                 return;
             }

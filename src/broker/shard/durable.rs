@@ -146,7 +146,7 @@ impl Shard {
             protocol: session.protocol.level(),
             expiry: session.expiry,
         });
-        let will = session.will.as_deref().or(entry.pending_will.as_deref());
+        let will = session.will.as_deref().or(entry.pending_will());
         if let Some(will) = will {
             durability = later(
                 durability,

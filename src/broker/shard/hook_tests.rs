@@ -442,8 +442,7 @@ fn one_timer_entry_per_connection() {
     let entries = |shard: &Shard| {
         shard
             .wheel
-            .values()
-            .flatten()
+            .entries()
             .filter(|e| matches!(e, super::WheelEntry::Conn { conn: c } if *c == conn))
             .count()
     };

@@ -94,6 +94,7 @@ mod delivery;
 mod durable;
 mod flow;
 mod identity;
+mod index;
 mod login_delay;
 mod origins;
 mod outbox;
@@ -115,6 +116,7 @@ use barrier::*;
 use conn::*;
 pub use conn::{Conn, Kill, ReadState};
 use durable::*;
+use index::{Registry, SessionIndex};
 use login_delay::FailedLogins;
 use origins::digest as origin_digest;
 use origins::Origin;
@@ -167,7 +169,8 @@ pub struct Shard {
     pub id: usize,
     shards: usize,
     config: Rc<Config>,
-    limits: SessionLimits,
+    /// The limits of the sessions this shard creates or resumes (shared with them).
+    limits: Arc<SessionLimits>,
     global: Arc<Global>,
     started: Instant,
     /// The time of the input being handled (given by the runtime; the shard reads no clock).
@@ -179,7 +182,7 @@ pub struct Shard {
     // Boxed: a slab grows by doubling, and spare slots of a 264-byte entry would cost more than
     // the pointer.
     sessions: GenSlab<SessionKind, Box<SessionEntry>>,
-    by_client_id: HashMap<MqttStr, SessionId>,
+    by_client_id: SessionIndex,
     /// Local subscriptions: filter -> session slot, with options and subscription identifier.
     subscriptions: SubscriptionTrie<SessionId, (SubscriptionOptions, u32)>,
     local_interest: LocalInterest,
@@ -200,7 +203,8 @@ pub struct Shard {
     /// Reused by shared-subscription routing for the matching groups of one message.
     shared_scratch: Vec<MqttStr>,
     random_state: u64,
-    registry: HashMap<MqttStr, Registration>,
+    /// Home-shard registrations by client id.
+    registry: Registry,
     hooks: Hooks,
     /// Outputs held until the journal reports them durable, in sequence order.
     held_outputs: VecDeque<HeldOutput>,
@@ -267,7 +271,7 @@ pub struct Shard {
     matches: Vec<(SessionId, SubscriptionOptions, u32)>,
     subscription_ids: Vec<u32>,
     cache: EncodeCache,
-    wheel: BTreeMap<u32, Vec<WheelEntry>>,
+    wheel: Wheel,
     /// Memory budget, publish rates, connection rates.
     overload: Overload,
     /// Recent failed logins by address, and refusals they delay.
@@ -333,12 +337,12 @@ pub(super) fn mount_topic(mount: &str, topic: &str) -> Option<MqttStr> {
 }
 
 /// The session limits a configuration sets.
-fn session_limits(config: &Config) -> SessionLimits {
-    SessionLimits {
+fn session_limits(config: &Config) -> Arc<SessionLimits> {
+    Arc::new(SessionLimits {
         max_inflight: config.max_inflight,
         max_queued_messages: config.max_queued_messages,
         max_queued_bytes: config.max_queued_bytes,
-    }
+    })
 }
 
 impl Shard {
@@ -368,7 +372,7 @@ impl Shard {
             next_serial: 1,
             conns: GenSlab::new(),
             sessions: GenSlab::new(),
-            by_client_id: HashMap::new(),
+            by_client_id: SessionIndex::default(),
             subscriptions: SubscriptionTrie::new(),
             local_interest: LocalInterest::new(id as u16),
             interest: InterestIndex::new(),
@@ -381,7 +385,7 @@ impl Shard {
             shared_cursor: HashMap::new(),
             shared_scratch: Vec::new(),
             random_state: 0x9e37_79b9_7f4a_7c15 ^ (id as u64 + 1),
-            registry: HashMap::new(),
+            registry: Registry::default(),
             hooks,
             held_outputs: VecDeque::new(),
             peer_waits: FastMap::default(),
@@ -417,7 +421,7 @@ impl Shard {
             matches: Vec::new(),
             subscription_ids: Vec::new(),
             cache: EncodeCache::default(),
-            wheel: BTreeMap::new(),
+            wheel: Wheel::default(),
             stats: ShardStats::default(),
             overload: Overload::new(&config),
             failed_logins: FailedLogins::default(),
@@ -764,7 +768,7 @@ mod defaults {
     fn session_limits_default_matches_the_config_default() {
         let config = crate::config::Config::default();
         assert_eq!(
-            super::session_limits(&config),
+            *super::session_limits(&config),
             crate::session::SessionLimits::default()
         );
     }
@@ -777,17 +781,26 @@ mod footprint {
     /// is a regression.
     #[test]
     fn per_connection_structs_stay_small() {
-        // Connections: 112 bytes (no serial and no waker since the runtime owns wakers and
-        // handles carry generations).
-        assert!(std::mem::size_of::<super::Conn>() <= 112);
-        // Sessions: 280 bytes (one `since_ms` serves session expiry and latency measurement;
-        // the in-flight window, queue and inbound QoS 2 ids are boxed while messages flow; 8
-        // bytes of prepared ACL state; 8 of durable generation).
+        // Connections: 96 bytes (no serial and no waker since the runtime owns wakers and
+        // handles carry generations; the partial-packet buffer is a boxed slice, 16 bytes).
+        let conn = std::mem::size_of::<super::Conn>();
+        assert!(conn <= 96, "Conn is {conn} bytes");
+        // Sessions: 192 bytes, mimalloc's size class (one `since_ms` serves session expiry and
+        // latency measurement; the in-flight window, queue and inbound QoS 2 ids are boxed
+        // while messages flow, the subscription map from the first subscription, a pending
+        // will, a stub's address and a moved session's deduplication together when present;
+        // the limits are shared with the shard; 8 bytes of prepared ACL state; 8 of durable
+        // generation).
         let session_entry = std::mem::size_of::<super::SessionEntry>();
         assert!(
-            session_entry <= 280,
+            session_entry <= 192,
             "SessionEntry is {session_entry} bytes"
         );
+        // The home shard's registration of a client id: 24 bytes (user name and waiting claim
+        // boxed together), stored with its client id in a chunked slab, found through an
+        // 8-byte index entry.
+        let registration = std::mem::size_of::<super::Registration>();
+        assert!(registration <= 24, "Registration is {registration} bytes");
         // One per published message (shared by its subscribers): 520 bytes, 536 with the
         // receive time the latency histogram needs.
         assert!(std::mem::size_of::<crate::session::Message>() <= 536);

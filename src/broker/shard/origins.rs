@@ -289,7 +289,7 @@ impl Shard {
         let origin = self.origin_key(message).filter(|_| group.is_none());
         let mut received = Vec::new();
         if let (Some(key), Some(entry)) = (&origin, self.sessions.get(slot)) {
-            if !entry.session.clean && entry.moved_to.is_none() {
+            if !entry.session.clean && entry.moved_to().is_none() {
                 let digest = digest(message);
                 if self.origin_has(key, digest, &entry.session.client_id) {
                     return;

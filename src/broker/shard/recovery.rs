@@ -87,7 +87,7 @@ impl Shard {
             _ => ProtocolVersion::V5,
         };
         let client_id = MqttStr::from(client_id);
-        let mut session = Session::new(client_id.clone(), protocol, false, self.limits);
+        let mut session = Session::new(client_id.clone(), protocol, false, self.limits.clone());
         session.username = username.map(String::into_boxed_str);
         // A session whose client had disconnected has been counting down since then, the
         // time the broker was down included.
@@ -164,18 +164,12 @@ impl Shard {
         let token = self.new_token();
         let slot = self.install_session(session, token)?;
         // Recovery runs on the client id's home shard: the registry entry is local.
-        self.registry.insert(
-            client_id.clone(),
-            Registration {
-                owner: Owner {
-                    shard: self.id as u16,
-                    token,
-                },
-                username,
-                settled: true,
-                waiting: None,
-            },
-        );
+        let owner = Owner {
+            shard: self.id as u16,
+            token,
+        };
+        self.registry
+            .insert(client_id.clone(), Registration::new(owner, username, true));
         let now_ms = self.clock_ms();
         let will_record = will;
         let will = will_record.as_ref().map(will_from);
@@ -191,24 +185,24 @@ impl Shard {
                 None => delay_ms,
                 Some(at) => (at + delay_ms).saturating_sub(unix_ms),
             };
-            entry.pending_will = Some(Box::new(will));
-            self.wheel
-                .entry(Self::bucket(now_ms + left_ms.max(FIRST_WILL_DELAY_MS)))
-                .or_default()
-                .push(WheelEntry::Will {
+            entry.set_pending_will(Box::new(will));
+            self.wheel.push(
+                Self::bucket(now_ms + left_ms.max(FIRST_WILL_DELAY_MS)),
+                WheelEntry::Will {
                     session: slot,
                     token,
-                });
+                },
+            );
         }
         if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
-            self.wheel
-                .entry(deadline)
-                .or_default()
-                .push(WheelEntry::Session {
+            self.wheel.push(
+                deadline,
+                WheelEntry::Session {
                     session: slot,
                     token,
-                });
+                },
+            );
         }
         Some(slot)
     }
@@ -225,7 +219,7 @@ impl Shard {
             let live = self
                 .sessions
                 .get(slot)
-                .is_some_and(|e| !e.session.clean && e.moved_to.is_none());
+                .is_some_and(|e| !e.session.clean && e.moved_to().is_none());
             if !live {
                 continue;
             }

@@ -13,14 +13,10 @@ pub(super) struct SessionEntry {
     /// `None`: session expiry counts from here) or was attached to its current connection
     /// (`conn` is `Some`: messages read since then are measured for latency when delivered).
     pub(super) since_ms: u64,
-    /// A will waiting out its MQTT 5.0 will delay interval.
-    pub(super) pending_will: Option<Box<LastWill>>,
-    /// Set on a stub left behind when the session moved to another shard: deliveries are
-    /// forwarded there (shard, claim token) until every shard routes to the new place.
-    pub(super) moved_to: Option<(u16, u64)>,
-    /// While a moved session may receive a message both directly and through the old shard's
-    /// stub: what it already got, so nothing is delivered twice.
-    pub(super) recent: Option<Box<RecentDeliveries>>,
+    /// The pending will, the stub's forwarding address and the deduplication state of a
+    /// moved session, boxed together: an idle session has none of them, and the entry fits
+    /// mimalloc's 192-byte size class with one pointer for the three.
+    cold: Option<Box<ColdParts>>,
     /// Some subscription of this session may match a topic the client may not read: every
     /// delivery to it asks [`super::hooks::Authorization::may_receive`]. Set when such a
     /// subscription is added, recomputed on install and on an ACL reload; never cleared by an
@@ -55,7 +51,80 @@ pub(super) struct SessionEntry {
 /// until keep-alive noticed it.
 pub(super) const STUCK_AFTER_SECS: u32 = 10;
 
+/// What few session entries have at a time (see [`SessionEntry::cold`]).
+#[derive(Debug, Default)]
+struct ColdParts {
+    /// A will waiting out its MQTT 5.0 will delay interval.
+    pending_will: Option<Box<LastWill>>,
+    /// Set on a stub left behind when the session moved to another shard: deliveries are
+    /// forwarded there (shard, claim token) until every shard routes to the new place.
+    moved_to: Option<(u16, u64)>,
+    /// While a moved session may receive a message both directly and through the old shard's
+    /// stub: what it already got, so nothing is delivered twice.
+    recent: Option<Box<RecentDeliveries>>,
+}
+
+impl ColdParts {
+    fn is_empty(&self) -> bool {
+        self.pending_will.is_none() && self.moved_to.is_none() && self.recent.is_none()
+    }
+}
+
 impl SessionEntry {
+    fn cold_mut(&mut self) -> &mut ColdParts {
+        self.cold.get_or_insert_with(Default::default)
+    }
+
+    /// Frees the cold parts once all are empty.
+    fn shed_cold(&mut self) {
+        if self.cold.as_ref().is_some_and(|c| c.is_empty()) {
+            self.cold = None;
+        }
+    }
+
+    /// A will waiting out its MQTT 5.0 will delay interval.
+    pub(super) fn pending_will(&self) -> Option<&LastWill> {
+        self.cold.as_ref()?.pending_will.as_deref()
+    }
+
+    pub(super) fn set_pending_will(&mut self, will: Box<LastWill>) {
+        self.cold_mut().pending_will = Some(will);
+    }
+
+    pub(super) fn take_pending_will(&mut self) -> Option<Box<LastWill>> {
+        let will = self.cold.as_mut()?.pending_will.take();
+        self.shed_cold();
+        will
+    }
+
+    /// Where a stub forwards to (shard, claim token); `None` for a session that is not a stub.
+    pub(super) fn moved_to(&self) -> Option<(u16, u64)> {
+        self.cold.as_ref()?.moved_to
+    }
+
+    pub(super) fn set_moved_to(&mut self, shard: u16, token: u64) {
+        self.cold_mut().moved_to = Some((shard, token));
+    }
+
+    /// What a moved session already got (while copies may arrive twice).
+    pub(super) fn recent(&self) -> Option<&RecentDeliveries> {
+        self.cold.as_ref()?.recent.as_deref()
+    }
+
+    pub(super) fn recent_mut(&mut self) -> Option<&mut RecentDeliveries> {
+        self.cold.as_mut()?.recent.as_deref_mut()
+    }
+
+    pub(super) fn set_recent(&mut self, recent: Box<RecentDeliveries>) {
+        self.cold_mut().recent = Some(recent);
+    }
+
+    pub(super) fn take_recent(&mut self) -> Option<Box<RecentDeliveries>> {
+        let recent = self.cold.as_mut()?.recent.take();
+        self.shed_cold();
+        recent
+    }
+
     /// When the session's current connection was attached (to a millisecond), given when the
     /// shard started; `None` while it is offline.
     pub(super) fn connected_at(&self, started: Instant) -> Option<Instant> {
@@ -92,9 +161,7 @@ impl Shard {
             token,
             generation: self.next_generation(),
             since_ms: self.clock_ms(),
-            pending_will: None,
-            moved_to: None,
-            recent: None,
+            cold: None,
             check_deliveries,
             prepared: None,
             slow_consumer: false,
@@ -110,7 +177,7 @@ impl Shard {
             // generation without it.
             self.journal_session_image(slot);
         }
-        if let Some(stale) = self.by_client_id.insert(client_id.clone(), slot) {
+        if let Some(stale) = self.by_client_id.insert(&self.sessions, &client_id, slot) {
             // The ownership protocol rules this out (one session per client id). Should it
             // happen anyway, end the older session rather than leave it unreachable.
             tracing::error!(shard = self.id, client = %client_id, "a second session for one client id; ending the older");
@@ -122,9 +189,9 @@ impl Shard {
                         conn.state = ConnState::Detached;
                     }
                 }
-                self.by_client_id.insert(client_id.clone(), stale);
+                self.by_client_id.insert(&self.sessions, &client_id, stale);
                 self.end_session(stale);
-                self.by_client_id.insert(client_id, slot);
+                self.by_client_id.insert(&self.sessions, &client_id, slot);
             }
         }
         for (filter, options) in filters {
@@ -173,13 +240,13 @@ impl Shard {
     /// After an ACL reload: every session's subscriptions checked against the new rules. Denied
     /// ones are removed (and logged); the per-delivery check is recomputed.
     pub(super) fn recheck_subscriptions(&mut self) {
-        let slots: Vec<SessionId> = self.by_client_id.values().copied().collect();
+        let slots: Vec<SessionId> = self.by_client_id.slots(&self.sessions).collect();
         let mut removed = 0usize;
         for slot in slots {
             let Some(entry) = self.sessions.get(slot) else {
                 continue;
             };
-            if entry.moved_to.is_some() {
+            if entry.moved_to().is_some() {
                 continue;
             }
             let session = &entry.session;
@@ -250,7 +317,7 @@ impl Shard {
         if !entry.session.clean && self.hooks.journal.enabled() {
             let (client_id, generation) = (&*entry.session.client_id, entry.generation);
             let journal = &mut self.hooks.journal;
-            if entry.pending_will.is_none() {
+            if entry.pending_will().is_none() {
                 journal.append(&JournalRecord::WillCleared {
                     client_id,
                     generation,
@@ -265,9 +332,7 @@ impl Shard {
         if let Some(expiry) = entry.session.expiry {
             let deadline = Self::bucket(now_ms + 1000 * u64::from(expiry));
             self.wheel
-                .entry(deadline)
-                .or_default()
-                .push(WheelEntry::Session { session, token });
+                .push(deadline, WheelEntry::Session { session, token });
         }
     }
 
@@ -292,14 +357,13 @@ impl Shard {
             }
         }
         let orphans = entry.session.take_shared_undelivered();
-        if let Some(will) = entry.pending_will.take() {
+        if let Some(will) = entry.take_pending_will() {
             // The session ends before the will delay: the will goes out now (MQTT 5.0 §3.1.2.5).
             let username = entry.session.username.as_deref();
             self.publish_will(&entry.session.client_id, username, will);
         }
-        if self.by_client_id.get(&entry.session.client_id) == Some(&session) {
-            self.by_client_id.remove(&entry.session.client_id);
-        }
+        self.by_client_id
+            .remove_slot(&entry.session.client_id, session);
         for filter in entry.session.subscriptions.keys() {
             self.remove_subscription(session, filter);
         }

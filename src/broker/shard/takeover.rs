@@ -83,20 +83,20 @@ impl Shard {
     /// New-owner role: the stub that forwarded to the moved session is gone: the move is
     /// complete (duplicates are still filtered for a short margin) and the claim settles.
     pub(super) fn on_stub_gone(&mut self, client_id: MqttStr, token: u64) {
-        let Some(&slot) = self.by_client_id.get(&client_id) else {
+        let Some(slot) = self.by_client_id.get(&self.sessions, &client_id) else {
             return;
         };
         let Some(entry) = self.sessions.get_mut(slot).filter(|e| e.token == token) else {
             return;
         };
-        if entry.recent.is_some() {
+        if entry.recent().is_some() {
             // Copies sent directly by other shards before they learned of the move may still
             // be on their way: keep filtering for a margin.
             let deadline = self.clock_ms() + MOVE_DEDUP_MARGIN.as_millis() as u64;
-            self.wheel
-                .entry(Self::bucket(deadline))
-                .or_default()
-                .push(WheelEntry::DedupEnd { session: slot });
+            self.wheel.push(
+                Self::bucket(deadline),
+                WheelEntry::DedupEnd { session: slot },
+            );
         }
         self.settle(&client_id, token);
     }
@@ -110,11 +110,14 @@ impl Shard {
         new_token: u64,
         clean_start: bool,
     ) {
-        let session = self.by_client_id.get(&client_id).copied().filter(|&slot| {
-            self.sessions
-                .get(slot)
-                .is_some_and(|e| e.token == old_token)
-        });
+        let session = self
+            .by_client_id
+            .get(&self.sessions, &client_id)
+            .filter(|&slot| {
+                self.sessions
+                    .get(slot)
+                    .is_some_and(|e| e.token == old_token)
+            });
         if session.is_none() {
             // The session of the settled owner ended meanwhile (its Release is on the way):
             // the new claim starts afresh.
@@ -166,7 +169,7 @@ impl Shard {
             return Handover::Ended;
         };
         let ends = entry.session.ends_on_takeover(clean_start);
-        let pending_will = entry.pending_will.take();
+        let pending_will = entry.take_pending_will();
         let old_conn = entry.conn.take();
         let live_will = old_conn.and_then(|_| entry.session.will.take());
         let username = entry.session.username.clone();
@@ -215,16 +218,16 @@ impl Shard {
             entry.session.client_id.clone(),
             entry.session.protocol,
             false,
-            self.limits,
+            self.limits.clone(),
         );
         stub.subscriptions = entry.session.subscriptions.clone();
         let data = std::mem::replace(&mut entry.session, stub);
         self.stats.session_queue_moved(data.queued_len(), false);
-        entry.moved_to = Some((new_shard, new_token));
+        entry.set_moved_to(new_shard, new_token);
         // What the session got recently goes with it: a copy of one of those messages may still
         // reach it on its new shard.
-        let recent = entry.recent.take();
-        self.by_client_id.remove(client_id);
+        let recent = entry.take_recent();
+        self.by_client_id.remove(&self.sessions, client_id);
         self.stubs.insert(new_token, slot);
         Handover::Moved(Box::new(data), recent)
     }
@@ -312,11 +315,11 @@ impl Shard {
         let session_present = (previous.is_some() || in_place.is_some()) && !connect.clean_start;
         let mut session = match (in_place, previous) {
             (Some(slot), _) => {
-                let limits = self.limits;
+                let limits = self.limits.clone();
                 let Some(entry) = self.sessions.get_mut(slot) else {
                     return;
                 };
-                entry.pending_will = None;
+                entry.take_pending_will();
                 let session = std::mem::replace(
                     &mut entry.session,
                     Session::new(MqttStr::default(), protocol, true, limits),
@@ -329,10 +332,10 @@ impl Shard {
                 connect.client_id.clone(),
                 protocol,
                 connect.clean_start,
-                self.limits,
+                self.limits.clone(),
             ),
         };
-        session.set_limits(self.limits);
+        session.set_limits(self.limits.clone());
         session.apply_connect(&connect, self.config.persistent_session_expiry);
         let slot = match in_place.and_then(|slot| self.sessions.get_mut(slot).map(|e| (slot, e))) {
             Some((slot, entry)) => {
@@ -499,7 +502,7 @@ impl Shard {
             recent.remember(message);
         }
         recent.close_gate();
-        entry.recent = Some(recent);
+        entry.set_recent(recent);
         let action = BarrierAction::ReleaseStub {
             shard,
             token,
@@ -515,7 +518,7 @@ impl Shard {
         let is_stub = self
             .sessions
             .get(slot)
-            .is_some_and(|e| e.moved_to.is_some_and(|m| m.1 == token));
+            .is_some_and(|e| e.moved_to().is_some_and(|m| m.1 == token));
         if !is_stub {
             return;
         }
@@ -540,8 +543,8 @@ impl Shard {
         subscription_ids: Vec<u32>,
         group: Option<MqttStr>,
     ) {
-        match self.by_client_id.get(&client_id) {
-            Some(&slot) if self.sessions.get(slot).is_some_and(|e| e.token == token) => self
+        match self.by_client_id.get(&self.sessions, &client_id) {
+            Some(slot) if self.sessions.get(slot).is_some_and(|e| e.token == token) => self
                 .deliver_forwarded(
                     slot,
                     &message,

@@ -7,6 +7,56 @@
 
 use super::*;
 
+/// The wheel's buckets. Connection checks (one live per connection) are kept as bare 8-byte
+/// handles, apart from the rarer session timers' 24-byte entries.
+#[derive(Debug, Default)]
+pub(super) struct Wheel {
+    buckets: BTreeMap<u32, Bucket>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Bucket {
+    conns: Vec<ConnId>,
+    others: Vec<WheelEntry>,
+}
+
+impl Wheel {
+    /// Adds `entry` to `bucket`.
+    pub(super) fn push(&mut self, bucket: u32, entry: WheelEntry) {
+        let slot = self.buckets.entry(bucket).or_default();
+        match entry {
+            WheelEntry::Conn { conn } => slot.conns.push(conn),
+            other => slot.others.push(other),
+        }
+    }
+
+    /// The earliest bucket with entries.
+    pub(super) fn first_bucket(&self) -> Option<u32> {
+        self.buckets.first_key_value().map(|(&bucket, _)| bucket)
+    }
+
+    /// Takes the earliest bucket if it is due at `now_secs`.
+    fn pop_due(&mut self, now_secs: u32) -> Option<(u32, Bucket)> {
+        let entry = self.buckets.first_entry()?;
+        if *entry.key() > now_secs {
+            return None;
+        }
+        let bucket = *entry.key();
+        Some((bucket, entry.remove()))
+    }
+
+    /// Every entry (for tests).
+    #[cfg(test)]
+    pub(super) fn entries(&self) -> impl Iterator<Item = WheelEntry> + '_ {
+        self.buckets.values().flat_map(|b| {
+            b.conns
+                .iter()
+                .map(|&conn| WheelEntry::Conn { conn })
+                .chain(b.others.iter().copied())
+        })
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(super) enum WheelEntry {
     Conn { conn: ConnId },
@@ -23,12 +73,13 @@ impl Shard {
         self.release_throttled(None);
         self.overload_tick();
         self.release_delayed_refusals();
-        while let Some(entry) = self.wheel.first_entry() {
-            let bucket = *entry.key();
-            if bucket > self.now_secs {
-                break;
+        while let Some((bucket, due)) = self.wheel.pop_due(self.now_secs) {
+            // Connection checks first, then session timers: they act on different things (a
+            // keep-alive kill is a close the runtime reports later), so the order is free.
+            for conn in due.conns {
+                self.check_keep_alive(conn, bucket);
             }
-            for item in entry.remove() {
+            for item in due.others {
                 match item {
                     WheelEntry::Conn { conn } => self.check_keep_alive(conn, bucket),
                     WheelEntry::Session { session, token } => {
@@ -40,7 +91,7 @@ impl Shard {
                         // arrival on this shard, and in-place takeovers since then change its
                         // token but not the fact that the move is long over.
                         if let Some(entry) = self.sessions.get_mut(session) {
-                            entry.recent = None;
+                            entry.take_recent();
                         }
                     }
                 }
@@ -51,7 +102,7 @@ impl Shard {
 
     /// When the shard next needs [`Shard::on_tick`] (the earliest wheel bucket), if ever.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let (&bucket, _) = self.wheel.first_key_value()?;
+        let bucket = self.wheel.first_bucket()?;
         Some(self.started + Duration::from_secs(u64::from(bucket)))
     }
 
@@ -72,10 +123,7 @@ impl Shard {
             return;
         }
         c.timer_bucket = bucket;
-        self.wheel
-            .entry(bucket)
-            .or_default()
-            .push(WheelEntry::Conn { conn });
+        self.wheel.push(bucket, WheelEntry::Conn { conn });
     }
 
     pub(super) fn check_keep_alive(&mut self, index: ConnId, bucket: u32) {
@@ -128,7 +176,7 @@ impl Shard {
         if entry.token != token || entry.conn.is_some() {
             return;
         }
-        if let Some(will) = entry.pending_will.take() {
+        if let Some(will) = entry.take_pending_will() {
             let client_id = entry.session.client_id.clone();
             let username = entry.session.username.clone();
             if !entry.session.clean {
@@ -176,7 +224,7 @@ impl Shard {
                 .will
                 .take()
                 .into_iter()
-                .chain(entry.pending_will.take())
+                .chain(entry.take_pending_will())
                 .collect();
             for will in wills {
                 self.publish_will(&client_id, username.as_deref(), will);
