@@ -415,7 +415,7 @@ impl Shard {
             .get(&conn)
             .and_then(|queue| queue.iter().find(|w| w.token == token))
             .and_then(|w| w.session)
-            .filter(|&s| self.sessions.get(s).is_some_and(|e| e.moved_to.is_none()));
+            .filter(|&s| self.sessions.get(s).is_some_and(|e| e.moved_to().is_none()));
         if inbound.is_some() && session.is_none() {
             // The session moved away (or ended) before the id could be recorded here: no
             // PUBREC, so its client resends the PUBLISH on its new connection, where the id

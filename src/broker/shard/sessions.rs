@@ -350,7 +350,7 @@ impl Shard {
                 client_id: &entry.session.client_id,
                 generation: entry.generation,
             });
-            if entry.moved_to.is_none() && self.hooks.journal.enabled() {
+            if entry.moved_to().is_none() && self.hooks.journal.enabled() {
                 self.origins_forget_client(&entry.session.client_id);
                 let pending = entry.session.uncommitted_incoming_qos2();
                 self.origins_publisher_ended(&entry.session.client_id, pending);
