@@ -243,8 +243,16 @@ impl Shard {
     }
 
     fn hold(&mut self, sequence: u64, kind: HeldKind) {
-        // Sequence numbers grow; keep the queue sorted even if a journal hands out an older
-        // one late.
+        // Sequence numbers grow: almost always this goes at the back.
+        if self
+            .held_outputs
+            .back()
+            .is_none_or(|last| last.sequence <= sequence)
+        {
+            self.held_outputs.push_back(HeldOutput { sequence, kind });
+            return self.release_held_outputs();
+        }
+        // Keep the queue sorted even if a journal hands out an older one late.
         let at = self
             .held_outputs
             .iter()
