@@ -744,6 +744,11 @@ impl Session {
             .filter(|id| !traffic.uncommitted_inbound.contains(id))
     }
 
+    /// Whether inbound QoS 2 `packet_id` was accepted but its acceptance is not journaled.
+    pub fn is_incoming_qos2_uncommitted(&self, packet_id: u16) -> bool {
+        self.traffic().uncommitted_inbound.contains(&packet_id)
+    }
+
     /// Inbound QoS 2 packet identifiers accepted but not journaled yet.
     pub fn uncommitted_incoming_qos2(&self) -> Vec<u16> {
         self.traffic().uncommitted_inbound.clone()

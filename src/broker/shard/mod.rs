@@ -662,10 +662,7 @@ impl Shard {
                 let Some(entry) = self.sessions.get_mut(session) else {
                     return;
                 };
-                let uncommitted = entry
-                    .session
-                    .uncommitted_incoming_qos2()
-                    .contains(&ack.packet_id);
+                let uncommitted = entry.session.is_incoming_qos2_uncommitted(ack.packet_id);
                 let known = entry.session.on_pubrel(ack.packet_id);
                 let mut complete = Ack::new(ack.packet_id);
                 let mut durability = Durability::Now;
