@@ -84,6 +84,12 @@ pub enum ShardMsg {
         /// New retained message.
         message: Option<Arc<Message>>,
     },
+    /// Start-up: retained messages the owner recovered, in chunks (one message per topic
+    /// would queue a million messages for each peer).
+    RetainRecovered {
+        /// Topics and their messages.
+        messages: Arc<[(MqttStr, Arc<Message>)]>,
+    },
     /// Shard `shard` gained its first (`added`) or lost its last member of a shared group.
     SharedInterest {
         /// The group's full `$share/{group}/{filter}`.

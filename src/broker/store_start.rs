@@ -154,7 +154,9 @@ pub(super) fn open(
         .filter(|file| file.used == FileUse::Replayed)
         .filter_map(|file| file.bytes)
         .sum();
-    let image_bytes = (replayed_bytes / shards as u64) as usize;
+    // Half again as much: an image that outgrows its buffer copies it whole (and touches
+    // twice the memory); room reserved but not written costs no memory.
+    let image_bytes = (replayed_bytes.saturating_mul(3) / 2 / shards as u64) as usize;
     for (part, old_files) in parts.into_iter().zip(old_files) {
         stores.push(ShardStore {
             shared: Arc::clone(&shared),

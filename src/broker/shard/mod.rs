@@ -564,6 +564,11 @@ impl Shard {
             }
             ShardMsg::Pong { token } => self.on_pong(token, self.mesh_source),
             ShardMsg::RetainApply { topic, message } => self.apply_retained(&topic, message),
+            ShardMsg::RetainRecovered { messages } => {
+                for (topic, message) in messages.iter() {
+                    self.apply_retained(topic, Some(Arc::clone(message)));
+                }
+            }
             ShardMsg::SharedInterest {
                 filter,
                 shard,

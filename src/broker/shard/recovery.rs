@@ -13,6 +13,9 @@ use crate::store::recover::{InFlightMessage, RecoveredRetained, RecoveredSession
 /// sessions before it is published.
 const FIRST_WILL_DELAY_MS: u64 = 1000;
 
+/// Recovered retained messages go to the peers this many per mesh message.
+const RETAINED_CHUNK: usize = 1024;
+
 impl Shard {
     /// Installs the sessions recovered for this shard (their home shard for the current shard
     /// count) and the retained messages of the topics this shard owns. Called once, before
@@ -37,6 +40,7 @@ impl Shard {
         }
         self.installing_recovered = false;
         let mut kept = 0usize;
+        let mut chunk = Vec::with_capacity(RETAINED_CHUNK);
         for (topic, retained) in retained {
             let message = converter.message(retained.message);
             if message.is_expired(now) {
@@ -48,11 +52,20 @@ impl Shard {
                 MqttStr::from(topic)
             };
             self.apply_retained(&topic, Some(Arc::clone(&message)));
-            self.broadcast(|| ShardMsg::RetainApply {
-                topic: topic.clone(),
-                message: Some(Arc::clone(&message)),
-            });
+            chunk.push((topic, message));
+            if chunk.len() == RETAINED_CHUNK {
+                let messages: Arc<[_]> = std::mem::take(&mut chunk).into();
+                self.broadcast(|| ShardMsg::RetainRecovered {
+                    messages: Arc::clone(&messages),
+                });
+            }
             kept += 1;
+        }
+        if !chunk.is_empty() {
+            let messages: Arc<[_]> = chunk.into();
+            self.broadcast(|| ShardMsg::RetainRecovered {
+                messages: Arc::clone(&messages),
+            });
         }
         tracing::debug!(
             shard = self.id,
