@@ -162,8 +162,9 @@ pub struct ReplayStats {
 pub struct RecoveredState {
     /// Live sessions by client id.
     pub sessions: BTreeMap<String, RecoveredSession>,
-    /// Retained messages by topic (not sorted: a million of them took a second to sort).
-    pub retained: KeyedMap<String, RecoveredRetained>,
+    /// Retained messages and their topics, each topic once, in no order (a million of them
+    /// took a second to sort, and half a second to index again; nothing needs either).
+    pub retained: Vec<(String, RecoveredRetained)>,
     /// QoS 2 publishes delivered to durable sessions whose publisher's shard had not yet
     /// recorded the packet id: their resend must not reach those sessions again.
     pub origins: Vec<RecoveredOrigin>,
@@ -193,7 +194,7 @@ impl RecoveredState {
         let expired =
             |message: &MessageRecord| message.expires_at_ms.is_some_and(|at| at <= now_ms);
         self.retained
-            .retain(|_, retained| !expired(&retained.message));
+            .retain(|(_, retained)| !expired(&retained.message));
         for session in self.sessions.values_mut() {
             session.queue.retain(|queued| !expired(&queued.message));
         }
@@ -283,6 +284,16 @@ pub struct Replayer {
     origins: BTreeMap<(u16, String, u16), (u32, BTreeSet<String>)>,
     max_generation: Generation,
     stats: ReplayStats,
+}
+
+impl RecoveredState {
+    /// The retained message of `topic` (a linear search: for tests and tools).
+    pub fn retained_at(&self, topic: &str) -> Option<&RecoveredRetained> {
+        self.retained
+            .iter()
+            .find(|(candidate, _)| candidate == topic)
+            .map(|(_, retained)| retained)
+    }
 }
 
 impl Replayer {
@@ -737,19 +748,14 @@ impl Replayer {
         let origins = reconcile_origins(self.origins, &sessions);
         RecoveredState {
             sessions,
-            retained: {
-                let mut retained =
-                    KeyedMap::with_capacity_and_hasher(self.retained.len(), Default::default());
-                retained.extend(
-                    self.retained
-                        .into_iter()
-                        .filter_map(|(topic, slot)| match slot {
-                            RetainedSlot::Set(retained) => Some((topic, retained)),
-                            RetainedSlot::Cleared(_) => None,
-                        }),
-                );
-                retained
-            },
+            retained: self
+                .retained
+                .into_iter()
+                .filter_map(|(topic, slot)| match slot {
+                    RetainedSlot::Set(retained) => Some((topic, retained)),
+                    RetainedSlot::Cleared(_) => None,
+                })
+                .collect(),
             origins,
             max_generation: self.max_generation,
             stats,
@@ -1277,8 +1283,11 @@ mod tests {
             (0, set("b", 1, 1)),
         ]);
         assert_eq!(state.retained.len(), 1);
-        assert_eq!(state.retained["a"].version, 5);
-        assert_eq!(state.retained["a"].message.payload, Bytes::from("m2"));
+        assert_eq!(state.retained_at("a").unwrap().version, 5);
+        assert_eq!(
+            state.retained_at("a").unwrap().message.payload,
+            Bytes::from("m2")
+        );
         assert_eq!(state.stats.stale, 2);
     }
 

@@ -664,8 +664,11 @@ fn written_batches_load_back() {
         InFlightMessage::Published { message, .. } if message.topic == "t/1"
     ));
     assert!(a.inbound_qos2.contains(&3));
-    assert_eq!(state.retained["t/2"].message.payload, m2.payload);
-    assert_eq!(state.retained["t/2"].source_shard, 1);
+    assert_eq!(
+        state.retained_at("t/2").unwrap().message.payload,
+        m2.payload
+    );
+    assert_eq!(state.retained_at("t/2").unwrap().source_shard, 1);
     assert_eq!(state.next_epoch(), 4);
 }
 
@@ -797,7 +800,7 @@ fn an_image_becomes_a_snapshot_and_later_records_a_new_log() {
     assert_eq!(a.subscriptions.keys().collect::<Vec<_>>(), vec!["x"]);
     assert_eq!(state.sessions["elsewhere"].generation, generation(2, 9));
     assert_eq!(
-        state.retained["r"].message.payload,
+        state.retained_at("r").unwrap().message.payload,
         Bytes::from_static(b"kept")
     );
     assert_eq!(state.stats.missing_messages, 0);
