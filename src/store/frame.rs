@@ -62,30 +62,18 @@ pub enum FrameError {
 
 /// The header check of a frame of `len` body bytes in a segment with `salt`.
 pub fn header_check(salt: u32, len: u32) -> u16 {
-    header_check_seeded(salt_seed(salt), len)
+    let mut crc = Crc32c::new();
+    crc.update(&salt.to_le_bytes());
+    crc.update(&len.to_le_bytes());
+    crc.finish() as u16
 }
 
 /// The checksum of a frame's body in a segment with `salt`.
 pub fn frame_crc(salt: u32, body: &[u8]) -> u32 {
-    frame_crc_seeded(salt_seed(salt), body)
-}
-
-/// The running checksum of a segment's salt: what both of a frame's checksums start with (a
-/// writer takes it once per segment instead of twice per frame).
-pub fn salt_seed(salt: u32) -> Crc32c {
     let mut crc = Crc32c::new();
     crc.update(&salt.to_le_bytes());
-    crc
-}
-
-fn header_check_seeded(mut seed: Crc32c, len: u32) -> u16 {
-    seed.update(&len.to_le_bytes());
-    seed.finish() as u16
-}
-
-fn frame_crc_seeded(mut seed: Crc32c, body: &[u8]) -> u32 {
-    seed.update(body);
-    seed.finish()
+    crc.update(body);
+    crc.finish()
 }
 
 /// Appends `record` as one frame of a segment with `salt` to `out`; returns the frame's
@@ -105,15 +93,6 @@ pub fn encode_frame_with(
     out: &mut Vec<u8>,
     body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
 ) -> Result<usize, EncodeError> {
-    encode_frame_seeded(salt_seed(salt), out, body)
-}
-
-/// [`encode_frame_with`] for the segment whose salt gave `seed` ([`salt_seed`]).
-pub fn encode_frame_seeded(
-    seed: Crc32c,
-    out: &mut Vec<u8>,
-    body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>,
-) -> Result<usize, EncodeError> {
     let start = out.len();
     out.extend_from_slice(&FRAME_MAGIC);
     out.extend_from_slice(&[0; FRAME_HEADER_LEN - 2]);
@@ -130,10 +109,10 @@ pub fn encode_frame_seeded(
             len: body_len,
         });
     }
-    let crc = frame_crc_seeded(seed, &out[body_start..]);
+    let crc = frame_crc(salt, &out[body_start..]);
     let len = body_len as u32;
     out[start + 2..start + 6].copy_from_slice(&len.to_le_bytes());
-    out[start + 6..start + 8].copy_from_slice(&header_check_seeded(seed, len).to_le_bytes());
+    out[start + 6..start + 8].copy_from_slice(&header_check(salt, len).to_le_bytes());
     out[start + 8..start + 12].copy_from_slice(&crc.to_le_bytes());
     Ok(out.len() - start)
 }

@@ -26,8 +26,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 
-use super::crc::Crc32c;
-use super::frame::{encode_frame_seeded, salt_seed};
+use super::frame::encode_frame_with;
 use super::record::{generation, options_byte, tag, EncodeError, StoreRecord, Writer};
 use super::recover::{RecoveredOrigin, RecoveredRetained, RecoveredSession};
 use super::segment::{SegmentHeader, SegmentKind, SegmentName};
@@ -104,34 +103,17 @@ pub struct JournalStats {
 struct LogState {
     sequence: u64,
     salt: u32,
-    /// The checksum state after the salt, which every frame's checksums start from.
-    seed: Crc32c,
     /// Its header has been written (into a batch).
     created: bool,
     /// Bytes of the segment so far, header included.
     len: u64,
 }
 
-impl LogState {
-    /// Log segment `sequence`, not created yet, with a fresh salt.
-    fn new(sequence: u64) -> LogState {
-        let salt = super::segment::fresh_salt();
-        LogState {
-            sequence,
-            salt,
-            seed: salt_seed(salt),
-            created: false,
-            len: 0,
-        }
-    }
-}
-
 #[derive(Debug)]
 struct ImageState {
     /// The log segment it covers (the snapshot's sequence).
     sequence: u64,
-    /// The checksum state after the snapshot's salt ([`salt_seed`]).
-    seed: Crc32c,
+    salt: u32,
     /// Records so far (the checkpoint counts them).
     records: u64,
     /// Bodies written in the image, by address (the Arc keeps the address from being reused).
@@ -204,7 +186,12 @@ impl StoreJournal {
     pub fn new(options: JournalOptions, clock: Box<dyn Clock>) -> StoreJournal {
         let anchor = (clock.now(), clock.unix_ms());
         StoreJournal {
-            log: LogState::new(options.first_segment),
+            log: LogState {
+                sequence: options.first_segment,
+                salt: super::segment::fresh_salt(),
+                created: false,
+                len: 0,
+            },
             options,
             clock,
             anchor,
@@ -293,11 +280,10 @@ impl StoreJournal {
         self.open_start = self.bytes.len();
     }
 
-    /// The checksum seed ([`salt_seed`]) of the file the next frame goes to, its header
-    /// written first if it is new.
-    fn frame_target(&mut self) -> Crc32c {
+    /// The salt of the file the next frame goes to, its header written first if it is new.
+    fn frame_target(&mut self) -> u32 {
         if let Some(image) = &self.image {
-            return image.seed;
+            return image.salt;
         }
         let sequence = self.log.sequence;
         if !self.log.created {
@@ -320,7 +306,7 @@ impl StoreJournal {
                 create: false,
             });
         }
-        self.log.seed
+        self.log.salt
     }
 
     fn segment_name(&self, sequence: u64, kind: SegmentKind) -> SegmentName {
@@ -341,9 +327,9 @@ impl StoreJournal {
         &mut self,
         body: impl FnOnce(&mut Vec<u8>, &mut BytesMut) -> Result<(), EncodeError>,
     ) -> Option<u64> {
-        let seed = self.frame_target();
+        let salt = self.frame_target();
         let scratch = &mut self.scratch;
-        match encode_frame_seeded(seed, &mut self.bytes, |out| body(out, scratch)) {
+        match encode_frame_with(salt, &mut self.bytes, |out| body(out, scratch)) {
             Ok(len) => {
                 self.sequence += 1;
                 self.stats.frames += 1;
@@ -757,7 +743,7 @@ impl Journal for StoreJournal {
         .encode(&mut self.bytes);
         self.image = Some(ImageState {
             sequence,
-            seed: salt_seed(salt),
+            salt,
             records: 0,
             bodies: HashMap::default(),
         });
@@ -783,7 +769,12 @@ impl Journal for StoreJournal {
         };
         self.close_part();
         self.stats.images += 1;
-        self.log = LogState::new(image.sequence + 1);
+        self.log = LogState {
+            sequence: image.sequence + 1,
+            salt: super::segment::fresh_salt(),
+            created: false,
+            len: 0,
+        };
     }
 
     fn has_batch(&self) -> bool {
