@@ -546,6 +546,11 @@ pub trait Journal: fmt::Debug {
     fn take_batch(&mut self) -> Option<JournalBatch> {
         None
     }
+    /// The runtime's side: a batch from [`Journal::take_batch`] that has been written, handed
+    /// back so that its buffers can hold a later batch (no allocation, no regrowth per batch).
+    fn recycle(&mut self, batch: JournalBatch) {
+        drop(batch);
+    }
     /// Whether a snapshot of the shard's state is due (the current log segment is full):
     /// the shard then writes its whole state with [`Journal::begin_image`] first.
     fn image_due(&self) -> bool {

@@ -42,7 +42,7 @@ impl Session {
                 return Err(SessionError::UnexpectedAck);
             }
             self.traffic_mut().inflight.remove(index);
-            on_sent.change(Change::Acked(packet_id));
+            on_sent.change(&self.client_id, Change::Acked(packet_id));
             self.fill_window(out, now, on_sent);
         }
         Ok(())
@@ -67,12 +67,12 @@ impl Session {
             InflightState::AwaitPubRec if reason.is_error() => {
                 // MQTT 5.0: a PUBREC with an error ends the flow; no PUBREL.
                 self.traffic_mut().inflight.remove(index);
-                on_sent.change(Change::Acked(packet_id));
+                on_sent.change(&self.client_id, Change::Acked(packet_id));
                 self.fill_window(out, now, on_sent);
             }
             InflightState::AwaitPubRec | InflightState::AwaitPubComp => {
                 if self.traffic().inflight[index].state == InflightState::AwaitPubRec {
-                    on_sent.change(Change::PubRec(packet_id));
+                    on_sent.change(&self.client_id, Change::PubRec(packet_id));
                 }
                 self.traffic_mut().inflight[index].state = InflightState::AwaitPubComp;
                 let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);

@@ -45,6 +45,12 @@ static NO_PROPERTIES: std::sync::LazyLock<Properties> =
     std::sync::LazyLock::new(Properties::default);
 
 impl MessageProperties {
+    /// The properties, `None` when there are none (a check of the box, not a comparison of
+    /// every field with the defaults).
+    pub fn get(&self) -> Option<&Properties> {
+        self.0.as_deref()
+    }
+
     /// The properties, owned.
     pub fn into_inner(self) -> Properties {
         self.0.map(|boxed| *boxed).unwrap_or_default()

@@ -164,9 +164,10 @@ pub enum Change<'a> {
 pub trait SessionEvents {
     /// A PUBLISH of `message` went into the output at `qos`.
     fn sent(&mut self, message: &Message, qos: QoS);
-    /// A change to record; returns the store id of a message entering the session (0 when
-    /// nothing is recorded).
-    fn change(&mut self, _change: Change<'_>) -> u64 {
+    /// A change to the session of `client_id` to record; returns the store id of a message
+    /// entering the session (0 when nothing is recorded). The session passes its client id
+    /// (a borrow): a recorder need not hold a copy of its own while the session works.
+    fn change(&mut self, _client_id: &str, _change: Change<'_>) -> u64 {
         0
     }
 }
@@ -546,6 +547,16 @@ impl Session {
                     self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
                     return Delivery::Dropped;
                 }
+                let store_id = on_sent.change(
+                    &self.client_id,
+                    Change::SentNew {
+                        message,
+                        packet_id,
+                        qos,
+                        retain,
+                        subscription_ids,
+                    },
+                );
                 self.traffic_mut().inflight.push_back(Inflight {
                     packet_id,
                     message: Arc::clone(message),
@@ -558,13 +569,7 @@ impl Session {
                     } else {
                         InflightState::AwaitPubRec
                     },
-                    store_id: on_sent.change(Change::SentNew {
-                        message,
-                        packet_id,
-                        qos,
-                        retain,
-                        subscription_ids,
-                    }),
+                    store_id,
                 });
                 Delivery::Sent
             }
@@ -578,12 +583,15 @@ impl Session {
                     store_id: 0,
                 });
                 if delivery == Delivery::Queued {
-                    let store_id = on_sent.change(Change::Queued {
-                        message,
-                        qos,
-                        retain,
-                        subscription_ids,
-                    });
+                    let store_id = on_sent.change(
+                        &self.client_id,
+                        Change::Queued {
+                            message,
+                            qos,
+                            retain,
+                            subscription_ids,
+                        },
+                    );
                     if let Some(last) = self.traffic_mut().queue.back_mut() {
                         last.store_id = store_id;
                     }
@@ -629,7 +637,7 @@ impl Session {
             traffic.queued_bytes -= queued.message.payload.len();
             if queued.message.is_expired(now) {
                 self.dropped_expired = self.dropped_expired.wrapping_add(1);
-                on_sent.change(Change::Dequeued(queued.store_id));
+                on_sent.change(&self.client_id, Change::Dequeued(queued.store_id));
                 continue;
             }
             let packet_id = if queued.qos == QoS::AtMostOnce {
@@ -651,20 +659,23 @@ impl Session {
                 on_sent,
             ) {
                 self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
-                on_sent.change(Change::Dequeued(queued.store_id));
+                on_sent.change(&self.client_id, Change::Dequeued(queued.store_id));
                 continue;
             }
             sent += 1;
             if queued.qos == QoS::AtMostOnce {
-                on_sent.change(Change::Dequeued(queued.store_id));
+                on_sent.change(&self.client_id, Change::Dequeued(queued.store_id));
             } else {
-                on_sent.change(Change::SentQueued {
-                    store_id: queued.store_id,
-                    packet_id,
-                    qos: queued.qos,
-                    retain: queued.retain,
-                    subscription_ids: &ids,
-                });
+                on_sent.change(
+                    &self.client_id,
+                    Change::SentQueued {
+                        store_id: queued.store_id,
+                        packet_id,
+                        qos: queued.qos,
+                        retain: queued.retain,
+                        subscription_ids: &ids,
+                    },
+                );
                 self.traffic_mut().inflight.push_back(Inflight {
                     packet_id,
                     state: if queued.qos == QoS::AtLeastOnce {
@@ -693,26 +704,32 @@ impl Session {
         };
         for entry in traffic.inflight.iter_mut() {
             if entry.state == InflightState::AwaitPubComp {
-                events.change(Change::PubRec(entry.packet_id));
+                events.change(&self.client_id, Change::PubRec(entry.packet_id));
                 continue;
             }
-            entry.store_id = events.change(Change::SentNew {
-                message: &entry.message,
-                packet_id: entry.packet_id,
-                qos: entry.qos,
-                retain: entry.retain,
-                subscription_ids: &entry.subscription_ids,
-            });
+            entry.store_id = events.change(
+                &self.client_id,
+                Change::SentNew {
+                    message: &entry.message,
+                    packet_id: entry.packet_id,
+                    qos: entry.qos,
+                    retain: entry.retain,
+                    subscription_ids: &entry.subscription_ids,
+                },
+            );
             // Sent at least once already: any resend carries DUP.
-            events.change(Change::Dup(entry.packet_id));
+            events.change(&self.client_id, Change::Dup(entry.packet_id));
         }
         for queued in traffic.queue.iter_mut() {
-            queued.store_id = events.change(Change::Queued {
-                message: &queued.message,
-                qos: queued.qos,
-                retain: queued.retain,
-                subscription_ids: &queued.subscription_ids,
-            });
+            queued.store_id = events.change(
+                &self.client_id,
+                Change::Queued {
+                    message: &queued.message,
+                    qos: queued.qos,
+                    retain: queued.retain,
+                    subscription_ids: &queued.subscription_ids,
+                },
+            );
         }
     }
 
@@ -794,7 +811,7 @@ impl Session {
                         now,
                         on_sent,
                     );
-                    on_sent.change(Change::Dup(entry.packet_id));
+                    on_sent.change(&self.client_id, Change::Dup(entry.packet_id));
                 }
                 InflightState::AwaitPubComp => {
                     let _ = Packet::PubRel(Ack::new(entry.packet_id)).encode(self.protocol, out);

@@ -40,6 +40,9 @@ use crate::session::Message;
 /// The default segment size limit: an image is due once the current log holds this much.
 pub const DEFAULT_SEGMENT_LIMIT: u64 = 64 << 20;
 
+/// The largest buffer kept for a later batch ([`Journal::recycle`]).
+const MAX_SPARE: usize = 4 << 20;
+
 /// How often the (monotonic, wall-clock) anchor that converts expiry instants is taken anew.
 const ANCHOR_REFRESH: Duration = Duration::from_secs(60);
 
@@ -156,6 +159,8 @@ pub struct StoreJournal {
     carry: Option<Carry>,
     bytes: Vec<u8>,
     parts: Vec<BatchPart>,
+    /// Buffers of a written batch ([`Journal::recycle`]), empty, for the next batch.
+    spare: Option<(Vec<u8>, Vec<BatchPart>)>,
     /// The file the bytes from `open_start` on go to.
     open: Option<BatchTarget>,
     open_start: usize,
@@ -198,6 +203,7 @@ impl StoreJournal {
             carry: None,
             bytes: Vec::new(),
             parts: Vec::new(),
+            spare: None,
             open: None,
             open_start: 0,
             scratch: BytesMut::new(),
@@ -361,8 +367,15 @@ impl StoreJournal {
             w.str("publisher", &message.publisher)?;
             w.u8(message.qos as u8);
             w.bool(message.retain);
-            encode_properties(&message.properties, scratch)?;
-            w.bytes("properties", scratch)?;
+            match message.properties.get() {
+                // Most messages have none: an empty block, without comparing every field of
+                // a `Properties` with its default.
+                None => w.bytes("properties", &[])?,
+                Some(properties) => {
+                    encode_properties(properties, scratch)?;
+                    w.bytes("properties", scratch)?;
+                }
+            }
             w.bytes("payload", &message.payload)?;
             w.opt_u64(expires_at_ms);
             Ok(())
@@ -677,14 +690,38 @@ impl Journal for StoreJournal {
             return None;
         }
         self.open_start = 0;
-        // The next batch starts with room for one like this (up to 1 MiB: not a snapshot's
-        // size): growing from empty would reallocate and copy it a dozen times.
-        let room = self.bytes.len().min(1 << 20);
+        // The next batch goes into the buffers of one written before (group commit: one batch
+        // is written while the next fills, so two buffers take turns, each as large as the
+        // largest batch so far: no allocation and no regrowth per batch). Without one, it
+        // starts with room for a batch like this (up to 1 MiB: not a snapshot's size): growing
+        // from empty would reallocate and copy it a dozen times.
+        let (bytes, parts) = match self.spare.take() {
+            Some(spare) => spare,
+            None => (
+                Vec::with_capacity(self.bytes.len().min(1 << 20)),
+                Vec::new(),
+            ),
+        };
         Some(JournalBatch {
-            bytes: std::mem::replace(&mut self.bytes, Vec::with_capacity(room)),
+            bytes: std::mem::replace(&mut self.bytes, bytes),
             last_sequence: self.sequence,
-            parts: std::mem::take(&mut self.parts),
+            parts: std::mem::replace(&mut self.parts, parts),
         })
+    }
+
+    fn recycle(&mut self, batch: JournalBatch) {
+        let JournalBatch {
+            mut bytes,
+            mut parts,
+            ..
+        } = batch;
+        // A snapshot's buffer (hundreds of MB after a large recovery) is not kept.
+        if bytes.capacity() > MAX_SPARE {
+            return;
+        }
+        bytes.clear();
+        parts.clear();
+        self.spare = Some((bytes, parts));
     }
 
     fn image_due(&self) -> bool {

@@ -375,10 +375,13 @@ enum Event {
     Stop,
 }
 
-/// Tells the shard everything up to `sequence` is durable.
-fn durable(driver: &RefCell<Driver>, sequence: u64) {
+/// Tells the shard everything up to `sequence` is durable; `batch`, written, goes back to the
+/// journal for its buffers.
+fn durable(driver: &RefCell<Driver>, sequence: u64, batch: JournalBatch) {
     let mut driver = driver.borrow_mut();
-    driver.shard.journal_mut().mark_durable(sequence);
+    let journal = driver.shard.journal_mut();
+    journal.recycle(batch);
+    journal.mark_durable(sequence);
     driver.shard.on_durable(sequence, Instant::now());
     driver.dispatch();
 }
@@ -444,9 +447,10 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
         match writer.write(progress).await {
             Ok(()) => {
                 let sequence = progress.batch.last_sequence;
+                let batch = std::mem::take(&mut progress.batch);
                 pending = None;
                 writer.recovered(&driver);
-                durable(&driver, sequence);
+                durable(&driver, sequence, batch);
                 if writer.unsynced && sync_timer.is_none() {
                     sync_timer = Some(Box::pin(Timer::new(writer.shared.sync_interval)));
                 }

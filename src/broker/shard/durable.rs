@@ -57,8 +57,37 @@ pub(super) struct PeerWait {
     pub(super) packet: Box<Packet>,
 }
 
+/// A PUBACK or PUBREC without properties (how a publish is answered), kept as its three
+/// fields until it is written: a [`Packet`] is about 490 bytes with its empty properties, and
+/// holding one for the journal cost a box and two copies of it per durable QoS 1 message.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LeanAck {
+    /// PUBREC (QoS 2) rather than PUBACK.
+    pub(super) rec: bool,
+    pub(super) packet_id: u16,
+    pub(super) reason: ReasonCode,
+}
+
+impl LeanAck {
+    /// The packet it stands for.
+    pub(super) fn packet(self) -> Packet {
+        let ack = Ack {
+            packet_id: self.packet_id,
+            reason: self.reason,
+            properties: Properties::default(),
+        };
+        if self.rec {
+            Packet::PubRec(ack)
+        } else {
+            Packet::PubAck(ack)
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) enum HeldKind {
+    /// An acknowledgement for a connection, inline.
+    Ack(ConnId, LeanAck),
     /// A packet for a connection.
     Packet(ConnId, Box<Packet>),
     /// A message for a peer shard (or this one), boxed: held outputs queue by the thousand
@@ -203,18 +232,33 @@ impl Shard {
         packet: Packet,
         durability: Durability,
     ) {
+        self.ack_out_when_durable(conn, packet, durability);
+    }
+
+    /// [`Shard::ack_when_durable`] for a PUBACK or PUBREC without properties, held inline.
+    pub(super) fn lean_ack_when_durable(
+        &mut self,
+        conn: ConnId,
+        ack: LeanAck,
+        durability: Durability,
+    ) {
+        self.ack_out_when_durable(conn, ack, durability);
+    }
+
+    fn ack_out_when_durable(&mut self, conn: ConnId, packet: impl AckOut, durability: Durability) {
         if self.peer_waits.contains_key(&conn) {
             // Behind an acknowledgement that waits for peers: in order after it.
+            let packet = packet.into_packet();
             return self.wait_for_peers(conn, packet, durability, 0, 0, Vec::new());
         }
         let waiting_behind = self.last_held_packet(conn);
         let sequence = match (durability, waiting_behind) {
-            (Durability::Now, None) => return self.write(conn, packet),
+            (Durability::Now, None) => return self.write(conn, packet.into_packet()),
             (Durability::Now, Some(sequence)) => sequence,
             (Durability::At(sequence), behind) => sequence.max(behind.unwrap_or(0)),
         };
         self.held_packet_until.insert(conn, sequence);
-        self.hold(sequence, HeldKind::Packet(conn, Box::new(packet)));
+        self.hold(sequence, packet.held(conn));
     }
 
     /// Sends `message` to `shard` once `durability` allows.
@@ -605,14 +649,12 @@ impl Shard {
                 break;
             };
             match held.kind {
+                HeldKind::Ack(conn, ack) => {
+                    self.released_packet(conn, held.sequence);
+                    self.write(conn, ack.packet())
+                }
                 HeldKind::Packet(conn, packet) => {
-                    if self
-                        .held_packet_until
-                        .get(&conn)
-                        .is_some_and(|&last| last <= held.sequence)
-                    {
-                        self.held_packet_until.remove(&conn);
-                    }
+                    self.released_packet(conn, held.sequence);
                     self.write(conn, *packet)
                 }
                 HeldKind::Mesh(shard, message) => self.send(shard, *message),
@@ -628,6 +670,18 @@ impl Shard {
                     }
                 }
             }
+        }
+    }
+
+    /// A packet held for `conn` until `sequence` goes out: the index of its last held packet
+    /// forgets it if it was that one.
+    fn released_packet(&mut self, conn: ConnId, sequence: u64) {
+        if self
+            .held_packet_until
+            .get(&conn)
+            .is_some_and(|&last| last <= sequence)
+        {
+            self.held_packet_until.remove(&conn);
         }
     }
 
@@ -675,6 +729,30 @@ impl Shard {
     }
 }
 
+/// An acknowledgement to send once durable: a packet, or a [`LeanAck`] held inline.
+trait AckOut {
+    fn into_packet(self) -> Packet;
+    fn held(self, conn: ConnId) -> HeldKind;
+}
+
+impl AckOut for Packet {
+    fn into_packet(self) -> Packet {
+        self
+    }
+    fn held(self, conn: ConnId) -> HeldKind {
+        HeldKind::Packet(conn, Box::new(self))
+    }
+}
+
+impl AckOut for LeanAck {
+    fn into_packet(self) -> Packet {
+        self.packet()
+    }
+    fn held(self, conn: ConnId) -> HeldKind {
+        HeldKind::Ack(conn, self)
+    }
+}
+
 /// The later of two durability points.
 pub(super) fn later(a: Durability, b: Durability) -> Durability {
     match (a, b) {
@@ -693,9 +771,11 @@ pub(super) struct Recorder<'a> {
     /// When the session's client connected (latency is measured for messages read since).
     pub(super) connected_at: Option<Instant>,
     pub(super) now: Instant,
-    /// The journal, the session's client id and generation: `None` when nothing is recorded
-    /// (no data directory, or a clean session).
-    pub(super) journal: Option<(&'a mut dyn Journal, MqttStr, u64)>,
+    /// The journal and the session's generation: `None` when nothing is recorded (no data
+    /// directory, or a clean session). The client id comes with each change, borrowed from
+    /// the session: a copy here cost two reference-count updates per recorder (two recorders
+    /// per durable QoS 1 message).
+    pub(super) journal: Option<(&'a mut dyn Journal, u64)>,
 }
 
 impl<'a> Recorder<'a> {
@@ -707,13 +787,8 @@ impl<'a> Recorder<'a> {
         connected_at: Option<Instant>,
         now: Instant,
     ) -> Self {
-        let journal = (journal.enabled() && !entry.session.clean).then(|| {
-            (
-                &mut **journal as &mut dyn Journal,
-                entry.session.client_id.clone(),
-                entry.generation,
-            )
-        });
+        let journal = (journal.enabled() && !entry.session.clean)
+            .then_some((&mut **journal as &mut dyn Journal, entry.generation));
         Recorder {
             stats,
             connected_at,
@@ -728,11 +803,11 @@ impl SessionEvents for Recorder<'_> {
         self.stats.sent(message, qos, self.connected_at, self.now);
     }
 
-    fn change(&mut self, change: Change<'_>) -> u64 {
-        let Some((journal, client_id, generation)) = self.journal.as_mut() else {
+    fn change(&mut self, client_id: &str, change: Change<'_>) -> u64 {
+        let Some((journal, generation)) = self.journal.as_mut() else {
             return 0;
         };
-        let (client_id, generation) = (&**client_id, *generation);
+        let generation = *generation;
         let (record, id) = match change {
             Change::Queued {
                 message,

@@ -216,15 +216,14 @@ impl Shard {
             _ if !matched => ReasonCode::NoMatchingSubscribers,
             _ => ReasonCode::Success,
         };
-        let ack = Ack {
+        let ack = LeanAck {
+            rec: match qos {
+                QoS::AtMostOnce => return,
+                QoS::AtLeastOnce => false,
+                QoS::ExactlyOnce => true,
+            },
             packet_id,
             reason,
-            properties: Properties::default(),
-        };
-        let packet = match qos {
-            QoS::AtMostOnce => return,
-            QoS::AtLeastOnce => Packet::PubAck(ack),
-            QoS::ExactlyOnce => Packet::PubRec(ack),
         };
         match retain_ack {
             // A retained message is acknowledged once its topic's owner has applied it, so a
@@ -236,14 +235,16 @@ impl Shard {
                         token,
                         HeldAck {
                             conn: index,
-                            packet,
+                            packet: ack.packet(),
                             durability,
                             targets,
                         },
                     );
                 }
             }
-            None => self.ack_after_peers(index, packet, durability, &targets),
+            // The common case, held inline while the journal writes.
+            None if targets.is_empty() => self.lean_ack_when_durable(index, ack, durability),
+            None => self.ack_after_peers(index, ack.packet(), durability, &targets),
         }
     }
 

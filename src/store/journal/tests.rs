@@ -493,6 +493,80 @@ fn sequences_barriers_and_batches() {
     assert_eq!(journal.barrier(), Durability::Now);
 }
 
+/// A written batch handed back ([`Journal::recycle`]) holds the batch after the next: its
+/// buffers come back empty, with their capacity, and the bytes are those of a journal that
+/// allocates every batch anew. A snapshot-sized buffer is not kept.
+#[test]
+fn recycled_batch_buffers_hold_a_later_batch() {
+    let clock = clock();
+    let mut recycling = journal(&clock);
+    let mut fresh = journal(&clock);
+    // Byte for byte the same: the same segment salt.
+    fresh.log.salt = recycling.log.salt;
+    let message = message("t/1", None);
+    let mut batches = Vec::new();
+    for round in 0..4u16 {
+        let mut expected = None;
+        for journal in [&mut recycling, &mut fresh] {
+            let id = journal.message_id(&message);
+            journal.append(&JournalRecord::InFlight {
+                client_id: "sub",
+                generation: 9,
+                message: id,
+                packet_id: round + 1,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                subscription_ids: &[],
+            });
+            journal.append(&JournalRecord::Acked {
+                client_id: "sub",
+                generation: 9,
+                packet_id: round + 1,
+            });
+            let batch = journal.take_batch().unwrap();
+            match expected.take() {
+                None => expected = Some(batch),
+                Some(recycled) => {
+                    let JournalBatch {
+                        bytes,
+                        last_sequence,
+                        parts,
+                    } = batch;
+                    assert_eq!(bytes, recycled.bytes, "round {round}");
+                    assert_eq!(last_sequence, recycled.last_sequence);
+                    assert_eq!(parts, recycled.parts);
+                    batches.push(recycled);
+                }
+            }
+        }
+        // The recycling journal gets its batch back once written; the other drops its own.
+        if let Some(batch) = batches.pop() {
+            let capacity = batch.bytes.capacity();
+            recycling.recycle(batch);
+            assert_eq!(
+                recycling.spare.as_ref().map(|s| s.0.capacity()),
+                Some(capacity)
+            );
+            assert!(recycling
+                .spare
+                .as_ref()
+                .is_some_and(|s| s.0.is_empty() && s.1.is_empty()));
+        }
+    }
+    // The next batch takes the spare; a snapshot-sized buffer does not become one.
+    recycling.append(&JournalRecord::SessionEnded {
+        client_id: "sub",
+        generation: 9,
+    });
+    assert!(recycling.take_batch().is_some());
+    assert!(recycling.spare.is_none());
+    recycling.recycle(JournalBatch {
+        bytes: Vec::with_capacity(MAX_SPARE + 1),
+        ..JournalBatch::default()
+    });
+    assert!(recycling.spare.is_none());
+}
+
 /// A data directory in the test's temp dir.
 struct TempDir(PathBuf);
 
