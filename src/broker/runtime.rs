@@ -36,6 +36,7 @@ use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler, Lis
 use crate::store::journal::{JournalOptions, StoreJournal, SystemClock, DEFAULT_SEGMENT_LIMIT};
 
 mod journal_writer;
+mod log_map;
 
 /// How often each shard advances its clock (keep-alive, expiry, shutdown check).
 const TICK: Duration = Duration::from_millis(200);

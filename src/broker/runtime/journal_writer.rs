@@ -5,8 +5,11 @@
 //!
 //! Group commit: while a write is in flight the shard goes on appending; the next write takes
 //! everything appended meanwhile. `sync = always`: fdatasync after the write, before the
-//! shard is told. `sync = interval`: the shard is told once the write completed (page cache);
-//! fdatasync every `sync_interval_ms` when something was written.
+//! shard is told. `sync = interval`: the shard is told once the write completed (page cache):
+//! a new log is mapped (`log_map`) and a batch is copied into the mapping, which completes at
+//! once (the io_uring write remains for what the mapping cannot take yet); fdatasync every
+//! `sync_interval_ms` when something was written, and of a log when it is closed, both beside
+//! the writer (no acknowledgement waits for them).
 //!
 //! A snapshot is written under a temporary name, fdatasynced, renamed and the directory
 //! fsynced; then the shard's files it covers are removed. A write that fails (disk full, I/O
@@ -17,6 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
 use std::future::{poll_fn, Future};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -29,8 +33,10 @@ use glommio::timer::Timer;
 
 use super::super::hooks::{BatchTarget, JournalBatch};
 use super::super::store_start::StoreShared;
+use super::log_map::LogMap;
 use super::Driver;
 use crate::config::SyncMode;
+use crate::store::journal::DEFAULT_SEGMENT_LIMIT;
 use crate::store::segment::{SegmentKind, SegmentName};
 
 /// How long a failed write waits before it is tried again.
@@ -74,9 +80,12 @@ fn io_error<'a, T>(
 /// The log segment being appended to.
 struct OpenLog {
     sequence: u64,
-    file: BufferedFile,
+    /// Shared with syncs running beside the writer.
+    file: Rc<BufferedFile>,
     path: PathBuf,
     len: u64,
+    /// With `sync = interval`: the file mapped, records copied into it (see `log_map`).
+    map: Option<LogMap>,
 }
 
 /// A batch being written, and how far it got.
@@ -103,6 +112,10 @@ pub(in crate::broker) struct JournalWriter {
     dir_dirty: bool,
     failing: bool,
     first_image_done: bool,
+    /// Said once that log mappings are not available.
+    map_unsupported_logged: bool,
+    /// Syncs and closes running beside the writer (`sync = interval`).
+    background: Rc<Background>,
     /// Set at shutdown: write what is left, sync, return.
     stop: Rc<Cell<bool>>,
     /// Writes fail (shared with the tick, which does not compact meanwhile).
@@ -127,6 +140,8 @@ impl JournalWriter {
             dir_dirty: false,
             failing: false,
             first_image_done: false,
+            map_unsupported_logged: false,
+            background: Rc::default(),
             stop,
             failing_flag,
         }
@@ -186,7 +201,8 @@ impl JournalWriter {
         let name = self.name(sequence, SegmentKind::Log);
         let path = self.shared.path(&name);
         let mut options = OpenOptions::new();
-        options.write(true);
+        // Readable too: a shared writable mapping needs it.
+        options.read(true).write(true);
         if create {
             options.create(true).truncate(true);
         }
@@ -201,27 +217,117 @@ impl JournalWriter {
             file.file_size().await.map_err(io_error("sizing", &path))?
         };
         self.files.insert(name);
+        let map = if create && self.shared.sync == SyncMode::Interval {
+            self.map_log(&file, &path).await
+        } else {
+            None
+        };
         self.log = Some(OpenLog {
             sequence,
-            file,
+            file: Rc::new(file),
             path,
             len,
+            map,
         });
         Ok(())
     }
 
-    /// Syncs and closes the open log.
+    /// A new log's mapping; `None` (written as usual) where the kernel cannot populate
+    /// mappings or mapping failed (logged).
+    async fn map_log(&mut self, file: &BufferedFile, path: &Path) -> Option<LogMap> {
+        let size = usize::try_from(DEFAULT_SEGMENT_LIMIT).unwrap_or(usize::MAX);
+        match LogMap::create(file.as_raw_fd(), size).await {
+            Ok(Some(map)) => Some(map),
+            Ok(None) => {
+                if !self.map_unsupported_logged {
+                    self.map_unsupported_logged = true;
+                    tracing::info!(
+                        shard = self.shard,
+                        "this kernel cannot populate file mappings (MADV_POPULATE_WRITE, Linux \
+                         5.14): the journal writes with io_uring instead"
+                    );
+                }
+                None
+            }
+            Err(error) => {
+                tracing::warn!(shard = self.shard, file = %path.display(), %error, "cannot map a log segment: it is written with io_uring instead");
+                None
+            }
+        }
+    }
+
+    /// Syncs and closes the open log: with `sync = interval` (not at shutdown) beside the
+    /// writer, which goes on with the next log meanwhile (that sync is there to bound what a
+    /// power loss takes, like the periodic one: acknowledgements never waited for it, and a
+    /// log's worth of it held every client for a disk write of up to a segment).
     async fn close_log(&mut self) -> Result<(), WriteError> {
         if self.log.is_none() {
             return Ok(());
         }
+        if self.shared.sync == SyncMode::Interval && !self.stop.get() {
+            if let Some(log) = self.log.take() {
+                let unsynced = std::mem::take(&mut self.unsynced);
+                let dir = self.dir_dirty.then(|| self.shared.dir.clone());
+                self.dir_dirty = false;
+                let shard = self.shard;
+                self.background.spawn(async move {
+                    if unsynced {
+                        log.file
+                            .fdatasync()
+                            .await
+                            .map_err(io_error("syncing", &log.path))?;
+                    }
+                    if let Some(dir) = dir {
+                        sync_dir(&dir).await?;
+                    }
+                    finish_log(shard, log).await;
+                    Ok(())
+                });
+            }
+            return Ok(());
+        }
         self.sync().await?;
         if let Some(log) = self.log.take() {
-            if let Err(error) = log.file.close().await {
-                tracing::warn!(shard = self.shard, file = %log.path.display(), %error, "closing a log segment failed");
-            }
+            finish_log(self.shard, log).await;
         }
         Ok(())
+    }
+
+    /// The periodic sync (`sync = interval`): beside the writer, which goes on writing (a
+    /// second of records can take a while to reach the disk, and no acknowledgement waits
+    /// for it). Covers what was written before it started.
+    fn sync_in_background(&mut self) {
+        if self.background.syncing.get() {
+            // The last one is still at it: the next tick tries again.
+            return;
+        }
+        let file = self
+            .log
+            .as_ref()
+            .filter(|_| self.unsynced)
+            .map(|log| (Rc::clone(&log.file), log.path.clone()));
+        let dir = self.dir_dirty.then(|| self.shared.dir.clone());
+        if file.is_none() && dir.is_none() {
+            return;
+        }
+        self.unsynced = false;
+        self.dir_dirty = false;
+        let syncing = Rc::clone(&self.background.syncing);
+        syncing.set(true);
+        self.background.spawn(async move {
+            let result = async {
+                if let Some((file, path)) = file {
+                    file.fdatasync().await.map_err(io_error("syncing", &path))?;
+                }
+                if let Some(dir) = dir {
+                    sync_dir(&dir).await?;
+                }
+                Ok(())
+            }
+            .await;
+            syncing.set(false);
+            result
+        });
     }
 
     /// Appends `bytes` (or a prefix) to the open log; how many went.
@@ -229,6 +335,22 @@ impl JournalWriter {
         let Some(log) = self.log.as_mut() else {
             return Ok(bytes.len());
         };
+        if let Some(map) = log.map.as_mut() {
+            let chunk = &bytes[..bytes.len().min(WRITE_CHUNK)];
+            match map.copy(log.len, chunk).await {
+                Ok(true) => {
+                    log.len += chunk.len() as u64;
+                    self.unsynced = true;
+                    return Ok(chunk.len());
+                }
+                Ok(false) => {}
+                Err(error) => {
+                    // Populating failed (disk full, typically): the io_uring write below
+                    // reports what is wrong, or works.
+                    tracing::debug!(shard = self.shard, %error, "populating a log mapping failed");
+                }
+            }
+        }
         let written = log
             .file
             .write_at(bytes[..bytes.len().min(WRITE_CHUNK)].to_vec(), log.len)
@@ -359,6 +481,66 @@ impl JournalWriter {
     }
 }
 
+/// Unmaps (cutting the file to its records) and closes a log no longer written.
+async fn finish_log(shard: u16, mut log: OpenLog) {
+    if let Some(map) = log.map.take() {
+        if let Err(error) = map.close(log.file.as_raw_fd(), log.len).await {
+            // The file keeps zeros after its records: recovery reads them as such.
+            tracing::warn!(shard, file = %log.path.display(), %error, "cutting a mapped log segment to its records failed");
+        }
+    }
+    match Rc::try_unwrap(log.file) {
+        Ok(file) => {
+            if let Err(error) = file.close().await {
+                tracing::warn!(shard, file = %log.path.display(), %error, "closing a log segment failed");
+            }
+        }
+        // A periodic sync still holds it: the last reference closes it.
+        Err(_shared) => {}
+    }
+}
+
+/// Syncs and closes running beside the writer (`sync = interval`), and the first error one
+/// of them met (the writer then reports the storage failing and syncs again).
+#[derive(Default)]
+struct Background {
+    running: Cell<usize>,
+    syncing: Rc<Cell<bool>>,
+    error: RefCell<Option<WriteError>>,
+    /// The writer, waiting for an error or for the last task to end.
+    waker: RefCell<Option<std::task::Waker>>,
+}
+
+impl Background {
+    fn spawn(self: &Rc<Self>, work: impl Future<Output = Result<(), WriteError>> + 'static) {
+        self.running.set(self.running.get() + 1);
+        let this = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = work.await;
+            this.running.set(this.running.get().saturating_sub(1));
+            if let Err(error) = result {
+                this.error.borrow_mut().get_or_insert(error);
+            }
+            if let Some(waker) = this.waker.borrow_mut().take() {
+                waker.wake();
+            }
+        })
+        .detach();
+    }
+
+    /// Until none runs (shutdown).
+    async fn idle(&self) {
+        poll_fn(|cx| {
+            if self.running.get() == 0 {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
+    }
+}
+
 async fn sync_dir(dir: &Path) -> Result<(), WriteError> {
     let handle = Directory::open(dir)
         .await
@@ -372,6 +554,8 @@ async fn sync_dir(dir: &Path) -> Result<(), WriteError> {
 enum Event {
     Batch(JournalBatch),
     Sync,
+    /// A sync beside the writer failed.
+    SyncFailed(WriteError),
     Stop,
 }
 
@@ -402,6 +586,10 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 if writer.stop.get() {
                     return Poll::Ready(Event::Stop);
                 }
+                if let Some(error) = writer.background.error.borrow_mut().take() {
+                    return Poll::Ready(Event::SyncFailed(error));
+                }
+                *writer.background.waker.borrow_mut() = Some(cx.waker().clone());
                 if let Some(timer) = sync_timer.as_mut() {
                     if timer.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Event::Sync);
@@ -422,6 +610,18 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                     });
                     tries = 0;
                 }
+                Event::Sync if writer.shared.sync == SyncMode::Interval => {
+                    sync_timer = None;
+                    writer.sync_in_background();
+                    continue;
+                }
+                Event::SyncFailed(error) => {
+                    // Tried again after RETRY (everything written since the last sync).
+                    writer.unsynced = true;
+                    writer.failed(&driver, &error);
+                    sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                    continue;
+                }
                 Event::Sync => {
                     sync_timer = None;
                     match writer.sync().await {
@@ -434,6 +634,11 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                     continue;
                 }
                 Event::Stop => {
+                    writer.background.idle().await;
+                    if let Some(error) = writer.background.error.borrow_mut().take() {
+                        tracing::error!(shard = writer.shard, %error, "a journal sync failed");
+                        writer.unsynced = true;
+                    }
                     if let Err(error) = writer.close_log().await {
                         tracing::error!(shard = writer.shard, %error, "the journal's last sync failed");
                     }
