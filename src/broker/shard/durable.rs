@@ -4,6 +4,8 @@
 //! is durable at once still waits behind an earlier held one.
 
 use super::*;
+use std::collections::hash_map::Entry;
+
 use crate::broker::hooks::Journal;
 use crate::session::{Change, SessionEvents};
 
@@ -93,8 +95,6 @@ pub(super) enum HeldKind {
     /// A message for a peer shard (or this one), boxed: held outputs queue by the thousand
     /// and move as they are released, and most are packets.
     Mesh(usize, Box<ShardMsg>),
-    /// The output of a connection (held behind a persistent session's CONNACK) may go.
-    Release(ConnId),
 }
 
 impl Shard {
@@ -257,7 +257,9 @@ impl Shard {
             (Durability::Now, Some(sequence)) => sequence,
             (Durability::At(sequence), behind) => sequence.max(behind.unwrap_or(0)),
         };
-        self.held_packet_until.insert(conn, sequence);
+        if self.held_packet_until.insert(conn, sequence).is_none() {
+            self.held_packet_conns.push(conn);
+        }
         self.hold(sequence, packet.held(conn));
     }
 
@@ -631,6 +633,8 @@ impl Shard {
         self.set_now(now);
         self.durable_through = self.durable_through.max(sequence);
         self.release_held_outputs();
+        self.forget_released_packets();
+        self.release_held_conns();
         let conns: Vec<ConnId> = self.peer_waits.keys().copied().collect();
         for conn in conns {
             self.release_peer_waits(conn);
@@ -649,40 +653,50 @@ impl Shard {
                 break;
             };
             match held.kind {
-                HeldKind::Ack(conn, ack) => {
-                    self.released_packet(conn, held.sequence);
-                    self.write(conn, ack.packet())
-                }
-                HeldKind::Packet(conn, packet) => {
-                    self.released_packet(conn, held.sequence);
-                    self.write(conn, *packet)
-                }
+                HeldKind::Ack(conn, ack) => self.write(conn, ack.packet()),
+                HeldKind::Packet(conn, packet) => self.write(conn, *packet),
                 HeldKind::Mesh(shard, message) => self.send(shard, *message),
-                HeldKind::Release(conn) => {
-                    // Only the last hold of the connection releases it.
-                    let until = self.output_held_until.get(&conn).copied().unwrap_or(0);
-                    if until <= sequence {
-                        self.output_held_until.remove(&conn);
-                        if let Some(c) = self.conns.get_mut(conn) {
-                            c.limited.set(Limited::OUTPUT_HELD, false);
-                            self.wake_conn(conn);
-                        }
-                    }
-                }
             }
         }
     }
 
-    /// A packet held for `conn` until `sequence` goes out: the index of its last held packet
-    /// forgets it if it was that one.
-    fn released_packet(&mut self, conn: ConnId, sequence: u64) {
-        if self
-            .held_packet_until
-            .get(&conn)
-            .is_some_and(|&last| last <= sequence)
-        {
-            self.held_packet_until.remove(&conn);
-        }
+    /// The index of each connection's last held packet forgets the connections whose last
+    /// held packet went out: once per write and connection held meanwhile, not a lookup and
+    /// a removal per released packet.
+    fn forget_released_packets(&mut self) {
+        let durable = self.durable_through;
+        let until = &mut self.held_packet_until;
+        self.held_packet_conns.retain(|conn| {
+            if until.get(conn).is_some_and(|&last| last > durable) {
+                return true;
+            }
+            until.remove(conn);
+            false
+        });
+    }
+
+    /// Held connections whose last held record is durable go again: their output, written
+    /// while held, is flushed. Once per write and connection held meanwhile, instead of a
+    /// queued release per held delivery.
+    fn release_held_conns(&mut self) {
+        let durable = self.durable_through;
+        let mut conns = std::mem::take(&mut self.output_held_conns);
+        conns.retain(|&conn| {
+            if self
+                .output_held_until
+                .get(&conn)
+                .is_some_and(|&until| until > durable)
+            {
+                return true;
+            }
+            self.output_held_until.remove(&conn);
+            if let Some(c) = self.conns.get_mut(conn) {
+                c.limited.set(Limited::OUTPUT_HELD, false);
+                self.wake_conn(conn);
+            }
+            false
+        });
+        self.output_held_conns = conns;
     }
 
     /// Holds everything `conn` is sent from now on until `durability` allows: a persistent
@@ -700,10 +714,16 @@ impl Shard {
             return;
         };
         c.limited.set(Limited::OUTPUT_HELD, true);
-        let until = self.output_held_until.entry(conn).or_insert(0);
-        if *until < sequence {
-            *until = sequence;
-            self.hold(sequence, HeldKind::Release(conn));
+        // Released by `release_held_conns` once `sequence` is durable.
+        match self.output_held_until.entry(conn) {
+            Entry::Occupied(mut held) => {
+                let until = held.get_mut();
+                *until = (*until).max(sequence);
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(sequence);
+                self.output_held_conns.push(conn);
+            }
         }
     }
 

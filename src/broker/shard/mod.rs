@@ -228,8 +228,13 @@ pub struct Shard {
     durable_through: u64,
     /// Connections whose output is held, and the sequence number it waits for.
     output_held_until: FastMap<ConnId, u64>,
+    /// The keys of `output_held_until`, each once: what [`Shard::on_durable`] checks (the
+    /// connections held since the last write, not a scan of the map's whole table).
+    output_held_conns: Vec<ConnId>,
     /// Per connection, the sequence number its last packet in `held_outputs` waits for.
     held_packet_until: FastMap<ConnId, u64>,
+    /// The keys of `held_packet_until`, each once (see `output_held_conns`).
+    held_packet_conns: Vec<ConnId>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
     no_output: BytesMut,
     /// Recovered sessions are being installed (their image follows in `journal_image`).
@@ -401,7 +406,9 @@ impl Shard {
             installing_recovered: false,
             no_output: BytesMut::new(),
             output_held_until: FastMap::default(),
+            output_held_conns: Vec::new(),
             held_packet_until: FastMap::default(),
+            held_packet_conns: Vec::new(),
             store_targets: None,
             barriers: HashMap::new(),
             current_publisher: None,
