@@ -270,25 +270,37 @@ impl JournalWriter {
                 let dir = self.dir_dirty.then(|| self.shared.dir.clone());
                 self.dir_dirty = false;
                 let shard = self.shard;
+                let background = Rc::clone(&self.background);
+                background.closing.borrow_mut().insert(log.path.clone());
                 self.background.spawn(async move {
-                    if unsynced {
-                        log.file
-                            .fdatasync()
-                            .await
-                            .map_err(io_error("syncing", &log.path))?;
+                    let synced = async {
+                        if unsynced {
+                            log.file
+                                .fdatasync()
+                                .await
+                                .map_err(io_error("syncing", &log.path))?;
+                        }
+                        if let Some(dir) = dir {
+                            sync_dir(&dir).await?;
+                        }
+                        Ok(())
                     }
-                    if let Some(dir) = dir {
-                        sync_dir(&dir).await?;
-                    }
+                    .await;
+                    // Closed (and removed if covered) even if the sync failed: the failure is
+                    // reported, and the records are in the page cache.
+                    let path = log.path.clone();
                     finish_log(shard, log).await;
-                    Ok(())
+                    background.closed(shard, &path);
+                    synced
                 });
             }
             return Ok(());
         }
         self.sync().await?;
         if let Some(log) = self.log.take() {
+            let path = log.path.clone();
             finish_log(self.shard, log).await;
+            self.background.closed(self.shard, &path);
         }
         Ok(())
     }
@@ -444,16 +456,22 @@ impl JournalWriter {
 
     /// Removes `names` (failures are logged: a covered file left behind is harmless).
     async fn remove(&mut self, names: &[SegmentName]) -> bool {
+        let mut now = Vec::new();
         for name in names {
             self.files.remove(name);
             let path = self.shared.path(name);
-            if let Err(error) = glommio::io::remove(&path).await {
-                let error = io::Error::from(error);
-                if error.kind() != io::ErrorKind::NotFound {
-                    tracing::warn!(shard = self.shard, file = %path.display(), %error, "cannot remove a file the snapshot covers");
-                }
+            let open = self.log.as_ref().is_some_and(|log| log.path == path);
+            if open || self.background.closing.borrow().contains(&path) {
+                // Removed once closed (a snapshot covers the log it rotates away from): the
+                // last close of an unlinked file frees its blocks (with the `discard` mount
+                // option, a synchronous discard of the device: milliseconds), and an io_uring
+                // close runs that on the shard thread. The blocking pool's unlink takes it.
+                self.background.remove_after_close.borrow_mut().insert(path);
+                continue;
             }
+            now.push(path);
         }
+        remove_files(self.shard, now);
         !names.is_empty()
     }
 
@@ -481,23 +499,60 @@ impl JournalWriter {
     }
 }
 
+/// Removes files a snapshot covers, on a thread of their own, not awaited (a failure is
+/// logged: a covered file left behind is harmless). Removing a closed file frees its blocks
+/// (with the `discard` mount option, a synchronous discard of the device: milliseconds per
+/// segment): on glommio's blocking pool that held up the populates of the next log behind it.
+fn remove_files(shard: u16, paths: Vec<PathBuf>) {
+    if paths.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name(format!("shard-{shard}-remove"))
+        .spawn(move || {
+            super::log_map::below_the_shard();
+            for path in paths {
+                if let Err(error) = std::fs::remove_file(&path) {
+                    if error.kind() != io::ErrorKind::NotFound {
+                        tracing::warn!(shard, file = %path.display(), %error, "cannot remove a file the snapshot covers");
+                    }
+                }
+            }
+        });
+    if let Err(error) = spawned {
+        tracing::warn!(shard, %error, "cannot start a thread to remove covered files: they stay");
+    }
+}
+
 /// Unmaps (cutting the file to its records) and closes a log no longer written.
 async fn finish_log(shard: u16, mut log: OpenLog) {
+    // Dropped after the close below: the retiring thread then cuts and unmaps the file.
+    let mut retired = None;
     if let Some(map) = log.map.take() {
-        if let Err(error) = map.close(log.file.as_raw_fd(), log.len).await {
+        match map.retire(log.file.as_raw_fd(), log.len).await {
+            Ok(guard) => retired = Some(guard),
             // The file keeps zeros after its records: recovery reads them as such.
-            tracing::warn!(shard, file = %log.path.display(), %error, "cutting a mapped log segment to its records failed");
-        }
-    }
-    match Rc::try_unwrap(log.file) {
-        Ok(file) => {
-            if let Err(error) = file.close().await {
-                tracing::warn!(shard, file = %log.path.display(), %error, "closing a log segment failed");
+            Err(error) => {
+                tracing::warn!(shard, file = %log.path.display(), %error, "cutting a mapped log segment to its records failed")
             }
         }
-        // A periodic sync still holds it: the last reference closes it.
-        Err(_shared) => {}
     }
+    // A periodic sync may still hold the file: the close waits for it, so that the file is
+    // closed before a snapshot's removal unlinks it (see `JournalWriter::remove`).
+    let mut file = log.file;
+    let file = loop {
+        match Rc::try_unwrap(file) {
+            Ok(file) => break file,
+            Err(shared) => {
+                file = shared;
+                Timer::new(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    if let Err(error) = file.close().await {
+        tracing::warn!(shard, file = %log.path.display(), %error, "closing a log segment failed");
+    }
+    drop(retired);
 }
 
 /// Syncs and closes running beside the writer (`sync = interval`), and the first error one
@@ -509,9 +564,22 @@ struct Background {
     error: RefCell<Option<WriteError>>,
     /// The writer, waiting for an error or for the last task to end.
     waker: RefCell<Option<std::task::Waker>>,
+    /// Logs being closed.
+    closing: RefCell<BTreeSet<PathBuf>>,
+    /// Of those, the ones a snapshot covered meanwhile: removed once closed.
+    remove_after_close: RefCell<BTreeSet<PathBuf>>,
 }
 
 impl Background {
+    /// A log's close is done: removed now if a snapshot covered it meanwhile.
+    fn closed(&self, shard: u16, path: &Path) {
+        self.closing.borrow_mut().remove(path);
+        let covered = self.remove_after_close.borrow_mut().remove(path);
+        if covered {
+            remove_files(shard, vec![path.to_owned()]);
+        }
+    }
+
     fn spawn(self: &Rc<Self>, work: impl Future<Output = Result<(), WriteError>> + 'static) {
         self.running.set(self.running.get() + 1);
         let this = Rc::clone(self);

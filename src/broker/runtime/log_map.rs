@@ -23,6 +23,8 @@ use std::future::Future;
 use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Bytes populated ahead of the write position (a new populate starts when less than half
 /// of it is left).
@@ -112,16 +114,56 @@ impl LogMap {
         Ok(fits)
     }
 
-    /// Unmaps the file and cuts it to `len` bytes (its records).
-    pub(super) async fn close(mut self, fd: RawFd, len: u64) -> io::Result<()> {
+    /// Hands the mapping to a thread of its own that cuts the file to `len` bytes (its
+    /// records) and unmaps it once the returned guard is dropped: the caller closes its
+    /// descriptor in between. The thread holds the last references to the file (the mapping
+    /// and a duplicate descriptor), so that if the file was removed meanwhile, freeing its
+    /// blocks (with the `discard` mount option, a synchronous discard of the device:
+    /// milliseconds) happens there, never on the shard thread (an io_uring close runs the last
+    /// `fput` on the submitting thread) nor on glommio's blocking pool (populates wait there).
+    pub(super) async fn retire(mut self, fd: RawFd, len: u64) -> io::Result<Retired> {
         if let Some(populating) = self.populating.take() {
             let _ = populating.await;
         }
+        // SAFETY: `fd` is open (the caller's); the duplicate is the retiring thread's.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(last_error());
+        }
         let (addr, size) = (self.addr, self.size);
         self.size = 0;
-        glommio::executor()
-            .spawn_blocking(move || unmap_and_cut(addr, size, fd, len))
-            .await
+        let released = Arc::new(AtomicBool::new(false));
+        let caller_done = Arc::clone(&released);
+        let spawned = std::thread::Builder::new()
+            .name("shardmq-log-retire".into())
+            .spawn(move || {
+                below_the_shard();
+                let waited = std::time::Instant::now();
+                while !caller_done.load(Ordering::Acquire) && waited.elapsed() < RETIRE_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                if let Err(error) = cut_and_unmap(addr, size, dup, len) {
+                    tracing::warn!(%error, "cutting a mapped log segment to its records failed");
+                }
+            });
+        if let Err(error) = spawned {
+            // No thread: done here (the rare case; the last `fput` may then be the caller's).
+            let _ = cut_and_unmap(addr, size, dup, len);
+            return Err(error);
+        }
+        Ok(Retired(released))
+    }
+}
+
+/// How long a retiring thread waits for its caller to close its descriptor.
+const RETIRE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Dropped once the caller closed its descriptor: the retiring thread goes on.
+pub(super) struct Retired(Arc<AtomicBool>);
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
     }
 }
 
@@ -138,6 +180,20 @@ impl Drop for LogMap {
 
 fn last_error() -> io::Error {
     io::Error::last_os_error()
+}
+
+/// On the retiring thread: started by a real-time shard thread, it inherits its policy, and
+/// would then run ahead of the shard on its CPU (a woken real-time thread does not preempt
+/// one of the same priority). Its work is never urgent: back to the normal policy.
+pub(super) fn below_the_shard() {
+    // SAFETY: plain syscalls about the calling thread.
+    unsafe {
+        let policy = libc::sched_getscheduler(0);
+        if policy == libc::SCHED_FIFO || policy == libc::SCHED_RR {
+            let normal = libc::sched_param { sched_priority: 0 };
+            libc::sched_setscheduler(0, libc::SCHED_OTHER, &normal);
+        }
+    }
 }
 
 /// On the blocking pool: extends `fd` to `size`, maps it shared and populates `first` bytes.
@@ -187,17 +243,21 @@ fn populate(addr: usize, len: usize) -> io::Result<()> {
     }
 }
 
-/// On the blocking pool: unmaps and cuts the file to `len`.
-fn unmap_and_cut(addr: usize, size: usize, fd: RawFd, len: u64) -> io::Result<()> {
-    let len = libc::off_t::try_from(len).map_err(|_| io::Error::other("log too large"))?;
-    // SAFETY: the mapping is ours and unused from here on; `fd` stays open until this returns.
+/// On the retiring thread: cuts the file to `len`, closes the duplicate descriptor and
+/// unmaps (the last references: see [`LogMap::retire`]).
+fn cut_and_unmap(addr: usize, size: usize, dup: RawFd, len: u64) -> io::Result<()> {
+    let cut = match libc::off_t::try_from(len) {
+        // SAFETY: `dup` is this thread's descriptor.
+        Ok(len) if unsafe { libc::ftruncate(dup, len) } == 0 => Ok(()),
+        Ok(_) => Err(last_error()),
+        Err(_) => Err(io::Error::other("log too large")),
+    };
+    // SAFETY: the descriptor and the mapping are this thread's, unused by anyone else now.
     unsafe {
+        libc::close(dup);
         libc::munmap(addr as *mut libc::c_void, size);
-        if libc::ftruncate(fd, len) != 0 {
-            return Err(last_error());
-        }
     }
-    Ok(())
+    cut
 }
 
 #[cfg(test)]
@@ -223,7 +283,7 @@ mod tests {
     }
 
     /// Records copied into the mapping (past the first populate, so through later ones) are
-    /// in the file, which is cut to them at close; what did not fit yet is refused, not lost.
+    /// in the file, which is cut to them when retired; what did not fit yet is refused.
     #[test]
     fn copies_reach_the_file_and_close_cuts_it() {
         let dir = scratch("copy");
@@ -263,7 +323,16 @@ mod tests {
                     .copy(size as u64 - 1, b"xy")
                     .await
                     .expect("across the end"));
-                map.close(file.as_raw_fd(), at).await.expect("close");
+                let retired = map.retire(file.as_raw_fd(), at).await.expect("retire");
+                drop(file);
+                drop(retired);
+                // The retiring thread cuts the file: wait for it (bounded).
+                let waited = std::time::Instant::now();
+                while std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) != at
+                    && waited.elapsed() < std::time::Duration::from_secs(10)
+                {
+                    glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+                }
                 let written = std::fs::read(&path).expect("read back");
                 assert_eq!(written.len(), expected.len(), "cut to the records");
                 assert!(
