@@ -274,6 +274,17 @@ mod tests {
         dir
     }
 
+    /// A new empty file, readable and writable (as the writer opens a log).
+    fn new_file(path: &std::path::Path) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .expect("open")
+    }
+
     fn on_executor(test: impl FnOnce() -> Pin<Box<dyn Future<Output = ()>>> + Send + 'static) {
         LocalExecutorBuilder::new(Placement::Unbound)
             .spawn(test)
@@ -290,13 +301,7 @@ mod tests {
         let path = dir.join("log");
         on_executor(move || {
             Box::pin(async move {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .expect("open");
+                let file = new_file(&path);
                 let size = 8 << 20;
                 let mut map = LogMap::create(file.as_raw_fd(), size)
                     .await
@@ -353,13 +358,7 @@ mod tests {
         let read_path = path.clone();
         on_executor(move || {
             Box::pin(async move {
-                let file = std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&path)
-                    .expect("open");
+                let file = new_file(&path);
                 let mut map = LogMap::create(file.as_raw_fd(), 1 << 20)
                     .await
                     .expect("map")
