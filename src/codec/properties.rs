@@ -184,9 +184,66 @@ fn read_bool(reader: &mut Reader) -> Result<bool, DecodeError> {
 }
 
 impl Properties {
-    /// True when no property is set.
+    /// True when no property is set. Field by field (every field named, so that a new one
+    /// cannot be forgotten), not a comparison with a default: that built and dropped a whole
+    /// block per call, on the path of every PUBLISH.
     pub fn is_empty(&self) -> bool {
-        *self == Properties::default()
+        let Properties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            subscription_identifiers,
+            session_expiry_interval,
+            assigned_client_identifier,
+            server_keep_alive,
+            authentication_method,
+            authentication_data,
+            request_problem_information,
+            will_delay_interval,
+            request_response_information,
+            response_information,
+            server_reference,
+            reason_string,
+            receive_maximum,
+            topic_alias_maximum,
+            topic_alias,
+            maximum_qos,
+            retain_available,
+            user_properties,
+            maximum_packet_size,
+            wildcard_subscription_available,
+            subscription_identifier_available,
+            shared_subscription_available,
+        } = self;
+        payload_format_indicator.is_none()
+            && message_expiry_interval.is_none()
+            && content_type.is_none()
+            && response_topic.is_none()
+            && correlation_data.is_none()
+            && session_expiry_interval.is_none()
+            && assigned_client_identifier.is_none()
+            && server_keep_alive.is_none()
+            && authentication_method.is_none()
+            && authentication_data.is_none()
+            && request_problem_information.is_none()
+            && will_delay_interval.is_none()
+            && request_response_information.is_none()
+            && response_information.is_none()
+            && server_reference.is_none()
+            && reason_string.is_none()
+            && receive_maximum.is_none()
+            && topic_alias_maximum.is_none()
+            && topic_alias.is_none()
+            && maximum_qos.is_none()
+            && retain_available.is_none()
+            && maximum_packet_size.is_none()
+            && wildcard_subscription_available.is_none()
+            && subscription_identifier_available.is_none()
+            && shared_subscription_available.is_none()
+            && subscription_identifiers.is_empty()
+            && user_properties.is_empty()
     }
 
     /// Reads a property block (its length, then the properties) for `context`.
@@ -479,6 +536,50 @@ mod tests {
     fn decode(bytes: &[u8], context: PropertyContext) -> Result<Properties, DecodeError> {
         let mut reader = Reader::new(Bytes::copy_from_slice(bytes));
         Properties::decode(&mut reader, context)
+    }
+
+    /// `is_empty` names every field: each one set alone (to a value that equals its type's
+    /// default, where that could be mistaken for unset) makes the block non-empty.
+    #[test]
+    fn any_single_property_makes_the_block_non_empty() {
+        assert!(Properties::default().is_empty());
+        let setters: Vec<fn(&mut Properties)> = vec![
+            |p: &mut Properties| p.payload_format_indicator = Some(0),
+            |p: &mut Properties| p.message_expiry_interval = Some(0),
+            |p: &mut Properties| p.content_type = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.response_topic = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.correlation_data = Some(Bytes::new()),
+            |p: &mut Properties| p.subscription_identifiers = vec![1],
+            |p: &mut Properties| p.session_expiry_interval = Some(0),
+            |p: &mut Properties| p.assigned_client_identifier = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.server_keep_alive = Some(1),
+            |p: &mut Properties| p.authentication_method = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.authentication_data = Some(Bytes::new()),
+            |p: &mut Properties| p.request_problem_information = Some(false),
+            |p: &mut Properties| p.will_delay_interval = Some(0),
+            |p: &mut Properties| p.request_response_information = Some(false),
+            |p: &mut Properties| p.response_information = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.server_reference = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.reason_string = Some(MqttStr::from_static("")),
+            |p: &mut Properties| p.receive_maximum = Some(1),
+            |p: &mut Properties| p.topic_alias_maximum = Some(1),
+            |p: &mut Properties| p.topic_alias = Some(1),
+            |p: &mut Properties| p.maximum_qos = Some(QoS::AtMostOnce),
+            |p: &mut Properties| p.retain_available = Some(false),
+            |p: &mut Properties| {
+                p.user_properties = vec![(MqttStr::from_static("k"), MqttStr::from_static("v"))]
+            },
+            |p: &mut Properties| p.maximum_packet_size = Some(0),
+            |p: &mut Properties| p.wildcard_subscription_available = Some(false),
+            |p: &mut Properties| p.subscription_identifier_available = Some(false),
+            |p: &mut Properties| p.shared_subscription_available = Some(false),
+        ];
+        for (index, set) in setters.iter().enumerate() {
+            let mut props = Properties::default();
+            set(&mut props);
+            assert!(!props.is_empty(), "field {index} set, yet empty: {props:?}");
+            assert_ne!(props, Properties::default());
+        }
     }
 
     #[test]

@@ -142,7 +142,8 @@ impl Shard {
             } else {
                 0
             };
-            let publisher_id = publisher.clone();
+            // Only a journaled QoS 2 publish needs the publisher's id again (origin entries).
+            let origin_publisher = (origin_packet_id != 0).then(|| publisher.clone());
             let message = Arc::new(Message {
                 topic: publish.topic,
                 payload: publish.payload,
@@ -171,7 +172,7 @@ impl Shard {
                     // With peers, the id is recorded once their deliveries are durable (see
                     // `ack_after_peers`).
                     durability = later(durability, self.journal_inbound(session, qos, packet_id));
-                    if origin_packet_id != 0 {
+                    if let Some(publisher_id) = origin_publisher {
                         // No shard was routed to, so no mark was passed on during this
                         // publish; one passed on earlier is told without waiting (its shard
                         // recognises a resend by the packet id recorded here anyway).
