@@ -138,8 +138,22 @@ fn files_of_shards_beyond_the_shard_count_go_once_every_first_image_is_durable()
 /// the last records up after a few tries instead of hanging.
 #[test]
 fn a_full_disk_is_survived() {
-    let dir = TempDir::new("full");
-    let mut broker = Broker::start_with(with_dir(&dir.0, SyncMode::Always));
+    full_disk_is_survived(SyncMode::Always);
+}
+
+/// The same with `sync = interval`, whose logs are mapped: a log that cannot be mapped (here a
+/// device) is written with io_uring instead, and that write failing is the same storage full.
+#[test]
+fn a_full_disk_is_survived_with_mapped_logs() {
+    full_disk_is_survived(SyncMode::Interval);
+}
+
+fn full_disk_is_survived(sync: SyncMode) {
+    let dir = TempDir::new(match sync {
+        SyncMode::Always => "full",
+        SyncMode::Interval => "full-interval",
+    });
+    let mut broker = Broker::start_with(with_dir(&dir.0, sync));
     wait_until(WAIT, "both shards' first snapshots", || {
         snapshots(&dir.0) == vec![(0, 1), (1, 1)]
     });
