@@ -56,11 +56,23 @@ struct Durable {
     starts: usize,
     /// Warnings, errors and panics of the processes that have ended, by start number.
     earlier: String,
+    /// Environment of the broker processes.
+    env: Vec<(&'static str, String)>,
 }
 
 impl Durable {
     /// Starts a broker on `dir` with `shards` shards and `extra` flags; waits until it serves.
     async fn start(dir: &Path, shards: usize, extra: &[&str]) -> Durable {
+        Durable::start_with_env(dir, shards, extra, &[]).await
+    }
+
+    /// [`Durable::start`] with environment variables for every start of the broker.
+    async fn start_with_env(
+        dir: &Path,
+        shards: usize,
+        extra: &[&str],
+        env: &[(&'static str, &str)],
+    ) -> Durable {
         let mut broker = Durable {
             process: None,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, free_port())),
@@ -69,6 +81,7 @@ impl Durable {
             extra: extra.iter().map(|s| s.to_string()).collect(),
             starts: 0,
             earlier: String::new(),
+            env: env.iter().map(|(k, v)| (*k, v.to_string())).collect(),
         };
         broker.spawn();
         broker.ready().await;
@@ -95,7 +108,8 @@ impl Durable {
         );
         let args = self.args();
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.process = Some(Process::spawn(&args));
+        let env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.process = Some(Process::spawn_with_env(&args, &env));
         self.starts += 1;
     }
 
@@ -1050,10 +1064,17 @@ fn retained_topic(_name: &str, n: u64) -> String {
 /// QoS 2 message delivered twice to a subscriber fails the test.
 #[tokio::test]
 async fn acknowledged_messages_survive_sigkill_storm() {
-    sigkill_storm().await;
+    sigkill_storm("storm", &[]).await;
 }
 
-async fn sigkill_storm() {
+/// The same storm with 256 KiB log segments: logs rotate, snapshots are written beside the
+/// writer and compact the older files all the time, and the kills land in the middle of it.
+#[tokio::test]
+async fn acknowledged_messages_survive_sigkill_storm_with_small_segments() {
+    sigkill_storm("storm-small", &[("SHARDMQ_SEGMENT_LIMIT", "262144")]).await;
+}
+
+async fn sigkill_storm(name: &str, env: &[(&'static str, &str)]) {
     const KILLS: usize = 20;
     let seed = std::env::var("SHARDMQ_STORM_SEED")
         .ok()
@@ -1061,8 +1082,8 @@ async fn sigkill_storm() {
         .unwrap_or(0x5eed_0011_u64);
     let mut rng = Rng(seed);
     let started = Instant::now();
-    let dir = TempDir::new("storm");
-    let mut broker = Durable::start(&dir.0.join("data"), 2, &[]).await;
+    let dir = TempDir::new(name);
+    let mut broker = Durable::start_with_env(&dir.0.join("data"), 2, &[], env).await;
     let addr = broker.addr;
 
     // Subscribers: three of each version, each with a QoS 1 and a QoS 2 subscription.

@@ -232,6 +232,17 @@ fn engine_config(config: &Config) -> EngineConfig {
     engine
 }
 
+/// The size at which a log segment is closed and the shard's state written as a snapshot:
+/// [`DEFAULT_SEGMENT_LIMIT`], or `SHARDMQ_SEGMENT_LIMIT` bytes (at least 64 KiB) for tests
+/// that want rotations and compactions often (not a config key: the default is what the
+/// measurements used).
+fn segment_limit() -> u64 {
+    std::env::var("SHARDMQ_SEGMENT_LIMIT")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_SEGMENT_LIMIT, |limit| limit.max(64 << 10))
+}
+
 /// What each listener's connections speak (TLS material as loaded, WebSocket settings), by
 /// listener index.
 fn listener_transports(config: &Config) -> Vec<ListenerTransport> {
@@ -323,7 +334,7 @@ pub(super) async fn run_shard(
                 shard_count: shards as u16,
                 epoch: global.epoch.load(Ordering::Relaxed),
                 first_segment: store.first_segment,
-                segment_limit: DEFAULT_SEGMENT_LIMIT,
+                segment_limit: segment_limit(),
             },
             Box::new(SystemClock),
         );
@@ -360,6 +371,7 @@ pub(super) async fn run_shard(
             store.shared,
             id as u16,
             store.old_files,
+            segment_limit(),
             Rc::clone(&stop),
             Rc::clone(&failing),
         );

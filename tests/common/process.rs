@@ -26,8 +26,14 @@ pub struct Process {
 impl Process {
     /// Starts the binary with `args` (RUST_LOG removed, so the log level is the broker's own).
     pub fn spawn(args: &[&str]) -> Process {
+        Process::spawn_with_env(args, &[])
+    }
+
+    /// [`Process::spawn`] with environment variables for the broker.
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_shardmq"))
             .args(args)
+            .envs(env.iter().copied())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

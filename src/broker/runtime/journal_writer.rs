@@ -36,7 +36,6 @@ use super::super::store_start::StoreShared;
 use super::log_map::LogMap;
 use super::Driver;
 use crate::config::SyncMode;
-use crate::store::journal::DEFAULT_SEGMENT_LIMIT;
 use crate::store::segment::{SegmentKind, SegmentName};
 
 /// How long a failed write waits before it is tried again.
@@ -91,6 +90,9 @@ struct OpenLog {
 /// A batch being written, and how far it got.
 struct InProgress {
     batch: JournalBatch,
+    /// The batch's bytes (shared with a snapshot written beside the writer; handed back to
+    /// the journal when the batch is done, if no snapshot holds them any more).
+    bytes: Rc<Vec<u8>>,
     /// The next part to write.
     part: usize,
     /// Where that part starts in the batch's bytes.
@@ -114,6 +116,8 @@ pub(in crate::broker) struct JournalWriter {
     first_image_done: bool,
     /// Said once that log mappings are not available.
     map_unsupported_logged: bool,
+    /// The journal's segment size: a log's mapping covers it.
+    segment_limit: u64,
     /// Syncs and closes running beside the writer (`sync = interval`).
     background: Rc<Background>,
     /// Set at shutdown: write what is left, sync, return.
@@ -123,11 +127,13 @@ pub(in crate::broker) struct JournalWriter {
 }
 
 impl JournalWriter {
-    /// A writer for `shard`, whose files from before this boot are `old_files`.
+    /// A writer for `shard`, whose files from before this boot are `old_files`, of logs up to
+    /// about `segment_limit` bytes.
     pub(in crate::broker) fn new(
         shared: Arc<StoreShared>,
         shard: u16,
         old_files: Vec<SegmentName>,
+        segment_limit: u64,
         stop: Rc<Cell<bool>>,
         failing_flag: Rc<Cell<bool>>,
     ) -> JournalWriter {
@@ -141,6 +147,7 @@ impl JournalWriter {
             failing: false,
             first_image_done: false,
             map_unsupported_logged: false,
+            segment_limit,
             background: Rc::default(),
             stop,
             failing_flag,
@@ -159,7 +166,7 @@ impl JournalWriter {
     async fn write(&mut self, progress: &mut InProgress) -> Result<(), WriteError> {
         while let Some(part) = progress.batch.parts.get(progress.part).copied() {
             let end = progress.start + part.len;
-            let Some(bytes) = progress.batch.bytes.get(progress.start..end) else {
+            let Some(bytes) = progress.bytes.get(progress.start..end) else {
                 // A journal bug: parts beyond the bytes. Drop the rest rather than loop.
                 tracing::error!(
                     shard = self.shard,
@@ -173,6 +180,11 @@ impl JournalWriter {
                     while progress.done < bytes.len() {
                         progress.done += self.append(&bytes[progress.done..]).await?;
                     }
+                }
+                BatchTarget::Snapshot { sequence } if self.first_image_done => {
+                    let range = progress.start..end;
+                    self.snapshot_in_background(sequence, Rc::clone(&progress.bytes), range)
+                        .await;
                 }
                 BatchTarget::Snapshot { sequence } => {
                     self.write_snapshot(sequence, bytes).await?;
@@ -235,7 +247,7 @@ impl JournalWriter {
     /// A new log's mapping; `None` (written as usual) where the kernel cannot populate
     /// mappings or mapping failed (logged).
     async fn map_log(&mut self, file: &BufferedFile, path: &Path) -> Option<LogMap> {
-        let size = usize::try_from(DEFAULT_SEGMENT_LIMIT).unwrap_or(usize::MAX);
+        let size = usize::try_from(self.segment_limit).unwrap_or(usize::MAX);
         match LogMap::create(file.as_raw_fd(), size).await {
             Ok(Some(map)) => Some(map),
             Ok(None) => {
@@ -395,42 +407,54 @@ impl JournalWriter {
     }
 
     /// Writes a whole snapshot: temporary file, fdatasync, rename, directory fsync; then
-    /// removes the files it covers.
+    /// removes the files it covers. The first image at start-up (clients wait for it anyway).
     async fn write_snapshot(&mut self, sequence: u64, bytes: &[u8]) -> Result<(), WriteError> {
-        let name = self.name(sequence, SegmentKind::Snapshot);
-        let path = self.shared.path(&name);
-        let tmp = path.with_extension("snap.tmp");
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .buffered_open(&tmp)
-            .await
-            .map_err(io_error("creating", &tmp))?;
-        let mut done = 0;
-        while done < bytes.len() {
-            let written = file
-                .write_at(
-                    bytes[done..bytes.len().min(done + WRITE_CHUNK)].to_vec(),
-                    done as u64,
-                )
-                .await
-                .map_err(io_error("writing", &tmp))?;
-            if written == 0 {
-                return Err(WriteError::WriteZero(tmp));
+        let path = self
+            .shared
+            .path(&self.name(sequence, SegmentKind::Snapshot));
+        write_snapshot_file(self.shard, &self.shared.dir, &path, bytes).await?;
+        self.after_snapshot(sequence, true).await;
+        Ok(())
+    }
+
+    /// A later snapshot (a log reached its size) is written beside the writer: until it is
+    /// durable the files it covers stay, and recovery replays them and the next log instead,
+    /// so no acknowledgement needs to wait for it (it held every client for a file write, an
+    /// fdatasync, a rename and a directory fsync at each rotation). One at a time.
+    async fn snapshot_in_background(
+        &mut self,
+        sequence: u64,
+        bytes: Rc<Vec<u8>>,
+        range: std::ops::Range<usize>,
+    ) {
+        self.background.snapshot_written().await;
+        let path = self
+            .shared
+            .path(&self.name(sequence, SegmentKind::Snapshot));
+        let dir = self.shared.dir.clone();
+        let shard = self.shard;
+        let background = Rc::clone(&self.background);
+        background.snapshot_running.set(true);
+        self.background.spawn(async move {
+            let result = match bytes.get(range) {
+                Some(bytes) => write_snapshot_file(shard, &dir, &path, bytes).await,
+                None => Ok(()),
+            };
+            drop(bytes);
+            background.snapshot_running.set(false);
+            if result.is_ok() {
+                background.snapshots_done.borrow_mut().push(sequence);
             }
-            done += written;
-        }
-        file.fdatasync().await.map_err(io_error("syncing", &tmp))?;
-        if let Err(error) = file.close().await {
-            tracing::warn!(shard = self.shard, file = %tmp.display(), %error, "closing a snapshot failed");
-        }
-        glommio::io::rename(&tmp, &path)
-            .await
-            .map_err(io_error("renaming", &tmp))?;
-        self.files.insert(name);
-        sync_dir(&self.shared.dir).await?;
-        // The files it covers: older logs and snapshots of this shard.
+            result
+        });
+    }
+
+    /// Snapshot `sequence` is durable: the files it covers go (older logs and snapshots of
+    /// this shard; after the first image, the files of shards beyond the shard count).
+    /// `sync_removals`: fsync the directory after the removals too.
+    async fn after_snapshot(&mut self, sequence: u64, sync_removals: bool) {
+        self.files
+            .insert(self.name(sequence, SegmentKind::Snapshot));
         let covered: Vec<SegmentName> = self
             .files
             .iter()
@@ -446,12 +470,11 @@ impl JournalWriter {
             let orphans = self.shared.first_image_durable();
             removed |= self.remove(&orphans).await;
         }
-        if removed {
+        if removed && sync_removals {
             if let Err(error) = sync_dir(&self.shared.dir).await {
                 tracing::warn!(shard = self.shard, %error, "syncing the data directory failed");
             }
         }
-        Ok(())
     }
 
     /// Removes `names` (failures are logged: a covered file left behind is harmless).
@@ -497,6 +520,46 @@ impl JournalWriter {
             driver.borrow_mut().shard.set_storage_full(false);
         }
     }
+}
+
+/// Writes a snapshot file: under a temporary name, fdatasynced, renamed, the directory
+/// fsynced.
+async fn write_snapshot_file(
+    shard: u16,
+    dir: &Path,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), WriteError> {
+    let tmp = path.with_extension("snap.tmp");
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .buffered_open(&tmp)
+        .await
+        .map_err(io_error("creating", &tmp))?;
+    let mut done = 0;
+    while done < bytes.len() {
+        let written = file
+            .write_at(
+                bytes[done..bytes.len().min(done + WRITE_CHUNK)].to_vec(),
+                done as u64,
+            )
+            .await
+            .map_err(io_error("writing", &tmp))?;
+        if written == 0 {
+            return Err(WriteError::WriteZero(tmp));
+        }
+        done += written;
+    }
+    file.fdatasync().await.map_err(io_error("syncing", &tmp))?;
+    if let Err(error) = file.close().await {
+        tracing::warn!(shard, file = %tmp.display(), %error, "closing a snapshot failed");
+    }
+    glommio::io::rename(&tmp, path)
+        .await
+        .map_err(io_error("renaming", &tmp))?;
+    sync_dir(dir).await
 }
 
 /// Removes files a snapshot covers, on a thread of their own, not awaited (a failure is
@@ -568,6 +631,10 @@ struct Background {
     closing: RefCell<BTreeSet<PathBuf>>,
     /// Of those, the ones a snapshot covered meanwhile: removed once closed.
     remove_after_close: RefCell<BTreeSet<PathBuf>>,
+    /// A snapshot is being written beside the writer.
+    snapshot_running: Cell<bool>,
+    /// Snapshots written beside the writer, durable now: the writer removes what they cover.
+    snapshots_done: RefCell<Vec<u64>>,
 }
 
 impl Background {
@@ -594,6 +661,18 @@ impl Background {
             }
         })
         .detach();
+    }
+
+    /// Until no snapshot is being written.
+    async fn snapshot_written(&self) {
+        poll_fn(|cx| {
+            if !self.snapshot_running.get() {
+                return Poll::Ready(());
+            }
+            *self.waker.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await;
     }
 
     /// Until none runs (shutdown).
@@ -624,6 +703,8 @@ enum Event {
     Sync,
     /// A sync beside the writer failed.
     SyncFailed(WriteError),
+    /// A snapshot written beside the writer is durable.
+    SnapshotDone(u64),
     Stop,
 }
 
@@ -657,6 +738,9 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 if let Some(error) = writer.background.error.borrow_mut().take() {
                     return Poll::Ready(Event::SyncFailed(error));
                 }
+                if let Some(sequence) = writer.background.snapshots_done.borrow_mut().pop() {
+                    return Poll::Ready(Event::SnapshotDone(sequence));
+                }
                 *writer.background.waker.borrow_mut() = Some(cx.waker().clone());
                 if let Some(timer) = sync_timer.as_mut() {
                     if timer.as_mut().poll(cx).is_ready() {
@@ -669,9 +753,11 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
             .await;
             driver.borrow_mut().journal_waker = None;
             match event {
-                Event::Batch(batch) => {
+                Event::Batch(mut batch) => {
+                    let bytes = Rc::new(std::mem::take(&mut batch.bytes));
                     pending = Some(InProgress {
                         batch,
+                        bytes,
                         part: 0,
                         start: 0,
                         done: 0,
@@ -681,6 +767,10 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 Event::Sync if writer.shared.sync == SyncMode::Interval => {
                     sync_timer = None;
                     writer.sync_in_background();
+                    continue;
+                }
+                Event::SnapshotDone(sequence) => {
+                    writer.after_snapshot(sequence, false).await;
                     continue;
                 }
                 Event::SyncFailed(error) => {
@@ -703,6 +793,10 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 }
                 Event::Stop => {
                     writer.background.idle().await;
+                    let done = std::mem::take(&mut *writer.background.snapshots_done.borrow_mut());
+                    for sequence in done {
+                        writer.after_snapshot(sequence, true).await;
+                    }
                     if let Some(error) = writer.background.error.borrow_mut().take() {
                         tracing::error!(shard = writer.shard, %error, "a journal sync failed");
                         writer.unsynced = true;
@@ -720,7 +814,10 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
         match writer.write(progress).await {
             Ok(()) => {
                 let sequence = progress.batch.last_sequence;
-                let batch = std::mem::take(&mut progress.batch);
+                let mut batch = std::mem::take(&mut progress.batch);
+                // Back to the journal for the next batch, unless a snapshot still holds it.
+                batch.bytes =
+                    Rc::try_unwrap(std::mem::take(&mut progress.bytes)).unwrap_or_default();
                 pending = None;
                 writer.recovered(&driver);
                 durable(&driver, sequence, batch);
