@@ -26,7 +26,7 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use shardmq::codec::{
-    Ack, ConnAck, Connect, Disconnect, MqttStr, Packet, Properties, ProtocolVersion, QoS,
+    Ack, ConnAck, Connect, Disconnect, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion, QoS,
     ReasonCode,
 };
 use shardmq::config::SharedStrategy;
@@ -524,10 +524,10 @@ async fn message_expiry_for_queued_messages() {
 fn retained_message_expiry_counts_down_for_later_subscribers() {
     let broker = start_broker();
     let (mut publisher, _) = raw_v5(broker.shard(1), "rx-pub", |_| {});
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         message_expiry_interval: Some(30),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     let mut publish = publish_packet("rx/t", b"kept", QoS::AtLeastOnce, true, 1);
     publish.properties = properties;
     publisher.send(Packet::Publish(publish));
@@ -573,10 +573,10 @@ async fn inbound_topic_alias_is_resolved() {
         ("", "four"),
     ];
     for (i, (topic, payload)) in sends.into_iter().enumerate() {
-        let properties = Properties {
+        let properties = Properties::from(PropertyFields {
             topic_alias: Some(1),
-            ..Properties::default()
-        };
+            ..PropertyFields::default()
+        });
         let id = i as u16 + 1;
         publisher.send(publish_v5(
             topic,
@@ -611,16 +611,16 @@ fn inbound_topic_alias_above_maximum_is_refused() {
     let broker = start_broker_with(|config| config.topic_alias_maximum = 10);
     let (mut client, connack) = raw_v5(broker.shard(0), "tamax", |_| {});
     assert_eq!(connack.properties.topic_alias_maximum, Some(10));
-    let at_max = Properties {
+    let at_max = Properties::from(PropertyFields {
         topic_alias: Some(10),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     client.send(publish_v5("tamax/t", b"ok", QoS::AtLeastOnce, 1, at_max));
     recv_puback(&mut client);
-    let above = Properties {
+    let above = Properties::from(PropertyFields {
         topic_alias: Some(11),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     client.send(publish_v5("tamax/t", b"no", QoS::AtLeastOnce, 2, above));
     expect_server_disconnect(&mut client, ReasonCode::TopicAliasInvalid, TIMEOUT);
 }
@@ -632,10 +632,10 @@ fn inbound_unknown_topic_alias_is_a_protocol_error() {
     let (mut watch, _) = raw_v5(broker.shard(1), "taunk-watch", |_| {});
     watch.subscribe(1, "#", QoS::AtLeastOnce);
     let (mut client, _) = raw_v5(broker.shard(0), "taunk", |_| {});
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         topic_alias: Some(3),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     client.send(publish_v5("", b"where?", QoS::AtLeastOnce, 1, properties));
     expect_server_disconnect(&mut client, ReasonCode::ProtocolError, TIMEOUT);
     watch.expect_silence(QUIET);
@@ -1292,10 +1292,10 @@ fn puback_payload_format_invalid_and_not_authorized() {
         &[("prc/#", QoS::AtLeastOnce), ("$SYS/x", QoS::AtLeastOnce)],
     );
     let (mut publisher, _) = raw_v5(broker.shard(0), "prc-pub", |_| {});
-    let utf8 = Properties {
+    let utf8 = Properties::from(PropertyFields {
         payload_format_indicator: Some(1),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
 
     publisher.send(publish_v5(
         "prc/t",
@@ -1342,10 +1342,10 @@ fn qos2_packet_id_is_free_after_an_error_pubrec() {
     let (mut watch, _) = raw_v5(broker.shard(1), "q2e-watch", |_| {});
     watch.subscribe(1, "q2e/#", QoS::AtLeastOnce);
     let (mut publisher, _) = raw_v5(broker.shard(0), "q2e-pub", |_| {});
-    let utf8 = Properties {
+    let utf8 = Properties::from(PropertyFields {
         payload_format_indicator: Some(1),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     let refusals = [
         (
             "$SYS/x",

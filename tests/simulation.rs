@@ -25,7 +25,7 @@ use shardmq::broker::handles::ConnId;
 use shardmq::broker::hooks::BatchTarget;
 use shardmq::broker::{Global, ReadState, Shard};
 use shardmq::codec::{
-    decode, Ack, ConnAck, Connect, Disconnect, LastWill, MqttStr, Packet, Properties,
+    decode, Ack, ConnAck, Connect, Disconnect, LastWill, MqttStr, Packet, Properties, PropertyFields,
     ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use shardmq::config::{Config, SharedStrategy};
@@ -1762,10 +1762,10 @@ fn will_delay_and_expiry(sim: &mut Sim) -> usize {
             payload: Bytes::from(name),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties {
+            properties: Properties::from(PropertyFields {
                 will_delay_interval: Some(delay),
-                ..Properties::default()
-            },
+                ..PropertyFields::default()
+            }),
         });
         let with_will = Leave::Disconnect(ReasonCode::DisconnectWithWill);
         let (how, reconnect_at, due) = match kind {

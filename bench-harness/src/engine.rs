@@ -26,7 +26,7 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use shardmq::codec::{
-    self, Ack, Connect, Disconnect, EncodedPublish, MqttStr, Packet, Properties, ProtocolVersion,
+    self, Ack, Connect, Disconnect, EncodedPublish, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion,
     Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use socket2::{Domain, Socket, Type};
@@ -420,10 +420,10 @@ impl Engine {
         };
         // --persistent: a session the broker keeps (and, with a durable store, journals);
         // MQTT 5.0 bounds its life with a Session Expiry Interval.
-        let properties = Properties {
+        let properties = Properties::from(PropertyFields {
             session_expiry_interval: core.cfg.session_expiry_s,
-            ..Properties::default()
-        };
+            ..PropertyFields::default()
+        });
         let connect = Connect {
             protocol: core.version,
             clean_start: !core.cfg.persistent,

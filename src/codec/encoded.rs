@@ -6,7 +6,18 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::EncodeError;
 use super::publish::{publish_flags, DUP_FLAG};
 use super::wire::{varint_len, write_str, write_varint};
-use super::{PacketType, ProtocolVersion, Publish, QoS};
+use super::{MqttStr, PacketType, Properties, ProtocolVersion, Publish, QoS};
+
+/// What an encoding needs of a PUBLISH, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishParts<'a> {
+    /// Topic name.
+    pub topic: &'a MqttStr,
+    /// Properties (encoded for MQTT 5.0 only).
+    pub properties: &'a Properties,
+    /// Payload (the encoding keeps a handle on it).
+    pub payload: &'a Bytes,
+}
 
 /// A PUBLISH split into an encoded head (fixed header, topic, packet identifier placeholder,
 /// properties) and the payload, which stays the publisher's buffer: zero-copy up to the socket
@@ -27,6 +38,23 @@ impl EncodedPublish {
         qos: QoS,
         retain: bool,
     ) -> Result<Self, EncodeError> {
+        let parts = PublishParts {
+            topic: &publish.topic,
+            properties: &publish.properties,
+            payload: &publish.payload,
+        };
+        Self::from_parts(parts, version, qos, retain)
+    }
+
+    /// [`EncodedPublish::new`] from borrowed parts: no `Publish` is built (and no reference
+    /// count of topic or payload touched but the one the encoding keeps).
+    pub fn from_parts(
+        parts: PublishParts<'_>,
+        version: ProtocolVersion,
+        qos: QoS,
+        retain: bool,
+    ) -> Result<Self, EncodeError> {
+        let publish = parts;
         let mut head_body = 2 + publish.topic.len();
         if qos != QoS::AtMostOnce {
             head_body += 2;

@@ -22,10 +22,10 @@ pub mod wire;
 
 pub use ack::{Ack, Auth, Disconnect};
 pub use connect::{ConnAck, Connect, LastWill};
-pub use encoded::EncodedPublish;
+pub use encoded::{EncodedPublish, PublishParts};
 pub use error::{DecodeError, EncodeError};
 pub use packet_type::{FrameHeader, PacketType};
-pub use properties::{Properties, PropertyContext, MAX_SUBSCRIPTION_IDENTIFIER};
+pub use properties::{Properties, PropertyContext, PropertyFields, MAX_SUBSCRIPTION_IDENTIFIER};
 pub use publish::Publish;
 pub use reason::{ReasonCode, ReasonContext};
 pub use subscribe::{
@@ -33,7 +33,7 @@ pub use subscribe::{
 };
 pub use text::MqttStr;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// The protocol level from CONNECT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -232,9 +232,33 @@ pub fn decode(
     if buf.len() < header.frame_len() {
         return Ok(None);
     }
-    let mut frame = buf.split_to(header.frame_len()).freeze();
-    let body = frame.split_off(header.header_len);
-    Packet::decode_frame(header, body, version).map(Some)
+    if header.remaining_len == 2 {
+        // An acknowledgement in its short form (a packet identifier alone, any version) keeps
+        // no bytes: decoded in place, without a frame handle on the buffer to take and drop.
+        let ack = |packet_id: u16| -> Result<Ack, DecodeError> {
+            if packet_id == 0 {
+                return Err(DecodeError::Protocol("packet identifier 0"));
+            }
+            Ok(Ack::new(packet_id))
+        };
+        let short_ack: Option<fn(Ack) -> Packet> = match header.packet_type {
+            PacketType::PubAck => Some(Packet::PubAck),
+            PacketType::PubRec => Some(Packet::PubRec),
+            PacketType::PubRel => Some(Packet::PubRel),
+            PacketType::PubComp => Some(Packet::PubComp),
+            _ => None,
+        };
+        if let Some(packet) = short_ack {
+            let at = header.header_len;
+            let packet_id = u16::from_be_bytes([buf[at], buf[at + 1]]);
+            buf.advance(header.frame_len());
+            return ack(packet_id).map(|ack| Some(packet(ack)));
+        }
+    }
+    let mut frame = buf.split_to(header.frame_len());
+    // Advanced before freezing: no second handle on the buffer for the header alone.
+    frame.advance(header.header_len);
+    Packet::decode_frame(header, frame.freeze(), version).map(Some)
 }
 
 /// Writes a fixed header with `body_len` as remaining length, then the body.

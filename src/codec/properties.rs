@@ -107,10 +107,17 @@ fn allowed_contexts(property: u8) -> Option<u16> {
 /// Largest subscription identifier (a four-byte variable byte integer).
 pub const MAX_SUBSCRIPTION_IDENTIFIER: u32 = super::wire::MAX_VARINT;
 
-/// The properties of one packet. Absent properties are `None` or empty; which ones may be present
-/// depends on the packet ([`PropertyContext`]).
+/// The properties of one packet, boxed, and nothing at all when there are none: most packets
+/// carry none, and the fields are about 400 bytes that every decoded PUBLISH and acknowledgement
+/// otherwise moved around inline. Reads go through `Deref` (an empty block reads as
+/// [`PropertyFields::EMPTY`]); writes through `DerefMut` allocate the block on first use.
+#[derive(Clone, Default)]
+pub struct Properties(Option<Box<PropertyFields>>);
+
+/// The fields of a property block. Absent properties are `None` or empty; which ones may be
+/// present depends on the packet ([`PropertyContext`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Properties {
+pub struct PropertyFields {
     /// 0x01: 0 = unspecified bytes, 1 = UTF-8 payload.
     pub payload_format_indicator: Option<u8>,
     /// 0x02: seconds until the message expires.
@@ -167,6 +174,137 @@ pub struct Properties {
     pub shared_subscription_available: Option<bool>,
 }
 
+impl PropertyFields {
+    /// No property set: what an empty [`Properties`] reads as.
+    pub const EMPTY: PropertyFields = PropertyFields {
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        subscription_identifiers: Vec::new(),
+        session_expiry_interval: None,
+        assigned_client_identifier: None,
+        server_keep_alive: None,
+        authentication_method: None,
+        authentication_data: None,
+        request_problem_information: None,
+        will_delay_interval: None,
+        request_response_information: None,
+        response_information: None,
+        server_reference: None,
+        reason_string: None,
+        receive_maximum: None,
+        topic_alias_maximum: None,
+        topic_alias: None,
+        maximum_qos: None,
+        retain_available: None,
+        user_properties: Vec::new(),
+        maximum_packet_size: None,
+        wildcard_subscription_available: None,
+        subscription_identifier_available: None,
+        shared_subscription_available: None,
+    };
+}
+
+static NO_PROPERTIES: PropertyFields = PropertyFields::EMPTY;
+
+impl Properties {
+    /// True when no property is set (a check of the box first: most packets have none).
+    pub fn is_empty(&self) -> bool {
+        self.0.as_deref().is_none_or(PropertyFields::is_empty)
+    }
+
+    /// The fields, `None` when no block was ever allocated.
+    pub fn get(&self) -> Option<&PropertyFields> {
+        self.0.as_deref()
+    }
+
+    /// The fields for writing, `None` (and nothing allocated) when there are none: for code on
+    /// the path of every packet that only clears what is there.
+    pub fn fields_mut(&mut self) -> Option<&mut PropertyFields> {
+        self.0.as_deref_mut()
+    }
+
+    /// The same properties, without the block when taking fields out of it left it empty.
+    pub fn compacted(self) -> Self {
+        if self.is_empty() {
+            Properties(None)
+        } else {
+            self
+        }
+    }
+
+    /// The fields, owned.
+    pub fn into_fields(self) -> PropertyFields {
+        self.0.map(|boxed| *boxed).unwrap_or_default()
+    }
+
+    /// Reads a property block (its length, then the properties) for `context`.
+    pub fn decode(reader: &mut Reader, context: PropertyContext) -> Result<Self, DecodeError> {
+        if reader.peek_u8() == Some(0) {
+            // The common case: an empty block, one zero byte.
+            reader.u8("property length")?;
+            return Ok(Properties(None));
+        }
+        PropertyFields::decode(reader, context).map(Properties::from)
+    }
+
+    /// Bytes of the whole block: length prefix plus properties.
+    pub fn encoded_len(&self) -> usize {
+        self.0.as_deref().map_or(1, PropertyFields::encoded_len)
+    }
+
+    /// Writes the block (length prefix, then properties in identifier order).
+    pub fn encode(&self, out: &mut BytesMut) -> Result<(), EncodeError> {
+        match self.0.as_deref() {
+            None => {
+                out.put_u8(0);
+                Ok(())
+            }
+            Some(fields) => fields.encode(out),
+        }
+    }
+}
+
+impl From<PropertyFields> for Properties {
+    fn from(fields: PropertyFields) -> Self {
+        if fields.is_empty() {
+            Properties(None)
+        } else {
+            Properties(Some(Box::new(fields)))
+        }
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = PropertyFields;
+
+    fn deref(&self) -> &PropertyFields {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut PropertyFields {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Properties {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Properties {}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        PropertyFields::fmt(self, f)
+    }
+}
+
 fn set_once<T>(slot: &mut Option<T>, value: T) -> Result<(), DecodeError> {
     if slot.is_some() {
         return Err(DecodeError::Protocol("property appears more than once"));
@@ -183,12 +321,12 @@ fn read_bool(reader: &mut Reader) -> Result<bool, DecodeError> {
     }
 }
 
-impl Properties {
+impl PropertyFields {
     /// True when no property is set. Field by field (every field named, so that a new one
     /// cannot be forgotten), not a comparison with a default: that built and dropped a whole
     /// block per call, on the path of every PUBLISH.
     pub fn is_empty(&self) -> bool {
-        let Properties {
+        let PropertyFields {
             payload_format_indicator,
             message_expiry_interval,
             content_type,
@@ -247,10 +385,10 @@ impl Properties {
     }
 
     /// Reads a property block (its length, then the properties) for `context`.
-    pub fn decode(reader: &mut Reader, context: PropertyContext) -> Result<Self, DecodeError> {
+    fn decode(reader: &mut Reader, context: PropertyContext) -> Result<Self, DecodeError> {
         let len = reader.varint("property length")? as usize;
         let mut block = reader.sub_reader(len, "property block longer than the packet")?;
-        let mut props = Properties::default();
+        let mut props = PropertyFields::default();
         while !block.is_empty() {
             let identifier = block.varint("property identifier")?;
             let identifier = u8::try_from(identifier)

@@ -81,7 +81,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
         option::of(any::<bool>()),
         option::of(any::<bool>()),
     );
-    (group_a, group_b, group_c).prop_map(|(a, b, c)| Properties {
+    (group_a, group_b, group_c).prop_map(|(a, b, c)| Properties::from(PropertyFields {
         payload_format_indicator: a.0,
         message_expiry_interval: a.1,
         content_type: a.2,
@@ -109,7 +109,7 @@ fn any_properties() -> impl Strategy<Value = Properties> {
         wildcard_subscription_available: c.6,
         subscription_identifier_available: c.7,
         shared_subscription_available: c.8,
-    })
+    }))
 }
 
 fn keep<T>(allowed: bool, value: Option<T>) -> Option<T> {
@@ -125,6 +125,7 @@ fn restrict(p: Properties, context: PropertyContext) -> Properties {
     use PropertyContext::*;
     let is = |allowed: &[PropertyContext]| allowed.contains(&context);
     let message = is(&[Publish, Will]);
+    let p = p.into_fields();
     let mut subscription_identifiers = p.subscription_identifiers;
     if !is(&[Publish, Subscribe]) {
         subscription_identifiers.clear();
@@ -132,7 +133,7 @@ fn restrict(p: Properties, context: PropertyContext) -> Properties {
     if context == Subscribe {
         subscription_identifiers.truncate(1);
     }
-    Properties {
+    Properties::from(PropertyFields {
         payload_format_indicator: keep(message, p.payload_format_indicator),
         message_expiry_interval: keep(message, p.message_expiry_interval),
         content_type: keep(message, p.content_type),
@@ -169,7 +170,7 @@ fn restrict(p: Properties, context: PropertyContext) -> Properties {
             p.subscription_identifier_available,
         ),
         shared_subscription_available: keep(is(&[ConnAck]), p.shared_subscription_available),
-    }
+    })
 }
 
 fn props_for(version: ProtocolVersion, context: PropertyContext) -> Properties {

@@ -161,11 +161,11 @@ fn connack_both_versions() {
             ..Default::default()
         }),
     );
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         receive_maximum: Some(10),
         assigned_client_identifier: Some(MqttStr::from("x")),
         ..Default::default()
-    };
+    });
     check_exact(
         &[
             0x20, 0x0a, 0x00, 0x00, 0x07, 0x12, 0x00, 0x01, b'x', 0x21, 0x00, 0x0a,
@@ -322,10 +322,10 @@ fn subscribe_family() {
             )],
         }),
     );
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         subscription_identifiers: vec![7],
         ..Default::default()
-    };
+    });
     check_exact(
         &[
             0x82, 0x09, 0x00, 0x01, 0x02, 0x0b, 0x07, 0x00, 0x01, b'#', 0x2e,
@@ -450,10 +450,10 @@ fn ping_disconnect_auth() {
             .unwrap(),
         Packet::Disconnect(Disconnect::new(ReasonCode::SessionTakenOver))
     );
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         session_expiry_interval: Some(0),
         ..Default::default()
-    };
+    });
     check_exact(
         &[0xe0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x00],
         ProtocolVersion::V5,
@@ -467,10 +467,10 @@ fn ping_disconnect_auth() {
         ProtocolVersion::V5,
         Packet::Auth(Auth::default()),
     );
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         authentication_method: Some(MqttStr::from("k")),
         ..Default::default()
-    };
+    });
     check_exact(
         &[0xf0, 0x06, 0x18, 0x04, 0x15, 0x00, 0x01, b'k'],
         ProtocolVersion::V5,
@@ -579,11 +579,11 @@ fn maximum_remaining_length_round_trips() {
 
 #[test]
 fn encoded_publish_matches_the_plain_encoder() {
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         message_expiry_interval: Some(30),
         user_properties: vec![(MqttStr::from("k"), MqttStr::from("v"))],
         ..Default::default()
-    };
+    });
     let publish = Publish {
         topic: MqttStr::from("t/1"),
         payload: Bytes::from_static(b"hello"),

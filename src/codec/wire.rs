@@ -1,7 +1,7 @@
 //! Wire primitives shared by every packet: the variable byte integer, two- and four-byte
 //! integers, UTF-8 strings and binary data (MQTT 5.0 §1.5), read zero-copy from a frame.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::error::{DecodeError, EncodeError};
 use super::MqttStr;
@@ -112,6 +112,11 @@ impl Reader {
         Ok(slice)
     }
 
+    /// The next byte, without consuming it.
+    pub fn peek_u8(&self) -> Option<u8> {
+        self.frame.get(self.pos).copied()
+    }
+
     /// One byte.
     pub fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
         let byte = *self
@@ -167,8 +172,11 @@ impl Reader {
 
     /// Everything not read yet (e.g. a PUBLISH payload).
     pub fn rest(&mut self) -> Bytes {
-        let rest = self.frame.slice(self.pos..);
-        self.pos = self.frame.len();
+        // Moved out, not sliced: a slice would cost a reference count increment now and a
+        // decrement when the reader drops its frame.
+        let mut rest = std::mem::take(&mut self.frame);
+        rest.advance(self.pos);
+        self.pos = 0;
         rest
     }
 

@@ -84,7 +84,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{MqttStr, Properties, ProtocolVersion};
+    use crate::codec::{MqttStr, Properties, PropertyFields, ProtocolVersion};
     use crate::session::SessionLimits;
 
     fn session(clean: bool) -> Session {
@@ -99,10 +99,10 @@ mod tests {
     fn disconnect(reason: ReasonCode, expiry: Option<u32>) -> Disconnect {
         Disconnect {
             reason,
-            properties: Properties {
+            properties: Properties::from(PropertyFields {
                 session_expiry_interval: expiry,
-                ..Properties::default()
-            },
+                ..PropertyFields::default()
+            }),
         }
     }
 

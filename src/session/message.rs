@@ -5,7 +5,9 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::codec::{EncodedPublish, MqttStr, Properties, ProtocolVersion, Publish, QoS};
+use crate::codec::{
+    EncodedPublish, MqttStr, Properties, ProtocolVersion, Publish, PublishParts, QoS,
+};
 
 /// A published message, shared (`Arc`) by every shard and subscriber it reaches. The payload is
 /// a slice of the buffer it was read into: it is never copied per subscriber.
@@ -35,45 +37,10 @@ pub struct Message {
     pub received_at: Option<Instant>,
 }
 
-/// A message's PUBLISH properties, boxed, and nothing when there are none: most messages have
-/// none and [`Properties`] is about 400 bytes, which every message held in a queue or retained
-/// (millions after a large recovery) paid for inline. Reads go through `Deref`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MessageProperties(Option<Box<Properties>>);
-
-static NO_PROPERTIES: std::sync::LazyLock<Properties> =
-    std::sync::LazyLock::new(Properties::default);
-
-impl MessageProperties {
-    /// The properties, `None` when there are none (a check of the box, not a comparison of
-    /// every field with the defaults).
-    pub fn get(&self) -> Option<&Properties> {
-        self.0.as_deref()
-    }
-
-    /// The properties, owned.
-    pub fn into_inner(self) -> Properties {
-        self.0.map(|boxed| *boxed).unwrap_or_default()
-    }
-}
-
-impl From<Properties> for MessageProperties {
-    fn from(properties: Properties) -> Self {
-        if properties.is_empty() {
-            MessageProperties(None)
-        } else {
-            MessageProperties(Some(Box::new(properties)))
-        }
-    }
-}
-
-impl std::ops::Deref for MessageProperties {
-    type Target = Properties;
-
-    fn deref(&self) -> &Properties {
-        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
-    }
-}
+/// A message's PUBLISH properties: [`Properties`] is already boxed, and nothing when there are
+/// none, so a message held in a queue or retained (millions after a large recovery) pays 8 bytes
+/// for them.
+pub type MessageProperties = Properties;
 
 impl Message {
     /// True once the message's expiry interval has elapsed: it must not be delivered.
@@ -84,12 +51,8 @@ impl Message {
     /// The PUBLISH a subscriber receives (packet id and DUP filled in at write time). The
     /// message expiry interval is the time remaining at `now`, as MQTT 5.0 §3.3.2.3.3 requires.
     pub fn to_publish(&self, qos: QoS, retain: bool, now: Instant) -> Publish {
-        // Most messages have none: no 400-byte field-by-field clone for them.
-        let mut properties = if self.properties.0.is_none() {
-            Properties::default()
-        } else {
-            Properties::clone(&self.properties)
-        };
+        // Most messages have none: cloning an empty block copies a null pointer.
+        let mut properties = self.properties.clone();
         if let Some(at) = self.expires_at {
             let remaining = at.saturating_duration_since(now);
             properties.message_expiry_interval = Some(
@@ -161,9 +124,18 @@ impl EncodeCache {
         if self.layouts[index].is_none() {
             // A message too large to re-encode (remaining length over the protocol's limit
             // once the broker's properties are added) yields None: the caller drops it.
-            self.layouts[index] =
+            self.layouts[index] = if message.expires_at.is_none() {
+                let parts = PublishParts {
+                    topic: &message.topic,
+                    properties: &message.properties,
+                    payload: &message.payload,
+                };
+                EncodedPublish::from_parts(parts, version, qos, retain).ok()
+            } else {
+                // The expiry interval is rewritten per delivery time.
                 EncodedPublish::new(&message.to_publish(qos, retain, now), version, qos, retain)
-                    .ok();
+                    .ok()
+            };
         }
         self.layouts[index].as_ref()
     }

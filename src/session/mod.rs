@@ -441,7 +441,7 @@ impl Session {
         let mut publish = message.to_publish(qos, retain, now);
         publish.packet_id = if qos == QoS::AtMostOnce { 0 } else { packet_id };
         publish.dup = dup && qos != QoS::AtMostOnce;
-        if v5 {
+        if v5 && !subscription_ids.is_empty() {
             publish.properties.subscription_identifiers = subscription_ids.to_vec();
         }
         let full_len = 5 + publish.body_len(self.protocol);

@@ -34,7 +34,7 @@ use super::snapshot::SnapshotWriter;
 use crate::broker::hooks::{
     BatchPart, BatchTarget, Durability, Journal, JournalBatch, JournalRecord, MessageId,
 };
-use crate::codec::{LastWill, Properties};
+use crate::codec::{LastWill, Properties, PropertyFields};
 use crate::session::Message;
 
 /// The default segment size limit: an image is due once the current log holds this much.
@@ -416,7 +416,7 @@ impl StoreJournal {
 
 /// The MQTT 5.0 property block of `properties` as encoded on the wire, its length prefix
 /// included (nothing when there are none), into `scratch`.
-fn encode_properties(properties: &Properties, scratch: &mut BytesMut) -> Result<(), EncodeError> {
+fn encode_properties(properties: &PropertyFields, scratch: &mut BytesMut) -> Result<(), EncodeError> {
     scratch.clear();
     if properties.is_empty() {
         return Ok(());

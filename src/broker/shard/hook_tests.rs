@@ -14,7 +14,7 @@ use crate::broker::hooks::{
     JournalRecord, NoJournal,
 };
 use crate::codec::{
-    decode, Ack, Connect, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS, ReasonCode,
+    decode, Ack, Connect, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode,
     Subscribe, SubscriptionOptions,
 };
 use crate::config::Config;
@@ -220,10 +220,10 @@ fn default_admission_refuses_unknown_authentication_methods() {
         protocol: ProtocolVersion::V5,
         input: BytesMut::new(),
     };
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         authentication_method: Some(MqttStr::from("SCRAM-SHA-1")),
-        ..Properties::default()
-    };
+        ..PropertyFields::default()
+    });
     let connect = Connect {
         protocol: ProtocolVersion::V5,
         clean_start: true,

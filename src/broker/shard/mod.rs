@@ -79,7 +79,7 @@ use super::hooks::{
 };
 use super::mesh::{HandoverKind, OriginMark, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
-    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
+    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties, PropertyFields,
     ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
     Unsubscribe,
 };

@@ -21,7 +21,12 @@ impl Shard {
         let protocol = conn.protocol;
         let listener = conn.listener;
         let publisher = entry.session.client_id.clone();
-        if let Some(alias) = publish.properties.topic_alias.take() {
+        // `fields_mut`: nothing is allocated for the PUBLISH without properties.
+        let alias = publish
+            .properties
+            .fields_mut()
+            .and_then(|fields| fields.topic_alias.take());
+        if let Some(alias) = alias {
             // MQTT 5.0 §3.3.2.3.4: an alias above our maximum is an error; a topic with an alias
             // (re)defines it; an empty topic uses it.
             if alias > self.config.topic_alias_maximum {
@@ -130,8 +135,8 @@ impl Shard {
             let mut properties = std::mem::take(&mut publish.properties);
             // The expiry travels as a deadline; each delivery carries the time remaining.
             let expires_at = properties
-                .message_expiry_interval
-                .take()
+                .fields_mut()
+                .and_then(|fields| fields.message_expiry_interval.take())
                 .map(|secs| self.now + Duration::from_secs(u64::from(secs)));
             // With a journal, the acknowledgement waits until every delivery of the message
             // to a durable session is on disk: here, and on the peers it is routed to.
@@ -149,7 +154,7 @@ impl Shard {
                 payload: publish.payload,
                 qos,
                 retain: publish.retain,
-                properties: properties.into(),
+                properties: properties.compacted(),
                 publisher,
                 expires_at,
                 // The time of the read that brought the PUBLISH: the start of its latency.
@@ -337,14 +342,15 @@ impl Shard {
             .properties
             .message_expiry_interval
             .map(|secs| self.now + Duration::from_secs(u64::from(secs)));
-        let properties = Properties {
-            payload_format_indicator: will.properties.payload_format_indicator,
-            content_type: will.properties.content_type,
-            response_topic: will.properties.response_topic,
-            correlation_data: will.properties.correlation_data,
-            user_properties: will.properties.user_properties,
-            ..Properties::default()
-        };
+        let will_properties = will.properties.into_fields();
+        let properties = Properties::from(PropertyFields {
+            payload_format_indicator: will_properties.payload_format_indicator,
+            content_type: will_properties.content_type,
+            response_topic: will_properties.response_topic,
+            correlation_data: will_properties.correlation_data,
+            user_properties: will_properties.user_properties,
+            ..PropertyFields::default()
+        });
         let message = Arc::new(Message {
             topic: will.topic,
             payload: will.payload,

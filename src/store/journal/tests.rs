@@ -6,7 +6,7 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::*;
-use crate::codec::{MqttStr, PropertyContext, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{MqttStr, PropertyContext, PropertyFields, QoS, RetainHandling, SubscriptionOptions};
 use crate::store::frame::encode_frame;
 use crate::store::record::{Delivery, MessageRecord, WillRecord, EPOCH_SHIFT};
 use crate::store::recover::InFlightMessage;
@@ -57,11 +57,11 @@ fn will() -> LastWill {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: true,
-        properties: Properties {
+        properties: Properties::from(PropertyFields {
             will_delay_interval: Some(30),
             content_type: Some(MqttStr::from("text/plain")),
-            ..Properties::default()
-        },
+            ..PropertyFields::default()
+        }),
     }
 }
 
@@ -71,11 +71,11 @@ fn message(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
         payload: Bytes::from(format!("payload of {topic}")),
         qos: QoS::ExactlyOnce,
         retain: false,
-        properties: Properties {
+        properties: Properties::from(PropertyFields {
             payload_format_indicator: Some(1),
             user_properties: vec![(MqttStr::from("k"), MqttStr::from("v"))],
-            ..Properties::default()
-        }
+            ..PropertyFields::default()
+        })
         .into(),
         publisher: MqttStr::from("pub"),
         expires_at,
@@ -448,7 +448,7 @@ fn message_bodies_encode_as_message_records_once_per_fan_out() {
     // The stored properties decode back to the message's.
     assert_eq!(
         decode_properties(&properties, PropertyContext::Publish).unwrap(),
-        *first.properties
+        first.properties
     );
     assert_eq!(
         decode_properties(&[], PropertyContext::Publish).unwrap(),
