@@ -48,7 +48,7 @@ C
   echo "$* | $b | delivered/s $tp | cpu s/M $cpu | lost $lost | harness cpu $hc"
   kill $bp; wait $bp 2>/dev/null
 }
-for args in "p2p --pubs 100 --qos 0" "p2p --pubs 100 --qos 1" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 0" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 1" "fanout --pubs 1 --subs 100 --rate 0 --qos 0" "fanout --pubs 1 --subs 100 --rate 0 --qos 1"; do
+for args in ${SAT_ARGS:-"p2p --pubs 100 --qos 0" "p2p --pubs 100 --qos 1" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 0" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 1" "fanout --pubs 1 --subs 100 --rate 0 --qos 0" "fanout --pubs 1 --subs 100 --rate 0 --qos 1"}; do
   for b in shardmq flashmq; do
     if [ $b = flashmq ] && [ ! -x "$FL" ]; then echo "no FlashMQ at $FL: skipped"; continue; fi
     run $b $args
