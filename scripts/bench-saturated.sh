@@ -48,9 +48,17 @@ C
   echo "$* | $b | delivered/s $tp | cpu s/M $cpu | lost $lost | harness cpu $hc"
   kill $bp; wait $bp 2>/dev/null
 }
-for args in ${SAT_ARGS:-"p2p --pubs 100 --qos 0" "p2p --pubs 100 --qos 1" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 0" "fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 1" "fanout --pubs 1 --subs 100 --rate 0 --qos 0" "fanout --pubs 1 --subs 100 --rate 0 --qos 1"}; do
+# SAT_ARGS: the scenarios, one per line (default: the six below).
+DEFAULT_ARGS="p2p --pubs 100 --qos 0
+p2p --pubs 100 --qos 1
+fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 0
+fanin --mode wildcard --pubs 16 --subs 1 --rate 0 --qos 1
+fanout --pubs 1 --subs 100 --rate 0 --qos 0
+fanout --pubs 1 --subs 100 --rate 0 --qos 1"
+while IFS= read -r args <&3; do
+  [ -n "$args" ] || continue
   for b in shardmq flashmq; do
     if [ $b = flashmq ] && [ ! -x "$FL" ]; then echo "no FlashMQ at $FL: skipped"; continue; fi
     run $b $args
   done
-done
+done 3<<< "${SAT_ARGS:-$DEFAULT_ARGS}"

@@ -26,8 +26,8 @@ use rumqttc::v5::mqttbytes::v5::{
 };
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use shardmq::codec::{
-    Ack, ConnAck, Connect, Disconnect, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion, QoS,
-    ReasonCode,
+    Ack, ConnAck, Connect, Disconnect, MqttStr, Packet, Properties, PropertyFields,
+    ProtocolVersion, QoS, ReasonCode,
 };
 use shardmq::config::SharedStrategy;
 

@@ -25,8 +25,8 @@ use shardmq::broker::handles::ConnId;
 use shardmq::broker::hooks::BatchTarget;
 use shardmq::broker::{Global, ReadState, Shard};
 use shardmq::codec::{
-    decode, Ack, ConnAck, Connect, Disconnect, LastWill, MqttStr, Packet, Properties, PropertyFields,
-    ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    decode, Ack, ConnAck, Connect, Disconnect, LastWill, MqttStr, Packet, Properties,
+    PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use shardmq::config::{Config, SharedStrategy};
 use shardmq::store::journal::{Clock, JournalOptions, StoreJournal};

@@ -26,8 +26,8 @@ use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Registry, Token};
 use shardmq::codec::{
-    self, Ack, Connect, Disconnect, EncodedPublish, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion,
-    Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
+    self, Ack, Connect, Disconnect, EncodedPublish, MqttStr, Packet, Properties, PropertyFields,
+    ProtocolVersion, Publish, QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use socket2::{Domain, Socket, Type};
 

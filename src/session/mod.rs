@@ -217,6 +217,11 @@ struct Traffic {
     /// Inbound QoS 2 ids whose acceptance is not journaled yet (a durable session's: its
     /// deliveries on other shards are not known to be durable). A snapshot leaves them out.
     uncommitted_inbound: Vec<u16>,
+    /// How many more packet ids may be handed out without scanning the window for a clash
+    /// (0: scan). Ids go out in sequence and the window keeps them in that order, so after the
+    /// window was seen empty the next 65,534 ids cannot clash with one in flight; the scan
+    /// (up to `max_inflight` entries, per delivery) is only needed past that.
+    unscanned_ids: u16,
 }
 
 impl Traffic {
@@ -235,6 +240,7 @@ static NO_TRAFFIC: Traffic = Traffic {
     queued_bytes: 0,
     incoming_qos2: Vec::new(),
     uncommitted_inbound: Vec::new(),
+    unscanned_ids: 0,
 };
 
 /// Session state for one client id.
@@ -399,10 +405,18 @@ impl Session {
     }
 
     fn allocate_packet_id(&mut self) -> u16 {
+        let traffic = self.traffic.get_or_insert_with(Box::default);
+        if traffic.inflight.is_empty() {
+            traffic.unscanned_ids = u16::MAX - 1;
+        }
         loop {
             let id = self.next_packet_id;
             self.next_packet_id = if id == u16::MAX { 1 } else { id + 1 };
-            if !self.traffic().inflight.iter().any(|m| m.packet_id == id) {
+            if traffic.unscanned_ids > 0 {
+                traffic.unscanned_ids -= 1;
+                return id;
+            }
+            if !traffic.inflight.iter().any(|m| m.packet_id == id) {
                 return id;
             }
         }
@@ -545,6 +559,8 @@ impl Session {
                     on_sent,
                 ) {
                     self.dropped_too_large = self.dropped_too_large.wrapping_add(1);
+                    // Allocating the id may have created the traffic state.
+                    self.shed_idle_traffic();
                     return Delivery::Dropped;
                 }
                 let store_id = on_sent.change(
@@ -735,7 +751,10 @@ impl Session {
 
     /// Recovery: puts back an in-flight message (resent with DUP when the client returns).
     pub fn restore_inflight(&mut self, inflight: Inflight) {
-        self.traffic_mut().inflight.push_back(inflight);
+        let traffic = self.traffic_mut();
+        // An id from elsewhere: the next ones are checked against the window.
+        traffic.unscanned_ids = 0;
+        traffic.inflight.push_back(inflight);
     }
 
     /// Recovery: puts back a queued message (outside the queue bounds: it was accepted).

@@ -350,6 +350,49 @@ fn packet_ids_skip_those_in_flight_and_wrap() {
     );
 }
 
+/// A message left unacknowledged while 70,000 others go out and are acknowledged: the ids
+/// wrap around, and the stuck one's id is skipped (past the run of ids that need no scan).
+#[test]
+fn a_long_unacknowledged_id_is_skipped_after_wrapping() {
+    let mut s = session(2, 10);
+    let mut cache = EncodeCache::default();
+    let mut out = BytesMut::new();
+    let now = Instant::now();
+    let stuck = message(QoS::AtLeastOnce, b"stuck");
+    let m = message(QoS::AtLeastOnce, b"a");
+    let deliver = |s: &mut Session, out: &mut BytesMut, cache: &mut EncodeCache, m| {
+        s.deliver(
+            m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            Some(out),
+            cache,
+            now,
+            &mut |_: &Message, _: QoS| {},
+        );
+    };
+    deliver(&mut s, &mut out, &mut cache, &stuck);
+    assert_eq!(publish_ids(&packets(&mut out)), [(1, false)]);
+    let mut wrapped = false;
+    for round in 0..70_000u32 {
+        deliver(&mut s, &mut out, &mut cache, &m);
+        let ids = publish_ids(&packets(&mut out));
+        assert_eq!(ids.len(), 1, "round {round}");
+        let id = ids[0].0;
+        assert_ne!(
+            id, 1,
+            "round {round}: the id of the message still in flight reused"
+        );
+        wrapped |= id == 2 && round > 0;
+        s.on_puback(id, &mut out, now, &mut |_: &Message, _: QoS| {})
+            .unwrap();
+    }
+    assert!(wrapped, "the ids never wrapped around");
+    assert_eq!(s.inflight().map(|m| m.packet_id).collect::<Vec<_>>(), [1]);
+}
+
 #[test]
 fn encode_cache_shares_one_encoding_per_layout() {
     let mut cache = EncodeCache::default();

@@ -416,7 +416,10 @@ impl StoreJournal {
 
 /// The MQTT 5.0 property block of `properties` as encoded on the wire, its length prefix
 /// included (nothing when there are none), into `scratch`.
-fn encode_properties(properties: &PropertyFields, scratch: &mut BytesMut) -> Result<(), EncodeError> {
+fn encode_properties(
+    properties: &PropertyFields,
+    scratch: &mut BytesMut,
+) -> Result<(), EncodeError> {
     scratch.clear();
     if properties.is_empty() {
         return Ok(());

@@ -16,10 +16,11 @@ impl Shard {
         let mut matches = std::mem::take(&mut self.matches);
         let mut ids = std::mem::take(&mut self.subscription_ids);
         matches.clear();
-        let filters = self.subscriptions.for_each_match_in_filters(
-            &message.topic,
-            |&session, &(options, id)| matches.push((session, options, id)),
-        );
+        let filters = self
+            .subscriptions
+            .for_each_match_in_filters(&message.topic, |&session, &(options, id)| {
+                matches.push((session, options, id))
+            });
         // Sorted so that a session's matches through several filters are adjacent; through
         // one filter, each session appears once already.
         if filters > 1 && matches.len() > 1 {

@@ -14,8 +14,8 @@ use crate::broker::hooks::{
     JournalRecord, NoJournal,
 };
 use crate::codec::{
-    decode, Ack, Connect, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode,
-    Subscribe, SubscriptionOptions,
+    decode, Ack, Connect, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion, Publish,
+    QoS, ReasonCode, Subscribe, SubscriptionOptions,
 };
 use crate::config::Config;
 

@@ -79,9 +79,9 @@ use super::hooks::{
 };
 use super::mesh::{HandoverKind, OriginMark, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
-    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties, PropertyFields,
-    ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscriptionOptions, UnsubAck,
-    Unsubscribe,
+    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
+    PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::config::{Config, SharedStrategy};
 use crate::session::{EncodeCache, Message, Session, SessionLimits, WillTiming};

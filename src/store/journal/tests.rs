@@ -6,7 +6,9 @@ use std::rc::Rc;
 use bytes::Bytes;
 
 use super::*;
-use crate::codec::{MqttStr, PropertyContext, PropertyFields, QoS, RetainHandling, SubscriptionOptions};
+use crate::codec::{
+    MqttStr, PropertyContext, PropertyFields, QoS, RetainHandling, SubscriptionOptions,
+};
 use crate::store::frame::encode_frame;
 use crate::store::record::{Delivery, MessageRecord, WillRecord, EPOCH_SHIFT};
 use crate::store::recover::InFlightMessage;
