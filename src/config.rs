@@ -302,7 +302,7 @@ impl Default for Config {
             max_packet_size: 1 << 20,
             max_connections: 0,
             max_connections_per_shard: 0,
-            max_inflight: 128,
+            max_inflight: 512,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
             max_topic_levels: 128,

@@ -102,7 +102,7 @@ fn check_config_without_file_shows_the_defaults() {
     let out = shardmq(&["check-config"]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(stdout.contains("max_inflight = 128"), "{stdout}");
+    assert!(stdout.contains("max_inflight = 512"), "{stdout}");
     let table: toml::Table = stdout.parse().unwrap();
     // Loopback only by default.
     assert_eq!(table["listen"][0].as_str(), Some("127.0.0.1:1883"));

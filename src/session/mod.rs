@@ -39,7 +39,7 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         SessionLimits {
-            max_inflight: 128,
+            max_inflight: 512,
             max_queued_messages: 1000,
             max_queued_bytes: 0,
         }
