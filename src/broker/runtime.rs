@@ -22,6 +22,8 @@ use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+
+use crate::codec::Output;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use glommio::channels::shared_channel::ConnectedReceiver;
 use glommio::io::BufferedFile;
@@ -87,7 +89,7 @@ impl Handler for Shard {
     fn reprocess(&mut self, conn: ConnId, now: Instant) {
         self.on_bytes(conn, BytesMut::new(), now);
     }
-    fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut> {
+    fn output(&mut self, conn: ConnId) -> Option<&mut Output> {
         Shard::output(self, conn)
     }
     fn written(&mut self, _conn: ConnId, bytes: usize) {

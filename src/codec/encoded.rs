@@ -6,7 +6,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use super::error::EncodeError;
 use super::publish::{publish_flags, DUP_FLAG};
 use super::wire::{varint_len, write_str, write_varint};
-use super::{MqttStr, PacketType, Properties, ProtocolVersion, Publish, QoS};
+use super::{MqttStr, OutputSink, PacketType, Properties, ProtocolVersion, Publish, QoS};
 
 /// What an encoding needs of a PUBLISH, borrowed.
 #[derive(Debug, Clone, Copy)]
@@ -111,14 +111,21 @@ impl EncodedPublish {
     /// Appends the packet with `packet_id` (ignored for QoS 0) and the DUP flag.
     pub fn write_to(&self, out: &mut BytesMut, packet_id: u16, dup: bool) {
         out.reserve(self.len());
-        let start = out.len();
-        out.put_slice(&self.head);
+        self.write_into(out, packet_id, dup);
+    }
+
+    /// [`EncodedPublish::write_to`] for any output: into an [`Output`](super::Output), a large
+    /// payload is referenced instead of copied.
+    pub fn write_into(&self, out: &mut impl OutputSink, packet_id: u16, dup: bool) {
+        let bytes = out.bytes();
+        let start = bytes.len();
+        bytes.put_slice(&self.head);
         if let Some(offset) = self.packet_id_offset {
-            out[start + offset..start + offset + 2].copy_from_slice(&packet_id.to_be_bytes());
+            bytes[start + offset..start + offset + 2].copy_from_slice(&packet_id.to_be_bytes());
             if dup {
-                out[start] |= DUP_FLAG;
+                bytes[start] |= DUP_FLAG;
             }
         }
-        out.put_slice(&self.payload);
+        out.put_payload(&self.payload);
     }
 }

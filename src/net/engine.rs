@@ -17,8 +17,12 @@ use super::transport::Transport;
 use super::Handler;
 use crate::broker::handles::{ConnId, GenSlab, Handle};
 use crate::broker::ReadState;
+use crate::codec::Output;
 
 mod layered;
+mod vectored;
+
+use vectored::Vectored;
 
 /// Marker for socket handles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -170,7 +174,10 @@ pub struct Engine {
     /// Closing sockets and the time by which they are shut down for good.
     deadlines: VecDeque<(Instant, SocketId)>,
     /// Output the handler still had for a socket whose last send was in flight when it closed.
-    final_output: HashMap<SocketId, BytesMut>,
+    final_output: HashMap<SocketId, Output>,
+    /// Sends of several buffers in flight (output with shared payloads), by socket: such a
+    /// socket's `sending` is empty. Boxed: the kernel reads the header and iovecs in place.
+    vectored: HashMap<SocketId, Box<Vectored>>,
     /// TLS / WebSocket state of the sockets whose transport is `Layered`.
     layers: HashMap<SocketId, Box<Layers>>,
     /// Sockets with handshake input waiting for the next pass's budget.
@@ -218,6 +225,7 @@ impl Engine {
             dirty: Vec::new(),
             deadlines: VecDeque::new(),
             final_output: HashMap::new(),
+            vectored: HashMap::new(),
             layers: HashMap::new(),
             deferred: Vec::new(),
             handshakes_left: config.handshakes_per_pass,
@@ -481,12 +489,7 @@ impl Engine {
             };
             if !socket.has(flag::SENDING) {
                 match self.next_output(handler, id, conn, false) {
-                    Ok(Some(out)) => {
-                        if let Some(socket) = self.sockets.get_mut(id) {
-                            socket.sending = out;
-                            self.submit_send(id)?;
-                        }
-                    }
+                    Ok(Some(out)) => self.start_send(id, out)?,
                     Ok(None) => {}
                     Err(gone) => {
                         let peer_gone = gone.is_none();
@@ -546,10 +549,40 @@ impl Engine {
         unsafe { self.ring.push(&entry) }
     }
 
+    /// Sends `out` on a socket with no send in flight: from one buffer, or, when it shares
+    /// payloads, as several buffers in one `SENDMSG`.
+    fn start_send(&mut self, id: SocketId, out: Output) -> io::Result<()> {
+        let Some(socket) = self.sockets.get_mut(id) else {
+            return Ok(());
+        };
+        debug_assert!(!socket.has(flag::SENDING));
+        if out.has_shared() {
+            self.vectored
+                .insert(id, Box::new(Vectored::new(out.into_segments())));
+        } else {
+            socket.sending = out.into_contiguous();
+        }
+        self.submit_send(id)
+    }
+
     fn submit_send(&mut self, id: SocketId) -> io::Result<()> {
         let Some(socket) = self.sockets.get_mut(id) else {
             return Ok(());
         };
+        if socket.sending.is_empty() {
+            if let Some(vectored) = self.vectored.get_mut(&id) {
+                socket.set(flag::SENDING);
+                let header = vectored.prepare();
+                let entry = opcode::SendMsg::new(types::Fd(socket.fd), header)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build()
+                    .user_data(Token::new(Op::Send, id.slot() as u32, id.generation()).encode());
+                self.stats.sends += 1;
+                // SAFETY: the header, its iovecs and the buffers they point into live in the
+                // boxed `Vectored`, which stays in `vectored` untouched until the completion.
+                return unsafe { self.ring.push(&entry) };
+            }
+        }
         debug_assert!(!socket.sending.is_empty());
         socket.set(flag::SENDING);
         let len = u32::try_from(socket.sending.len()).unwrap_or(u32::MAX);
@@ -639,8 +672,7 @@ impl Engine {
                     if socket.has(flag::SENDING) {
                         self.final_output.insert(id, out);
                     } else {
-                        socket.sending = out;
-                        self.submit_send(id)?;
+                        self.start_send(id, out)?;
                     }
                 }
             }
@@ -663,8 +695,7 @@ impl Engine {
         }
         if let Some(rest) = self.final_output.remove(&id) {
             if !socket.has(flag::READ_DONE) {
-                socket.sending = rest;
-                return self.submit_send(id);
+                return self.start_send(id, rest);
             }
         }
         if socket.has(flag::LINGER) && !socket.has(flag::READ_DONE) {
@@ -924,31 +955,46 @@ impl Engine {
             socket.set(flag::READ_DONE);
             socket.clear(flag::LINGER);
             self.final_output.remove(&id);
+            self.vectored.remove(&id);
             return match conn {
                 Some(_) => self.close(handler, id, now, true),
                 None => self.continue_close(id),
             };
         }
-        let written = (completion.result as usize).min(socket.sending.len());
-        socket.sending.advance(written);
+        let vectored = match socket.sending.is_empty() {
+            true => self.vectored.get_mut(&id),
+            false => None,
+        };
+        let (written, rest) = match vectored {
+            Some(vectored) => {
+                let written = vectored.advance(completion.result as usize);
+                (written, vectored.remaining())
+            }
+            None => {
+                let written = (completion.result as usize).min(socket.sending.len());
+                socket.sending.advance(written);
+                (written, socket.sending.len())
+            }
+        };
         let layered = !socket.transport.is_identity();
         if let Some(conn) = conn {
             match layered.then(|| self.layers.get_mut(&id)).flatten() {
                 None => handler.written(conn, written),
                 // The handler's bytes (before framing and encryption) count once the send
                 // that carries them is complete.
-                Some(layers) if socket.sending.is_empty() => {
+                Some(layers) if rest == 0 => {
                     handler.written(conn, std::mem::take(&mut layers.app_in_flight));
                 }
                 Some(_) => {}
             }
         }
-        if !socket.sending.is_empty() {
+        if rest > 0 {
             // A short write: the rest goes first, before anything newer.
             self.stats.partial_sends += 1;
             return self.submit_send(id);
         }
         socket.sending = BytesMut::new();
+        self.vectored.remove(&id);
         match conn {
             Some(conn) => {
                 handler.flushed(conn, now);

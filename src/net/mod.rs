@@ -34,7 +34,7 @@ pub use ring::{CompletionMode, RingCounters};
 
 use std::time::Instant;
 
-use bytes::BytesMut;
+use crate::codec::Output;
 
 use crate::broker::handles::ConnId;
 use crate::broker::ReadState;
@@ -61,7 +61,7 @@ pub trait Handler {
     fn reprocess(&mut self, conn: ConnId, now: Instant);
     /// The bytes waiting to be written to `conn`. The engine takes them (leaving the buffer
     /// empty) when no send is in flight.
-    fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut>;
+    fn output(&mut self, conn: ConnId) -> Option<&mut Output>;
     /// `bytes` of `conn`'s output reached the socket.
     fn written(&mut self, conn: ConnId, bytes: usize);
     /// Everything taken from `conn`'s output was written: the handler may queue more (returns

@@ -4,10 +4,8 @@
 
 use std::time::Instant;
 
-use bytes::BytesMut;
-
 use super::{Change, InflightState, Session, SessionError, SessionEvents};
-use crate::codec::{Ack, Packet, ReasonCode};
+use crate::codec::{Ack, OutputSink, Packet, ReasonCode};
 
 impl Session {
     fn position(&self, packet_id: u16) -> Option<usize> {
@@ -21,7 +19,7 @@ impl Session {
     pub fn on_puback(
         &mut self,
         packet_id: u16,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         now: Instant,
         on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
@@ -33,7 +31,7 @@ impl Session {
         &mut self,
         packet_id: u16,
         expected: InflightState,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         now: Instant,
         on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
@@ -53,14 +51,14 @@ impl Session {
         &mut self,
         packet_id: u16,
         reason: ReasonCode,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         now: Instant,
         on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {
         let Some(index) = self.position(packet_id) else {
             let mut release = Ack::new(packet_id);
             release.reason = ReasonCode::PacketIdentifierNotFound;
-            let _ = Packet::PubRel(release).encode(self.protocol, out);
+            let _ = Packet::PubRel(release).encode(self.protocol, out.bytes());
             return Ok(());
         };
         match self.traffic().inflight[index].state {
@@ -75,7 +73,7 @@ impl Session {
                     on_sent.change(&self.client_id, Change::PubRec(packet_id));
                 }
                 self.traffic_mut().inflight[index].state = InflightState::AwaitPubComp;
-                let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out);
+                let _ = Packet::PubRel(Ack::new(packet_id)).encode(self.protocol, out.bytes());
             }
             InflightState::AwaitPubAck => return Err(SessionError::UnexpectedAck),
         }
@@ -86,7 +84,7 @@ impl Session {
     pub fn on_pubcomp(
         &mut self,
         packet_id: u16,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         now: Instant,
         on_sent: &mut impl SessionEvents,
     ) -> Result<(), SessionError> {

@@ -20,9 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
-
-use crate::codec::{Ack, LastWill, MqttStr, Packet, ProtocolVersion, QoS};
+use crate::codec::{Ack, LastWill, MqttStr, OutputSink, Packet, ProtocolVersion, QoS};
 
 /// Limits that shape a session's queues (from the broker configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,7 +426,7 @@ impl Session {
     #[allow(clippy::too_many_arguments)]
     fn write_publish(
         &mut self,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         message: &Arc<Message>,
         qos: QoS,
         retain: bool,
@@ -448,7 +446,7 @@ impl Session {
             if encoded.len() > self.peer.max_packet_size as usize {
                 return false;
             }
-            encoded.write_to(out, packet_id, dup);
+            encoded.write_into(out, packet_id, dup);
             on_sent.sent(message, qos);
             return true;
         }
@@ -483,7 +481,9 @@ impl Session {
                 aliases.insert(message.topic.clone(), alias);
             }
         }
-        let written = Packet::Publish(publish).encode(self.protocol, out).is_ok();
+        let written = Packet::Publish(publish)
+            .encode(self.protocol, out.bytes())
+            .is_ok();
         if written {
             on_sent.sent(message, qos);
         }
@@ -507,7 +507,7 @@ impl Session {
         retain: bool,
         subscription_ids: &[u32],
         group: Option<&MqttStr>,
-        out: Option<&mut BytesMut>,
+        out: Option<&mut impl OutputSink>,
         cache: &mut EncodeCache,
         now: Instant,
         on_sent: &mut impl SessionEvents,
@@ -638,7 +638,7 @@ impl Session {
     /// Moves queued messages into the window while it has room. Returns how many were sent.
     pub fn fill_window(
         &mut self,
-        out: &mut BytesMut,
+        out: &mut impl OutputSink,
         now: Instant,
         on_sent: &mut impl SessionEvents,
     ) -> usize {
@@ -808,7 +808,12 @@ impl Session {
 
     /// On a resumed session: resend every unacknowledged PUBLISH with DUP set and every PUBREL,
     /// in their original order (MQTT 3.1.1 §4.4), then fill the window from the queue.
-    pub fn resume(&mut self, out: &mut BytesMut, now: Instant, on_sent: &mut impl SessionEvents) {
+    pub fn resume(
+        &mut self,
+        out: &mut impl OutputSink,
+        now: Instant,
+        on_sent: &mut impl SessionEvents,
+    ) {
         let inflight = match self.traffic.as_mut() {
             Some(traffic) => std::mem::take(&mut traffic.inflight),
             None => VecDeque::new(),
@@ -833,7 +838,8 @@ impl Session {
                     on_sent.change(&self.client_id, Change::Dup(entry.packet_id));
                 }
                 InflightState::AwaitPubComp => {
-                    let _ = Packet::PubRel(Ack::new(entry.packet_id)).encode(self.protocol, out);
+                    let _ = Packet::PubRel(Ack::new(entry.packet_id))
+                        .encode(self.protocol, out.bytes());
                 }
             }
         }

@@ -393,7 +393,7 @@ mod tests {
             properties,
         };
         send(shard, &client, Packet::Connect(Box::new(connect)));
-        let mut out = std::mem::take(shard.output(client.conn).unwrap());
+        let mut out = std::mem::take(shard.output(client.conn).unwrap()).into_contiguous();
         let connack = decode(&mut out, protocol, usize::MAX).unwrap();
         client.input = out;
         let Some(Packet::ConnAck(connack)) = connack else {

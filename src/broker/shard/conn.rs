@@ -51,7 +51,7 @@ pub struct Conn {
     pub(super) keep_alive: u16,
     /// Milliseconds since the shard started, at the last packet (or the accept).
     pub(super) last_seen: u64,
-    pub(super) out: BytesMut,
+    pub(super) out: Output,
     pub(super) leftover: Leftover,
     pub(super) kill: Option<Kill>,
     pub(super) reprocess: bool,
@@ -235,7 +235,7 @@ impl Shard {
             protocol: ProtocolVersion::V3_1_1,
             keep_alive: 0,
             last_seen: now_ms,
-            out: BytesMut::new(),
+            out: Output::default(),
             leftover: Leftover::default(),
             kill: None,
             reprocess: false,
@@ -339,7 +339,7 @@ impl Shard {
 
     /// The bytes waiting to be written to `conn`'s socket. The runtime writes from the front
     /// and advances the buffer by what the socket took.
-    pub fn output(&mut self, conn: ConnId) -> Option<&mut BytesMut> {
+    pub fn output(&mut self, conn: ConnId) -> Option<&mut Output> {
         match self.conns.get_mut(conn) {
             Some(c) if c.limited.has(Limited::OUTPUT_HELD) => {
                 // Nothing to send yet; the connection is still there.
@@ -397,7 +397,7 @@ impl Shard {
         if c.out.capacity() > 0 {
             // No output buffer is kept while there is nothing to send: an idle connection
             // costs no buffer memory.
-            c.out = BytesMut::new();
+            c.out = Output::default();
         }
         false
     }

@@ -79,8 +79,8 @@ use super::hooks::{
 };
 use super::mesh::{HandoverKind, OriginMark, Outbox, RecentDeliveries, ShardMsg};
 use crate::codec::{
-    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Packet, Properties,
-    PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
+    decode, Ack, ConnAck, Connect, DecodeError, Disconnect, LastWill, MqttStr, Output, Packet,
+    Properties, PropertyFields, ProtocolVersion, Publish, QoS, ReasonCode, SubAck, Subscribe,
     SubscriptionOptions, UnsubAck, Unsubscribe,
 };
 use crate::config::{Config, SharedStrategy};
@@ -236,7 +236,7 @@ pub struct Shard {
     /// The keys of `held_packet_until`, each once (see `output_held_conns`).
     held_packet_conns: Vec<ConnId>,
     /// Always empty: what [`Shard::output`] hands out for a connection whose output is held.
-    no_output: BytesMut,
+    no_output: Output,
     /// Recovered sessions are being installed (their image follows in `journal_image`).
     installing_recovered: bool,
     /// Peers that announced their recovery ([`Shard::announce_recovered`]).
@@ -404,7 +404,7 @@ impl Shard {
             storage_full: false,
             peers_recovered: 0,
             installing_recovered: false,
-            no_output: BytesMut::new(),
+            no_output: Output::default(),
             output_held_until: FastMap::default(),
             output_held_conns: Vec::new(),
             held_packet_until: FastMap::default(),

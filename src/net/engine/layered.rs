@@ -8,6 +8,7 @@ use bytes::BytesMut;
 
 use super::{feed, peer_address, Engine, Socket, SocketId};
 use crate::broker::handles::ConnId;
+use crate::codec::Output;
 use crate::net::layers::LayerError;
 use crate::net::Handler;
 
@@ -22,7 +23,7 @@ impl Engine {
         id: SocketId,
         conn: ConnId,
         closing: bool,
-    ) -> Result<Option<BytesMut>, Option<LayerError>> {
+    ) -> Result<Option<Output>, Option<LayerError>> {
         let Some(out) = handler.output(conn) else {
             return Err(None);
         };
@@ -33,6 +34,10 @@ impl Engine {
         let Some(layers) = layered.then(|| self.layers.get_mut(&id)).flatten() else {
             return Ok((!out.is_empty()).then(|| std::mem::take(out)));
         };
+        if out.has_shared() {
+            // Framing and encryption read the bytes in order anyway: one contiguous buffer.
+            *out = Output::from(std::mem::take(out).into_contiguous());
+        }
         let encoded = layers.encode(out);
         out.clear();
         if closing {
@@ -46,7 +51,7 @@ impl Engine {
             return Ok(None);
         }
         layers.app_in_flight += std::mem::take(&mut layers.app_pending);
-        Ok(Some(std::mem::take(&mut layers.wire)))
+        Ok(Some(Output::from(std::mem::take(&mut layers.wire))))
     }
 
     /// Counts and logs a transport that failed on its own (a refused TLS or WebSocket
