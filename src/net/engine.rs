@@ -965,6 +965,7 @@ impl Engine {
             true => self.vectored.get_mut(&id),
             false => None,
         };
+        let was_vectored = vectored.is_some();
         let (written, rest) = match vectored {
             Some(vectored) => {
                 let written = vectored.advance(completion.result as usize);
@@ -994,7 +995,9 @@ impl Engine {
             return self.submit_send(id);
         }
         socket.sending = BytesMut::new();
-        self.vectored.remove(&id);
+        if was_vectored {
+            self.vectored.remove(&id);
+        }
         match conn {
             Some(conn) => {
                 handler.flushed(conn, now);

@@ -81,14 +81,18 @@ pub struct EncodeCache {
     /// Remaining expiry the cached encodings carry: they are stale once it changes.
     expiry_secs: Option<u64>,
     layouts: [Option<EncodedPublish>; 18],
+    /// Which `layouts` hold an encoding (bit per index): clearing touches only those.
+    filled: u32,
 }
 
 impl EncodeCache {
     /// Forgets everything (call before each new message).
     pub fn clear(&mut self) {
         self.for_message = None;
-        for slot in &mut self.layouts {
-            *slot = None;
+        while self.filled != 0 {
+            let index = self.filled.trailing_zeros() as usize;
+            self.filled &= self.filled - 1;
+            self.layouts[index] = None;
         }
     }
 
@@ -122,6 +126,7 @@ impl EncodeCache {
         };
         let index = version_index * 6 + (qos as usize) * 2 + usize::from(retain);
         if self.layouts[index].is_none() {
+            self.filled |= 1 << index;
             // A message too large to re-encode (remaining length over the protocol's limit
             // once the broker's properties are added) yields None: the caller drops it.
             self.layouts[index] = if message.expires_at.is_none() {

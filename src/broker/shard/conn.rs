@@ -76,10 +76,10 @@ pub struct Conn {
     pub(super) aliases_in: Option<Box<HashMap<u16, MqttStr>>>,
 }
 
-/// The partial packet kept from the last read: 16 bytes where an empty `BytesMut` takes 32,
+/// The partial packet kept from the last read: 8 bytes where an empty `BytesMut` takes 32,
 /// as most connections hold none between reads.
 #[derive(Debug, Default)]
-pub(super) struct Leftover(Option<Box<[u8]>>);
+pub(super) struct Leftover(Option<Box<BytesMut>>);
 
 impl Leftover {
     pub(super) fn is_empty(&self) -> bool {
@@ -88,14 +88,12 @@ impl Leftover {
 
     /// The kept bytes (an empty buffer if none), leaving none.
     pub(super) fn take(&mut self) -> BytesMut {
-        self.0
-            .take()
-            .map_or_else(BytesMut::new, |bytes| BytesMut::from(Bytes::from(bytes)))
+        self.0.take().map_or_else(BytesMut::new, |bytes| *bytes)
     }
 
-    /// Keeps a copy of `partial`.
+    /// Keeps a copy of `partial` (in memory of its own: it must not pin the read buffer).
     pub(super) fn keep(&mut self, partial: &[u8]) {
-        self.0 = (!partial.is_empty()).then(|| Box::from(partial));
+        self.0 = (!partial.is_empty()).then(|| Box::new(BytesMut::from(partial)));
     }
 }
 
