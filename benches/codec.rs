@@ -4,7 +4,8 @@
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use shardmq::codec::{
-    decode, Connect, EncodedPublish, MqttStr, Packet, Properties, ProtocolVersion, Publish, QoS,
+    decode, Connect, EncodedPublish, MqttStr, Packet, Properties, PropertyFields, ProtocolVersion,
+    Publish, QoS,
 };
 
 fn publish(size: usize) -> Publish {
@@ -18,11 +19,11 @@ fn publish(size: usize) -> Publish {
 }
 
 fn connect() -> Packet {
-    let properties = Properties {
+    let properties = Properties::from(PropertyFields {
         session_expiry_interval: Some(3600),
         receive_maximum: Some(64),
         ..Default::default()
-    };
+    });
     Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V5,
         clean_start: true,

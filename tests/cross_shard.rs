@@ -219,7 +219,7 @@ async fn large_payloads_fan_out_intact_and_in_order() {
             let got = subscriber.recv_publish().await;
             assert_eq!(got.topic, format!("big/{n}"), "in publish order");
             assert_eq!(got.payload.len(), payload.len());
-            assert!(&got.payload[..] == &payload[..], "payload {n} intact");
+            assert!(got.payload[..] == payload[..], "payload {n} intact");
         }
     }
 }

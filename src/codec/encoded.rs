@@ -70,7 +70,7 @@ impl EncodedPublish {
         let mut head = BytesMut::with_capacity(1 + varint_len(remaining_u32) + head_body);
         head.put_u8(PacketType::Publish.first_byte(publish_flags(false, qos, retain)));
         write_varint(&mut head, remaining_u32)?;
-        write_str(&mut head, &publish.topic)?;
+        write_str(&mut head, publish.topic)?;
         let packet_id_offset = if qos != QoS::AtMostOnce {
             let offset = head.len();
             head.put_u16(0);

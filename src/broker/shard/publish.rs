@@ -314,6 +314,8 @@ impl Shard {
 
     /// Publishes a will, if the publisher (`client_id`, `username`) may publish to its topic
     /// now (the check is made when the will is published, as in Mosquitto).
+    // The will arrives boxed, as sessions and timers hold it.
+    #[allow(clippy::boxed_local)]
     pub(super) fn publish_will(
         &mut self,
         client_id: &MqttStr,
@@ -356,7 +358,7 @@ impl Shard {
             payload: will.payload,
             qos: will.qos,
             retain: will.retain,
-            properties: properties.into(),
+            properties,
             publisher: client_id.clone(),
             expires_at,
             received_at: None,

@@ -343,7 +343,7 @@ impl Converter {
             payload: record.payload,
             qos: record.qos,
             retain: record.retain,
-            properties: properties_from(&record.properties, PropertyContext::Publish).into(),
+            properties: properties_from(&record.properties, PropertyContext::Publish),
             publisher: same_or_new(&mut self.publisher, record.publisher),
             expires_at: record
                 .expires_at_ms

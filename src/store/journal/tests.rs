@@ -77,8 +77,7 @@ fn message(topic: &str, expires_at: Option<Instant>) -> Arc<Message> {
             payload_format_indicator: Some(1),
             user_properties: vec![(MqttStr::from("k"), MqttStr::from("v"))],
             ..PropertyFields::default()
-        })
-        .into(),
+        }),
         publisher: MqttStr::from("pub"),
         expires_at,
         received_at: None,
