@@ -170,9 +170,9 @@ fn echoes_and_closes_cleanly() {
     unsafe { libc::close(fd) };
 }
 
-#[test]
-/// A reply far larger than the socket buffer goes out in several sends, in order, complete.
-fn partial_writes_deliver_everything_in_order() {
+/// An engine listening on loopback with one accepted connection: the engine, the handler,
+/// the client side, the connection and the listener's descriptor.
+fn one_connection() -> (Engine, Toy, TcpStream, ConnId, RawFd) {
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
     let mut toy = Toy::default();
     let (addr, fd) = listener();
@@ -185,32 +185,48 @@ fn partial_writes_deliver_everything_in_order() {
         |_, t| !t.accepted.is_empty()
     ));
     let conn = toy.accepted[0];
-    let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
-    toy.conn(conn).out.extend_from_slice(&payload);
+    (engine, toy, client, conn, fd)
+}
+
+/// Sends what `conn`'s output holds to a slow reader (the socket buffer fills and sends come
+/// back short) and checks that it reads exactly `expected`.
+fn send_to_slow_reader(
+    engine: &mut Engine,
+    toy: &mut Toy,
+    client: TcpStream,
+    conn: ConnId,
+    expected: Vec<u8>,
+) {
     toy.wakes.push(conn);
-    let expected = payload.clone();
+    let total = expected.len();
     let reader = std::thread::spawn(move || {
         let mut client = client;
         let mut got = vec![0u8; expected.len()];
-        // A slow reader: the socket buffer fills and sends come back short.
         for chunk in got.chunks_mut(1 << 20) {
             std::thread::sleep(Duration::from_millis(5));
             client.read_exact(chunk).unwrap();
         }
         got == expected
     });
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(30),
-        |_, t| t.written >= payload.len()
-    ));
+    assert!(pump_until(engine, toy, Duration::from_secs(30), |_, t| t
+        .written
+        >= total));
+    assert_eq!(toy.written, total);
     assert!(reader.join().unwrap(), "bytes arrived intact and in order");
     assert!(
         engine.stats().partial_sends > 0,
         "16 MiB cannot go out in one send on loopback: {:?}",
         engine.stats()
     );
+}
+
+#[test]
+/// A reply far larger than the socket buffer goes out in several sends, in order, complete.
+fn partial_writes_deliver_everything_in_order() {
+    let (mut engine, mut toy, client, conn, fd) = one_connection();
+    let payload: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    toy.conn(conn).out.extend_from_slice(&payload);
+    send_to_slow_reader(&mut engine, &mut toy, client, conn, payload);
     // SAFETY: the listener is ours.
     unsafe { libc::close(fd) };
 }
@@ -219,18 +235,7 @@ fn partial_writes_deliver_everything_in_order() {
 /// Output with shared payloads goes out as several buffers per send; short writes advance
 /// across them; the peer reads every byte in order.
 fn shared_payloads_go_out_whole_and_in_order_through_short_writes() {
-    let mut engine = Engine::new(EngineConfig::default()).unwrap();
-    let mut toy = Toy::default();
-    let (addr, fd) = listener();
-    engine.listen(fd, None).unwrap();
-    let client = TcpStream::connect(addr).unwrap();
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(5),
-        |_, t| !t.accepted.is_empty()
-    ));
-    let conn = toy.accepted[0];
+    let (mut engine, mut toy, client, conn, fd) = one_connection();
     let payload = bytes::Bytes::from((0..2u32 << 20).map(|i| (i % 241) as u8).collect::<Vec<_>>());
     let mut expected = Vec::new();
     for round in 0..8u8 {
@@ -243,26 +248,7 @@ fn shared_payloads_go_out_whole_and_in_order_through_short_writes() {
     toy.conn(conn).out.extend_from_slice(b"end");
     expected.extend_from_slice(b"end");
     assert!(toy.conn(conn).out.has_shared());
-    toy.wakes.push(conn);
-    let total = expected.len();
-    let reader = std::thread::spawn(move || {
-        let mut client = client;
-        let mut got = vec![0u8; expected.len()];
-        for chunk in got.chunks_mut(1 << 20) {
-            std::thread::sleep(Duration::from_millis(5));
-            client.read_exact(chunk).unwrap();
-        }
-        got == expected
-    });
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(30),
-        |_, t| t.written >= total
-    ));
-    assert_eq!(toy.written, total);
-    assert!(reader.join().unwrap(), "bytes arrived intact and in order");
-    assert!(engine.stats().partial_sends > 0, "{:?}", engine.stats());
+    send_to_slow_reader(&mut engine, &mut toy, client, conn, expected);
     // Sent, and the engine let go of the shared payload.
     assert!(payload.is_unique(), "the engine still holds the payload");
     // SAFETY: the listener is ours.
