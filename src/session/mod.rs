@@ -20,7 +20,9 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codec::{Ack, LastWill, MqttStr, OutputSink, Packet, ProtocolVersion, QoS};
+use crate::codec::{
+    Ack, EncodedPublish, LastWill, MqttStr, OutputSink, Packet, ProtocolVersion, QoS, SHARE_MIN,
+};
 
 /// Limits that shape a session's queues (from the broker configuration).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -481,9 +483,22 @@ impl Session {
                 aliases.insert(message.topic.clone(), alias);
             }
         }
-        let written = Packet::Publish(publish)
-            .encode(self.protocol, out.bytes())
-            .is_ok();
+        let written = if publish.payload.len() >= SHARE_MIN {
+            // Encoded head, then the payload by reference where the output can hold one (a
+            // message sent from the queue or the window, or tailored for this client).
+            let (packet_id, dup) = (publish.packet_id, publish.dup);
+            match EncodedPublish::new(&publish, self.protocol, qos, publish.retain) {
+                Ok(encoded) => {
+                    encoded.write_into(out, packet_id, dup);
+                    true
+                }
+                Err(_) => false,
+            }
+        } else {
+            Packet::Publish(publish)
+                .encode(self.protocol, out.bytes())
+                .is_ok()
+        };
         if written {
             on_sent.sent(message, qos);
         }

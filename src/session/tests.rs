@@ -700,3 +700,54 @@ fn on_sent_reports_every_publish_written() {
         [(1, 1), (2, 2), (0, 4), (1, 3), (2, 4), (1, 3), (2, 4)]
     );
 }
+
+/// Large payloads go into an `Output` by reference on every path: delivered at once (the
+/// encode cache), from the queue when the window opens, and resent with DUP on resumption;
+/// the bytes are those of the packets encoded whole.
+#[test]
+fn large_payloads_are_shared_on_every_send_path() {
+    let big: &'static [u8] = Box::leak(vec![0xab; crate::codec::SHARE_MIN + 10].into_boxed_slice());
+    let first = message(QoS::AtLeastOnce, big);
+    let second = message(QoS::AtLeastOnce, big);
+    let mut s = session(1, 10);
+    let mut cache = EncodeCache::default();
+    let now = Instant::now();
+    let mut out = crate::codec::Output::default();
+    for m in [&first, &second] {
+        s.deliver(
+            m,
+            QoS::AtLeastOnce,
+            false,
+            &[],
+            None,
+            Some(&mut out),
+            &mut cache,
+            now,
+            &mut |_: &Message, _: QoS| {},
+        );
+    }
+    // The first went out, the second waits for the window.
+    assert!(out.has_shared());
+    let mut sent = std::mem::take(&mut out).into_contiguous();
+    let got = packets(&mut sent);
+    assert_eq!(publish_ids(&got), [(1, false)]);
+    s.on_puback(1, &mut out, now, &mut |_: &Message, _: QoS| {})
+        .unwrap();
+    assert!(out.has_shared(), "the queued one, by reference");
+    let mut sent = std::mem::take(&mut out).into_contiguous();
+    let got = packets(&mut sent);
+    assert_eq!(publish_ids(&got), [(2, false)]);
+    let Packet::Publish(publish) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(&publish.payload[..], big);
+    s.resume(&mut out, now, &mut |_: &Message, _: QoS| {});
+    assert!(out.has_shared(), "the resent one, by reference");
+    let mut sent = std::mem::take(&mut out).into_contiguous();
+    let got = packets(&mut sent);
+    assert_eq!(publish_ids(&got), [(2, true)]);
+    let Packet::Publish(publish) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(&publish.payload[..], big);
+}
