@@ -14,44 +14,44 @@ pub const SHARE_MIN: usize = 2048;
 #[derive(Debug, Default)]
 pub struct Output {
     bytes: BytesMut,
-    /// Payloads that follow `bytes[..offset]`, in order of their offsets. Boxed: most
-    /// connections never hold one, and the record is per connection.
-    #[allow(clippy::box_collection)]
-    shared: Option<Box<Vec<(usize, Bytes)>>>,
+    /// Payloads spliced in. Boxed: most connections never hold one, and the record is per
+    /// connection.
+    shared: Option<Box<Shared>>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Payloads that follow `bytes[..offset]`, in order of their offsets.
+    payloads: Vec<(usize, Bytes)>,
+    /// Their total length (the output's length is asked for per delivery).
+    len: usize,
 }
 
 impl Output {
     /// Bytes of output in all: encoded and shared.
     pub fn len(&self) -> usize {
-        self.bytes.len() + self.shared_len()
+        self.bytes.len() + self.shared.as_ref().map_or(0, |shared| shared.len)
     }
 
     /// Nothing to send.
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty() && self.shared.as_ref().is_none_or(|shared| shared.is_empty())
-    }
-
-    /// Bytes of the shared payloads.
-    fn shared_len(&self) -> usize {
-        self.shared.as_ref().map_or(0, |shared| {
-            shared.iter().map(|(_, payload)| payload.len()).sum()
-        })
+        self.bytes.is_empty() && !self.has_shared()
     }
 
     /// Whether any payload is shared (the output is not one contiguous buffer).
     pub fn has_shared(&self) -> bool {
         self.shared
             .as_ref()
-            .is_some_and(|shared| !shared.is_empty())
+            .is_some_and(|shared| !shared.payloads.is_empty())
     }
 
     /// Appends `payload`: referenced if it is at least [`SHARE_MIN`] bytes, copied otherwise.
     pub fn put_payload(&mut self, payload: &Bytes) {
         if payload.len() >= SHARE_MIN {
             let at = self.bytes.len();
-            self.shared
-                .get_or_insert_with(Default::default)
-                .push((at, payload.clone()));
+            let shared = self.shared.get_or_insert_with(Default::default);
+            shared.payloads.push((at, payload.clone()));
+            shared.len += payload.len();
         } else {
             self.bytes.put_slice(payload);
         }
@@ -63,7 +63,11 @@ impl Output {
         let mut bytes = self.bytes.freeze();
         let mut segments = Vec::new();
         let mut consumed = 0;
-        for (at, payload) in self.shared.map(|shared| *shared).unwrap_or_default() {
+        let payloads = self
+            .shared
+            .map(|shared| shared.payloads)
+            .unwrap_or_default();
+        for (at, payload) in payloads {
             let head = bytes.split_to(at - consumed);
             consumed = at;
             if !head.is_empty() {

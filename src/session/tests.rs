@@ -726,28 +726,22 @@ fn large_payloads_are_shared_on_every_send_path() {
             &mut |_: &Message, _: QoS| {},
         );
     }
+    // Takes the output: it must share the payload and hold one PUBLISH (id, DUP) of `big`.
+    let sent_once = |out: &mut crate::codec::Output, id: (u16, bool), path: &str| {
+        assert!(out.has_shared(), "{path}: the payload by reference");
+        let mut sent = std::mem::take(out).into_contiguous();
+        let got = packets(&mut sent);
+        assert_eq!(publish_ids(&got), [id], "{path}");
+        let Packet::Publish(publish) = &got[0] else {
+            panic!("{path}: {got:?}")
+        };
+        assert_eq!(&publish.payload[..], big, "{path}");
+    };
     // The first went out, the second waits for the window.
-    assert!(out.has_shared());
-    let mut sent = std::mem::take(&mut out).into_contiguous();
-    let got = packets(&mut sent);
-    assert_eq!(publish_ids(&got), [(1, false)]);
+    sent_once(&mut out, (1, false), "delivered at once");
     s.on_puback(1, &mut out, now, &mut |_: &Message, _: QoS| {})
         .unwrap();
-    assert!(out.has_shared(), "the queued one, by reference");
-    let mut sent = std::mem::take(&mut out).into_contiguous();
-    let got = packets(&mut sent);
-    assert_eq!(publish_ids(&got), [(2, false)]);
-    let Packet::Publish(publish) = &got[0] else {
-        panic!("{got:?}")
-    };
-    assert_eq!(&publish.payload[..], big);
+    sent_once(&mut out, (2, false), "from the queue");
     s.resume(&mut out, now, &mut |_: &Message, _: QoS| {});
-    assert!(out.has_shared(), "the resent one, by reference");
-    let mut sent = std::mem::take(&mut out).into_contiguous();
-    let got = packets(&mut sent);
-    assert_eq!(publish_ids(&got), [(2, true)]);
-    let Packet::Publish(publish) = &got[0] else {
-        panic!("{got:?}")
-    };
-    assert_eq!(&publish.payload[..], big);
+    sent_once(&mut out, (2, true), "resent");
 }
