@@ -50,6 +50,27 @@ fn publish_ids(packets: &[Packet]) -> Vec<(u16, bool)> {
         .collect()
 }
 
+/// Delivers `m` at QoS 1 (no subscription ids, no group) into `out`.
+fn deliver_qos1(
+    s: &mut Session,
+    m: &Arc<Message>,
+    out: &mut impl OutputSink,
+    cache: &mut EncodeCache,
+    now: Instant,
+) -> Delivery {
+    s.deliver(
+        m,
+        QoS::AtLeastOnce,
+        false,
+        &[],
+        None,
+        Some(out),
+        cache,
+        now,
+        &mut |_: &Message, _: QoS| {},
+    )
+}
+
 #[test]
 fn window_then_queue_then_drain_in_order() {
     let mut s = session(2, 10);
@@ -360,24 +381,11 @@ fn a_long_unacknowledged_id_is_skipped_after_wrapping() {
     let now = Instant::now();
     let stuck = message(QoS::AtLeastOnce, b"stuck");
     let m = message(QoS::AtLeastOnce, b"a");
-    let deliver = |s: &mut Session, out: &mut BytesMut, cache: &mut EncodeCache, m| {
-        s.deliver(
-            m,
-            QoS::AtLeastOnce,
-            false,
-            &[],
-            None,
-            Some(out),
-            cache,
-            now,
-            &mut |_: &Message, _: QoS| {},
-        );
-    };
-    deliver(&mut s, &mut out, &mut cache, &stuck);
+    deliver_qos1(&mut s, &stuck, &mut out, &mut cache, now);
     assert_eq!(publish_ids(&packets(&mut out)), [(1, false)]);
     let mut wrapped = false;
     for round in 0..70_000u32 {
-        deliver(&mut s, &mut out, &mut cache, &m);
+        deliver_qos1(&mut s, &m, &mut out, &mut cache, now);
         let ids = publish_ids(&packets(&mut out));
         assert_eq!(ids.len(), 1, "round {round}");
         let id = ids[0].0;
@@ -714,17 +722,7 @@ fn large_payloads_are_shared_on_every_send_path() {
     let now = Instant::now();
     let mut out = crate::codec::Output::default();
     for m in [&first, &second] {
-        s.deliver(
-            m,
-            QoS::AtLeastOnce,
-            false,
-            &[],
-            None,
-            Some(&mut out),
-            &mut cache,
-            now,
-            &mut |_: &Message, _: QoS| {},
-        );
+        deliver_qos1(&mut s, m, &mut out, &mut cache, now);
     }
     // Takes the output: it must share the payload and hold one PUBLISH (id, DUP) of `big`.
     let sent_once = |out: &mut crate::codec::Output, id: (u16, bool), path: &str| {
