@@ -328,6 +328,11 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
     let stats: Vec<Arc<Mutex<ShardStats>>> = (0..shards)
         .map(|_| Arc::new(Mutex::new(ShardStats::default())))
         .collect();
+    let doorbells: Arc<[crate::net::Doorbell]> = (0..shards)
+        .map(|_| crate::net::Doorbell::new())
+        .collect::<std::io::Result<Vec<_>>>()
+        .map_err(|e| StartError::Executor(format!("cannot create a shard's doorbell: {e}")))?
+        .into();
     let mut reloads = Vec::with_capacity(shards);
     let (admin_senders, admin_requests) = admin::channels(shards);
     for ((index, setup), admin_requests) in setups.into_iter().enumerate().zip(admin_requests) {
@@ -349,6 +354,7 @@ pub fn start(mut config: Config) -> Result<BrokerHandle, StartError> {
                 Vec::new()
             },
             admin: admin_requests,
+            doorbells: Arc::clone(&doorbells),
         };
         let mesh = mesh.clone();
         let ready = ready_tx.clone();

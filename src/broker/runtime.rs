@@ -34,7 +34,9 @@ use super::mesh::Batch;
 use super::shard::{Global, ReadState, Shard, ShardStats};
 use super::sys::{self, SysState, Totals};
 use crate::config::Config;
-use crate::net::{CompletionMode, Engine, EngineConfig, EngineStats, Handler, ListenerTransport};
+use crate::net::{
+    CompletionMode, Doorbell, Engine, EngineConfig, EngineStats, Handler, ListenerTransport,
+};
 use crate::store::journal::{JournalOptions, StoreJournal, SystemClock, DEFAULT_SEGMENT_LIMIT};
 
 mod journal_writer;
@@ -46,6 +48,9 @@ const TICK: Duration = Duration::from_millis(200);
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(400);
 /// Largest batch a pump sends at once.
 const MAX_BATCH: usize = 512;
+/// Shortest sleep in the engine's ring worth its set-up (nearer deadlines park in the
+/// executor, whose timers they are).
+const MIN_RING_SLEEP: Duration = Duration::from_micros(200);
 
 /// Sockets and settings one shard starts with.
 pub(super) struct ShardSetup {
@@ -68,6 +73,8 @@ pub(super) struct ShardLinks {
     pub(super) all_stats: Vec<Arc<std::sync::Mutex<ShardStats>>>,
     /// Administrative requests (the metrics listener's `/admin` endpoints).
     pub(super) admin: super::admin::Requests,
+    /// Every shard's doorbell, by shard id: rung after each batch sent to that shard.
+    pub(super) doorbells: Arc<[Doorbell]>,
 }
 
 /// The shard's state machine drives its sockets through the engine.
@@ -127,10 +134,30 @@ pub(super) struct Driver {
     engine_kicked: bool,
     /// The journal writer while it waits for records.
     journal_waker: Option<Waker>,
+    /// What the journal writer waits for (whether the engine may sleep in its ring).
+    journal: JournalWait,
+    /// Every shard's doorbell; this shard's wakes it from a sleep in its ring.
+    doorbells: Arc<[Doorbell]>,
+    /// Batches taken from the mesh so far (compared with this shard's doorbell count).
+    mesh_taken: u64,
+    /// When the timer loop's next tick is due.
+    next_tick: Instant,
+}
+
+/// What the journal writer waits for, as far as a sleep in the engine's ring is concerned:
+/// that sleep does not run the executor, so the writer's own I/O and timers would wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JournalWait {
+    /// No writer, or one waiting for records only.
+    Records,
+    /// Waiting for records or its sync timer, due then.
+    RecordsOrTimer(Instant),
+    /// Writing, syncing, or waiting for I/O of its own.
+    Busy,
 }
 
 impl Driver {
-    fn new(shard: Shard, engine: Engine, shards: usize) -> Self {
+    fn new(shard: Shard, engine: Engine, shards: usize, doorbells: Arc<[Doorbell]>) -> Self {
         Driver {
             shard,
             engine,
@@ -138,7 +165,47 @@ impl Driver {
             engine_waker: None,
             engine_kicked: false,
             journal_waker: None,
+            journal: JournalWait::Records,
+            doorbells,
+            mesh_taken: 0,
+            next_tick: Instant::now(),
         }
+    }
+
+    /// How long the engine may sleep in its own ring now (`None`: it must park in the
+    /// executor, which runs the other tasks, the timers and the mesh). The engine's ring is
+    /// all that can wake the thread then; everything else this shard waits for must be
+    /// known to wait for nothing but that, or for a deadline before which the sleep ends.
+    fn ring_sleep(&mut self, now: Instant) -> Option<Duration> {
+        if self.shard.has_wakes() || self.engine_kicked || !self.engine.can_sleep() {
+            return None;
+        }
+        let id = self.shard.shard_id();
+        // A pump not parked on the outbox is sending, or waits for room in a peer's queue.
+        let pumps_idle =
+            self.pump_wakers.iter().enumerate().all(|(peer, waker)| {
+                peer == id || (waker.is_some() && !self.shard.has_outbox(peer))
+            });
+        if !pumps_idle {
+            return None;
+        }
+        let mut deadline = self.next_tick;
+        match self.journal {
+            JournalWait::Records => {}
+            JournalWait::RecordsOrTimer(due) => deadline = deadline.min(due),
+            JournalWait::Busy => return None,
+        }
+        if let Some(due) = self.engine.next_deadline() {
+            deadline = deadline.min(due);
+        }
+        let timeout = deadline.checked_duration_since(now)?;
+        if timeout < MIN_RING_SLEEP {
+            return None;
+        }
+        // Last: from here on, a batch handed over writes the doorbell.
+        self.doorbells[id]
+            .prepare_sleep(self.mesh_taken)
+            .then_some(timeout)
     }
 
     /// After an input from another task: wakes the engine task if connections need it, and
@@ -278,6 +345,7 @@ pub(super) async fn run_shard(
         reloads,
         all_stats,
         admin,
+        doorbells,
     } = links;
     // Joining the mesh is also the start barrier: it completes once every shard has joined.
     let Ok((senders, receivers)) = mesh.join().await else {
@@ -379,7 +447,19 @@ pub(super) async fn run_shard(
         );
         (writer, stop, (shared, failing))
     });
-    let driver = Rc::new(RefCell::new(Driver::new(shard, engine, shards)));
+    if let Err(error) = engine.watch_doorbell(doorbells[id].eventfd()) {
+        tracing::warn!(shard = id, %error, "cannot watch the doorbell: the shard parks in the executor");
+    }
+    let driver = Rc::new(RefCell::new(Driver::new(
+        shard,
+        engine,
+        shards,
+        Arc::clone(&doorbells),
+    )));
+    if writer.is_some() {
+        // Until the writer first waits for records.
+        driver.borrow_mut().journal = JournalWait::Busy;
+    }
     let (writer_task, store) = match writer {
         Some((writer, stop, shared)) => (
             Some((
@@ -429,7 +509,10 @@ pub(super) async fn run_shard(
     let mut sys =
         (!all_stats.is_empty()).then(|| SysPublisher::new(all_stats, Arc::clone(&global)));
     while !global.shutdown.load(Ordering::Relaxed) {
-        Timer::new(TICK).await;
+        let tick = Timer::new(TICK);
+        // At or after the timer's own deadline (set when it was made).
+        driver.borrow_mut().next_tick = Instant::now() + TICK;
+        tick.await;
         {
             let mut driver = driver.borrow_mut();
             while let Ok(config) = reloads.try_recv() {
@@ -530,6 +613,23 @@ async fn drive(driver: Rc<RefCell<Driver>>, wake_file: Rc<BufferedFile>) {
             futures_lite::future::yield_now().await;
             continue;
         }
+        // Quiet but not idle: sleep in the engine's ring, where the next socket event wakes
+        // the thread with one enter and no executor loop. After a timeout (a timer is due)
+        // or the doorbell (a batch from another shard), park in the executor below instead,
+        // which runs the timers and the mesh.
+        {
+            let mut driver = driver.borrow_mut();
+            if let Some(timeout) = driver.ring_sleep(Instant::now()) {
+                let busy = driver.engine.sleep(timeout);
+                let id = driver.shard.shard_id();
+                driver.doorbells[id].woke();
+                match busy {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(error) => panic!("shard {id}: io_uring engine failed: {error}"),
+                }
+            }
+        }
         if !driver.borrow_mut().engine.prepare_sleep() {
             continue;
         }
@@ -584,6 +684,7 @@ async fn pump(driver: Rc<RefCell<Driver>>, senders: Rc<Senders<Batch>>, peer: us
             return;
         }
         let mut driver = driver.borrow_mut();
+        driver.doorbells[peer].ring();
         driver.shard.on_outbox_drained();
         driver.dispatch();
     }
@@ -594,6 +695,7 @@ async fn receive(driver: Rc<RefCell<Driver>>, receiver: ConnectedReceiver<Batch>
     while let Some(batch) = receiver.recv().await {
         {
             let mut driver = driver.borrow_mut();
+            driver.mesh_taken += 1;
             driver.shard.on_mesh_from(peer, batch, Instant::now());
             driver.dispatch();
         }

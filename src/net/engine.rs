@@ -20,6 +20,7 @@ use crate::broker::ReadState;
 use crate::codec::Output;
 
 mod layered;
+mod sleep;
 mod vectored;
 
 use vectored::Vectored;
@@ -185,6 +186,8 @@ pub struct Engine {
     /// Handshake steps this pass may still run.
     handshakes_left: u32,
     completions: Vec<Completion>,
+    /// The read that lets other threads end [`Engine::sleep`].
+    doorbell: Option<sleep::DoorbellRead>,
     config: EngineConfig,
     stats: EngineStats,
 }
@@ -230,6 +233,7 @@ impl Engine {
             deferred: Vec::new(),
             handshakes_left: config.handshakes_per_pass,
             completions: Vec::with_capacity(256),
+            doorbell: None,
             config,
             stats: EngineStats::default(),
         })
@@ -753,6 +757,7 @@ impl Engine {
             Op::Accept => self.on_accept(handler, token.slot, completion, now),
             Op::Recv => self.on_recv(handler, token, completion, now),
             Op::Send => self.on_send(handler, token, completion, now),
+            Op::Doorbell => self.on_doorbell(completion),
             Op::Cancel => {
                 // Only failures come back (SKIP_SUCCESS). ENOENT/EALREADY: the request had
                 // ended already.

@@ -18,6 +18,7 @@
 //! none of its requests is still in the kernel.
 
 mod bufring;
+mod doorbell;
 mod engine;
 mod layers;
 mod ring;
@@ -28,6 +29,7 @@ pub mod websocket;
 #[cfg(test)]
 mod tests;
 
+pub use doorbell::Doorbell;
 pub use engine::{Engine, EngineConfig, EngineStats, SocketRecordSize};
 pub use layers::ListenerTransport;
 pub use ring::{CompletionMode, RingCounters};

@@ -211,6 +211,30 @@ impl Ring {
         }
     }
 
+    /// Blocks in `io_uring_enter` until at least one completion is posted or `timeout`
+    /// passes (submitting whatever is queued on the way).
+    pub(crate) fn wait(&mut self, timeout: std::time::Duration) -> io::Result<()> {
+        let timespec = io_uring::types::Timespec::from(timeout);
+        let args = io_uring::types::SubmitArgs::new().timespec(&timespec);
+        self.counters.enters += 1;
+        match self.uring.submitter().submit_with_args(1, &args) {
+            Ok(submitted) => {
+                self.counters.submitted += submitted as u64;
+                Ok(())
+            }
+            // Timed out, interrupted, or transiently short of memory: the caller looks again.
+            Err(error)
+                if matches!(
+                    error.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
     /// Moves every available completion into `into` (cleared first).
     pub(crate) fn reap(&mut self, into: &mut Vec<Completion>) {
         into.clear();

@@ -15,6 +15,8 @@ pub(crate) enum Op {
     Send = 3,
     /// Cancellation of a socket's receive (reading paused, or closing).
     Cancel = 4,
+    /// The read of the shard's doorbell (another thread wakes the shard sleeping in the ring).
+    Doorbell = 5,
     /// close(2) of a socket's descriptor (submitted with CQE_SKIP_SUCCESS: only failures
     /// come back).
     Close = 6,
@@ -55,6 +57,7 @@ impl Token {
             2 => Op::Recv,
             3 => Op::Send,
             4 => Op::Cancel,
+            5 => Op::Doorbell,
             6 => Op::Close,
             _ => return None,
         };
@@ -72,7 +75,14 @@ mod tests {
 
     #[test]
     fn round_trips_every_op_and_extreme_values() {
-        for op in [Op::Accept, Op::Recv, Op::Send, Op::Cancel, Op::Close] {
+        for op in [
+            Op::Accept,
+            Op::Recv,
+            Op::Send,
+            Op::Cancel,
+            Op::Doorbell,
+            Op::Close,
+        ] {
             for (slot, generation) in [(0, 0), (MAX_SLOT, u32::MAX), (12345, 7)] {
                 let token = Token::new(op, slot, generation);
                 assert_eq!(Token::decode(token.encode()), Some(token));

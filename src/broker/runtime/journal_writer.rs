@@ -34,7 +34,7 @@ use glommio::timer::Timer;
 use super::super::hooks::{BatchTarget, JournalBatch};
 use super::super::store_start::StoreShared;
 use super::log_map::LogMap;
-use super::Driver;
+use super::{Driver, JournalWait};
 use crate::config::SyncMode;
 use crate::store::segment::{SegmentKind, SegmentName};
 
@@ -719,10 +719,18 @@ fn durable(driver: &RefCell<Driver>, sequence: u64, batch: JournalBatch) {
     driver.dispatch();
 }
 
+/// A sync timer and when it fires (at or after the timer's own deadline).
+fn sync_after(delay: Duration) -> (Option<Pin<Box<Timer>>>, Option<Instant>) {
+    let timer = Box::pin(Timer::new(delay));
+    (Some(timer), Some(Instant::now() + delay))
+}
+
 /// The writer task: until `writer.stop` is set, then the last records, synced.
 pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: JournalWriter) {
     let mut pending: Option<InProgress> = None;
     let mut sync_timer: Option<Pin<Box<Timer>>> = None;
+    // When `sync_timer` fires (the engine's sleeps in its ring end by then).
+    let mut sync_due: Option<Instant> = None;
     let mut stopping = false;
     let mut tries = 0u32;
     loop {
@@ -748,10 +756,23 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                     }
                 }
                 driver.journal_waker = Some(cx.waker().clone());
+                driver.journal = if writer.background.running.get() > 0 {
+                    JournalWait::Busy
+                } else {
+                    match (sync_timer.is_some(), sync_due) {
+                        (true, Some(due)) => JournalWait::RecordsOrTimer(due),
+                        (true, None) => JournalWait::Busy,
+                        (false, _) => JournalWait::Records,
+                    }
+                };
                 Poll::Pending
             })
             .await;
-            driver.borrow_mut().journal_waker = None;
+            {
+                let mut driver = driver.borrow_mut();
+                driver.journal_waker = None;
+                driver.journal = JournalWait::Busy;
+            }
             match event {
                 Event::Batch(mut batch) => {
                     let bytes = Rc::new(std::mem::take(&mut batch.bytes));
@@ -765,7 +786,7 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                     tries = 0;
                 }
                 Event::Sync if writer.shared.sync == SyncMode::Interval => {
-                    sync_timer = None;
+                    (sync_timer, sync_due) = (None, None);
                     writer.sync_in_background();
                     continue;
                 }
@@ -777,16 +798,16 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                     // Tried again after RETRY (everything written since the last sync).
                     writer.unsynced = true;
                     writer.failed(&driver, &error);
-                    sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                    (sync_timer, sync_due) = sync_after(RETRY);
                     continue;
                 }
                 Event::Sync => {
-                    sync_timer = None;
+                    (sync_timer, sync_due) = (None, None);
                     match writer.sync().await {
                         Ok(()) => writer.recovered(&driver),
                         Err(error) => {
                             writer.failed(&driver, &error);
-                            sync_timer = Some(Box::pin(Timer::new(RETRY)));
+                            (sync_timer, sync_due) = sync_after(RETRY);
                         }
                     }
                     continue;
@@ -822,7 +843,7 @@ pub(in crate::broker) async fn run(driver: Rc<RefCell<Driver>>, mut writer: Jour
                 writer.recovered(&driver);
                 durable(&driver, sequence, batch);
                 if writer.unsynced && sync_timer.is_none() {
-                    sync_timer = Some(Box::pin(Timer::new(writer.shared.sync_interval)));
+                    (sync_timer, sync_due) = sync_after(writer.shared.sync_interval);
                 }
             }
             Err(error) => {
