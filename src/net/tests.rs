@@ -535,3 +535,77 @@ fn pause_and_resume_reading() {
     // SAFETY: the listener is ours.
     unsafe { libc::close(fd) };
 }
+
+/// Passes until one does nothing (the engine is idle).
+fn settle(engine: &mut Engine, toy: &mut Toy) {
+    for _ in 0..100 {
+        if !engine.turn(toy, Instant::now()).unwrap() {
+            return;
+        }
+    }
+    panic!("the engine never went idle");
+}
+
+#[test]
+fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_times_out() {
+    let mut engine = Engine::new(EngineConfig::default()).unwrap();
+    let mut toy = Toy::echo();
+    let doorbell = std::sync::Arc::new(super::Doorbell::new().unwrap());
+    assert!(!engine.can_sleep(), "no doorbell yet: the caller must park elsewhere");
+    engine.watch_doorbell(doorbell.eventfd()).unwrap();
+    assert!(engine.can_sleep());
+    let (addr, fd) = listener();
+    engine.listen(fd, None).unwrap();
+    let mut client = TcpStream::connect(addr).unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| !t.accepted.is_empty()
+    ));
+    settle(&mut engine, &mut toy);
+    // Nothing happens: the sleep runs out.
+    assert!(!engine.sleep(Duration::from_millis(20)).unwrap());
+
+    // Input from another thread ends it (10 s: far beyond the 50 ms the input takes).
+    let writer = {
+        let mut client = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            client.write_all(b"wake").unwrap();
+        })
+    };
+    assert!(engine.sleep(Duration::from_secs(10)).unwrap(), "input must end the sleep");
+    writer.join().unwrap();
+    assert!(pump_until(
+        &mut engine,
+        &mut toy,
+        Duration::from_secs(5),
+        |_, t| t.written >= 4
+    ));
+    let mut back = [0u8; 4];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"wake");
+    settle(&mut engine, &mut toy);
+
+    // The doorbell ends it too, once the sleeper announced itself; the read is re-armed.
+    for round in 0..3u64 {
+        assert!(doorbell.prepare_sleep(round));
+        let ringer = {
+            let doorbell = std::sync::Arc::clone(&doorbell);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                doorbell.ring();
+            })
+        };
+        assert!(
+            engine.sleep(Duration::from_secs(10)).unwrap(),
+            "the doorbell must end the sleep (round {round})"
+        );
+        doorbell.woke();
+        ringer.join().unwrap();
+        settle(&mut engine, &mut toy);
+        assert!(!engine.sleep(Duration::from_millis(20)).unwrap(), "no stale wake-up");
+    }
+    assert!(toy.closed.is_empty(), "the doorbell is not a socket");
+}
