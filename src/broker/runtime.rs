@@ -6,9 +6,13 @@
 //!
 //! Tasks: the engine task (every client socket of the shard), one pump task and one receive
 //! task per peer shard, and the timer loop. They share the shard through `Rc<RefCell<Driver>>`
-//! and never hold the borrow across an `.await`. The engine task sleeps only when its ring and
-//! the shard are both idle: on an eventfd the ring signals, read through glommio's own ring, or
-//! until another task hands the shard new work.
+//! and never hold the borrow across an `.await`. When the engine has nothing to do, the engine
+//! task sleeps in the engine's own ring (one blocking `io_uring_enter`, no executor loop) as
+//! long as nothing else of the shard needs the thread: the pumps wait for outbox messages, the
+//! journal writer for records (or a timer whose deadline ends the sleep), no batch from another
+//! shard is pending (peers ring this shard's doorbell after each batch), and the next tick is
+//! not due. Otherwise it parks in glommio: on an eventfd the ring signals, read through
+//! glommio's own ring, or until another task hands the shard new work.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};

@@ -551,7 +551,10 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
     let mut toy = Toy::echo();
     let doorbell = std::sync::Arc::new(super::Doorbell::new().unwrap());
-    assert!(!engine.can_sleep(), "no doorbell yet: the caller must park elsewhere");
+    assert!(
+        !engine.can_sleep(),
+        "no doorbell yet: the caller must park elsewhere"
+    );
     engine.watch_doorbell(doorbell.eventfd()).unwrap();
     assert!(engine.can_sleep());
     let (addr, fd) = listener();
@@ -575,7 +578,10 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
             client.write_all(b"wake").unwrap();
         })
     };
-    assert!(engine.sleep(Duration::from_secs(10)).unwrap(), "input must end the sleep");
+    assert!(
+        engine.sleep(Duration::from_secs(10)).unwrap(),
+        "input must end the sleep"
+    );
     writer.join().unwrap();
     assert!(pump_until(
         &mut engine,
@@ -605,7 +611,10 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
         doorbell.woke();
         ringer.join().unwrap();
         settle(&mut engine, &mut toy);
-        assert!(!engine.sleep(Duration::from_millis(20)).unwrap(), "no stale wake-up");
+        assert!(
+            !engine.sleep(Duration::from_millis(20)).unwrap(),
+            "no stale wake-up"
+        );
     }
     assert!(toy.closed.is_empty(), "the doorbell is not a socket");
 }
