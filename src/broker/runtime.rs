@@ -146,6 +146,8 @@ pub(super) struct Driver {
     mesh_taken: u64,
     /// When the timer loop's next tick is due.
     next_tick: Instant,
+    /// Times the engine task parked in the executor (it slept in the ring otherwise).
+    executor_parks: u64,
 }
 
 /// What the journal writer waits for, as far as a sleep in the engine's ring is concerned:
@@ -173,6 +175,7 @@ impl Driver {
             doorbells,
             mesh_taken: 0,
             next_tick: Instant::now(),
+            executor_parks: 0,
         }
     }
 
@@ -258,6 +261,8 @@ impl Driver {
             ring_submissions: engine.ring.submitted,
             ring_completions: engine.ring.completions,
             ring_buffers_exhausted: engine.buffer_ring_empty,
+            ring_sleeps: engine.sleeps,
+            executor_parks: self.executor_parks,
             ..self.shard.stats()
         }
     }
@@ -654,6 +659,9 @@ async fn drive(driver: Rc<RefCell<Driver>>, wake_file: Rc<BufferedFile>) {
             if driver.shard.has_wakes() || driver.engine_kicked {
                 driver.engine_kicked = false;
                 return Poll::Ready(false);
+            }
+            if driver.engine_waker.is_none() {
+                driver.executor_parks += 1;
             }
             driver.engine_waker = Some(cx.waker().clone());
             Poll::Pending

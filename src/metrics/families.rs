@@ -25,7 +25,7 @@ use crate::broker::{
 };
 
 /// Number of plain (single-valued) fields in [`ShardStats`].
-const FIELDS: usize = 35;
+const FIELDS: usize = 37;
 
 /// One [`ShardStats`] field as exported: name (without prefix, and without `_total` for a
 /// counter), help, type (counter or gauge) and value.
@@ -79,6 +79,8 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
         ring_submissions,
         ring_completions,
         ring_buffers_exhausted,
+        ring_sleeps,
+        executor_parks,
         publish_latency: _,
     } = *stats;
     [
@@ -286,6 +288,18 @@ fn fields(stats: &ShardStats) -> [Field; FIELDS] {
             "Receive completions that found the provided-buffer ring empty (the receive is re-armed; nothing is lost).",
             Counter,
             ring_buffers_exhausted,
+        ),
+        (
+            "ring_sleeps",
+            "Times the shard slept in its engine's ring (woken by a socket, another shard or a timeout).",
+            Counter,
+            ring_sleeps,
+        ),
+        (
+            "executor_parks",
+            "Times the shard parked in the executor instead (a timer due, cross-shard or journal work pending).",
+            Counter,
+            executor_parks,
         ),
     ]
 }

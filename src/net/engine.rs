@@ -79,6 +79,8 @@ pub struct EngineStats {
     pub recv_rearms: u64,
     /// Receive completions that found the buffer ring empty (ENOBUFS).
     pub buffer_ring_empty: u64,
+    /// Sleeps in the ring ([`Engine::sleep`] calls that blocked).
+    pub sleeps: u64,
     /// Sends submitted (one per connection per pass at most).
     pub sends: u64,
     /// Sends that wrote less than asked and were resubmitted for the rest.

@@ -16,13 +16,15 @@ use super::common::{connect_packet, field, frame, Sync};
 use super::scrape::*;
 use super::*;
 
-/// What a scrape says, to compare two: every sample but the engine's ring counters (which
-/// move while the broker idles), without the parse time.
+/// What a scrape says, to compare two: every sample but the engine's ring and sleep counters
+/// (which move while the broker idles), without the parse time.
 fn values(scrape: &Scrape) -> Vec<String> {
     let mut values: Vec<String> = scrape
         .samples
         .iter()
-        .filter(|s| !s.metric.starts_with("shardmq_ring_"))
+        .filter(|s| {
+            !s.metric.starts_with("shardmq_ring_") && !s.metric.starts_with("shardmq_executor_")
+        })
         .map(|s| {
             let mut labels: Vec<_> = s.labels.iter().collect();
             labels.sort();

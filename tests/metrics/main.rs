@@ -20,7 +20,7 @@ use shardmq::broker::{ConnackRefusal, DisconnectCause, DropReason};
 use shardmq::codec::QoS;
 
 /// Every per-shard counter family with only the `shard` label, as exported.
-const COUNTERS: [&str; 30] = [
+const COUNTERS: [&str; 32] = [
     "shardmq_connections_accepted_total",
     "shardmq_connections_closed_total",
     "shardmq_connects_total",
@@ -51,6 +51,8 @@ const COUNTERS: [&str; 30] = [
     "shardmq_ring_submissions_total",
     "shardmq_ring_completions_total",
     "shardmq_ring_buffers_exhausted_total",
+    "shardmq_ring_sleeps_total",
+    "shardmq_executor_parks_total",
 ];
 
 /// Every per-shard gauge family.
@@ -155,6 +157,8 @@ fn metrics_reflect_known_traffic() {
     assert!(completions >= 10.0, "ring completions {completions}");
     assert!(on_shard(&scrape, "shardmq_ring_submissions_total", 0) > 0.0);
     assert!(on_shard(&scrape, "shardmq_ring_enters_total", 0) > 0.0);
+    // Between packets the shard sleeps in its own ring, not in the executor.
+    assert!(on_shard(&scrape, "shardmq_ring_sleeps_total", 0) > 0.0);
     assert_eq!(gauge(&scrape, "shardmq_connections"), 3.0);
     assert_eq!(broker.connections(), 3);
     assert_eq!(gauge(&scrape, "shardmq_up"), 1.0);

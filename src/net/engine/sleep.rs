@@ -77,6 +77,7 @@ impl Engine {
         if self.ring.has_work() || !self.dirty.is_empty() || !self.deferred.is_empty() {
             return Ok(true);
         }
+        self.stats.sleeps += 1;
         self.ring.wait(timeout)?;
         Ok(self.ring.has_work())
     }

@@ -153,6 +153,10 @@ pub struct ShardStats {
     pub ring_completions: u64,
     /// Receive completions that found the provided-buffer ring empty (the receive is re-armed; nothing is lost). Filled in by the runtime.
     pub ring_buffers_exhausted: u64,
+    /// Times the shard slept in its engine's ring (woken by a socket, the doorbell or a timeout). Filled in by the runtime.
+    pub ring_sleeps: u64,
+    /// Times the shard parked in the executor instead (a timer due, cross-shard or journal work pending). Filled in by the runtime.
+    pub executor_parks: u64,
     /// Time from reading a client's PUBLISH to writing a delivery of it into a subscriber's
     /// output buffer, for subscribers that were connected when it arrived (see
     /// `ShardStats::sent`).
@@ -304,6 +308,8 @@ impl std::ops::AddAssign for ShardStats {
             ring_submissions,
             ring_completions,
             ring_buffers_exhausted,
+            ring_sleeps,
+            executor_parks,
             publish_latency,
         } = other;
         self.connections_accepted += connections_accepted;
@@ -351,6 +357,8 @@ impl std::ops::AddAssign for ShardStats {
         self.ring_submissions += ring_submissions;
         self.ring_completions += ring_completions;
         self.ring_buffers_exhausted += ring_buffers_exhausted;
+        self.ring_sleeps += ring_sleeps;
+        self.executor_parks += executor_parks;
         self.publish_latency += publish_latency;
     }
 }
