@@ -190,25 +190,11 @@ impl Ring {
     /// Submits everything queued and runs pending completion work, in one `io_uring_enter`.
     pub(crate) fn enter(&mut self) -> io::Result<()> {
         let queued = self.queued();
-        self.counters.enters += 1;
-        match self.uring.submit() {
-            Ok(submitted) => {
-                self.counters.submitted += submitted as u64;
-                Ok(())
-            }
-            Err(error)
-                if matches!(
-                    error.raw_os_error(),
-                    Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                ) =>
-            {
-                // Transient (out of kernel memory for requests, or completions to reap first):
-                // the queued requests stay queued for the next enter.
-                tracing::debug!(%error, queued, "io_uring_enter deferred");
-                Ok(())
-            }
-            Err(error) => Err(error),
+        let result = self.uring.submit();
+        if let Some(error) = self.count_enter(result)? {
+            tracing::debug!(%error, queued, "io_uring_enter deferred");
         }
+        Ok(())
     }
 
     /// Blocks in `io_uring_enter` until at least one completion is posted or `timeout`
@@ -216,20 +202,28 @@ impl Ring {
     pub(crate) fn wait(&mut self, timeout: std::time::Duration) -> io::Result<()> {
         let timespec = io_uring::types::Timespec::from(timeout);
         let args = io_uring::types::SubmitArgs::new().timespec(&timespec);
+        let result = self.uring.submitter().submit_with_args(1, &args);
+        // Timing out is how a sleep with nothing to do ends: the caller looks again.
+        self.count_enter(result).map(|_| ())
+    }
+
+    /// Counts one enter and what it submitted. A transient failure (timed out, interrupted,
+    /// out of kernel memory for requests, completions to reap first) comes back as
+    /// `Ok(Some(error))`: the queued requests stay queued for the next enter.
+    fn count_enter(&mut self, result: io::Result<usize>) -> io::Result<Option<io::Error>> {
         self.counters.enters += 1;
-        match self.uring.submitter().submit_with_args(1, &args) {
+        match result {
             Ok(submitted) => {
                 self.counters.submitted += submitted as u64;
-                Ok(())
+                Ok(None)
             }
-            // Timed out, interrupted, or transiently short of memory: the caller looks again.
             Err(error)
                 if matches!(
                     error.raw_os_error(),
                     Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY)
                 ) =>
             {
-                Ok(())
+                Ok(Some(error))
             }
             Err(error) => Err(error),
         }

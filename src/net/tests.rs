@@ -173,8 +173,14 @@ fn echoes_and_closes_cleanly() {
 /// An engine listening on loopback with one accepted connection: the engine, the handler,
 /// the client side, the connection and the listener's descriptor.
 fn one_connection() -> (Engine, Toy, TcpStream, ConnId, RawFd) {
-    let mut engine = Engine::new(EngineConfig::default()).unwrap();
-    let mut toy = Toy::default();
+    connected(
+        Engine::new(EngineConfig::default()).unwrap(),
+        Toy::default(),
+    )
+}
+
+/// `engine` accepting on a fresh listener (its descriptor last) and one client connected.
+fn connected(mut engine: Engine, mut toy: Toy) -> (Engine, Toy, TcpStream, ConnId, RawFd) {
     let (addr, fd) = listener();
     engine.listen(fd, None).unwrap();
     let client = TcpStream::connect(addr).unwrap();
@@ -422,15 +428,7 @@ fn late_completion_for_a_reused_slot_is_ignored() {
     assert!(toy.conns.iter().all(|(_, c)| c.received.is_empty()));
     // Both buffers went back: the new socket still echoes through the 2-buffer ring.
     second.write_all(b"still works").unwrap();
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(5),
-        |_, t| t.written >= 11
-    ));
-    let mut back = [0u8; 11];
-    second.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"still works");
+    assert_echoed(&mut engine, &mut toy, &mut second, b"still works");
     // SAFETY: the listener is ours.
     unsafe { libc::close(fd) };
 }
@@ -449,18 +447,8 @@ fn server_close_lingers_so_the_client_reads_the_reply() {
         linger: Duration::from_millis(300),
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(config).unwrap();
-    let mut toy = Toy::default();
-    let (addr, fd) = listener();
-    engine.listen(fd, None).unwrap();
-    let mut client = TcpStream::connect(addr).unwrap();
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(5),
-        |_, t| !t.accepted.is_empty()
-    ));
-    let conn = toy.accepted[0];
+    let (mut engine, mut toy, mut client, conn, fd) =
+        connected(Engine::new(config).unwrap(), Toy::default());
     // The client sends a lot the server will never read ...
     client.write_all(&vec![9u8; 256 << 10]).unwrap();
     // ... while the server answers and closes.
@@ -536,6 +524,18 @@ fn pause_and_resume_reading() {
     unsafe { libc::close(fd) };
 }
 
+/// Runs passes until the echo of `sent` (already written by `client`) went out, then reads
+/// it back.
+fn assert_echoed(engine: &mut Engine, toy: &mut Toy, client: &mut TcpStream, sent: &[u8]) {
+    let target = toy.written + sent.len();
+    assert!(pump_until(engine, toy, Duration::from_secs(5), |_, t| t
+        .written
+        >= target));
+    let mut back = vec![0u8; sent.len()];
+    client.read_exact(&mut back).unwrap();
+    assert_eq!(back, sent);
+}
+
 /// Passes until one does nothing (the engine is idle).
 fn settle(engine: &mut Engine, toy: &mut Toy) {
     for _ in 0..100 {
@@ -549,7 +549,6 @@ fn settle(engine: &mut Engine, toy: &mut Toy) {
 #[test]
 fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_times_out() {
     let mut engine = Engine::new(EngineConfig::default()).unwrap();
-    let mut toy = Toy::echo();
     let doorbell = std::sync::Arc::new(super::Doorbell::new().unwrap());
     assert!(
         !engine.can_sleep(),
@@ -557,15 +556,7 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
     );
     engine.watch_doorbell(doorbell.eventfd()).unwrap();
     assert!(engine.can_sleep());
-    let (addr, fd) = listener();
-    engine.listen(fd, None).unwrap();
-    let mut client = TcpStream::connect(addr).unwrap();
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(5),
-        |_, t| !t.accepted.is_empty()
-    ));
+    let (mut engine, mut toy, mut client, _conn, fd) = connected(engine, Toy::echo());
     settle(&mut engine, &mut toy);
     // Nothing happens: the sleep runs out.
     assert!(!engine.sleep(Duration::from_millis(20)).unwrap());
@@ -583,15 +574,7 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
         "input must end the sleep"
     );
     writer.join().unwrap();
-    assert!(pump_until(
-        &mut engine,
-        &mut toy,
-        Duration::from_secs(5),
-        |_, t| t.written >= 4
-    ));
-    let mut back = [0u8; 4];
-    client.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"wake");
+    assert_echoed(&mut engine, &mut toy, &mut client, b"wake");
     settle(&mut engine, &mut toy);
 
     // The doorbell ends it too, once the sleeper announced itself; the read is re-armed.
@@ -617,4 +600,6 @@ fn a_sleep_in_the_ring_ends_with_socket_input_or_the_doorbell_and_otherwise_time
         );
     }
     assert!(toy.closed.is_empty(), "the doorbell is not a socket");
+    // SAFETY: the listener is ours.
+    unsafe { libc::close(fd) };
 }
