@@ -210,7 +210,8 @@ impl Driver {
             return None;
         }
         // Last: from here on, a batch handed over writes the doorbell.
-        self.doorbells[id]
+        self.doorbells
+            .get(id)?
             .prepare_sleep(self.mesh_taken)
             .then_some(timeout)
     }
@@ -456,8 +457,19 @@ pub(super) async fn run_shard(
         );
         (writer, stop, (shared, failing))
     });
-    if let Err(error) = engine.watch_doorbell(doorbells[id].eventfd()) {
-        tracing::warn!(shard = id, %error, "cannot watch the doorbell: the shard parks in the executor");
+    // Without a doorbell the engine never sleeps in its ring: the shard parks in the executor.
+    match doorbells
+        .get(id)
+        .map(|doorbell| engine.watch_doorbell(doorbell.eventfd()))
+    {
+        Some(Ok(())) => {}
+        Some(Err(error)) => {
+            tracing::warn!(shard = id, %error, "cannot watch the doorbell: the shard parks in the executor")
+        }
+        None => tracing::warn!(
+            shard = id,
+            "no doorbell for this shard: it parks in the executor"
+        ),
     }
     let driver = Rc::new(RefCell::new(Driver::new(
         shard,
@@ -631,7 +643,9 @@ async fn drive(driver: Rc<RefCell<Driver>>, wake_file: Rc<BufferedFile>) {
             if let Some(timeout) = driver.ring_sleep(Instant::now()) {
                 let busy = driver.engine.sleep(timeout);
                 let id = driver.shard.shard_id();
-                driver.doorbells[id].woke();
+                if let Some(doorbell) = driver.doorbells.get(id) {
+                    doorbell.woke();
+                }
                 match busy {
                     Ok(true) => continue,
                     Ok(false) => {}
@@ -696,7 +710,9 @@ async fn pump(driver: Rc<RefCell<Driver>>, senders: Rc<Senders<Batch>>, peer: us
             return;
         }
         let mut driver = driver.borrow_mut();
-        driver.doorbells[peer].ring();
+        if let Some(doorbell) = driver.doorbells.get(peer) {
+            doorbell.ring();
+        }
         driver.shard.on_outbox_drained();
         driver.dispatch();
     }
